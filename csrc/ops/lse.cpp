@@ -1,0 +1,48 @@
+#include "lse.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "checks.h"
+
+namespace ot_flow {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
+    const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale) {
+  constexpr const char* op = "ot_flow.lse";
+  check_points(op, "x", x);
+  check_points(op, "y", y);
+  check_same_device(op, "y", y, "x", x);
+  TORCH_CHECK_VALUE(x.scalar_type() == y.scalar_type(), op, ": arguments 'x' and 'y' must have one dtype, got ",
+                    x.scalar_type(), " and ", y.scalar_type());
+  TORCH_CHECK_VALUE(x.size(1) == y.size(1), op, ": arguments 'x' and 'y' must have the same dimension, got x ",
+                    x.sizes(), " and y ", y.sizes());
+  check_finite_scalar(op, "scale", scale);
+  at::Tensor bias;
+  if (h.has_value()) {
+    check_same_device(op, "h", *h, "x", x);
+    check_log_weights(op, "h", *h, y.size(0), x);
+    bias = h->contiguous();
+  } else {
+    bias = at::zeros({y.size(0)}, x.options());
+  }
+  return {x.contiguous(), y.contiguous(), bias};
+}
+
+namespace {
+
+at::Tensor lse_cpu(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
+                   double scale) {
+  auto [xc, yc, hc] = prepare_lse_args(x, y, h, scale);
+  return lse_cpu_kernel(xc, yc, hc, scale);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
+  m.def("lse(Tensor x, Tensor y, Tensor? h=None, float scale=1.0) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(ot_flow, CPU, m) { m.impl("lse", &lse_cpu); }
+
+}  // namespace ot_flow

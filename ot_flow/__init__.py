@@ -1,0 +1,10 @@
+"""ot_flow: streaming optimal-transport couplings as torch ops, for flow matching."""
+
+from ot_flow._extension import cuda_built, load as _load
+
+_load()
+
+from ot_flow import ops  # noqa: E402  (the ops need _C loaded first)
+
+__version__ = "0.1.0"
+__all__ = ["ops", "cuda_built", "__version__"]

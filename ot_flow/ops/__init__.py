@@ -1,0 +1,5 @@
+"""Python entry points of the torch ops in namespace ``ot_flow`` (``torch.ops.ot_flow.*``)."""
+
+from ot_flow.ops.lse import lse
+
+__all__ = ["lse"]
