@@ -8,8 +8,8 @@
 namespace ot_flow {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
-    const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale) {
-  constexpr const char* op = "ot_flow.lse";
+    const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
+    const char* op) {
   check_points(op, "x", x);
   check_points(op, "y", y);
   check_same_device(op, "y", y, "x", x);

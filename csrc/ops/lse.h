@@ -10,8 +10,10 @@
 namespace ot_flow {
 
 // Validates the arguments and returns (x, y, h) contiguous, with h = zeros(m) when absent.
+// `op` names the calling op in error messages (ops built on lse share these checks).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
-    const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale);
+    const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
+    const char* op = "ot_flow.lse");
 
 // Kernels: x (n, d), y (m, d), h (m) contiguous, validated, same dtype and device.
 at::Tensor lse_cpu_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,

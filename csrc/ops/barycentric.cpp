@@ -1,0 +1,45 @@
+#include "barycentric.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "lse.h"
+
+namespace ot_flow {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prepare_barycentric_args(
+    const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
+    const std::optional<at::Tensor>& values) {
+  constexpr const char* op = "ot_flow.barycentric";
+  auto [xc, yc, hc] = prepare_lse_args(x, y, h, scale, op);
+  if (!values.has_value()) return {xc, yc, hc, yc};
+  const at::Tensor& v = *values;
+  check_same_device(op, "values", v, "x", x);
+  TORCH_CHECK_VALUE(v.dim() == 2 && v.size(0) == y.size(0) && v.size(1) > 0, op,
+                    ": argument 'values' must be a 2-D tensor (m, k) with m = ", y.size(0),
+                    " and k >= 1, got shape ", v.sizes());
+  TORCH_CHECK_VALUE(v.scalar_type() == x.scalar_type(), op, ": argument 'values' must have the points' dtype ",
+                    x.scalar_type(), ", got ", v.scalar_type());
+  TORCH_CHECK_VALUE(at::isfinite(v).all().item<bool>(), op, ": argument 'values' contains NaN or Inf");
+  return {xc, yc, hc, v.contiguous()};
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> barycentric_cpu(const at::Tensor& x, const at::Tensor& y,
+                                                   const std::optional<at::Tensor>& h, double scale,
+                                                   const std::optional<at::Tensor>& values) {
+  auto [xc, yc, hc, vc] = prepare_barycentric_args(x, y, h, scale, values);
+  return barycentric_cpu_kernel(xc, yc, hc, scale, vc);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
+  m.def("barycentric(Tensor x, Tensor y, Tensor? h=None, float scale=1.0, Tensor? values=None) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(ot_flow, CPU, m) { m.impl("barycentric", &barycentric_cpu); }
+
+}  // namespace ot_flow

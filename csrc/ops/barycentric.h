@@ -1,0 +1,32 @@
+// ot_flow::barycentric — softmax-weighted sums of values along the rows of the implicit
+// kernel exp(scale * <x_i, y_j> + h_j):
+//   lse_i = log sum_j exp(scale * <x_i, y_j> + h_j)
+//   out_i = sum_j exp(scale * <x_i, y_j> + h_j - lse_i) * values_j
+// With values = y this is the barycentric projection (entropic map) of a Sinkhorn coupling;
+// with other values it gives the gradients of lse. Same shape as attention, and like
+// flash attention it never forms the n x m weights.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace ot_flow {
+
+// Validates the arguments; returns contiguous (x, y, h, values), h = zeros and values = y
+// when absent.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prepare_barycentric_args(
+    const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
+    const std::optional<at::Tensor>& values);
+
+// Kernels on validated, contiguous inputs; return (out (n, k), lse (n)). A row whose every
+// bias is -inf gets out = 0 and lse = -inf.
+std::tuple<at::Tensor, at::Tensor> barycentric_cpu_kernel(const at::Tensor& x, const at::Tensor& y,
+                                                          const at::Tensor& h, double scale,
+                                                          const at::Tensor& values);
+std::tuple<at::Tensor, at::Tensor> barycentric_cuda_kernel(const at::Tensor& x, const at::Tensor& y,
+                                                           const at::Tensor& h, double scale,
+                                                           const at::Tensor& values);
+
+}  // namespace ot_flow

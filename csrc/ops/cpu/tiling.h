@@ -1,0 +1,99 @@
+// The tiling shared by the streaming CPU kernels: rows in blocks of kRowBlock, columns in
+// tiles of kColTile grouped into chunks. A (row block, column chunk) pair is one parallel
+// task; the cut depends only on (n, m), never on the thread count, so results are
+// bitwise reproducible for any number of threads.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "fast_exp.h"
+
+namespace ot_flow::cpu {
+
+constexpr int64_t kRowBlock = 128;
+constexpr int64_t kColTile = 512;
+// Tasks to aim for when rows alone give too few: enough for any realistic core count.
+constexpr int64_t kMinTasks = 64;
+
+struct TilePlan {
+  int64_t n, m;
+  int64_t row_blocks, col_tiles, col_chunks, tiles_per_chunk;
+
+  static TilePlan make(int64_t n, int64_t m) {
+    TilePlan p{n, m, (n + kRowBlock - 1) / kRowBlock, (m + kColTile - 1) / kColTile, 1, 1};
+    p.col_chunks = p.row_blocks >= kMinTasks
+                       ? 1
+                       : std::min(p.col_tiles, (kMinTasks + p.row_blocks - 1) / p.row_blocks);
+    p.tiles_per_chunk = (p.col_tiles + p.col_chunks - 1) / p.col_chunks;
+    p.col_chunks = (p.col_tiles + p.tiles_per_chunk - 1) / p.tiles_per_chunk;
+    return p;
+  }
+  int64_t tasks() const { return row_blocks * col_chunks; }
+  int64_t row_begin(int64_t task) const { return task / col_chunks * kRowBlock; }
+  int64_t rows(int64_t task) const { return std::min(kRowBlock, n - row_begin(task)); }
+  int64_t chunk(int64_t task) const { return task % col_chunks; }
+  int64_t tile_begin(int64_t task) const { return chunk(task) * tiles_per_chunk; }
+  int64_t tile_end(int64_t task) const { return std::min(col_tiles, (chunk(task) + 1) * tiles_per_chunk); }
+  int64_t col_begin(int64_t tile) const { return tile * kColTile; }
+  int64_t cols(int64_t tile) const { return std::min(kColTile, m - col_begin(tile)); }
+};
+
+// logits = h[c0:c0+cols] + scale * x_block @ y[c0:c0+cols].T, written into `buffer`
+// (kRowBlock * kColTile elements) as a contiguous (rows, cols) matrix.
+inline at::Tensor logits_tile(at::Tensor& buffer, const at::Tensor& x_block, const at::Tensor& y,
+                              const at::Tensor& h, double scale, int64_t c0, int64_t cols) {
+  at::Tensor logits = buffer.narrow(0, 0, x_block.size(0) * cols).view({x_block.size(0), cols});
+  at::addmm_out(logits, h.narrow(0, c0, cols), x_block, y.narrow(0, c0, cols).t(), /*beta=*/1, /*alpha=*/scale);
+  return logits;
+}
+
+template <typename scalar_t>
+scalar_t row_max(const scalar_t* v, int64_t len) {
+  scalar_t best = -std::numeric_limits<scalar_t>::infinity();
+#pragma omp simd reduction(max : best)
+  for (int64_t j = 0; j < len; ++j) best = v[j] > best ? v[j] : best;
+  return best;
+}
+
+template <typename scalar_t>
+scalar_t row_sum_exp(const scalar_t* v, int64_t len, scalar_t shift) {
+  scalar_t total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t j = 0; j < len; ++j) total += fast_exp(v[j] - shift);
+  return total;
+}
+
+// v <- exp(v - shift) in place; returns the sum.
+template <typename scalar_t>
+scalar_t row_exp_inplace(scalar_t* v, int64_t len, scalar_t shift) {
+  scalar_t total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t j = 0; j < len; ++j) {
+    v[j] = fast_exp(v[j] - shift);
+    total += v[j];
+  }
+  return total;
+}
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+// Folds (other_max, other_sum) into a running (max, sum) of exp(. - max); returns the factor
+// by which the running sum (and anything accumulated alongside it) was rescaled.
+inline double merge_lse(double& max, double& sum, double other_max, double other_sum) {
+  if (other_max == kNegInf) return 1.0;
+  if (other_max > max) {
+    const double factor = std::exp(max - other_max);
+    sum = sum * factor + other_sum;
+    max = other_max;
+    return factor;
+  }
+  sum += other_sum * std::exp(other_max - max);
+  return 1.0;
+}
+
+}  // namespace ot_flow::cpu

@@ -1,0 +1,105 @@
+// The block-level building block of the streaming CUDA kernels: a kBlockRows x kBlockCols
+// tile of dot products <x_i, y_j>, computed from slices of x and y staged in shared memory
+// and register-blocked kThreadRows x kThreadCols per thread. Thread t owns rows
+// ty * kThreadRows + [0, kThreadRows) and columns tx * kThreadCols + [0, kThreadCols) of the
+// tile, with tx = t % kThreadsX: the kThreadsX threads of a row group are consecutive lanes
+// of one half-warp, so row reductions are shuffles.
+#pragma once
+
+#include <cuda/std/limits>
+
+namespace ot_flow::cuda {
+
+constexpr int kBlockRows = 64;
+constexpr int kBlockCols = 64;
+constexpr int kSliceDim = 16;
+constexpr int kThreadRows = 4;
+constexpr int kThreadCols = 4;
+constexpr int kThreadsX = kBlockCols / kThreadCols;  // 16
+constexpr int kThreadsY = kBlockRows / kThreadRows;  // 16
+constexpr int kThreads = kThreadsX * kThreadsY;      // 256
+
+template <typename T>
+constexpr T neg_inf() {
+  return -::cuda::std::numeric_limits<T>::infinity();
+}
+
+template <typename scalar_t>
+struct TileSmem {
+  // Stored transposed ([k][row]) so the inner product loop reads consecutive rows.
+  scalar_t xs[kSliceDim][kBlockRows + 1];
+  scalar_t ys[kSliceDim][kBlockCols + 1];
+};
+
+// dot[i][j] = <x[row0 + ty*kThreadRows + i], y[col0 + tx*kThreadCols + j]>; rows >= n and
+// columns >= col_end read as zero vectors. Every thread of the block must call it.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void tile_dot(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+                                         int64_t n, int64_t col_end, int64_t d, int64_t row0,
+                                         int64_t col0, TileSmem<scalar_t>& smem,
+                                         acc_t (&dot)[kThreadRows][kThreadCols]) {
+  const int tx = threadIdx.x % kThreadsX;
+  const int ty = threadIdx.x / kThreadsX;
+#pragma unroll
+  for (int i = 0; i < kThreadRows; ++i)
+#pragma unroll
+    for (int j = 0; j < kThreadCols; ++j) dot[i][j] = 0;
+  for (int64_t k0 = 0; k0 < d; k0 += kSliceDim) {
+    for (int e = threadIdx.x; e < kBlockRows * kSliceDim; e += kThreads) {
+      const int r = e / kSliceDim, k = e % kSliceDim;
+      const int64_t gr = row0 + r, gk = k0 + k;
+      smem.xs[k][r] = (gr < n && gk < d) ? x[gr * d + gk] : scalar_t(0);
+    }
+    for (int e = threadIdx.x; e < kBlockCols * kSliceDim; e += kThreads) {
+      const int c = e / kSliceDim, k = e % kSliceDim;
+      const int64_t gc = col0 + c, gk = k0 + k;
+      smem.ys[k][c] = (gc < col_end && gk < d) ? y[gc * d + gk] : scalar_t(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kSliceDim; ++k) {
+      acc_t a[kThreadRows], b[kThreadCols];
+#pragma unroll
+      for (int i = 0; i < kThreadRows; ++i) a[i] = smem.xs[k][ty * kThreadRows + i];
+#pragma unroll
+      for (int j = 0; j < kThreadCols; ++j) b[j] = smem.ys[k][tx * kThreadCols + j];
+#pragma unroll
+      for (int i = 0; i < kThreadRows; ++i)
+#pragma unroll
+        for (int j = 0; j < kThreadCols; ++j) dot[i][j] += a[i] * b[j];
+    }
+    __syncthreads();
+  }
+}
+
+// Folds (other_max, other_sum) into a running (max, sum) of exp(. - max).
+template <typename acc_t>
+__device__ __forceinline__ void merge_lse(acc_t& max, acc_t& sum, acc_t other_max, acc_t other_sum) {
+  if (other_max == neg_inf<acc_t>()) return;
+  if (other_max > max) {
+    sum = sum * exp(max - other_max) + other_sum;
+    max = other_max;
+  } else {
+    sum += other_sum * exp(other_max - max);
+  }
+}
+
+// Column chunks so that row blocks x chunks fill the GPU about twice; each chunk covers
+// whole column tiles.
+struct ChunkPlan {
+  int64_t row_blocks, chunks, cols_per_chunk;
+};
+
+inline ChunkPlan plan_chunks(int64_t n, int64_t m, int multiprocessors) {
+  const int64_t row_blocks = (n + kBlockRows - 1) / kBlockRows;
+  const int64_t col_tiles = (m + kBlockCols - 1) / kBlockCols;
+  const int64_t target_blocks = 2 * static_cast<int64_t>(multiprocessors);
+  int64_t chunks = (target_blocks + row_blocks - 1) / row_blocks;
+  chunks = chunks < 1 ? 1 : (chunks > col_tiles ? col_tiles : chunks);
+  chunks = chunks > 65535 ? 65535 : chunks;
+  const int64_t tiles_per_chunk = (col_tiles + chunks - 1) / chunks;
+  chunks = (col_tiles + tiles_per_chunk - 1) / tiles_per_chunk;
+  return {row_blocks, chunks, tiles_per_chunk * kBlockCols};
+}
+
+}  // namespace ot_flow::cuda

@@ -1,0 +1,53 @@
+"""Checks of solver arguments: each error names the argument, as the ops' checks do."""
+
+import math
+
+import torch
+
+
+def check_points(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"argument '{name}' must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"argument '{name}' must be a 2-D tensor of points (num_points, dim), got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"argument '{name}' must be a floating-point tensor, got {t.dtype}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"argument '{name}' is empty (shape {tuple(t.shape)})")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"argument '{name}' contains NaN or Inf")
+
+
+def check_pair(x, y, x_name="x", y_name="y"):
+    check_points(x_name, x)
+    check_points(y_name, y)
+    if x.device != y.device:
+        raise ValueError(f"argument '{y_name}' is on {y.device} but '{x_name}' is on {x.device}; put them on one device")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"arguments '{x_name}' and '{y_name}' must have the same dimension, got {tuple(x.shape)} and {tuple(y.shape)}")
+
+
+def weights(name, w, size, like, atol=1e-5):
+    """Probability weights of length `size` (uniform when None), float64 on like's device."""
+    if w is None:
+        return torch.full((size,), 1.0 / size, dtype=torch.float64, device=like.device)
+    if not isinstance(w, torch.Tensor) or w.dim() != 1 or w.shape[0] != size:
+        shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+        raise ValueError(f"argument '{name}' must be a 1-D tensor of length {size}, got {shape}")
+    if w.device != like.device:
+        raise ValueError(f"argument '{name}' is on {w.device} but the points are on {like.device}")
+    if not w.is_floating_point():
+        raise ValueError(f"argument '{name}' must be a floating-point tensor, got {w.dtype}")
+    w = w.double()
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"argument '{name}' must be finite and non-negative")
+    total = float(w.sum())
+    if abs(total - 1.0) > atol:
+        raise ValueError(f"argument '{name}' must sum to 1, sums to {total:.6g}")
+    return w / total
+
+
+def positive(name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"argument '{name}' must be a finite number > 0, got {value!r}")
+    return float(value)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU and a preinstalled PyTorch (no .venv, no network): build
+# ot_flow._C against that PyTorch with the CUDA kernels, run the whole test suite (CUDA tests
+# included) and the GPU benchmarks, and keep what they print under benchmarks/results/.
+#   bash scripts/gpu-check.sh            (or: make gpu-check)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export OT_FLOW_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONPATH=$PWD
+# The GPU at hand only: a faster build than the default list.
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
+stamp=$(date -u +%Y%m%d)
+gpu=$($PY -c 'import torch; print(torch.cuda.get_device_name().replace(" ", "-"))')
+out=benchmarks/results/gpu-check-$gpu-$stamp.txt
+mkdir -p benchmarks/results
+{
+  echo "# gpu-check: $(date -u +%FT%TZ), $gpu, command: bash scripts/gpu-check.sh"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  nvcc --version | tail -1
+} | tee "$out"
+$PY setup.py build_ext --inplace > build-gpu.log 2>&1 || { tail -50 build-gpu.log; exit 1; }
+echo "## tests" | tee -a "$out"
+$PY -m pytest tests -q -x -p no:cacheprovider 2>&1 | tail -15 | tee -a "$out"
+tests_rc=${PIPESTATUS[0]}
+for bench in benchmarks/bench_*.py; do
+  echo "## $bench --device cuda" | tee -a "$out"
+  $PY "$bench" --device cuda 2>&1 | tail -40 | tee -a "$out"
+done
+exit "$tests_rc"
