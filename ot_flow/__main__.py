@@ -1,0 +1,3 @@
+from ot_flow.cli import main
+
+main()

@@ -1,0 +1,271 @@
+"""Log-domain Sinkhorn on the streaming ``lse`` op: no n x m matrix, any n and m.
+
+Potentials are iterated for the dot cost C_ij = -<x_i, y_j> and shifted by the cost offsets
+(costs.py) on the way out, so "sqeuclidean" and "dot" share every kernel call:
+
+    f_i <- -eps lse_i(X, Y, g / eps + log b, 1 / eps)
+    g_j <- -eps lse_j(Y, X, f / eps + log a, 1 / eps)
+
+After a g-update the column marginals are exact; the row marginals of (f, g) are
+a_i exp((f_i - f_new_i) / eps), so the 1-norm marginal error is a by-product of the next
+f-update and costs no extra pass.
+"""
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from ot_flow.ops import barycentric, lse
+from ot_flow.solvers import costs, validation
+
+__all__ = ["SinkhornResult", "sinkhorn"]
+
+# Momentum (over-relaxation, Lehmann et al. 2022): w = 2 / (1 + sqrt(1 - r)) from the observed
+# per-iteration error ratio r of plain Sinkhorn over a window of iterations.
+_MOMENTUM_WINDOW = 10
+_MOMENTUM_MAX_RATIO = 0.99  # caps w at about 1.82
+# eps annealing: eps_k = max(eps, std(C) * decay^k), one iteration per level.
+_ANNEAL_DECAY = 0.7
+_ANNEAL_BELOW = 0.05  # auto-anneal when eps < this fraction of std(C)
+
+
+@dataclass
+class SinkhornResult:
+    """A solved entropic coupling P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps), kept implicit."""
+
+    f: torch.Tensor
+    g: torch.Tensor
+    eps: float
+    n_iter: int
+    error: float
+    converged: bool
+    errors: list = field(repr=False)
+    x: torch.Tensor = field(repr=False)
+    y: torch.Tensor = field(repr=False)
+    a: torch.Tensor = field(repr=False)
+    b: torch.Tensor = field(repr=False)
+    cost: str = "sqeuclidean"
+
+    def _row_pass(self):
+        """(row masses r_i, barycentres T_i = sum_j P_ij y_j / r_i) in one streaming pass."""
+        x, y = self.x, self.y
+        fd = (self.f.double() - costs.cost_offsets(x.double(), self.cost)).to(x.dtype)
+        gd = (self.g.double() - costs.cost_offsets(y.double(), self.cost)).to(x.dtype)
+        bias = gd / self.eps + self.b.log().to(x.dtype)
+        mean_y, row_lse = barycentric(x, y, bias, 1.0 / self.eps)
+        log_r = self.a.log() + fd.double() / self.eps + row_lse.double()
+        return log_r.exp(), mean_y, fd.double(), gd.double()
+
+    def barycentric_map(self):
+        """(n, d): the entropic map T(x_i) = sum_j P_ij y_j / sum_j P_ij."""
+        return self._row_pass()[1]
+
+    def transport_cost(self):
+        """<P, C>: the transport cost of the coupling (without the entropy term)."""
+        r, mean_y, _, _ = self._row_pass()
+        return float(self._transport_cost(r, mean_y))
+
+    def _transport_cost(self, r, mean_y):
+        x, y = self.x.double(), self.y.double()
+        dot_part = -(r * (x * mean_y.double()).sum(1)).sum()
+        return dot_part + r @ costs.cost_offsets(x, self.cost) + self.b @ costs.cost_offsets(y, self.cost)
+
+    def renormalized_entropy(self):
+        """E(P) = 2 H(P) / (H(a) + H(b)) - 1 in [0, 1]: 0 a permutation, 1 the independent coupling."""
+        r, mean_y, fd, gd = self._row_pass()
+        x = self.x.double()
+        # log P_ij = log a_i + log b_j + (fd_i + gd_j + <x_i, y_j>) / eps, summed against P.
+        live = r > 0
+        sum_p_log_p = (
+            (r[live] * self.a[live].log()).sum()
+            + _xlogx_sum(self.b)
+            + ((r * fd).sum() + (self.b * gd).sum() + (r * (x * mean_y.double()).sum(1)).sum()) / self.eps
+        )
+        h_p = -float(sum_p_log_p)
+        h_ab = -float(_xlogx_sum(self.a) + _xlogx_sum(self.b))
+        if h_ab <= 0:
+            return 0.0  # one point on each side: the only coupling is a permutation
+        return min(1.0, max(0.0, 2 * h_p / h_ab - 1))
+
+    def sample(self, generator=None):
+        """One column j per row i drawn from P(. | i): arrives with the Gumbel-max sampling op."""
+        raise NotImplementedError("SinkhornResult.sample needs the gumbel_argmax op (sampling issue)")
+
+
+def _xlogx_sum(w):
+    w = w[w > 0]
+    return (w * w.log()).sum()
+
+
+@torch.compiler.disable
+def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3,
+             max_iter=10_000, momentum=True, init=None, process_group=None, anneal=None,
+             target_entropy=None, entropy_tol=0.01):
+    """Entropic optimal transport between point clouds x (n, d) and y (m, d), streamed.
+
+    Args:
+        a, b: weights (sum to 1); uniform when None.
+        eps: entropic regularisation; relative to std(C) when ``relative_eps`` (seed paper 002).
+        cost: "sqeuclidean" (|x - y|^2 / 2) or "dot" (-<x, y>).
+        tol: stop when the 1-norm marginal error |P 1 - a|_1 falls below it.
+        max_iter: at most this many iterations (annealing included); then a warning and
+            ``converged=False``.
+        momentum: over-relaxation that switches on by itself once the error decays steadily.
+        init: (f, g) of an earlier solve (same cost) to warm start from.
+        anneal: decay eps from std(C) to the target first; default: when eps < 0.05 std(C).
+        target_entropy: choose eps so that the renormalized entropy lands within
+            ``entropy_tol`` of this value (seed paper 002 recommends about 0.2); ``eps`` is then
+            the first guess.
+
+    Returns:
+        SinkhornResult. Under ``torch.compile`` this function runs eagerly (one graph break:
+        its loop stops on a data-dependent error).
+    """
+    validation.check_pair(x, y)
+    costs.check_cost(cost)
+    eps = validation.positive("eps", eps)
+    tol = validation.positive("tol", tol)
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"argument 'max_iter' must be an int >= 1, got {max_iter!r}")
+    if process_group is not None:
+        raise NotImplementedError("argument 'process_group': sharded Sinkhorn arrives with the distributed issue")
+    a = validation.weights("a", a, x.shape[0], x)
+    b = validation.weights("b", b, y.shape[0], y)
+    if x.dtype not in (torch.float32, torch.float64):
+        x, y = x.float(), y.float()  # half inputs: potentials and sums in float32
+    y = y.to(x.dtype)
+    spread = costs.cost_std(x, y, a, b, cost)
+    if spread == 0:
+        spread = 1.0  # every cost equal: any eps gives the independent coupling
+    solve = dict(x=x, y=y, a=a, b=b, cost=cost, tol=tol, max_iter=max_iter, momentum=momentum,
+                 anneal=anneal, spread=spread)
+    if target_entropy is not None:
+        if not 0 < target_entropy < 1:
+            raise ValueError(f"argument 'target_entropy' must lie in (0, 1), got {target_entropy!r}")
+        first = eps if relative_eps else eps / spread
+        return _solve_for_entropy(float(target_entropy), first, entropy_tol, init, solve)
+    return _solve(eps * spread if relative_eps else eps, init, **solve)
+
+
+def _solve_for_entropy(target, rel_eps, entropy_tol, init, solve, max_solves=12):
+    """Bracket, then bisect log(eps) on the renormalized entropy (increasing in eps)."""
+    spread = solve["spread"]
+    lo = hi = None  # (log rel eps, result) with entropy below / above the target
+    log_eps, result = math.log(rel_eps), None
+    for _ in range(max_solves):
+        result = _solve(math.exp(log_eps) * spread, init, **solve)
+        entropy = result.renormalized_entropy()
+        if abs(entropy - target) <= entropy_tol:
+            return result
+        if entropy < target:
+            lo = (log_eps, result)
+        else:
+            hi = (log_eps, result)
+        init = (result.f, result.g)
+        if lo is None:
+            log_eps -= math.log(4.0)
+        elif hi is None:
+            log_eps += math.log(4.0)
+        else:
+            log_eps = 0.5 * (lo[0] + hi[0])
+    warnings.warn(f"ot_flow.sinkhorn: target_entropy={target} not reached within {max_solves} solves; "
+                  f"returning eps={result.eps:.4g} with entropy {result.renormalized_entropy():.3f}")
+    return result
+
+
+def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spread):
+    dtype = x.dtype
+    alpha = costs.cost_offsets(x.double(), cost)
+    beta = costs.cost_offsets(y.double(), cost)
+    log_a, log_b = a.log().to(dtype), b.log().to(dtype)
+    if init is not None:
+        fd, gd = _initial_potentials(init, alpha, beta, dtype)
+    else:
+        fd = torch.zeros(x.shape[0], dtype=dtype, device=x.device)
+        gd = torch.zeros(y.shape[0], dtype=dtype, device=y.device)
+
+    def f_update(g, e):
+        return -e * lse(x, y, g / e + log_b, 1.0 / e)
+
+    def g_update(f, e):
+        return -e * lse(y, x, f / e + log_a, 1.0 / e)
+
+    n_iter = 0
+    if anneal is None:
+        anneal = init is None and eps < _ANNEAL_BELOW * spread
+    if anneal:
+        level = spread
+        while level > eps and n_iter < max_iter:
+            fd = f_update(gd, level)
+            gd = g_update(fd, level)
+            level *= _ANNEAL_DECAY
+            n_iter += 1
+
+    errors = []
+    w = 1.0  # relaxation weight
+    w_found_at = None  # len(errors) when momentum switched on
+    finishing = False  # the last g-update was plain, so the next error is exact
+    converged = False
+    error = math.inf
+    measured = False  # whether (fd, gd) has an exact measurement pending
+    while n_iter < max_iter:
+        f_new = f_update(gd, eps)
+        if measured:
+            ratio = torch.exp((fd.double() - f_new.double()) / eps)
+            error = float((a * (ratio - 1).abs()).sum())
+            if not math.isfinite(error):
+                raise RuntimeError(
+                    f"ot_flow.sinkhorn: potentials became non-finite at iteration {n_iter} "
+                    f"(eps={eps:.3g}, dtype={dtype}); use float64 inputs or a larger eps")
+            errors.append(error)
+            if error < tol:
+                if w == 1.0 or finishing:
+                    converged = True
+                    break
+                finishing = True  # confirm on a plain step: column marginals exact again
+            else:
+                finishing = False
+                w, w_found_at = _momentum(errors, w, w_found_at, momentum)
+        step = 1.0 if finishing else w
+        fd = f_new if step == 1.0 else fd + step * (f_new - fd)
+        g_new = g_update(fd, eps)
+        gd = g_new if step == 1.0 else gd + step * (g_new - gd)
+        measured = True
+        n_iter += 1
+    if not converged:
+        warnings.warn(f"ot_flow.sinkhorn: not converged after {n_iter} iterations (marginal error "
+                      f"{error:.3g} > tol {tol:.3g}); raise max_iter or eps", RuntimeWarning)
+    f = fd.double() + alpha
+    g = gd.double() + beta
+    return SinkhornResult(f=f.to(dtype), g=g.to(dtype), eps=float(eps), n_iter=n_iter, error=error,
+                          converged=converged, errors=errors, x=x, y=y, a=a, b=b, cost=cost)
+
+
+def _momentum(errors, w, found_at, enabled):
+    """The relaxation weight for the next step (see the module constants)."""
+    if not enabled:
+        return 1.0, None
+    if w > 1.0:
+        # Back off if the accelerated error grew well above where acceleration started.
+        if errors[-1] > 2.0 * errors[found_at - 1]:
+            return 1.0, None
+        return w, found_at
+    window = errors[-_MOMENTUM_WINDOW:]
+    if len(window) < _MOMENTUM_WINDOW or any(b >= a for a, b in zip(window, window[1:])):
+        return 1.0, None
+    r = min((window[-1] / window[0]) ** (1.0 / (len(window) - 1)), _MOMENTUM_MAX_RATIO)
+    return 2.0 / (1.0 + math.sqrt(1.0 - r)), len(errors)
+
+
+def _initial_potentials(init, alpha, beta, dtype):
+    if not (isinstance(init, (tuple, list)) and len(init) == 2):
+        raise ValueError("argument 'init' must be a pair (f, g) of potentials")
+    f, g = init
+    for name, p, off in (("init[0] (f)", f, alpha), ("init[1] (g)", g, beta)):
+        if not isinstance(p, torch.Tensor) or p.shape != off.shape:
+            raise ValueError(f"argument '{name}' must be a tensor of shape {tuple(off.shape)}")
+        if not torch.isfinite(p).all():
+            raise ValueError(f"argument '{name}' contains NaN or Inf")
+    return (f.double().to(alpha.device) - alpha).to(dtype), (g.double().to(beta.device) - beta).to(dtype)
