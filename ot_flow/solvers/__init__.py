@@ -1,5 +1,1 @@
-"""Solvers built on the ops: log-domain Sinkhorn (and, later, semidiscrete potentials)."""
-
-from ot_flow.solvers.sinkhorn import SinkhornResult, sinkhorn
-
-__all__ = ["SinkhornResult", "sinkhorn"]
+"""Solvers built on the ops: log-domain Sinkhorn (sinkhorn.py), costs and their spread (costs.py)."""

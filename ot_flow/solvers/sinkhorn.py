@@ -22,10 +22,13 @@ from ot_flow.solvers import costs, validation
 
 __all__ = ["SinkhornResult", "sinkhorn"]
 
-# Momentum (over-relaxation, Lehmann et al. 2022): w = 2 / (1 + sqrt(1 - r)) from the observed
-# per-iteration error ratio r of plain Sinkhorn over a window of iterations.
-_MOMENTUM_WINDOW = 10
-_MOMENTUM_MAX_RATIO = 0.99  # caps w at about 1.82
+# Momentum (over-relaxation, Lehmann et al. 2022): w = 2 / (1 + sqrt(1 - r)), r the
+# per-iteration error ratio of plain Sinkhorn, measured on a probe of plain iterations and
+# measured again every _MOMENTUM_REPROBE iterations, since r creeps towards 1 as a hard
+# problem moves from its fast transient into its slow regime.
+_MOMENTUM_PROBE = 20
+_MOMENTUM_REPROBE = 300
+_MOMENTUM_MAX_RATIO = 0.999  # caps w at about 1.94
 # eps annealing: eps_k = max(eps, std(C) * decay^k), one iteration per level.
 _ANNEAL_DECAY = 0.7
 _ANNEAL_BELOW = 0.05  # auto-anneal when eps < this fraction of std(C)
@@ -204,8 +207,8 @@ def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spre
             n_iter += 1
 
     errors = []
-    w = 1.0  # relaxation weight
-    w_found_at = None  # len(errors) when momentum switched on
+    relaxation = _Relaxation(momentum)
+    w = 1.0
     finishing = False  # the last g-update was plain, so the next error is exact
     converged = False
     error = math.inf
@@ -216,9 +219,7 @@ def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spre
             ratio = torch.exp((fd.double() - f_new.double()) / eps)
             error = float((a * (ratio - 1).abs()).sum())
             if not math.isfinite(error):
-                raise RuntimeError(
-                    f"ot_flow.sinkhorn: potentials became non-finite at iteration {n_iter} "
-                    f"(eps={eps:.3g}, dtype={dtype}); use float64 inputs or a larger eps")
+                _raise_non_finite(n_iter, eps, dtype)
             errors.append(error)
             if error < tol:
                 if w == 1.0 or finishing:
@@ -227,10 +228,14 @@ def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spre
                 finishing = True  # confirm on a plain step: column marginals exact again
             else:
                 finishing = False
-                w, w_found_at = _momentum(errors, w, w_found_at, momentum)
+                w = relaxation.update(errors)
+        elif not torch.isfinite(f_new).all():
+            _raise_non_finite(n_iter, eps, dtype)
         step = 1.0 if finishing else w
         fd = f_new if step == 1.0 else fd + step * (f_new - fd)
         g_new = g_update(fd, eps)
+        if not torch.isfinite(g_new).all():  # f_new is checked through the error
+            _raise_non_finite(n_iter, eps, dtype)
         gd = g_new if step == 1.0 else gd + step * (g_new - gd)
         measured = True
         n_iter += 1
@@ -243,20 +248,44 @@ def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spre
                           converged=converged, errors=errors, x=x, y=y, a=a, b=b, cost=cost)
 
 
-def _momentum(errors, w, found_at, enabled):
-    """The relaxation weight for the next step (see the module constants)."""
-    if not enabled:
-        return 1.0, None
-    if w > 1.0:
-        # Back off if the accelerated error grew well above where acceleration started.
-        if errors[-1] > 2.0 * errors[found_at - 1]:
-            return 1.0, None
-        return w, found_at
-    window = errors[-_MOMENTUM_WINDOW:]
-    if len(window) < _MOMENTUM_WINDOW or any(b >= a for a, b in zip(window, window[1:])):
-        return 1.0, None
-    r = min((window[-1] / window[0]) ** (1.0 / (len(window) - 1)), _MOMENTUM_MAX_RATIO)
-    return 2.0 / (1.0 + math.sqrt(1.0 - r)), len(errors)
+def _raise_non_finite(n_iter, eps, dtype):
+    raise RuntimeError(f"ot_flow.sinkhorn: potentials became non-finite at iteration {n_iter} "
+                       f"(eps={eps:.3g}, dtype={dtype}); use float64 inputs or a larger eps")
+
+
+class _Relaxation:
+    """The over-relaxation weight, updated from the error history (see the module constants)."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled
+        self.w = 1.0
+        self.probe_start = 0  # len(errors) when the current run of plain iterations began
+        self.on_since = 0
+        self.error_when_on = math.inf
+
+    def update(self, errors):
+        if not self.enabled:
+            return 1.0
+        k = len(errors)
+        if self.w > 1.0:
+            # The marginal error jumps for a few steps after relaxation starts; only a blow-up,
+            # or no progress after a probe's length, means w is too large.
+            blown_up = errors[-1] > 100.0 * self.error_when_on
+            stalled = k - self.on_since >= _MOMENTUM_PROBE and errors[-1] > self.error_when_on
+            if blown_up or stalled or k - self.on_since >= _MOMENTUM_REPROBE:
+                self.w, self.probe_start = 1.0, k  # measure plain Sinkhorn again
+            return self.w
+        if k - self.probe_start < _MOMENTUM_PROBE:
+            return 1.0
+        # The second half of the probe: the first iterations after momentum are transient.
+        half = _MOMENTUM_PROBE // 2
+        r = (errors[-1] / errors[-half]) ** (1.0 / (half - 1))
+        if not r < 1.0:
+            self.probe_start = k
+            return 1.0
+        self.w = 2.0 / (1.0 + math.sqrt(1.0 - min(r, _MOMENTUM_MAX_RATIO)))
+        self.on_since, self.error_when_on = k, errors[-1]
+        return self.w
 
 
 def _initial_potentials(init, alpha, beta, dtype):
