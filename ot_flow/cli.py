@@ -56,7 +56,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="solve one large Sinkhorn coupling and print what it measured")
     p.add_argument("--n", type=int, default=20_000)
-    p.add_argument("--dim", type=int, default=8)
+    p.add_argument("--dim", type=int, default=2)
     p.add_argument("--eps", type=float, default=0.01)
     p.add_argument("--tol", type=float, default=1e-3)
     p.add_argument("--device", default="auto")

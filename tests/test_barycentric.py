@@ -99,3 +99,12 @@ def test_cuda_lse_gradients_match_cpu():
         grads.append([t.grad.cpu() for t in (xs, ys, hs)])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_lse_backward_on_a_problem_split_over_threads():
+    # Large enough that the tiles run on several worker threads, inputs requiring grad.
+    x, y, h = random_problem(2000, 3000, 5, torch.float32)
+    x.requires_grad_()
+    ot_flow.ops.lse(x, y, h, 0.5).sum().backward()
+    expected = 0.5 * ot_flow.ops.barycentric(x.detach(), y, h, 0.5)[0]
+    torch.testing.assert_close(x.grad, expected)

@@ -20,7 +20,7 @@ import torch
 from ot_flow.ops import barycentric, lse
 from ot_flow.solvers import costs, validation
 
-__all__ = ["SinkhornResult", "sinkhorn"]
+__all__ = ["SinkhornResult", "sinkhorn", "row_barycentres"]
 
 # Momentum (over-relaxation, Lehmann et al. 2022): w = 2 / (1 + sqrt(1 - r)), r the
 # per-iteration error ratio of plain Sinkhorn, measured on a probe of plain iterations and
@@ -53,13 +53,11 @@ class SinkhornResult:
 
     def _row_pass(self):
         """(row masses r_i, barycentres T_i = sum_j P_ij y_j / r_i) in one streaming pass."""
-        x, y = self.x, self.y
-        fd = (self.f.double() - costs.cost_offsets(x.double(), self.cost)).to(x.dtype)
-        gd = (self.g.double() - costs.cost_offsets(y.double(), self.cost)).to(x.dtype)
-        bias = gd / self.eps + self.b.log().to(x.dtype)
-        mean_y, row_lse = barycentric(x, y, bias, 1.0 / self.eps)
-        log_r = self.a.log() + fd.double() / self.eps + row_lse.double()
-        return log_r.exp(), mean_y, fd.double(), gd.double()
+        mean_y, row_lse = row_barycentres(self.x, self.y, self.g, self.b, self.eps, self.cost)
+        fd = dot_potential(self.f, self.x, self.cost).double()
+        gd = dot_potential(self.g, self.y, self.cost).double()
+        log_r = self.a.log() + fd / self.eps + row_lse.double()
+        return log_r.exp(), mean_y, fd, gd
 
     def barycentric_map(self):
         """(n, d): the entropic map T(x_i) = sum_j P_ij y_j / sum_j P_ij."""
@@ -95,6 +93,18 @@ class SinkhornResult:
     def sample(self, generator=None):
         """One column j per row i drawn from P(. | i): arrives with the Gumbel-max sampling op."""
         raise NotImplementedError("SinkhornResult.sample needs the gumbel_argmax op (sampling issue)")
+
+
+def dot_potential(potential, points, cost):
+    """The potential of the dot cost -<x, y> that matches `potential` of `cost` (costs.py)."""
+    return (potential.double() - costs.cost_offsets(points.double(), cost)).to(points.dtype)
+
+
+def row_barycentres(x, y, g, b, eps, cost):
+    """(T, lse) with T_i = sum_j P_ij y_j / sum_j P_ij for any coupling whose column potential is
+    g (the row potential only scales rows), and lse_i the log of the row sum over exp(f_i / eps)."""
+    bias = dot_potential(g, y, cost) / eps + b.log().to(x.dtype)
+    return barycentric(x, y, bias, 1.0 / eps)
 
 
 def _xlogx_sum(w):

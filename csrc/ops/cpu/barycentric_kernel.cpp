@@ -92,8 +92,10 @@ std::tuple<at::Tensor, at::Tensor> barycentric_cpu_kernel(const at::Tensor& x, c
                                                           const at::Tensor& values) {
   at::Tensor out = at::empty({x.size(0), values.size(1)}, x.options());
   at::Tensor lse = at::empty({x.size(0)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ot_flow_barycentric_cpu",
-                             [&] { barycentric_cpu_impl<scalar_t>(x, y, h, scale, values, out, lse); });
+  // Detached for the reason given in lse_kernel.cpp.
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ot_flow_barycentric_cpu", [&] {
+    barycentric_cpu_impl<scalar_t>(x.detach(), y.detach(), h.detach(), scale, values.detach(), out, lse);
+  });
   return {out, lse};
 }
 

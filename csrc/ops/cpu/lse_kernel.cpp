@@ -56,8 +56,11 @@ void lse_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
 at::Tensor lse_cpu_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
                           double scale) {
   at::Tensor out = at::empty({x.size(0)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ot_flow_lse_cpu",
-                             [&] { lse_cpu_impl<scalar_t>(x, y, h, scale, out); });
+  // Detached: the tiles' ATen calls run on worker threads, which do not inherit the
+  // "below autograd" dispatch state, and must not see inputs that require grad.
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ot_flow_lse_cpu", [&] {
+    lse_cpu_impl<scalar_t>(x.detach(), y.detach(), h.detach(), scale, out);
+  });
   return out;
 }
 
