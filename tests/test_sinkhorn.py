@@ -231,3 +231,16 @@ def test_cuda_matches_cpu():
     assert gpu.f.device.type == "cuda" and gpu.converged
     assert gpu.transport_cost() == pytest.approx(cpu.transport_cost(), rel=1e-4)
     assert gpu.renormalized_entropy() == pytest.approx(cpu.renormalized_entropy(), abs=1e-3)
+
+
+def test_cached_and_streamed_paths_agree():
+    x, y = clouds(700, 600, 32, seed=17, dtype=torch.float32)
+    cached = ot_flow.sinkhorn(x, y, eps=0.02, cost_cache=True)
+    streamed = ot_flow.sinkhorn(x, y, eps=0.02, cost_cache=False)
+    assert (cached.path, streamed.path) == ("cached", "streamed")
+    assert ot_flow.sinkhorn(x, y, eps=0.02).path == "cached"  # auto: d >= 16, fits the budget
+    assert ot_flow.sinkhorn(x[:, :3], y[:, :3], eps=0.02).path == "streamed"
+    assert cached.n_iter == streamed.n_iter
+    torch.testing.assert_close(cached.f, streamed.f, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="argument 'cost_cache'"):
+        ot_flow.sinkhorn(x, y, cost_cache="yes")

@@ -2,5 +2,7 @@
 
 from ot_flow.ops.barycentric import barycentric
 from ot_flow.ops.lse import lse
+from ot_flow.ops.lse_dense import lse_dense
+from ot_flow.ops.softmin import softmin
 
-__all__ = ["barycentric", "lse"]
+__all__ = ["barycentric", "lse", "lse_dense", "softmin"]

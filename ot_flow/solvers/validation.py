@@ -38,7 +38,7 @@ def weights(name, w, size, like, atol=1e-5):
         raise ValueError(f"argument '{name}' is on {w.device} but the points are on {like.device}")
     if not w.is_floating_point():
         raise ValueError(f"argument '{name}' must be a floating-point tensor, got {w.dtype}")
-    w = w.double()
+    w = w.detach().double()  # the solvers' weights; gradients in weights go through the caller
     if not torch.isfinite(w).all() or (w < 0).any():
         raise ValueError(f"argument '{name}' must be finite and non-negative")
     total = float(w.sum())

@@ -83,17 +83,6 @@ __global__ void __launch_bounds__(kThreads) lse_tiles_kernel(
   }
 }
 
-template <typename scalar_t>
-__global__ void lse_merge_chunks_kernel(const scalar_t* __restrict__ part_max,
-                                        const scalar_t* __restrict__ part_sum, int64_t n,
-                                        int64_t chunks, scalar_t* __restrict__ out) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (row >= n) return;
-  scalar_t max = neg_inf<scalar_t>(), sum = 0;
-  for (int64_t c = 0; c < chunks; ++c) merge_lse(max, sum, part_max[c * n + row], part_sum[c * n + row]);
-  out[row] = max == neg_inf<scalar_t>() ? neg_inf<scalar_t>() : max + log(sum);
-}
-
 at::Tensor lse_cuda(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
                     double scale) {
   auto [xc, yc, hc] = prepare_lse_args(x, y, h, scale);

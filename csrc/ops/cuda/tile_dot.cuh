@@ -6,7 +6,7 @@
 // of one half-warp, so row reductions are shuffles.
 #pragma once
 
-#include <cuda/std/limits>
+#include "online_lse.cuh"
 
 namespace ot_flow::cuda {
 
@@ -18,11 +18,6 @@ constexpr int kThreadCols = 4;
 constexpr int kThreadsX = kBlockCols / kThreadCols;  // 16
 constexpr int kThreadsY = kBlockRows / kThreadRows;  // 16
 constexpr int kThreads = kThreadsX * kThreadsY;      // 256
-
-template <typename T>
-constexpr T neg_inf() {
-  return -::cuda::std::numeric_limits<T>::infinity();
-}
 
 template <typename scalar_t>
 struct TileSmem {
@@ -69,18 +64,6 @@ __device__ __forceinline__ void tile_dot(const scalar_t* __restrict__ x, const s
         for (int j = 0; j < kThreadCols; ++j) dot[i][j] += a[i] * b[j];
     }
     __syncthreads();
-  }
-}
-
-// Folds (other_max, other_sum) into a running (max, sum) of exp(. - max).
-template <typename acc_t>
-__device__ __forceinline__ void merge_lse(acc_t& max, acc_t& sum, acc_t other_max, acc_t other_sum) {
-  if (other_max == neg_inf<acc_t>()) return;
-  if (other_max > max) {
-    sum = sum * exp(max - other_max) + other_sum;
-    max = other_max;
-  } else {
-    sum += other_sum * exp(other_max - max);
   }
 }
 

@@ -1,0 +1,105 @@
+// CUDA kernel of ot_flow::lse_dense. Along rows (dim = 1): one warp per row, each lane keeps
+// an online (max, sum) over a strided slice, merged by shuffles. Along columns (dim = 0): one
+// thread per column (adjacent threads read adjacent entries), rows split over blockIdx.y
+// when the columns alone give too few threads, partial pairs merged by a second kernel.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../lse_dense.h"
+#include "online_lse.cuh"
+
+namespace ot_flow {
+namespace {
+
+using namespace ot_flow::cuda;
+
+constexpr int kThreads = 256;
+
+template <typename acc_t>
+__device__ __forceinline__ void push(acc_t& max, acc_t& sum, acc_t v) {
+  if (v == neg_inf<acc_t>()) return;
+  if (v > max) {
+    sum = sum * exp(max - v) + acc_t(1);
+    max = v;
+  } else {
+    sum += exp(v - max);
+  }
+}
+
+template <typename scalar_t>
+__global__ void lse_dense_rows_kernel(const scalar_t* __restrict__ dots, const scalar_t* __restrict__ h,
+                                      int64_t n, int64_t m, scalar_t scale, scalar_t* __restrict__ out) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (row >= n) return;  // whole warps leave together
+  scalar_t max = neg_inf<scalar_t>(), sum = 0;
+  const scalar_t* d = dots + row * m;
+  for (int64_t j = lane; j < m; j += 32) push(max, sum, scale * d[j] + h[j]);
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const scalar_t other_max = __shfl_xor_sync(0xffffffffu, max, offset);
+    const scalar_t other_sum = __shfl_xor_sync(0xffffffffu, sum, offset);
+    merge_lse(max, sum, other_max, other_sum);
+  }
+  if (lane == 0) out[row] = max == neg_inf<scalar_t>() ? max : max + log(sum);
+}
+
+template <typename scalar_t>
+__global__ void lse_dense_columns_kernel(const scalar_t* __restrict__ dots, const scalar_t* __restrict__ h,
+                                         int64_t n, int64_t m, scalar_t scale, int64_t rows_per_chunk,
+                                         scalar_t* __restrict__ part_max, scalar_t* __restrict__ part_sum) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= m) return;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
+  const int64_t r1 = min(n, r0 + rows_per_chunk);
+  scalar_t max = neg_inf<scalar_t>(), sum = 0;
+  for (int64_t i = r0; i < r1; ++i) push(max, sum, scale * dots[i * m + col] + h[i]);
+  part_max[blockIdx.y * m + col] = max;
+  part_sum[blockIdx.y * m + col] = sum;
+}
+
+at::Tensor lse_dense_cuda(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim) {
+  return run_lse_dense(dots, h, scale, dim, &lse_dense_cuda_kernel);
+}
+
+}  // namespace
+
+at::Tensor lse_dense_cuda_kernel(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim) {
+  const c10::cuda::CUDAGuard device_guard(dots.device());
+  const int64_t n = dots.size(0), m = dots.size(1);
+  at::Tensor out = at::empty({dim == 1 ? n : m}, dots.options());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  AT_DISPATCH_FLOATING_TYPES(dots.scalar_type(), "ot_flow_lse_dense_cuda", [&] {
+    const scalar_t* d = dots.const_data_ptr<scalar_t>();
+    const scalar_t* hp = h.const_data_ptr<scalar_t>();
+    const scalar_t s = static_cast<scalar_t>(scale);
+    if (dim == 1) {
+      const int64_t blocks = (n * 32 + kThreads - 1) / kThreads;
+      lse_dense_rows_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(d, hp, n, m, s, out.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    const int64_t col_blocks = (m + kThreads - 1) / kThreads;
+    // Enough row chunks for about 8 blocks per multiprocessor.
+    int64_t chunks = std::min<int64_t>(std::max<int64_t>(1, 8 * sms / col_blocks), std::min<int64_t>(n, 65535));
+    const int64_t rows_per_chunk = (n + chunks - 1) / chunks;
+    chunks = (n + rows_per_chunk - 1) / rows_per_chunk;
+    at::Tensor partials = at::empty({2, chunks, m}, dots.options());
+    scalar_t* part_max = partials[0].data_ptr<scalar_t>();
+    scalar_t* part_sum = partials[1].data_ptr<scalar_t>();
+    const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(chunks));
+    lse_dense_columns_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(d, hp, n, m, s, rows_per_chunk, part_max, part_sum);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    lse_merge_chunks_kernel<scalar_t><<<static_cast<unsigned>(col_blocks), kThreads, 0, stream>>>(
+        part_max, part_sum, m, chunks, out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(ot_flow, CUDA, m) { m.impl("lse_dense", &lse_dense_cuda); }
+
+}  // namespace ot_flow

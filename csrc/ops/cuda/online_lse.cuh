@@ -1,0 +1,40 @@
+// Online log-sum-exp on the GPU: a running (max, sum of exp(. - max)) pair, how two pairs
+// merge, and the kernel that merges per-chunk partial pairs into max + log(sum).
+#pragma once
+
+#include <cuda/std/limits>
+
+#include <cstdint>
+
+namespace ot_flow::cuda {
+
+template <typename T>
+constexpr T neg_inf() {
+  return -::cuda::std::numeric_limits<T>::infinity();
+}
+
+// Folds (other_max, other_sum) into a running (max, sum) of exp(. - max).
+template <typename acc_t>
+__device__ __forceinline__ void merge_lse(acc_t& max, acc_t& sum, acc_t other_max, acc_t other_sum) {
+  if (other_max == neg_inf<acc_t>()) return;
+  if (other_max > max) {
+    sum = sum * exp(max - other_max) + other_sum;
+    max = other_max;
+  } else {
+    sum += other_sum * exp(other_max - max);
+  }
+}
+
+// out[i] = log-sum-exp of chunks partial pairs part_*[c * n + i], c < chunks.
+template <typename scalar_t>
+__global__ void lse_merge_chunks_kernel(const scalar_t* __restrict__ part_max,
+                                        const scalar_t* __restrict__ part_sum, int64_t n,
+                                        int64_t chunks, scalar_t* __restrict__ out) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= n) return;
+  scalar_t max = neg_inf<scalar_t>(), sum = 0;
+  for (int64_t c = 0; c < chunks; ++c) merge_lse(max, sum, part_max[c * n + row], part_sum[c * n + row]);
+  out[row] = max == neg_inf<scalar_t>() ? neg_inf<scalar_t>() : max + log(sum);
+}
+
+}  // namespace ot_flow::cuda

@@ -1,0 +1,42 @@
+#include "lse_dense.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "checks.h"
+
+namespace ot_flow {
+
+at::Tensor run_lse_dense(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim,
+                         at::Tensor (*kernel)(const at::Tensor&, const at::Tensor&, double, int64_t)) {
+  constexpr const char* op = "ot_flow.lse_dense";
+  TORCH_CHECK_VALUE(dots.dim() == 2, op, ": argument 'dots' must be a 2-D tensor, got shape ", dots.sizes());
+  TORCH_CHECK_VALUE(dots.scalar_type() == at::kFloat || dots.scalar_type() == at::kDouble, op,
+                    ": argument 'dots' must be float32 or float64, got ", dots.scalar_type());
+  TORCH_CHECK_VALUE(dots.numel() > 0, op, ": argument 'dots' is empty (shape ", dots.sizes(), ")");
+  TORCH_CHECK_VALUE(dim == 0 || dim == 1 || dim == -1 || dim == -2, op,
+                    ": argument 'dim' must be 0 or 1 (or -2, -1), got ", dim);
+  dim = dim < 0 ? dim + 2 : dim;
+  check_same_device(op, "h", h, "dots", dots);
+  check_log_weights(op, "h", h, dots.size(dim), dots);
+  check_finite_scalar(op, "scale", scale);
+  at::Tensor out = kernel(dots.contiguous(), h.contiguous(), scale, dim);
+  TORCH_CHECK_VALUE(!at::isnan(out).any().item<bool>(), op, ": argument 'dots' contains NaN or +Inf");
+  return out;
+}
+
+namespace {
+
+at::Tensor lse_dense_cpu(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim) {
+  return run_lse_dense(dots, h, scale, dim, &lse_dense_cpu_kernel);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
+  m.def("lse_dense(Tensor dots, Tensor h, float scale, int dim) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(ot_flow, CPU, m) { m.impl("lse_dense", &lse_dense_cpu); }
+
+}  // namespace ot_flow

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+import ot_flow
+from test_lse import SIZES, TOL
+
+DENSE_SIZES = [(n, m) for n in SIZES for m in SIZES if n * m <= 4099 * 1000]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,m", DENSE_SIZES)
+@pytest.mark.parametrize("dim", [0, 1])
+def test_matches_dense_reference(n, m, dim, dtype):
+    g = torch.Generator().manual_seed(n * 31 + m + dim)
+    dots = 3 * torch.randn(n, m, generator=g, dtype=dtype)
+    h = torch.randn(dots.shape[dim], generator=g, dtype=dtype)
+    out = ot_flow.ops.lse_dense(dots, h, 0.7, dim)
+    logits = 0.7 * dots.double() + (h.double() if dim == 1 else h.double()[:, None])
+    torch.testing.assert_close(out.double(), torch.logsumexp(logits, dim=dim), **TOL[dtype])
+
+
+def test_negative_infinity_bias_and_non_contiguous():
+    dots = torch.randn(300, 700, dtype=torch.float64).T  # (700, 300), column-major
+    h0 = torch.randn(700, dtype=torch.float64)
+    h0[::3] = float("-inf")
+    h0[:40] = float("-inf")  # the first row blocks carry no mass at all
+    out = ot_flow.ops.lse_dense(dots, h0, 2.0, 0)
+    torch.testing.assert_close(out, torch.logsumexp(2.0 * dots + h0[:, None], dim=0))
+    h0[:] = float("-inf")
+    assert torch.isneginf(ot_flow.ops.lse_dense(dots, h0, 2.0, 0)).all()
+
+
+def test_same_as_streaming_lse_and_opcheck():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(500, 20, generator=g), torch.randn(800, 20, generator=g)
+    h = torch.randn(800, generator=g)
+    torch.testing.assert_close(ot_flow.ops.lse_dense(x @ y.T, h, 0.3, 1), ot_flow.ops.lse(x, y, h, 0.3))
+    torch.library.opcheck(torch.ops.ot_flow.lse_dense.default, (x @ y.T, h, 0.3, 1))
+    torch.library.opcheck(torch.ops.ot_flow.lse_dense.default, (x @ y.T, torch.randn(500), 0.3, 0))
+
+
+def test_bad_input():
+    dots, h = torch.randn(4, 6), torch.randn(6)
+    with pytest.raises(ValueError, match="argument 'dim' must be 0 or 1"):
+        ot_flow.ops.lse_dense(dots, h, 1.0, 2)
+    with pytest.raises(ValueError, match="argument 'h' must be a 1-D tensor of length 4"):
+        ot_flow.ops.lse_dense(dots, h, 1.0, 0)
+    with pytest.raises(ValueError, match="argument 'dots' must be float32 or float64"):
+        ot_flow.ops.lse_dense(dots.long(), h.long(), 1.0, 1)
+    with pytest.raises(ValueError, match="argument 'dots' contains NaN"):
+        ot_flow.ops.lse_dense(dots.index_fill(1, torch.tensor([2]), float("nan")), h, 1.0, 1)
+    with pytest.raises(ValueError, match="argument 'dots' is empty"):
+        ot_flow.ops.lse_dense(dots[:0], h, 1.0, 1)
+
+
+def test_softmin_is_the_sinkhorn_update():
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(50, 3, generator=g, dtype=torch.float64), torch.randn(70, 3, generator=g, dtype=torch.float64)
+    pot = torch.randn(70, generator=g, dtype=torch.float64)
+    log_w = torch.log_softmax(torch.randn(70, generator=g, dtype=torch.float64), 0)
+    out = ot_flow.ops.softmin(x, y, pot, 0.4, log_w)
+    cost = -(x @ y.T)
+    expected = -0.4 * torch.logsumexp((pot[None, :] - cost) / 0.4 + log_w[None, :], dim=1)
+    torch.testing.assert_close(out, expected)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: ot_flow.ops.softmin(x, y, pot, 0.4, log_w), (x,))
+    compiled = torch.compile(lambda x: ot_flow.ops.softmin(x, y, pot, 0.4), fullgraph=True)
+    torch.testing.assert_close(compiled(x.detach()), ot_flow.ops.softmin(x.detach(), y, pot, 0.4))
+    with pytest.raises(ValueError, match="ot_flow.softmin: argument 'eps'"):
+        ot_flow.ops.softmin(x, y, pot, 0.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,m", [(1, 1), (7, 100_003), (4099, 1000), (100_003, 7)])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_cuda_matches_cpu(n, m, dim, dtype):
+    g = torch.Generator().manual_seed(n + m)
+    dots = 3 * torch.randn(n, m, generator=g, dtype=dtype)
+    h = torch.randn(dots.shape[dim], generator=g, dtype=dtype)
+    h[1::4] = float("-inf")
+    cpu = ot_flow.ops.lse_dense(dots, h, 0.7, dim)
+    gpu = ot_flow.ops.lse_dense(dots.cuda(), h.cuda(), 0.7, dim)
+    torch.testing.assert_close(gpu.cpu(), cpu, **TOL[dtype])
