@@ -49,8 +49,16 @@ cpptest: $(BUILD_STAMP)
 gpu-check:
 	bash scripts/gpu-check.sh
 
-bench: $(BUILD_STAMP)
-	$(PY) benchmarks/bench_lse.py
+BENCH_STAMP := $(VENV)/.bench-requirements-installed
+
+$(BENCH_STAMP): requirements-bench.txt $(VENV_STAMP)
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	touch $@
+
+# Side-by-side benchmarks with the peers; outputs under benchmarks/results/.
+bench: $(BUILD_STAMP) $(BENCH_STAMP)
+	$(PY) benchmarks/bench_lse.py --out benchmarks/results/lse-cpu.txt
+	$(PY) benchmarks/bench_sinkhorn.py --out benchmarks/results/sinkhorn-cpu.txt
 
 clean:
 	rm -rf build ot_flow/_C*.so

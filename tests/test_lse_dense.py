@@ -82,3 +82,38 @@ def test_cuda_matches_cpu(n, m, dim, dtype):
     cpu = ot_flow.ops.lse_dense(dots, h, 0.7, dim)
     gpu = ot_flow.ops.lse_dense(dots.cuda(), h.cuda(), 0.7, dim)
     torch.testing.assert_close(gpu.cpu(), cpu, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_shift_hint_changes_nothing(dim, dtype):
+    g = torch.Generator().manual_seed(dim + 5)
+    dots = 4 * torch.randn(900, 2500, generator=g, dtype=dtype)
+    h = torch.randn(dots.shape[dim], generator=g, dtype=dtype)
+    h[3::7] = float("-inf")
+    exact = ot_flow.ops.lse_dense(dots, h, 0.8, dim)
+    # Good guesses take the one-pass route, bad ones (overflow, underflow) fall back.
+    for offset in (0.0, 0.5, -30.0, 45.0, 500.0, -500.0):
+        hinted = ot_flow.ops.lse_dense(dots, h, 0.8, dim, shift=exact + offset)
+        torch.testing.assert_close(hinted, exact, **TOL[dtype])
+    mixed = exact + torch.where(torch.rand(exact.shape, generator=g) < 0.5, 0.0, 300.0).to(dtype)
+    torch.testing.assert_close(ot_flow.ops.lse_dense(dots, h, 0.8, dim, shift=mixed), exact, **TOL[dtype])
+    with pytest.raises(ValueError, match="argument 'shift' must be a 1-D tensor"):
+        ot_flow.ops.lse_dense(dots, h, 0.8, dim, shift=exact[:-1])
+    with pytest.raises(ValueError, match="argument 'shift' contains NaN"):
+        ot_flow.ops.lse_dense(dots, h, 0.8, dim, shift=torch.full_like(exact, float("nan")))
+
+
+def test_columns_same_bits_for_any_thread_count():
+    g = torch.Generator().manual_seed(9)
+    dots = torch.randn(700, 5000, generator=g)
+    h = torch.randn(700, generator=g)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2, 3):  # strip widths 2048, 2048 and 1728 columns
+            torch.set_num_threads(t)
+            results.append(ot_flow.ops.lse_dense(dots, h, 0.5, 0))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], r) for r in results[1:])

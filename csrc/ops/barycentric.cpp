@@ -7,7 +7,10 @@
 #include "lse.h"
 
 namespace ot_flow {
+namespace {
 
+// Validates the arguments; returns contiguous (x, y, h, values), h = zeros and values = y
+// when absent.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prepare_barycentric_args(
     const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
     const std::optional<at::Tensor>& values) {
@@ -25,13 +28,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prepare_barycentric_a
   return {xc, yc, hc, v.contiguous()};
 }
 
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> run_barycentric(const at::Tensor& x, const at::Tensor& y,
+                                                   const std::optional<at::Tensor>& h, double scale,
+                                                   const std::optional<at::Tensor>& values,
+                                                   BarycentricKernel kernel) {
+  auto [xc, yc, hc, vc] = prepare_barycentric_args(x, y, h, scale, values);
+  return kernel(xc, yc, hc, scale, vc);
+}
+
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> barycentric_cpu(const at::Tensor& x, const at::Tensor& y,
                                                    const std::optional<at::Tensor>& h, double scale,
                                                    const std::optional<at::Tensor>& values) {
-  auto [xc, yc, hc, vc] = prepare_barycentric_args(x, y, h, scale, values);
-  return barycentric_cpu_kernel(xc, yc, hc, scale, vc);
+  return run_barycentric(x, y, h, scale, values, &barycentric_cpu_kernel);
 }
 
 }  // namespace

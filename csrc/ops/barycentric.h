@@ -14,19 +14,22 @@
 
 namespace ot_flow {
 
-// Validates the arguments; returns contiguous (x, y, h, values), h = zeros and values = y
-// when absent.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prepare_barycentric_args(
-    const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
-    const std::optional<at::Tensor>& values);
-
 // Kernels on validated, contiguous inputs; return (out (n, k), lse (n)). A row whose every
 // bias is -inf gets out = 0 and lse = -inf.
+using BarycentricKernel = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& x, const at::Tensor& y,
+                                                                 const at::Tensor& h, double scale,
+                                                                 const at::Tensor& values);
 std::tuple<at::Tensor, at::Tensor> barycentric_cpu_kernel(const at::Tensor& x, const at::Tensor& y,
                                                           const at::Tensor& h, double scale,
                                                           const at::Tensor& values);
 std::tuple<at::Tensor, at::Tensor> barycentric_cuda_kernel(const at::Tensor& x, const at::Tensor& y,
                                                            const at::Tensor& h, double scale,
                                                            const at::Tensor& values);
+
+// The op for one device: checks, then `kernel`.
+std::tuple<at::Tensor, at::Tensor> run_barycentric(const at::Tensor& x, const at::Tensor& y,
+                                                   const std::optional<at::Tensor>& h, double scale,
+                                                   const std::optional<at::Tensor>& values,
+                                                   BarycentricKernel kernel);
 
 }  // namespace ot_flow

@@ -29,12 +29,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
   return {x.contiguous(), y.contiguous(), bias};
 }
 
+at::Tensor run_lse(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
+                   double scale, LseKernel kernel) {
+  auto [xc, yc, hc] = prepare_lse_args(x, y, h, scale);
+  return kernel(xc, yc, hc, scale);
+}
+
 namespace {
 
 at::Tensor lse_cpu(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
                    double scale) {
-  auto [xc, yc, hc] = prepare_lse_args(x, y, h, scale);
-  return lse_cpu_kernel(xc, yc, hc, scale);
+  return run_lse(x, y, h, scale, &lse_cpu_kernel);
 }
 
 }  // namespace

@@ -16,9 +16,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
     const char* op = "ot_flow.lse");
 
 // Kernels: x (n, d), y (m, d), h (m) contiguous, validated, same dtype and device.
+using LseKernel = at::Tensor (*)(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, double scale);
 at::Tensor lse_cpu_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
                           double scale);
 at::Tensor lse_cuda_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
                            double scale);
+
+// The op for one device: checks, then `kernel`.
+at::Tensor run_lse(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
+                   double scale, LseKernel kernel);
 
 }  // namespace ot_flow

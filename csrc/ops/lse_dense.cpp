@@ -8,7 +8,7 @@
 namespace ot_flow {
 
 at::Tensor run_lse_dense(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim,
-                         at::Tensor (*kernel)(const at::Tensor&, const at::Tensor&, double, int64_t)) {
+                         const std::optional<at::Tensor>& shift, LseDenseKernel kernel) {
   constexpr const char* op = "ot_flow.lse_dense";
   TORCH_CHECK_VALUE(dots.dim() == 2, op, ": argument 'dots' must be a 2-D tensor, got shape ", dots.sizes());
   TORCH_CHECK_VALUE(dots.scalar_type() == at::kFloat || dots.scalar_type() == at::kDouble, op,
@@ -20,21 +20,32 @@ at::Tensor run_lse_dense(const at::Tensor& dots, const at::Tensor& h, double sca
   check_same_device(op, "h", h, "dots", dots);
   check_log_weights(op, "h", h, dots.size(dim), dots);
   check_finite_scalar(op, "scale", scale);
-  at::Tensor out = kernel(dots.contiguous(), h.contiguous(), scale, dim);
+  std::optional<at::Tensor> shift_c;
+  if (shift.has_value()) {
+    const int64_t len = dots.size(1 - dim);
+    check_same_device(op, "shift", *shift, "dots", dots);
+    TORCH_CHECK_VALUE(shift->dim() == 1 && shift->size(0) == len && shift->scalar_type() == dots.scalar_type(), op,
+                      ": argument 'shift' must be a 1-D tensor of length ", len, " and dtype ", dots.scalar_type(),
+                      ", got shape ", shift->sizes(), " and dtype ", shift->scalar_type());
+    TORCH_CHECK_VALUE(at::isfinite(*shift).all().item<bool>(), op, ": argument 'shift' contains NaN or Inf");
+    shift_c = shift->contiguous();
+  }
+  at::Tensor out = kernel(dots.contiguous(), h.contiguous(), scale, dim, shift_c);
   TORCH_CHECK_VALUE(!at::isnan(out).any().item<bool>(), op, ": argument 'dots' contains NaN or +Inf");
   return out;
 }
 
 namespace {
 
-at::Tensor lse_dense_cpu(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim) {
-  return run_lse_dense(dots, h, scale, dim, &lse_dense_cpu_kernel);
+at::Tensor lse_dense_cpu(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim,
+                         const std::optional<at::Tensor>& shift) {
+  return run_lse_dense(dots, h, scale, dim, shift, &lse_dense_cpu_kernel);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
-  m.def("lse_dense(Tensor dots, Tensor h, float scale, int dim) -> Tensor");
+  m.def("lse_dense(Tensor dots, Tensor h, float scale, int dim, Tensor? shift=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ot_flow, CPU, m) { m.impl("lse_dense", &lse_dense_cpu); }

@@ -99,8 +99,7 @@ __global__ void __launch_bounds__(kThreads) barycentric_weighted_sum_kernel(
 std::tuple<at::Tensor, at::Tensor> barycentric_cuda(const at::Tensor& x, const at::Tensor& y,
                                                     const std::optional<at::Tensor>& h, double scale,
                                                     const std::optional<at::Tensor>& values) {
-  auto [xc, yc, hc, vc] = prepare_barycentric_args(x, y, h, scale, values);
-  return barycentric_cuda_kernel(xc, yc, hc, scale, vc);
+  return run_barycentric(x, y, h, scale, values, &barycentric_cuda_kernel);
 }
 
 }  // namespace

@@ -60,13 +60,16 @@ __global__ void lse_dense_columns_kernel(const scalar_t* __restrict__ dots, cons
   part_sum[blockIdx.y * m + col] = sum;
 }
 
-at::Tensor lse_dense_cuda(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim) {
-  return run_lse_dense(dots, h, scale, dim, &lse_dense_cuda_kernel);
+at::Tensor lse_dense_cuda(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim,
+                          const std::optional<at::Tensor>& shift) {
+  return run_lse_dense(dots, h, scale, dim, shift, &lse_dense_cuda_kernel);
 }
 
 }  // namespace
 
-at::Tensor lse_dense_cuda_kernel(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim) {
+// The kernels here make one online pass already, so the shift hint is not needed.
+at::Tensor lse_dense_cuda_kernel(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim,
+                                 const std::optional<at::Tensor>& /*shift*/) {
   const c10::cuda::CUDAGuard device_guard(dots.device());
   const int64_t n = dots.size(0), m = dots.size(1);
   at::Tensor out = at::empty({dim == 1 ? n : m}, dots.options());

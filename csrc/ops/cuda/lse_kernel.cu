@@ -85,8 +85,7 @@ __global__ void __launch_bounds__(kThreads) lse_tiles_kernel(
 
 at::Tensor lse_cuda(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
                     double scale) {
-  auto [xc, yc, hc] = prepare_lse_args(x, y, h, scale);
-  return lse_cuda_kernel(xc, yc, hc, scale);
+  return run_lse(x, y, h, scale, &lse_cuda_kernel);
 }
 
 }  // namespace
