@@ -23,7 +23,6 @@ one iteration needs at the machine's measured rates: 2 half-iterations, each n m
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -305,17 +304,18 @@ def memory_run(args):
 
     n, d = args.memory_run, args.dims[0]
     x, y = problem(n, d, args.device)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset_peak_rss()
+    base = proc_status_kib("VmRSS:") / 2**20
     t0 = time.perf_counter()
     res = ot_flow.sinkhorn(x, y, eps=REL_EPS, tol=TOL, cost_cache=False)
     elapsed = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = proc_status_kib("VmHWM:") / 2**20
     text = "\n".join([
-        header(f"ot_flow.sinkhorn memory run: n = m = {n:,}, d = {d}, float32, {args.device}"),
+        header(f"ot_flow.sinkhorn memory run: n = m = {n:,}, d = {d}, float32, {args.device}, eps = {REL_EPS} std(C)"),
         f"converged {res.converged} in {res.n_iter} iterations, {elapsed:.1f} s ({elapsed / max(res.n_iter, 1):.2f} s/iter), "
         f"marginal error {res.error:.2e}, path {res.path}",
-        f"peak RSS of the whole process {peak:.2f} GiB (growth during the solve {(peak * 2**20 - base) / 2**20:.2f} GiB); "
-        f"inputs {2 * n * d * 4 / 2**20:.0f} MiB; a dense float32 cost matrix alone would be {n * n * 4 / 2**30:.0f} GiB",
+        f"peak RSS during the solve {peak:.2f} GiB, {(peak - base) * 1024:.0f} MiB above the {base:.2f} GiB before it "
+        f"(inputs {2 * n * d * 4 / 2**20:.0f} MiB); a dense float32 cost matrix alone would be {n * n * 4 / 2**30:.0f} GiB",
     ])
     print(text)
     if args.out:

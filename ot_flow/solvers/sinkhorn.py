@@ -37,11 +37,15 @@ _MOMENTUM_MAX_RATIO = 0.999  # caps w at about 1.94
 # eps annealing: eps_k = max(eps, std(C) * decay^k), one iteration per level.
 _ANNEAL_DECAY = 0.7
 _ANNEAL_BELOW = 0.05  # auto-anneal when eps < this fraction of std(C)
-# Cached-cost path: hold the n x m dot products when they fit this budget, on the CPU, where
-# the one-pass half-iteration over the cache is measured faster than streaming for every d
-# (1.5x at d = 2, 3.7x at d = 64, n = 4096: benchmarks/results/sinkhorn-cpu.txt). On a GPU
-# the streamed GEMM runs on the tensor cores; the cache there is opt-in until measured.
+# Cached-cost path, on the CPU: hold the n x m dot products when they fit the budget and
+# either the GEMM is what a streamed pass pays for (d >= 16) or the matrix is small enough to
+# stay near the caches. Measured (benchmarks/results/sinkhorn-cpu.txt): cached is 1.6x faster
+# at n = 4096, d = 2 and 3.2x at d = 64; at n = 16384, d = 2 the 1 GiB matrix is read from
+# memory twice per iteration and streaming wins (476 vs 575 ms/iter). On a GPU the streamed
+# GEMM runs on the tensor cores; the cache there is opt-in until measured.
 _CACHE_BUDGET_BYTES = 1 << 30
+_CACHE_MIN_DIM = 16
+_CACHE_SMALL_BYTES = 256 << 20
 
 
 @dataclass
@@ -143,8 +147,9 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
             ``entropy_tol`` of this value (seed paper 002 recommends about 0.2); ``eps`` is then
             the first guess.
         cost_cache: hold the n x m dot products in memory (one fused pass per half-iteration,
-            no GEMM) -- "auto" does so on the CPU when they fit 1 GiB; True forces it, False
-            always streams (memory O((n + m) d)). ``result.path`` says which ran.
+            no GEMM) -- "auto" does so on the CPU when they fit 1 GiB and either d >= 16 or
+            they take at most 256 MiB; True forces it, False always streams (memory
+            O((n + m) d)). ``result.path`` says which ran.
 
     Returns:
         SinkhornResult. Under ``torch.compile`` this function runs eagerly (one graph break:
@@ -169,7 +174,9 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     if cost_cache not in ("auto", True, False):
         raise ValueError(f"argument 'cost_cache' must be 'auto', True or False, got {cost_cache!r}")
     if cost_cache == "auto":
-        cost_cache = x.device.type == "cpu" and x.shape[0] * y.shape[0] * x.element_size() <= _CACHE_BUDGET_BYTES
+        size = x.shape[0] * y.shape[0] * x.element_size()
+        cost_cache = x.device.type == "cpu" and size <= _CACHE_BUDGET_BYTES and (
+            x.shape[1] >= _CACHE_MIN_DIM or size <= _CACHE_SMALL_BYTES)
     dots = None
     if cost_cache:
         dots = x.detach() @ y.detach().T
