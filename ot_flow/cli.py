@@ -42,7 +42,8 @@ def demo(args):
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     dense_gib = n * n * 4 / 2**30
     print(f"  converged: {res.converged} after {res.n_iter} iterations in {elapsed:.2f} s "
-          f"({1e3 * elapsed / max(res.n_iter, 1):.1f} ms per iteration), marginal error {res.error:.2e}")
+          f"({1e3 * elapsed / max(res.n_iter, 1):.1f} ms per iteration, {res.path} path), "
+          f"marginal error {res.error:.2e}")
     print(f"  absolute eps {res.eps:.4g}; renormalized entropy E(P) = {entropy:.3f} (0 = permutation, 1 = independent)")
     print(f"  transport cost <P, C> = {cost:.4f}; closed-form W2^2/2 of the two Gaussians = {w2_half:.4f} "
           f"(gap: entropic blur and sampling error of {n:,} points)")
