@@ -2,6 +2,7 @@
 
 import datetime
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def header(title):
     lines = [
         f"# {title}",
         f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"command: {' '.join([sys.executable.split('/')[-1]] + sys.argv)}",
+        f"command: {shlex.join([sys.executable.split('/')[-1]] + sys.argv)}",
         f"torch: {torch.__version__}, threads: {torch.get_num_threads()}",
         f"machine: {platform.machine()} {cpu_name()}",
     ]
