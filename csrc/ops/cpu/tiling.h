@@ -82,18 +82,15 @@ scalar_t row_exp_inplace(scalar_t* v, int64_t len, scalar_t shift) {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-// Folds (other_max, other_sum) into a running (max, sum) of exp(. - max); returns the factor
-// by which the running sum (and anything accumulated alongside it) was rescaled.
-inline double merge_lse(double& max, double& sum, double other_max, double other_sum) {
-  if (other_max == kNegInf) return 1.0;
+// Folds (other_max, other_sum) into a running (max, sum) of exp(. - max).
+inline void merge_lse(double& max, double& sum, double other_max, double other_sum) {
+  if (other_max == kNegInf) return;
   if (other_max > max) {
-    const double factor = std::exp(max - other_max);
-    sum = sum * factor + other_sum;
+    sum = sum * std::exp(max - other_max) + other_sum;
     max = other_max;
-    return factor;
+  } else {
+    sum += other_sum * std::exp(other_max - max);
   }
-  sum += other_sum * std::exp(other_max - max);
-  return 1.0;
 }
 
 }  // namespace ot_flow::cpu
