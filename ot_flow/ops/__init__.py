@@ -1,8 +1,9 @@
 """Python entry points of the torch ops in namespace ``ot_flow`` (``torch.ops.ot_flow.*``)."""
 
 from ot_flow.ops.barycentric import barycentric
+from ot_flow.ops.gumbel_argmax import gumbel_argmax, seed_from
 from ot_flow.ops.lse import lse
 from ot_flow.ops.lse_dense import lse_dense
 from ot_flow.ops.softmin import softmin
 
-__all__ = ["barycentric", "lse", "lse_dense", "softmin"]
+__all__ = ["barycentric", "gumbel_argmax", "lse", "lse_dense", "seed_from", "softmin"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ot_flow.ops import barycentric, lse_dense, softmin
+from ot_flow.ops import barycentric, gumbel_argmax, lse_dense, softmin
 from ot_flow.solvers import costs, validation
 
 __all__ = ["SinkhornResult", "sinkhorn", "row_barycentres"]
@@ -106,8 +106,14 @@ class SinkhornResult:
         return min(1.0, max(0.0, 2 * h_p / h_ab - 1))
 
     def sample(self, generator=None):
-        """One column j per row i drawn from P(. | i): arrives with the Gumbel-max sampling op."""
-        raise NotImplementedError("SinkhornResult.sample needs the gumbel_argmax op (sampling issue)")
+        """LongTensor (n,): for each row i one column j drawn from P(. | i), streamed (Gumbel-max).
+
+        The pairs (i, j_i) are distributed as P when ``a`` is uniform. The noise is keyed on a
+        seed drawn from ``generator`` (default: torch's global CPU generator) and on (i, j), so
+        the draw is reproducible and the same on every device.
+        """
+        bias = column_bias(self.g, self.y, self.b, self.eps, self.cost)
+        return gumbel_argmax(self.x, self.y, bias, 1.0 / self.eps, generator=generator)
 
 
 def dot_potential(potential, points, cost):
@@ -115,11 +121,16 @@ def dot_potential(potential, points, cost):
     return (potential.double() - costs.cost_offsets(points.double(), cost)).to(points.dtype)
 
 
+def column_bias(g, y, b, eps, cost):
+    """h_j = g_j / eps + log b_j for the dot cost: the softmax over j of <x_i, y_j> / eps + h_j
+    is P(j | i) for any coupling whose column potential is g (the row potential only scales rows)."""
+    return dot_potential(g, y, cost) / eps + b.log().to(y.dtype)
+
+
 def row_barycentres(x, y, g, b, eps, cost):
-    """(T, lse) with T_i = sum_j P_ij y_j / sum_j P_ij for any coupling whose column potential is
-    g (the row potential only scales rows), and lse_i the log of the row sum over exp(f_i / eps)."""
-    bias = dot_potential(g, y, cost) / eps + b.log().to(x.dtype)
-    return barycentric(x, y, bias, 1.0 / eps)
+    """(T, lse) with T_i = sum_j P_ij y_j / sum_j P_ij, and lse_i the log of the row sum over
+    exp(f_i / eps)."""
+    return barycentric(x, y, column_bias(g, y, b, eps, cost), 1.0 / eps)
 
 
 def _xlogx_sum(w):

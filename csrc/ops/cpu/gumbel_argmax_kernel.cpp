@@ -1,0 +1,89 @@
+// CPU kernel of ot_flow::gumbel_argmax: the tiles of lse (tiling.h), each row of a tile
+// scanned for the elements that can still win. An element is a candidate only when its logit
+// plus the largest possible noise reaches both the row's running best and the tile's best
+// logit plus the smallest possible noise (gumbel_noise.h); only candidates draw their noise,
+// which at low entropy is a handful per row. The column chunks' (value, index) pairs are then
+// merged in chunk order, so ties go to the lowest column whatever the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "../gumbel_argmax.h"
+#include "../gumbel_noise.h"
+#include "tiling.h"
+
+namespace ot_flow {
+namespace {
+
+template <typename scalar_t>
+void gumbel_argmax_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, double scale,
+                            const GumbelKey& key, at::Tensor& index, at::Tensor& value) {
+  using namespace cpu;
+  const TilePlan plan = TilePlan::make(x.size(0), y.size(0));
+  const int64_t n = plan.n;
+  std::vector<double> part_value(plan.col_chunks * n, kNegInf);
+  std::vector<int64_t> part_index(plan.col_chunks * n, -1);
+
+  at::parallel_for(0, plan.tasks(), 1, [&](int64_t task_begin, int64_t task_end) {
+    at::Tensor buffer = at::empty({kRowBlock * kColTile}, x.options());
+    for (int64_t task = task_begin; task < task_end; ++task) {
+      const int64_t r0 = plan.row_begin(task), rows = plan.rows(task);
+      const at::Tensor x_block = x.narrow(0, r0, rows);
+      double* best = part_value.data() + plan.chunk(task) * n + r0;
+      int64_t* best_j = part_index.data() + plan.chunk(task) * n + r0;
+      for (int64_t tile = plan.tile_begin(task); tile < plan.tile_end(task); ++tile) {
+        const int64_t c0 = plan.col_begin(tile), cols = plan.cols(tile);
+        const at::Tensor logits = logits_tile(buffer, x_block, y, h, scale, c0, cols);
+        const scalar_t* v = logits.const_data_ptr<scalar_t>();
+        for (int64_t i = 0; i < rows; ++i, v += cols) {
+          const double tile_max = row_max(v, cols);
+          if (tile_max == kNegInf) continue;
+          const double bound = std::max(best[i], tile_max + kGumbelMin) - kGumbelMax;
+          GumbelRow noise(key.seed, key.offset, key.row_offset + r0 + i);
+          for (int64_t j = 0; j < cols; ++j) {
+            if (v[j] < bound) continue;
+            const double perturbed = v[j] + noise.at(key.col_offset + c0 + j);
+            if (perturbed > best[i]) {
+              best[i] = perturbed;
+              best_j[i] = c0 + j;
+            }
+          }
+        }
+      }
+    }
+  });
+
+  int64_t* out_index = index.data_ptr<int64_t>();
+  double* out_value = value.data_ptr<double>();
+  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      double v = kNegInf;
+      int64_t j = -1;
+      for (int64_t c = 0; c < plan.col_chunks; ++c) {
+        if (part_value[c * n + i] > v) {
+          v = part_value[c * n + i];
+          j = part_index[c * n + i];
+        }
+      }
+      out_value[i] = v;
+      out_index[i] = j;
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cpu_kernel(const at::Tensor& x, const at::Tensor& y,
+                                                            const at::Tensor& h, double scale,
+                                                            const GumbelKey& key) {
+  at::Tensor index = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  at::Tensor value = at::empty({x.size(0)}, x.options().dtype(at::kDouble));
+  // Detached for the same reason as lse: the tiles run on worker threads.
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ot_flow_gumbel_argmax_cpu", [&] {
+    gumbel_argmax_cpu_impl<scalar_t>(x.detach(), y.detach(), h.detach(), scale, key, index, value);
+  });
+  return {index, value};
+}
+
+}  // namespace ot_flow

@@ -1,0 +1,164 @@
+// CUDA kernel of ot_flow::gumbel_argmax. The tiles of lse (tile_dot.cuh); each thread keeps a
+// running (value, index) for each of its rows, draws noise only for the elements of its
+// columns that can still win (the bound of gumbel_noise.h), and the threads of a row group
+// merge their pairs with shuffles, ties to the lower column. Column chunks, when the rows
+// alone give too few blocks, write partial pairs that a second kernel merges in chunk order.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../gumbel_argmax.h"
+#include "../gumbel_noise.h"
+#include "tile_dot.cuh"
+
+namespace ot_flow {
+namespace {
+
+using namespace ot_flow::cuda;
+
+__device__ __forceinline__ void keep_better(double& value, int64_t& index, double other_value,
+                                            int64_t other_index) {
+  if (other_value > value || (other_value == value && other_index >= 0 && other_index < index)) {
+    value = other_value;
+    index = other_index;
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) gumbel_argmax_tiles_kernel(
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ y, const scalar_t* __restrict__ h,
+    int64_t n, int64_t m, int64_t d, scalar_t scale, int64_t cols_per_chunk, GumbelKey key,
+    double* __restrict__ part_value, int64_t* __restrict__ part_index) {
+  using acc_t = scalar_t;
+  __shared__ TileSmem<scalar_t> smem;
+  const int tx = threadIdx.x % kThreadsX;
+  const int ty = threadIdx.x / kThreadsX;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kBlockRows;
+  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
+  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+
+  double best[kThreadRows];
+  int64_t best_j[kThreadRows];
+#pragma unroll
+  for (int i = 0; i < kThreadRows; ++i) {
+    best[i] = neg_inf<double>();
+    best_j[i] = -1;
+  }
+
+  for (int64_t col0 = col_begin; col0 < col_end; col0 += kBlockCols) {
+    acc_t dot[kThreadRows][kThreadCols];
+    tile_dot(x, y, n, col_end, d, row0, col0, smem, dot);
+    acc_t bias[kThreadCols];
+#pragma unroll
+    for (int j = 0; j < kThreadCols; ++j) {
+      const int64_t gc = col0 + tx * kThreadCols + j;
+      bias[j] = gc < col_end ? static_cast<acc_t>(h[gc]) : neg_inf<acc_t>();
+    }
+#pragma unroll
+    for (int i = 0; i < kThreadRows; ++i) {
+      const int64_t row = row0 + ty * kThreadRows + i;
+      acc_t v[kThreadCols];
+      acc_t local_max = neg_inf<acc_t>();
+#pragma unroll
+      for (int j = 0; j < kThreadCols; ++j) {
+        v[j] = scale * dot[i][j] + bias[j];
+        local_max = max(local_max, v[j]);
+      }
+      if (row >= n || local_max == neg_inf<acc_t>()) continue;
+      const double bound = fmax(best[i], static_cast<double>(local_max) + kGumbelMin) - kGumbelMax;
+      if (static_cast<double>(local_max) < bound) continue;
+      GumbelRow noise(static_cast<uint64_t>(key.seed), static_cast<uint64_t>(key.offset),
+                      static_cast<uint64_t>(key.row_offset + row));
+#pragma unroll
+      for (int j = 0; j < kThreadCols; ++j) {
+        if (static_cast<double>(v[j]) < bound) continue;
+        const int64_t col = col0 + tx * kThreadCols + j;
+        const double perturbed = static_cast<double>(v[j]) + noise.at(static_cast<uint64_t>(key.col_offset + col));
+        if (perturbed > best[i]) {
+          best[i] = perturbed;
+          best_j[i] = col;
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < kThreadRows; ++i) {
+#pragma unroll
+    for (int offset = kThreadsX / 2; offset > 0; offset /= 2) {
+      const double other_value = __shfl_xor_sync(0xffffffffu, best[i], offset);
+      const int64_t other_index = __shfl_xor_sync(0xffffffffu, best_j[i], offset);
+      keep_better(best[i], best_j[i], other_value, other_index);
+    }
+    const int64_t row = row0 + ty * kThreadRows + i;
+    if (tx == 0 && row < n) {
+      part_value[blockIdx.y * n + row] = best[i];
+      part_index[blockIdx.y * n + row] = best_j[i];
+    }
+  }
+}
+
+// Chunk c of row i at part_*[c * n + i]; merged in chunk order, so ties keep the lower column.
+__global__ void gumbel_merge_chunks_kernel(const double* __restrict__ part_value,
+                                           const int64_t* __restrict__ part_index, int64_t n,
+                                           int64_t chunks, double* __restrict__ value,
+                                           int64_t* __restrict__ index) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= n) return;
+  double best = neg_inf<double>();
+  int64_t best_j = -1;
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (part_value[c * n + row] > best) {
+      best = part_value[c * n + row];
+      best_j = part_index[c * n + row];
+    }
+  }
+  value[row] = best;
+  index[row] = best_j;
+}
+
+std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cuda(const at::Tensor& x, const at::Tensor& y,
+                                                      const std::optional<at::Tensor>& h, double scale,
+                                                      int64_t seed, int64_t offset, int64_t row_offset,
+                                                      int64_t col_offset) {
+  return run_gumbel_argmax(x, y, h, scale, seed, offset, row_offset, col_offset, &gumbel_argmax_cuda_kernel);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cuda_kernel(const at::Tensor& x, const at::Tensor& y,
+                                                             const at::Tensor& h, double scale,
+                                                             const GumbelKey& key) {
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
+  at::Tensor index = at::empty({n}, x.options().dtype(at::kLong));
+  at::Tensor value = at::empty({n}, x.options().dtype(at::kDouble));
+  const ChunkPlan plan = plan_chunks(n, m, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.gumbel_argmax: too many rows");
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
+  // With one chunk the tiles kernel writes the result directly.
+  at::Tensor part_value = plan.chunks == 1 ? value : at::empty({plan.chunks, n}, value.options());
+  at::Tensor part_index = plan.chunks == 1 ? index : at::empty({plan.chunks, n}, index.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ot_flow_gumbel_argmax_cuda", [&] {
+    gumbel_argmax_tiles_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), h.const_data_ptr<scalar_t>(), n, m, d,
+        static_cast<scalar_t>(scale), plan.cols_per_chunk, key, part_value.data_ptr<double>(),
+        part_index.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  if (plan.chunks > 1) {
+    constexpr int kMergeThreads = 256;
+    const unsigned merge_blocks = static_cast<unsigned>((n + kMergeThreads - 1) / kMergeThreads);
+    gumbel_merge_chunks_kernel<<<merge_blocks, kMergeThreads, 0, stream>>>(
+        part_value.data_ptr<double>(), part_index.data_ptr<int64_t>(), n, plan.chunks,
+        value.data_ptr<double>(), index.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {index, value};
+}
+
+TORCH_LIBRARY_IMPL(ot_flow, CUDA, m) { m.impl("gumbel_argmax", &gumbel_argmax_cuda); }
+
+}  // namespace ot_flow

@@ -1,0 +1,148 @@
+"""OTPairDataset: one large coupling per round, consumed as many minibatches (seed paper 002).
+
+Each round draws ``coupling_size`` source and target points, solves one Sinkhorn coupling
+between them with an :class:`ot_flow.OTSampler`, draws a partner for every source point and
+yields the pairs, shuffled, in minibatches. The randomness of a round (which points, the
+pairing noise, the shuffle) comes from a generator seeded by (seed, epoch, round) alone, so:
+
+* with ``num_workers > 0`` worker w takes the rounds r = w (mod workers) and the set of
+  batches is the same as with ``num_workers=0``;
+* under DDP every rank solves the same coupling and yields a disjoint share of its pairs
+  (rows rank, rank + world_size, ... of the round's shuffle). Until the sharded solver
+  arrives every rank solves the whole coupling itself.
+"""
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, default_collate, get_worker_info
+
+from ot_flow.samplers.ot_sampler import OTSampler
+
+__all__ = ["OTPairDataset"]
+
+
+class OTPairDataset(IterableDataset):
+    """Minibatches of OT-coupled pairs for a ``DataLoader(dataset, batch_size=None)``.
+
+    Args:
+        source: where x0 comes from: None (standard normal noise shaped like the target
+            points), a callable ``source(n, generator) -> Tensor``, a tensor of points, or a
+            map-style ``Dataset``.
+        target: the data x1: a tensor (N, ...) or a map-style ``Dataset`` whose items are
+            tensors or tuples ``(points, label, ...)``; the extra fields travel with x1.
+        sampler: the :class:`ot_flow.OTSampler` that solves each round's coupling.
+        coupling_size: n, the points per side of one coupling (seed paper 002: 2^11 to 2^21).
+            Drawn without replacement when the data set has at least n points.
+        batch_size: pairs per yielded minibatch.
+        rounds: couplings per epoch; None means an endless stream.
+        seed: the base of every round's seed; ``set_epoch`` moves to fresh rounds.
+        drop_last: drop the last short minibatch of a round's share.
+        rank, world_size: this process's share; default from ``torch.distributed`` when it
+            is initialised, else (0, 1).
+        device: where the coupling is solved and the pairs are yielded (default: the
+            target's device; "cuda" in the main process with ``num_workers=0``).
+
+    Yields:
+        ``(x0, x1)`` or ``(x0, x1, *extras)`` minibatches.
+    """
+
+    def __init__(self, source, target, sampler, coupling_size, batch_size, *, rounds=None, seed=0,
+                 drop_last=True, rank=None, world_size=None, device=None):
+        super().__init__()
+        if not isinstance(sampler, OTSampler):
+            raise ValueError(f"argument 'sampler' must be an ot_flow.OTSampler, got {type(sampler).__name__}")
+        if not isinstance(target, (torch.Tensor, Dataset)):
+            raise ValueError(f"argument 'target' must be a tensor or a map-style Dataset, got {type(target).__name__}")
+        if not (source is None or callable(source) or isinstance(source, (torch.Tensor, Dataset))):
+            raise ValueError("argument 'source' must be None, a callable (n, generator) -> Tensor, "
+                             f"a tensor or a map-style Dataset, got {type(source).__name__}")
+        for name, value in (("coupling_size", coupling_size), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"argument '{name}' must be an int >= 1, got {value!r}")
+        if rounds is not None and (not isinstance(rounds, int) or rounds < 1):
+            raise ValueError(f"argument 'rounds' must be None or an int >= 1, got {rounds!r}")
+        if len(target) == 0:
+            raise ValueError("argument 'target' is empty")
+        self.rank, self.world_size = _rank_and_world(rank, world_size)
+        if coupling_size < self.world_size * batch_size and drop_last:
+            raise ValueError(f"argument 'coupling_size' ({coupling_size}) gives each of the {self.world_size} "
+                             f"ranks fewer pairs than one batch of {batch_size}")
+        self.source, self.target, self.sampler = source, target, sampler
+        self.coupling_size, self.batch_size = coupling_size, batch_size
+        self.rounds, self.seed, self.drop_last = rounds, int(seed), drop_last
+        self.device = torch.device(device) if device is not None else None
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        """Moves to the rounds of another epoch (call it each epoch, as with DistributedSampler)."""
+        self.epoch = int(epoch)
+
+    def batches_per_round(self):
+        share = len(range(self.rank, self.coupling_size, self.world_size))
+        return share // self.batch_size if self.drop_last else -(-share // self.batch_size)
+
+    def __len__(self):
+        if self.rounds is None:
+            raise TypeError("OTPairDataset with rounds=None is an endless stream and has no length")
+        return self.rounds * self.batches_per_round()
+
+    def __iter__(self):
+        worker = get_worker_info()
+        first, step = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        round_index = first
+        while self.rounds is None or round_index < self.rounds:
+            yield from self._round(round_index)
+            round_index += step
+
+    def _round(self, round_index):
+        gen = torch.Generator().manual_seed(_round_seed(self.seed, self.epoch, round_index))
+        x1, *extras = _draw(self.target, self.coupling_size, gen)
+        if self.source is None:
+            x0 = torch.randn(x1.shape, generator=gen, dtype=x1.dtype if x1.is_floating_point() else None)
+        elif callable(self.source) and not isinstance(self.source, (torch.Tensor, Dataset)):
+            x0 = self.source(self.coupling_size, gen)
+            if not isinstance(x0, torch.Tensor) or x0.shape[0] != self.coupling_size:
+                raise ValueError(f"argument 'source': source(n, generator) must return a tensor with "
+                                 f"n = {self.coupling_size} rows")
+        else:
+            x0 = _draw(self.source, self.coupling_size, gen)[0]
+        device = self.device if self.device is not None else x1.device
+        x0, x1 = x0.to(device), x1.to(device)
+        extras = [e.to(device) for e in extras]
+        pairs = self.sampler.pair(x0, x1, *extras, generator=gen)
+        order = torch.randperm(self.coupling_size, generator=gen)[self.rank::self.world_size].to(device)
+        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for begin in range(0, stop, self.batch_size):
+            rows = order[begin:begin + self.batch_size]
+            yield tuple(t[rows] for t in pairs)
+
+
+def _rank_and_world(rank, world_size):
+    if rank is None and world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+    if rank is None or world_size is None:
+        raise ValueError("arguments 'rank' and 'world_size' go together: give both or neither")
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"arguments 'rank' and 'world_size' must satisfy 0 <= rank < world_size, got {rank}, {world_size}")
+    return rank, world_size
+
+
+def _round_seed(seed, epoch, round_index):
+    return int(np.random.SeedSequence([seed, epoch, round_index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _draw(points, n, gen):
+    """n items of a tensor or Dataset (without replacement when there are enough), as a list
+    of tensors: the points, then any extra fields of the items."""
+    size = len(points)
+    index = torch.randperm(size, generator=gen)[:n] if n <= size else torch.randint(size, (n,), generator=gen)
+    if isinstance(points, torch.Tensor):
+        return [points[index.to(points.device)]]
+    batch = default_collate([points[int(k)] for k in index])
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    if isinstance(batch, (list, tuple)) and batch and all(isinstance(t, torch.Tensor) for t in batch):
+        return list(batch)
+    raise ValueError("a Dataset's items must be tensors or tuples of tensors (points, label, ...)")

@@ -1,0 +1,5 @@
+"""Samplers: couplings turned into training pairs (they join the ops and solvers to training)."""
+
+from ot_flow.samplers.ot_sampler import OTSampler
+
+__all__ = ["OTSampler"]
