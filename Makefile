@@ -51,14 +51,16 @@ gpu-check:
 
 BENCH_STAMP := $(VENV)/.bench-requirements-installed
 
-$(BENCH_STAMP): requirements-bench.txt $(VENV_STAMP)
+$(BENCH_STAMP): requirements-bench.txt requirements-bench-nodeps.txt $(VENV_STAMP)
 	$(PY) -m pip install --quiet -r requirements-bench.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-bench-nodeps.txt
 	touch $@
 
 # Side-by-side benchmarks with the peers; outputs under benchmarks/results/.
 bench: $(BUILD_STAMP) $(BENCH_STAMP)
 	$(PY) benchmarks/bench_lse.py --out benchmarks/results/lse-cpu.txt
 	$(PY) benchmarks/bench_sinkhorn.py --out benchmarks/results/sinkhorn-cpu.txt
+	$(PY) benchmarks/bench_sampling.py --out benchmarks/results/sampling-cpu.txt
 
 clean:
 	rm -rf build ot_flow/_C*.so

@@ -25,6 +25,14 @@ def dense_sinkhorn(cost, a, b, eps, iters=100_000, tol=1e-12):
     return f, g, plan
 
 
+def dense_plan(res):
+    """The n x m matrix of a SinkhornResult's coupling, in float64."""
+    from ot_flow.solvers.costs import cost_matrix
+
+    c = cost_matrix(res.x.double(), res.y.double(), res.cost)
+    return res.a[:, None] * res.b[None, :] * torch.exp((res.f.double()[:, None] + res.g.double()[None, :] - c) / res.eps)
+
+
 # The Gumbel noise of ot_flow.gumbel_argmax (csrc/ops/gumbel_noise.h), written again in numpy:
 # Philox4x32-10 keyed on a SplitMix64 hash of (seed, offset), counter (j // 4, i), word j % 4.
 _MASK32 = np.uint64(0xFFFFFFFF)

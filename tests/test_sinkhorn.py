@@ -11,17 +11,12 @@ from scipy.optimize import linear_sum_assignment
 
 import ot_flow
 from ot_flow.solvers.costs import cost_matrix, cost_std
-from reference import dense_sinkhorn
+from reference import dense_plan, dense_sinkhorn
 
 
 def clouds(n, m, d, seed, dtype=torch.float64, shift=1.0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, d, generator=g, dtype=dtype), torch.randn(m, d, generator=g, dtype=dtype) + shift
-
-
-def dense_plan(res):
-    c = cost_matrix(res.x.double(), res.y.double(), res.cost)
-    return res.a[:, None] * res.b[None, :] * torch.exp((res.f.double()[:, None] + res.g.double()[None, :] - c) / res.eps)
 
 
 @pytest.mark.parametrize("cost", ["sqeuclidean", "dot"])

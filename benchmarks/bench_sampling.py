@@ -1,0 +1,149 @@
+"""Pairs from a coupling, per pair: ot_flow (streamed Sinkhorn + Gumbel-max sampling) side by
+side with torchcfm's OTPlanSampler (POT exact and POT Sinkhorn) and plain PyTorch (dense
+Sinkhorn, then torch.multinomial on the materialised plan), same inputs and eps.
+
+    python benchmarks/bench_sampling.py [--device cpu] [--sizes 4096 16384 65536] [--dim 32]
+
+Problem: x ~ N(0, I_d), y ~ N(1, I_d), n = m, uniform weights, cost |x - y|^2 / 2,
+eps = 0.05 std(C) (POT gets 2 eps on its cost |x - y|^2, the same coupling), float32; one
+partner drawn for each of the n rows. "per pair" is (solve + sampling) / n, as seed paper 002
+reports it. torchcfm's samplers draw n (i, j) pairs from the flattened plan with replacement,
+ours one j per row i; both follow P. torchcfm "sinkhorn" is POT's ot.sinkhorn (Sinkhorn-Knopp
+in the kernel domain) with stopThr set to our tolerance; "exact" is POT's network simplex
+(eps = 0), run up to --exact-max-n. Dense methods are skipped when their n x n float32
+matrices would pass --budget-gb. "floor" is what the sampling pass alone needs at the
+machine's measured GEMM rate (2 n^2 d FLOPs).
+"""
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from functools import partial
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
+from bench_sinkhorn import absolute_eps, dense_cost, problem, torch_dense_sinkhorn  # noqa: E402
+from common import header, machine_rates, sync, table  # noqa: E402
+
+TOL = 1e-3
+METHODS = ["ot_flow", "torch dense + multinomial", "torchcfm sinkhorn (POT)", "torchcfm exact (POT)"]
+
+
+def run_ot_flow(x, y, eps):
+    import ot_flow
+
+    t0 = time.perf_counter()
+    res = ot_flow.sinkhorn(x, y, eps=eps, relative_eps=False, tol=TOL)
+    sync(x.device)
+    solve = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    j = res.sample(torch.Generator().manual_seed(0))
+    sync(x.device)
+    return {"solve s": solve, "sample s": time.perf_counter() - t0, "iters": res.n_iter,
+            "note": f"{res.path}, E = {res.renormalized_entropy():.3f}", "_pairs": j}
+
+
+def run_torch_dense(x, y, eps):
+    t0 = time.perf_counter()
+    cost = dense_cost(x, y)
+    n_iter, f, g = torch_dense_sinkhorn(cost, eps, 10_000, TOL)
+    sync(x.device)
+    solve = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    plan = torch.exp((f[:, None] + g[None, :] - cost) / eps)  # rows of P up to a_i: multinomial normalises
+    j = torch.multinomial(plan, 1, generator=None).squeeze(1)
+    sync(x.device)
+    return {"solve s": solve, "sample s": time.perf_counter() - t0, "iters": n_iter, "_pairs": j}
+
+
+def run_torchcfm(x, y, eps, method):
+    import ot
+    from torchcfm.optimal_transport import OTPlanSampler
+
+    sampler = OTPlanSampler(method=method, warn=True)
+    if method == "sinkhorn":  # same eps (POT's cost is |x - y|^2) and tolerance as the others
+        sampler.ot_fn = partial(ot.sinkhorn, reg=2 * eps, stopThr=TOL, numItermax=10_000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        plan = sampler.get_map(x, y)
+        solve = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        i, j = sampler.sample_map(plan, x.shape[0])
+        sample = time.perf_counter() - t0
+    note = "; ".join(sorted({str(w.message).splitlines()[0][:50] for w in caught}))
+    return {"solve s": solve, "sample s": sample, "note": note}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 65536])
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--budget-gb", type=float, default=12.0)
+    parser.add_argument("--exact-max-n", type=int, default=4096, help="POT's network simplex up to this n")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    rates = machine_rates(args.device)
+    lines = [header(f"Sampling benchmark ({args.device}, float32, d = {args.dim}, eps = 0.05 std(C), tol = {TOL})"),
+             f"measured rates: GEMM {rates['gemm_flops'] / 1e9:.1f} GFLOP/s, exp {rates['exp_per_s'] / 1e9:.2f} G/s"]
+    print("\n".join(lines), flush=True)
+    rows = []
+    for n in args.sizes:
+        x, y = problem(n, args.dim, args.device)
+        eps = absolute_eps(x, y)
+        group = []
+        for method in args.methods:
+            dense = method != "ot_flow"
+            if dense and 3 * n * n * 4 > args.budget_gb * 2**30:
+                res = {"note": "out of memory budget"}
+            elif method == "torchcfm exact (POT)" and n > args.exact_max_n:
+                res = {"note": f"not run above n = {args.exact_max_n} (network simplex, O(n^3))"}
+            else:
+                runner = {"ot_flow": lambda: run_ot_flow(x, y, eps),
+                          "torch dense + multinomial": lambda: run_torch_dense(x, y, eps),
+                          "torchcfm sinkhorn (POT)": lambda: run_torchcfm(x, y, eps, "sinkhorn"),
+                          "torchcfm exact (POT)": lambda: run_torchcfm(x, y, eps, "exact")}[method]
+                try:
+                    res = runner()
+                except ImportError as err:
+                    res = {"note": f"not installed ({err.name})"}
+                except (RuntimeError, MemoryError) as err:
+                    res = {"note": f"failed: {str(err).splitlines()[0][:60]}"}
+            row = {"n": n, "method": method, **{k: v for k, v in res.items() if not k.startswith("_")}}
+            if "solve s" in res:
+                total = res["solve s"] + res["sample s"]
+                row["per pair us"] = total / n * 1e6
+                row["_total"] = total
+            group.append(row)
+            print({k: v for k, v in row.items() if not k.startswith("_")}, flush=True)
+        ours = group[0]
+        for row in group:
+            if "_total" in row and "_total" in ours:
+                row["vs ot_flow"] = f"{row['_total'] / ours['_total']:.1f}x"
+        if "sample s" in ours:
+            floor = 2 * n * n * args.dim / rates["gemm_flops"]
+            ours["note"] = f"{ours.get('note', '')}; sampling pass at {floor / ours['sample s']:.0%} of the GEMM floor"
+        rows += group
+    for row in rows:
+        for key in ("solve s", "sample s"):
+            if isinstance(row.get(key), float):
+                row[key] = f"{row[key]:.3f}"
+        if isinstance(row.get("per pair us"), float):
+            row["per pair us"] = f"{row['per pair us']:.2f}"
+    text = "\n".join(lines + [table(rows, ["n", "method", "solve s", "sample s", "iters", "per pair us",
+                                           "vs ot_flow", "note"])])
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
