@@ -61,6 +61,7 @@ bench: $(BUILD_STAMP) $(BENCH_STAMP)
 	$(PY) benchmarks/bench_lse.py --out benchmarks/results/lse-cpu.txt
 	$(PY) benchmarks/bench_sinkhorn.py --out benchmarks/results/sinkhorn-cpu.txt
 	$(PY) benchmarks/bench_sampling.py --out benchmarks/results/sampling-cpu.txt
+	$(PY) benchmarks/bench_mips.py --out benchmarks/results/mips-cpu.txt
 
 clean:
 	rm -rf build ot_flow/_C*.so

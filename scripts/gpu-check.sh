@@ -31,4 +31,5 @@ run_bench() {
 run_bench benchmarks/bench_lse.py
 run_bench benchmarks/bench_sinkhorn.py --sizes 4096 65536 --dims 64 --methods ot_flow "ot_flow streamed" "torch dense" OTT-JAX
 run_bench benchmarks/bench_sampling.py --sizes 4096 16384 65536 262144 --methods ot_flow "torch dense + multinomial"
+run_bench benchmarks/bench_mips.py --methods ot_flow torch --fit-sizes 10000 100000
 exit "$tests_rc"

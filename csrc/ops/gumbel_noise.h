@@ -14,11 +14,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define OT_FLOW_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define OT_FLOW_HOST_DEVICE inline
-#endif
+#include "host_device.h"
 
 namespace ot_flow {
 

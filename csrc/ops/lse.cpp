@@ -9,7 +9,7 @@ namespace ot_flow {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
     const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
-    const char* op) {
+    const char* op, const char* h_name) {
   check_points(op, "x", x);
   check_points(op, "y", y);
   check_same_device(op, "y", y, "x", x);
@@ -20,8 +20,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
   check_finite_scalar(op, "scale", scale);
   at::Tensor bias;
   if (h.has_value()) {
-    check_same_device(op, "h", *h, "x", x);
-    check_log_weights(op, "h", *h, y.size(0), x);
+    check_same_device(op, h_name, *h, "x", x);
+    check_log_weights(op, h_name, *h, y.size(0), x);
     bias = h->contiguous();
   } else {
     bias = at::zeros({y.size(0)}, x.options());

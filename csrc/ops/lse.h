@@ -10,10 +10,11 @@
 namespace ot_flow {
 
 // Validates the arguments and returns (x, y, h) contiguous, with h = zeros(m) when absent.
-// `op` names the calling op in error messages (ops built on lse share these checks).
+// `op` and `h_name` name the calling op and its bias argument in error messages (ops built on
+// lse share these checks).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
     const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
-    const char* op = "ot_flow.lse");
+    const char* op = "ot_flow.lse", const char* h_name = "h");
 
 // Kernels: x (n, d), y (m, d), h (m) contiguous, validated, same dtype and device.
 using LseKernel = at::Tensor (*)(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, double scale);

@@ -1,5 +1,6 @@
 """Data plumbing: datasets that feed coupled pairs to a DataLoader."""
 
 from ot_flow.data.ot_pair_dataset import OTPairDataset
+from ot_flow.data.semidiscrete_pair_dataset import SemidiscretePairDataset
 
-__all__ = ["OTPairDataset"]
+__all__ = ["OTPairDataset", "SemidiscretePairDataset"]

@@ -12,10 +12,10 @@ pairing noise, the shuffle) comes from a generator seeded by (seed, epoch, round
   arrives every rank solves the whole coupling itself.
 """
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, default_collate, get_worker_info
 
+from ot_flow.data.sharding import derived_seed, rank_and_world
 from ot_flow.samplers.ot_sampler import OTSampler
 
 __all__ = ["OTPairDataset"]
@@ -63,7 +63,7 @@ class OTPairDataset(IterableDataset):
             raise ValueError(f"argument 'rounds' must be None or an int >= 1, got {rounds!r}")
         if len(target) == 0:
             raise ValueError("argument 'target' is empty")
-        self.rank, self.world_size = _rank_and_world(rank, world_size)
+        self.rank, self.world_size = rank_and_world(rank, world_size)
         if coupling_size < self.world_size * batch_size and drop_last:
             raise ValueError(f"argument 'coupling_size' ({coupling_size}) gives each of the {self.world_size} "
                              f"ranks fewer pairs than one batch of {batch_size}")
@@ -95,7 +95,7 @@ class OTPairDataset(IterableDataset):
             round_index += step
 
     def _round(self, round_index):
-        gen = torch.Generator().manual_seed(_round_seed(self.seed, self.epoch, round_index))
+        gen = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch, round_index))
         x1, *extras = _draw(self.target, self.coupling_size, gen)
         if self.source is None:
             x0 = torch.randn(x1.shape, generator=gen, dtype=x1.dtype if x1.is_floating_point() else None)
@@ -115,22 +115,6 @@ class OTPairDataset(IterableDataset):
         for begin in range(0, stop, self.batch_size):
             rows = order[begin:begin + self.batch_size]
             yield tuple(t[rows] for t in pairs)
-
-
-def _rank_and_world(rank, world_size):
-    if rank is None and world_size is None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-    if rank is None or world_size is None:
-        raise ValueError("arguments 'rank' and 'world_size' go together: give both or neither")
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-        raise ValueError(f"arguments 'rank' and 'world_size' must satisfy 0 <= rank < world_size, got {rank}, {world_size}")
-    return rank, world_size
-
-
-def _round_seed(seed, epoch, round_index):
-    return int(np.random.SeedSequence([seed, epoch, round_index]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _draw(points, n, gen):

@@ -4,6 +4,7 @@ from ot_flow.ops.barycentric import barycentric
 from ot_flow.ops.gumbel_argmax import gumbel_argmax, seed_from
 from ot_flow.ops.lse import lse
 from ot_flow.ops.lse_dense import lse_dense
+from ot_flow.ops.mips import mips
 from ot_flow.ops.softmin import softmin
 
-__all__ = ["barycentric", "gumbel_argmax", "lse", "lse_dense", "seed_from", "softmin"]
+__all__ = ["barycentric", "gumbel_argmax", "lse", "lse_dense", "mips", "seed_from", "softmin"]

@@ -1,0 +1,162 @@
+"""Biased maximum inner-product search side by side: ot_flow.ops.mips, plain PyTorch
+``(x @ y.T + bias).max(1)`` and FAISS ``IndexFlatIP`` (the bias folded in as an extra
+coordinate: [x, 1] . [y, bias]), same inputs, answers checked; then the time a
+SemidiscreteSampler needs to reach a chi-square marginal error of 1e-2.
+
+    python benchmarks/bench_mips.py [--device cpu] [--sizes 10000 100000 1000000] [--dims 64 784 3072]
+    python benchmarks/bench_mips.py --fit-only --fit-sizes 10000 100000
+
+Queries: --queries (1024) noise vectors per call, float32, top-1. "q/s" = queries per second
+(median call); "floor" = 2 B N d FLOPs at the measured GEMM rate, i.e. the GEMM alone. A method
+whose buffers would pass --budget-gb (PyTorch's B x N scores; the data itself) is not run.
+"agree" is the fraction of queries whose answer equals ot_flow's; where it differs, the
+scores of both answers agree to float32 rounding (checked, not assumed).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
+from common import header, machine_rates, sync, table, timeit  # noqa: E402
+
+METHODS = ["ot_flow", "torch", "FAISS"]
+
+
+def problem(n_data, d, queries, device):
+    g = torch.Generator().manual_seed(n_data + d)
+    y = torch.randn(n_data, d, generator=g)
+    bias = torch.randn(n_data, generator=g) * d**0.5  # potentials on the scale of the scores
+    x = torch.randn(queries, d, generator=g)
+    return x.to(device), y.to(device), bias.to(device)
+
+
+def run_method(method, x, y, bias, device):
+    if method == "ot_flow":
+        import ot_flow
+
+        fn = lambda: ot_flow.ops.mips(x, y, bias)[1][:, 0]  # noqa: E731
+    elif method == "torch":
+        fn = lambda: torch.addmm(bias, x, y.T).max(1).indices  # noqa: E731
+    else:
+        import faiss
+
+        index = faiss.IndexFlatIP(y.shape[1] + 1)
+        index.add(torch.cat([y, bias[:, None]], 1).cpu().numpy())
+        xq = torch.cat([x, torch.ones(x.shape[0], 1, device=x.device)], 1).cpu().numpy()
+        fn = lambda: torch.from_numpy(index.search(xq, 1)[1][:, 0])  # noqa: E731
+    seconds = timeit(fn, device, min_time=1.0, max_reps=5)
+    return seconds, fn().to(x.device)
+
+
+def check(answer, reference, x, y, bias):
+    """Fraction equal; raises when a differing answer's score is not within rounding."""
+    same = answer == reference
+    if not same.all():
+        rows = (~same).nonzero().squeeze(1)
+        score = lambda idx: (x[rows].double() * y[idx[rows]].double()).sum(1) + bias[idx[rows]].double()  # noqa: E731
+        gap = (score(answer) - score(reference)).abs().max().item()
+        scale = 1e-5 * (1 + score(reference).abs().max().item())
+        if gap > scale:
+            raise AssertionError(f"answers differ beyond rounding (score gap {gap:.3g})")
+    return same.double().mean().item()
+
+
+def search_table(args, rates):
+    rows = []
+    for n_data in args.sizes:
+        for d in args.dims:
+            if n_data * d * 4 > args.budget_gb * 2**30 / 3:
+                rows.append({"N": n_data, "d": d, "method": "-", "note": "data out of memory budget"})
+                continue
+            x, y, bias = problem(n_data, d, args.queries, args.device)
+            floor = 2 * args.queries * n_data * d / rates["gemm_flops"]
+            reference = None
+            for method in args.methods:
+                row = {"N": n_data, "d": d, "method": method}
+                if method == "torch" and args.queries * n_data * 4 * 2 > args.budget_gb * 2**30:
+                    row["note"] = "B x N scores out of memory budget"
+                elif method == "FAISS" and args.device != "cpu":
+                    row["note"] = "faiss-cpu only"
+                else:
+                    try:
+                        seconds, answer = run_method(method, x, y, bias, args.device)
+                    except ImportError as err:
+                        row["note"] = f"not installed ({err.name})"
+                    else:
+                        if reference is None:
+                            reference = answer
+                        row.update({"ms/call": f"{seconds * 1e3:.1f}", "q/s": f"{args.queries / seconds:,.0f}",
+                                    "agree": f"{check(answer, reference, x, y, bias):.4f}",
+                                    "floor": f"{floor / seconds:.0%}", "_s": seconds})
+                rows.append(row)
+                print({k: v for k, v in row.items() if not k.startswith("_")}, flush=True)
+            ours = next((r for r in rows[-len(args.methods):] if r["method"] == "ot_flow" and "_s" in r), None)
+            for r in rows[-len(args.methods):]:
+                if ours and "_s" in r:
+                    r["vs ot_flow"] = f"{r['_s'] / ours['_s']:.2f}x"
+    return table(rows, ["N", "d", "method", "ms/call", "q/s", "vs ot_flow", "floor", "agree", "note"])
+
+
+def fit_table(args):
+    import ot_flow
+
+    rows = []
+    for n_data in args.fit_sizes:
+        g = torch.Generator().manual_seed(n_data)
+        data = (torch.randn(n_data, args.fit_dim, generator=g) + 1).to(args.device)
+        sampler = ot_flow.SemidiscreteSampler(data, seed=0)
+        t0 = time.perf_counter()
+        sampler.fit(args.fit_max_steps, batch_size=args.fit_batch, target_chi2=1e-2, progress=False,
+                    log_every=args.fit_log_every)
+        sync(args.device)
+        seconds = time.perf_counter() - t0
+        last = sampler.history[-1]
+        check_chi2 = sampler.marginal_error(num_samples=min(50 * n_data, 5_000_000))
+        rows.append({"N": n_data, "d": args.fit_dim, "steps": sampler.step, "batch": args.fit_batch,
+                     "seconds": f"{seconds:.1f}", "chi2 (training window)": f"{last['chi2']:.2e}",
+                     "chi2 (fresh noise)": f"{check_chi2:.2e}",
+                     "reached": "yes" if last["chi2"] <= 1e-2 else f"no, stopped at {sampler.step} steps"})
+        print(rows[-1], flush=True)
+    return table(rows, list(rows[0]))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--dims", type=int, nargs="+", default=[64, 784, 3072])
+    parser.add_argument("--queries", type=int, default=1024)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--budget-gb", type=float, default=12.0)
+    parser.add_argument("--fit-sizes", type=int, nargs="*", default=[10_000, 100_000])
+    parser.add_argument("--fit-dim", type=int, default=64)
+    parser.add_argument("--fit-batch", type=int, default=4096)
+    parser.add_argument("--fit-max-steps", type=int, default=20_000)
+    parser.add_argument("--fit-log-every", type=int, default=50)
+    parser.add_argument("--fit-only", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    rates = machine_rates(args.device)
+    lines = [header(f"MIPS benchmark ({args.device}, float32, {args.queries} queries per call, top-1)"),
+             f"measured rates: GEMM {rates['gemm_flops'] / 1e9:.1f} GFLOP/s"]
+    print("\n".join(lines), flush=True)
+    if not args.fit_only:
+        lines.append(search_table(args, rates))
+    if args.fit_sizes:
+        lines += ["", f"Semidiscrete fit to chi2 <= 1e-2 (Adam, defaults, data N(1, I_{args.fit_dim}), noise N(0, I))",
+                  fit_table(args)]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch.utils.data import DataLoader
+
+import ot_flow
+from ot_flow.data import SemidiscretePairDataset
+from ot_flow.solvers import semidiscrete
+
+
+def one_dimensional_problem(num_points=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.sort(torch.randn(num_points, generator=gen, dtype=torch.float64) * 1.5).values[:, None]
+    b = torch.rand(num_points, generator=gen, dtype=torch.float64) + 0.5
+    return y, b / b.sum()
+
+
+def closed_form_potential(y, b):
+    """Dot cost C = -x y, noise N(0, 1): cell j is [t_{j-1}, t_j] with t_j = Phi^-1(b_1 + ... + b_j),
+    and x t_j (y_{j+1} - y_j) = g_j - g_{j+1} at a boundary, so g follows by summing."""
+    t = stats.norm.ppf(np.cumsum(b.numpy())[:-1])
+    steps = -t * np.diff(y[:, 0].numpy())
+    g = np.concatenate([[0.0], np.cumsum(steps)])
+    return torch.from_numpy(g - (b.numpy() * g).sum())
+
+
+def centred(g, b):
+    return g - (b * g).sum()
+
+
+def test_one_dimensional_closed_form():
+    y, b = one_dimensional_problem()
+    sampler = ot_flow.SemidiscreteSampler(y, cost="dot", weights=b, seed=1)
+    sampler.fit(3000, batch_size=2048, progress=False)
+    expected = closed_form_potential(y, b)
+    torch.testing.assert_close(centred(sampler.potential, b), expected, atol=0.03, rtol=0)
+    # The fitted cells carry the target weights: chi2 near 0 (a uniform potential is far off).
+    assert abs(sampler.marginal_error(200_000)) < 2e-3
+    flat = ot_flow.SemidiscreteSampler(y, cost="dot", weights=b)
+    assert flat.marginal_error(200_000) > 0.1
+
+
+def test_assignment_frequencies_of_the_closed_form_are_the_weights():
+    # The closed form plugged into assign: checks assign and the potential's sign convention.
+    y, b = one_dimensional_problem(seed=2)
+    x = torch.randn(400_000, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    idx = semidiscrete.assign(x, y, closed_form_potential(y, b), b, 0.0, "dot")
+    freq = torch.bincount(idx, minlength=len(b)).double() / len(x)
+    torch.testing.assert_close(freq, b, atol=3e-3, rtol=0)
+
+
+def test_soft_potential_agrees_with_sinkhorn_against_many_noise_samples():
+    gen = torch.Generator().manual_seed(4)
+    y = torch.randn(12, 2, generator=gen, dtype=torch.float64) * 1.5
+    b = torch.full((12,), 1 / 12, dtype=torch.float64)
+    eps = 0.3
+    sampler = ot_flow.SemidiscreteSampler(y, eps=eps, relative_eps=False, seed=5)
+    sampler.fit(2000, batch_size=4096, progress=False)
+    noise = torch.randn(60_000, 2, generator=gen, dtype=torch.float64)
+    res = ot_flow.sinkhorn(noise, y, b=b, eps=eps, relative_eps=False, tol=1e-6)
+    torch.testing.assert_close(centred(sampler.potential, b), centred(res.g.double(), b), atol=0.03, rtol=0)
+
+
+def test_chunked_data_gives_the_same_gradient():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(500, 7, generator=gen)
+    y = torch.randn(1300, 7, generator=gen)
+    g = torch.randn(1300, generator=gen, dtype=torch.float64)
+    b = torch.full((1300,), 1 / 1300, dtype=torch.float64)
+    for eps in (0.0, 0.5):
+        whole = semidiscrete.semidual_gradient(x, y, g, b, eps, "sqeuclidean")
+        chunked = semidiscrete.semidual_gradient(x, y, g, b, eps, "sqeuclidean", chunk_size=300)
+        torch.testing.assert_close(chunked[0], whole[0], atol=1e-6, rtol=0)
+        assert chunked[1] == pytest.approx(whole[1], rel=1e-5)
+    assert torch.equal(semidiscrete.assign(x, y, g, b, 0.0, "sqeuclidean"),
+                       semidiscrete.assign(x, y, g, b, 0.0, "sqeuclidean", chunk_size=300))
+
+
+def test_soft_gradient_matches_dense_softmax():
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(300, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    g = torch.randn(40, generator=gen, dtype=torch.float64)
+    b = torch.softmax(torch.randn(40, generator=gen, dtype=torch.float64), 0)
+    cost = 0.5 * torch.cdist(x, y) ** 2
+    logits = (g - cost) / 0.4 + b.log()
+    grad, value, _ = semidiscrete.semidual_gradient(x, y, g, b, 0.4, "sqeuclidean")
+    torch.testing.assert_close(grad, b - torch.softmax(logits, 1).mean(0))
+    assert value == pytest.approx(float((-0.4 * torch.logsumexp(logits, 1)).mean() + g @ b))
+
+
+def test_chi2_estimate_removes_the_sampling_noise():
+    b = torch.softmax(torch.randn(500, generator=torch.Generator().manual_seed(8), dtype=torch.float64), 0)
+    counts = torch.from_numpy(np.random.default_rng(0).multinomial(20_000, b.numpy())).double()
+    naive = float(((counts / 20_000 - b) ** 2 / b).sum())
+    assert naive > 0.02  # about (N - 1) / total
+    assert abs(semidiscrete.marginal_chi2(counts, b, 20_000)) < 3e-3
+
+
+def test_interrupted_fit_resumes_to_the_same_potential(tmp_path):
+    gen = torch.Generator().manual_seed(9)
+    data = torch.randn(300, 4, generator=gen)
+
+    def interrupting_source(at_call):
+        calls = {"n": 0}
+
+        def source(n, generator):
+            calls["n"] += 1
+            if calls["n"] == at_call:
+                raise KeyboardInterrupt
+            return torch.randn(n, 4, generator=generator)
+
+        return source
+
+    fit = dict(num_steps=60, batch_size=256, progress=False, log_every=10)
+    whole = ot_flow.SemidiscreteSampler(data, seed=3).fit(**fit)
+
+    # A lost job: the fit stops at step 25, a new process loads the step-20 checkpoint.
+    crashed = ot_flow.SemidiscreteSampler(data, seed=3, source=interrupting_source(27))
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit(**fit, checkpoint=tmp_path / "fit.pt", checkpoint_every=10)
+    assert crashed.step == 25  # one noise draw measured the cost spread
+    resumed = ot_flow.SemidiscreteSampler(data, seed=3)
+    resumed.load_state_dict(torch.load(tmp_path / "fit.pt", weights_only=False))
+    assert resumed.step == 20
+    resumed.fit(**fit)
+    assert torch.equal(resumed.potential, whole.potential) and resumed.step == 60
+
+    # Ctrl-C inside a step: the step is undone, and calling fit again goes on to the same result.
+    crashed.fit(**fit)
+    assert torch.equal(crashed.potential, whole.potential)
+    assert [h["step"] for h in crashed.history] == [h["step"] for h in whole.history]
+
+
+def test_checkpoints_are_written(tmp_path):
+    data = torch.randn(100, 3)
+    sampler = ot_flow.SemidiscreteSampler(data)
+    sampler.fit(20, batch_size=64, progress=False, checkpoint=tmp_path / "ck.pt", checkpoint_every=10)
+    state = torch.load(tmp_path / "ck.pt", weights_only=False)
+    assert state["step"] == 20 and torch.equal(state["g"], sampler.g)
+
+
+def test_pairs_are_closer_than_independent_pairs_and_keep_shapes():
+    gen = torch.Generator().manual_seed(10)
+    data = torch.randn(400, 1, 3, 3, generator=gen) + 1
+    sampler = ot_flow.SemidiscreteSampler(data, seed=0).fit(300, batch_size=512, progress=False)
+    x0 = torch.randn(2000, 1, 3, 3, generator=gen)
+    x0_out, x1 = sampler.pair(x0)
+    assert x0_out is x0 and x1.shape == x0.shape
+    independent = data[torch.randint(400, (2000,), generator=gen)]
+    assert ((x1 - x0) ** 2).sum((1, 2, 3)).mean() < 0.8 * ((independent - x0) ** 2).sum((1, 2, 3)).mean()
+    assert sampler.history and sampler.history[-1]["step"] == 300
+
+
+def test_soft_assignment_draws_with_a_generator():
+    data = torch.randn(50, 2)
+    sampler = ot_flow.SemidiscreteSampler(data, eps=0.1).fit(50, batch_size=256, progress=False)
+    x0 = torch.randn(100, 2)
+    a = sampler.assign(x0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, sampler.assign(x0, generator=torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, sampler.assign(x0, generator=torch.Generator().manual_seed(2)))
+
+
+def test_conditional_potentials_assign_within_the_class():
+    gen = torch.Generator().manual_seed(11)
+    data = torch.cat([torch.randn(60, 2, generator=gen) - 3, torch.randn(40, 2, generator=gen) + 3])
+    labels = torch.cat([torch.zeros(60, dtype=torch.long), torch.full((40,), 7)])
+    sampler = ot_flow.SemidiscreteSampler(data, labels=labels).fit(400, batch_size=1024, progress=False)
+    x0 = torch.randn(20_000, 2, generator=gen)
+    query_labels = torch.where(torch.arange(20_000) % 2 == 0, 0, 7)
+    idx = sampler.assign(x0, labels=query_labels)
+    assert torch.equal(labels[idx], query_labels)
+    for label, size in ((0, 60), (7, 40)):  # each class's points are used about equally
+        counts = torch.bincount(idx[query_labels == label], minlength=100)[labels == label].double()
+        assert semidiscrete.marginal_chi2(counts, torch.full((size,), 1 / size, dtype=torch.float64), 10_000) < 0.05
+    with pytest.raises(ValueError, match="label 3 is not a class"):
+        sampler.assign(x0[:5], labels=torch.tensor([0, 7, 3, 0, 0]))
+    with pytest.raises(ValueError, match="argument 'labels' must be a tensor"):
+        sampler.assign(x0[:5])
+
+
+def test_pair_dataset_streams_paired_batches():
+    data = torch.randn(200, 2)
+    sampler = ot_flow.SemidiscreteSampler(data).fit(100, batch_size=256, progress=False)
+    dataset = SemidiscretePairDataset(sampler, 64, num_batches=6, seed=1)
+    batches = list(DataLoader(dataset, batch_size=None))
+    assert len(batches) == 6 and all(b[0].shape == b[1].shape == (64, 2) for b in batches)
+    again = list(DataLoader(dataset, batch_size=None))
+    assert all(torch.equal(u[0], v[0]) for u, v in zip(batches, again))
+    parallel = list(DataLoader(dataset, batch_size=None, num_workers=2))
+    assert len(parallel) == 6
+    rows = {tuple(r) for b in parallel for r in b[0].tolist()}
+    assert len(rows) == 6 * 64  # the workers draw different noise
+    for x0, x1 in batches:  # every pair is the sampler's assignment
+        assert torch.equal(x1, data[sampler.assign(x0)])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(data=[1.0, 2.0]), "argument 'data'"),
+    (dict(eps=-1.0), "argument 'eps'"),
+    (dict(cost="l2"), "argument 'cost'"),
+    (dict(weights=torch.ones(10)), "argument 'weights' must sum to 1"),
+    (dict(labels=torch.zeros(9, dtype=torch.long)), "argument 'labels'"),
+    (dict(chunk_size=0), "argument 'chunk_size'"),
+    (dict(data=torch.full((10, 2), float("nan"))), "argument 'data' contains NaN"),
+])
+def test_bad_construction(kwargs, message):
+    args = dict(data=torch.randn(10, 2))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        ot_flow.SemidiscreteSampler(args.pop("data"), **args)
+
+
+def test_bad_fit_and_queries():
+    sampler = ot_flow.SemidiscreteSampler(torch.randn(10, 2))
+    for kwargs, message in [(dict(num_steps=0), "num_steps"), (dict(optimizer="lbfgs"), "optimizer"),
+                            (dict(schedule="step"), "schedule"), (dict(ema=1.0), "ema"), (dict(lr=-1.0), "lr")]:
+        args = dict(num_steps=5, progress=False)
+        args.update(kwargs)
+        with pytest.raises(ValueError, match=f"argument '{message}'"):
+            sampler.fit(**args)
+    with pytest.raises(ValueError, match="argument 'x0' has 3 features"):
+        sampler.assign(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="argument 'labels': this sampler was built without"):
+        sampler.assign(torch.randn(4, 2), labels=torch.zeros(4))
+    with pytest.raises(ValueError, match="load_state_dict"):
+        sampler.load_state_dict(ot_flow.SemidiscreteSampler(torch.randn(11, 2)).state_dict())
+
+
+@pytest.mark.cuda
+def test_cuda_fit_matches_cpu_assignments():
+    y, b = one_dimensional_problem()
+    cpu = ot_flow.SemidiscreteSampler(y, cost="dot", weights=b, seed=1).fit(500, batch_size=2048, progress=False)
+    gpu = ot_flow.SemidiscreteSampler(y.cuda(), cost="dot", weights=b.cuda(), seed=1).fit(500, batch_size=2048,
+                                                                                         progress=False)
+    torch.testing.assert_close(gpu.potential, cpu.potential, atol=1e-6, rtol=0)
+    x0 = torch.randn(1000, 1, dtype=torch.float64)
+    assert torch.equal(gpu.assign(x0.cuda()).cpu(), cpu.assign(x0))
