@@ -15,7 +15,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import ot_flow  # noqa: E402
-from common import header, machine_rates, table, timeit  # noqa: E402
+from common import header, machine_rates, publish, table, timeit  # noqa: E402
 
 
 def dense_lse(x, y, h, s):
@@ -65,11 +65,7 @@ def main():
             print(row, flush=True)
     report.append(table(rows, ["n=m", "d", "ot_flow ms", "torch dense ms", "speed-up", "of floor", "max abs err"]))
     text = "\n".join(report)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
-from common import header, machine_rates, sync, table, timeit  # noqa: E402
+from common import header, machine_rates, publish, sync, table, timeit  # noqa: E402
 
 METHODS = ["ot_flow", "torch", "FAISS"]
 
@@ -152,10 +152,7 @@ def main():
         lines += ["", f"Semidiscrete fit to chi2 <= 1e-2 (Adam, defaults, data N(1, I_{args.fit_dim}), noise N(0, I))",
                   fit_table(args)]
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 from bench_sinkhorn import absolute_eps, dense_cost, problem, torch_dense_sinkhorn  # noqa: E402
-from common import header, machine_rates, sync, table  # noqa: E402
+from common import header, machine_rates, publish, sync, table  # noqa: E402
 
 TOL = 1e-3
 METHODS = ["ot_flow", "torch dense + multinomial", "torchcfm sinkhorn (POT)", "torchcfm exact (POT)"]
@@ -146,10 +146,7 @@ def main():
             row["per pair us"] = f"{row['per pair us']:.2f}"
     text = "\n".join(lines + [table(rows, ["n", "method", "solve s", "sample s", "iters", "L1 err", "per pair us",
                                            "vs ot_flow", "note"])])
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
-from common import header, machine_rates, table  # noqa: E402
+from common import header, machine_rates, publish, table  # noqa: E402
 
 TOL = 1e-3
 REL_EPS = 0.05
@@ -301,10 +301,7 @@ def main():
     cols = ["n", "d", "method", "ms/iter", "per-iter vs ot_flow", "to tol s", "to-tol vs ot_flow", "iters",
             "converged", "L1 err", "<P,C>", "peak MiB", "note"]
     text = "\n".join(lines + [table(rows, cols)])
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    publish(text, args.out)
 
 
 def memory_run(args):
@@ -325,10 +322,7 @@ def memory_run(args):
         f"peak RSS during the solve {peak:.2f} GiB, {(peak - base) * 1024:.0f} MiB above the {base:.2f} GiB before it "
         f"(inputs {2 * n * d * 4 / 2**20:.0f} MiB); a dense float32 cost matrix alone would be {n * n * 4 / 2**30:.0f} GiB",
     ])
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

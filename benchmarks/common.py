@@ -1,6 +1,7 @@
 """Timing and hardware-floor helpers shared by the benchmark scripts."""
 
 import datetime
+import os
 import platform
 import shlex
 import statistics
@@ -77,3 +78,12 @@ def table(rows, columns):
     lines = [fmt.format(*columns), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*(str(r.get(c, "")) for c in columns)) for r in rows]
     return "\n".join(lines)
+
+
+def publish(text, out):
+    """Prints a report and, when `out` is given, writes it there (benchmarks/results/...)."""
+    print(text)
+    if out:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            f.write(text + "\n")

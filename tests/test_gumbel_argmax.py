@@ -1,21 +1,13 @@
-import numpy as np
 import pytest
 import torch
 from scipy import stats
 
 import ot_flow
+from problems import random_problem
 from reference import gumbel_argmax_reference, philox4x32_10
 
 SIZES = [1, 7, 513, 2053]  # 513 and 2053: past one 512-column tile, primes or tile + 1
 DIMS = [1, 3, 64]
-
-
-def random_problem(n, m, d, dtype, device="cpu", seed=None, spread=1.0):
-    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
-    x = torch.randn(n, d, generator=g, dtype=dtype)
-    y = torch.randn(m, d, generator=g, dtype=dtype)
-    h = spread * torch.randn(m, generator=g, dtype=dtype)
-    return x.to(device), y.to(device), h.to(device)
 
 
 def assert_same_draw(index, ref_index, perturbed, min_gap=1e-4):

@@ -2,19 +2,12 @@ import pytest
 import torch
 
 import ot_flow
+from problems import random_problem
 from reference import lse_reference
 
 SIZES = [1, 7, 1000, 4099]
 DIMS = [1, 3, 64, 300]
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-11, atol=1e-11)}
-
-
-def random_problem(n, m, d, dtype, device="cpu", seed=None):
-    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
-    x = torch.randn(n, d, generator=g, dtype=dtype)
-    y = torch.randn(m, d, generator=g, dtype=dtype)
-    h = torch.randn(m, generator=g, dtype=dtype)
-    return x.to(device), y.to(device), h.to(device)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -2,17 +2,10 @@ import pytest
 import torch
 
 import ot_flow
+from problems import random_problem
 
 SIZES = [1, 7, 513, 2053]
 DIMS = [1, 3, 64]
-
-
-def random_problem(n, m, d, dtype, device="cpu", seed=None):
-    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
-    x = torch.randn(n, d, generator=g, dtype=dtype)
-    y = torch.randn(m, d, generator=g, dtype=dtype)
-    bias = torch.randn(m, generator=g, dtype=dtype)
-    return x.to(device), y.to(device), bias.to(device)
 
 
 def reference(x, y, bias, k):

@@ -43,9 +43,19 @@ TEST(GumbelNoise, BoundsHoldAtTheExtremeWords) {
   EXPECT_LT(ot_flow::gumbel_from_bits(0u), ot_flow::kGumbelMin + 0.02);
 }
 
+TEST(GumbelNoise, LogarithmToAboutOneUlp) {
+  for (double x : {2.3283064365386963e-10, 1e-7, 0.1, 0.5, 0.70710678, 0.9999999, 1.0, 1.5, 2.0, 22.87, 1e300}) {
+    EXPECT_NEAR(ot_flow::log_positive(x), std::log(x), 2e-16 * std::max(1.0, std::abs(std::log(x)))) << x;
+  }
+  for (uint32_t bits : {0u, 1u, 12345u, 0x80000000u, 0xfffffffeu, 0xffffffffu}) {
+    const double u = (bits + 0.5) / 4294967296.0;
+    EXPECT_NEAR(ot_flow::gumbel_from_bits(bits), -std::log(-std::log(u)), 1e-13) << bits;
+  }
+}
+
 TEST(GumbelNoise, MomentsOfAGumbel) {
   // Mean: the Euler-Mascheroni constant; variance pi^2 / 6.
-  ot_flow::GumbelRow row(123, 0, 5);
+  ot_flow::GumbelRow row(ot_flow::noise_key(123, 0), 5);
   const int count = 400000;
   double sum = 0, sum_sq = 0;
   for (int j = 0; j < count; ++j) {
@@ -71,7 +81,7 @@ std::pair<std::vector<int64_t>, std::vector<double>> naive_gumbel_argmax(const a
   std::vector<int64_t> index(n, -1);
   std::vector<double> value(n, -std::numeric_limits<double>::infinity());
   for (int64_t i = 0; i < n; ++i) {
-    ot_flow::GumbelRow noise(key.seed, key.offset, key.row_offset + i);
+    ot_flow::GumbelRow noise(ot_flow::noise_key(key.seed, key.offset), key.row_offset + i);
     for (int64_t j = 0; j < m; ++j) {
       double dot = 0;
       for (int64_t k = 0; k < d; ++k) dot += xp[i * d + k] * yp[j * d + k];

@@ -2,7 +2,7 @@
 // scanned for the elements that can still win. An element is a candidate only when its logit
 // plus the largest possible noise reaches both the row's running best and the tile's best
 // logit plus the smallest possible noise (gumbel_noise.h); only candidates draw their noise,
-// which at low entropy is a handful per row. The column chunks' (value, index) pairs are then
+// a handful per row at low entropy, a third of the row at E = 0.2, in one vectorised batch. The column chunks' (value, index) pairs are then
 // merged in chunk order, so ties go to the lowest column whatever the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -16,6 +16,16 @@
 namespace ot_flow {
 namespace {
 
+// draws[e] = G(row, col0 + candidates[e]): a loop the compiler vectorises (Philox and the
+// logarithm are plain integer and floating-point arithmetic).
+void draw_noise(NoiseKey key, int64_t row, int64_t col0, const int64_t* candidates, int64_t count,
+                double* draws) {
+#pragma omp simd
+  for (int64_t e = 0; e < count; ++e) {
+    draws[e] = gumbel_noise(key, static_cast<uint64_t>(row), static_cast<uint64_t>(col0 + candidates[e]));
+  }
+}
+
 template <typename scalar_t>
 void gumbel_argmax_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, double scale,
                             const GumbelKey& key, at::Tensor& index, at::Tensor& value) {
@@ -25,8 +35,11 @@ void gumbel_argmax_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::
   std::vector<double> part_value(plan.col_chunks * n, kNegInf);
   std::vector<int64_t> part_index(plan.col_chunks * n, -1);
 
+  const NoiseKey noise = noise_key(key.seed, key.offset);
   at::parallel_for(0, plan.tasks(), 1, [&](int64_t task_begin, int64_t task_end) {
     at::Tensor buffer = at::empty({kRowBlock * kColTile}, x.options());
+    std::vector<int64_t> candidates(kColTile);
+    std::vector<double> draws(kColTile);
     for (int64_t task = task_begin; task < task_end; ++task) {
       const int64_t r0 = plan.row_begin(task), rows = plan.rows(task);
       const at::Tensor x_block = x.narrow(0, r0, rows);
@@ -40,13 +53,17 @@ void gumbel_argmax_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::
           const double tile_max = row_max(v, cols);
           if (tile_max == kNegInf) continue;
           const double bound = std::max(best[i], tile_max + kGumbelMin) - kGumbelMax;
-          GumbelRow noise(key.seed, key.offset, key.row_offset + r0 + i);
+          int64_t count = 0;
           for (int64_t j = 0; j < cols; ++j) {
-            if (v[j] < bound) continue;
-            const double perturbed = v[j] + noise.at(key.col_offset + c0 + j);
+            candidates[count] = j;
+            count += v[j] >= bound;
+          }
+          draw_noise(noise, key.row_offset + r0 + i, key.col_offset + c0, candidates.data(), count, draws.data());
+          for (int64_t e = 0; e < count; ++e) {
+            const double perturbed = v[candidates[e]] + draws[e];
             if (perturbed > best[i]) {
               best[i] = perturbed;
-              best_j[i] = c0 + j;
+              best_j[i] = c0 + candidates[e];
             }
           }
         }

@@ -32,12 +32,8 @@ __global__ void __launch_bounds__(kThreads) barycentric_weighted_sum_kernel(
   auto* weights = reinterpret_cast<scalar_t(*)[kBlockCols + 1]>(dynamic_smem);
   auto* vals = reinterpret_cast<scalar_t(*)[kValueCols + 1]>(dynamic_smem + sizeof(scalar_t) * kBlockRows * (kBlockCols + 1));
 
-  const int tx = threadIdx.x % kThreadsX;
-  const int ty = threadIdx.x / kThreadsX;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kBlockRows;
+  const auto [tx, ty, row0, col_begin, col_end] = block_span(m, cols_per_chunk, blockIdx.z);
   const int64_t v0 = static_cast<int64_t>(blockIdx.y) * kValueCols;
-  const int64_t col_begin = static_cast<int64_t>(blockIdx.z) * cols_per_chunk;
-  const int64_t col_end = min(m, col_begin + cols_per_chunk);
 
   acc_t row_lse[kThreadRows];
 #pragma unroll

@@ -32,12 +32,9 @@ __global__ void __launch_bounds__(kThreads) gumbel_argmax_tiles_kernel(
     double* __restrict__ part_value, int64_t* __restrict__ part_index) {
   using acc_t = scalar_t;
   __shared__ TileSmem<scalar_t> smem;
-  const int tx = threadIdx.x % kThreadsX;
-  const int ty = threadIdx.x / kThreadsX;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kBlockRows;
-  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
-  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+  const auto [tx, ty, row0, col_begin, col_end] = block_span(m, cols_per_chunk, blockIdx.y);
 
+  const NoiseKey stream = noise_key(static_cast<uint64_t>(key.seed), static_cast<uint64_t>(key.offset));
   double best[kThreadRows];
   int64_t best_j[kThreadRows];
 #pragma unroll
@@ -68,8 +65,7 @@ __global__ void __launch_bounds__(kThreads) gumbel_argmax_tiles_kernel(
       if (row >= n || local_max == neg_inf<acc_t>()) continue;
       const double bound = fmax(best[i], static_cast<double>(local_max) + kGumbelMin) - kGumbelMax;
       if (static_cast<double>(local_max) < bound) continue;
-      GumbelRow noise(static_cast<uint64_t>(key.seed), static_cast<uint64_t>(key.offset),
-                      static_cast<uint64_t>(key.row_offset + row));
+      GumbelRow noise(stream, static_cast<uint64_t>(key.row_offset + row));
 #pragma unroll
       for (int j = 0; j < kThreadCols; ++j) {
         if (static_cast<double>(v[j]) < bound) continue;

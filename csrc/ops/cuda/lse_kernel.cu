@@ -24,11 +24,7 @@ __global__ void __launch_bounds__(kThreads) lse_tiles_kernel(
     scalar_t* __restrict__ out, scalar_t* __restrict__ part_max, scalar_t* __restrict__ part_sum) {
   using acc_t = scalar_t;
   __shared__ TileSmem<scalar_t> smem;
-  const int tx = threadIdx.x % kThreadsX;
-  const int ty = threadIdx.x / kThreadsX;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kBlockRows;
-  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
-  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+  const auto [tx, ty, row0, col_begin, col_end] = block_span(m, cols_per_chunk, blockIdx.y);
 
   acc_t run_max[kThreadRows], run_sum[kThreadRows];
 #pragma unroll

@@ -26,11 +26,7 @@ __global__ void __launch_bounds__(kThreads) mips_top1_kernel(
     int64_t n, int64_t m, int64_t d, int64_t cols_per_chunk, scalar_t* __restrict__ part_values,
     int64_t* __restrict__ part_indices) {
   __shared__ TileSmem<scalar_t> smem;
-  const int tx = threadIdx.x % kThreadsX;
-  const int ty = threadIdx.x / kThreadsX;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kBlockRows;
-  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
-  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+  const auto [tx, ty, row0, col_begin, col_end] = block_span(m, cols_per_chunk, blockIdx.y);
 
   scalar_t best[kThreadRows];
   int64_t best_j[kThreadRows];
@@ -88,11 +84,7 @@ __global__ void __launch_bounds__(kThreads) mips_top_k_kernel(
     int64_t n, int64_t m, int64_t d, int64_t k, int64_t cols_per_chunk, scalar_t* __restrict__ part_values,
     int64_t* __restrict__ part_indices) {
   __shared__ TopKSmem<scalar_t> smem;
-  const int tx = threadIdx.x % kThreadsX;
-  const int ty = threadIdx.x / kThreadsX;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kBlockRows;
-  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
-  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+  const auto [tx, ty, row0, col_begin, col_end] = block_span(m, cols_per_chunk, blockIdx.y);
   const bool owner = threadIdx.x < kBlockRows && row0 + threadIdx.x < n;
 
   scalar_t best[kMipsCudaMaxK];

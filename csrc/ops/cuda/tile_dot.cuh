@@ -67,6 +67,19 @@ __device__ __forceinline__ void tile_dot(const scalar_t* __restrict__ x, const s
   }
 }
 
+// Where a thread of a streaming kernel works: its column group tx and row group ty in the
+// tile, its block's first row, and the columns [col_begin, col_end) of the block's chunk.
+struct BlockSpan {
+  int tx, ty;
+  int64_t row0, col_begin, col_end;
+};
+
+__device__ __forceinline__ BlockSpan block_span(int64_t m, int64_t cols_per_chunk, unsigned chunk) {
+  const int64_t col_begin = static_cast<int64_t>(chunk) * cols_per_chunk;
+  return {static_cast<int>(threadIdx.x % kThreadsX), static_cast<int>(threadIdx.x / kThreadsX),
+          static_cast<int64_t>(blockIdx.x) * kBlockRows, col_begin, min(m, col_begin + cols_per_chunk)};
+}
+
 // Column chunks so that row blocks x chunks fill the GPU about twice; each chunk covers
 // whole column tiles.
 struct ChunkPlan {
