@@ -40,28 +40,36 @@ def _subsample(x, w, max_rows, seed):
     g = torch.Generator(device=x.device).manual_seed(seed)
     idx = torch.randperm(x.shape[0], generator=g, device=x.device)[:max_rows]
     ws = w[idx]
-    return x[idx], ws / ws.sum()
+    return x[idx], ws * (w.sum() / ws.sum())  # the shard's mass is kept (sharded solver)
 
 
-def cost_std(x, y, a, b, cost):
+def cost_std(x, y, a, b, cost, reduce=None):
     """Standard deviation of C_ij under the product weights a_i b_j, in O((n + m) d^2).
 
     With C = alpha_i + beta_j - <x_i, y_j>, E[C] and E[C^2] need only the first and second
     moments of x and y (and their cross terms with alpha, beta): no n x m matrix. Rows are
-    subsampled to 2^14 when n or m is larger, as in seed paper 002.
+    subsampled to 2^14 when n or m is larger, as in seed paper 002. `reduce` sums each side's
+    moments over the ranks that hold shards of x and y (the sharded solver).
     """
-    x64, y64 = x.double(), y.double()
-    x64, a = _subsample(x64, a.double(), _MOMENT_MAX_ROWS, 0)
-    y64, b = _subsample(y64, b.double(), _MOMENT_MAX_ROWS, 1)
-    al, be = cost_offsets(x64, cost), cost_offsets(y64, cost)
-    mx, my = a @ x64, b @ y64  # first moments
-    sx = x64.T @ (a[:, None] * x64)  # second moments
-    sy = y64.T @ (b[:, None] * y64)
-    mean = a @ al + b @ be - mx @ my
-    second = (
-        a @ al.square() + b @ be.square() + (sx * sy).sum()
-        + 2 * (a @ al) * (b @ be)
-        - 2 * ((a * al) @ x64) @ my
-        - 2 * mx @ ((b * be) @ y64)
-    )
+    d = x.shape[1]
+    sx = _side_moments(x, a, cost, 0)
+    sy = _side_moments(y, b, cost, 1)
+    if reduce is not None:
+        sx, sy = reduce(sx), reduce(sy)
+    (w_al, w_al2, mx, mxx, m_alx), (w_be, w_be2, my, myy, m_bey) = _unpack(sx, d), _unpack(sy, d)
+    mean = w_al + w_be - mx @ my
+    second = w_al2 + w_be2 + (mxx * myy).sum() + 2 * w_al * w_be - 2 * m_alx @ my - 2 * mx @ m_bey
     return float((second - mean.square()).clamp_min(0).sqrt())
+
+
+def _side_moments(x, w, cost, seed):
+    """[w.off, w.off^2, w x (d), x^T diag(w) x (d^2), (w off) x (d)] of one side, flat, float64."""
+    x64, w = _subsample(x.double(), w.double(), _MOMENT_MAX_ROWS, seed)
+    off = cost_offsets(x64, cost)
+    return torch.cat([(w @ off).reshape(1), (w @ off.square()).reshape(1), w @ x64,
+                      (x64.T @ (w[:, None] * x64)).reshape(-1), (w * off) @ x64])
+
+
+def _unpack(moments, d):
+    return (moments[0], moments[1], moments[2:2 + d], moments[2 + d:2 + d + d * d].view(d, d),
+            moments[2 + d + d * d:])

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ot_flow.ops import barycentric, gumbel_argmax, lse_dense, softmin
+from ot_flow import distributed
+from ot_flow.ops import barycentric, gumbel_argmax, seed_from
 from ot_flow.solvers import costs, validation
+from ot_flow.solvers.sinkhorn_halves import LocalHalves, ReplicatedHalves, ShardedHalves
 
 __all__ = ["SinkhornResult", "sinkhorn", "row_barycentres"]
 
@@ -65,17 +67,41 @@ class SinkhornResult:
     b: torch.Tensor = field(repr=False)
     cost: str = "sqeuclidean"
     path: str = "streamed"  # or "cached": whether the n x m dot products were held in memory
+    process_group: object = field(default=None, repr=False)  # the ranks that solved it together
+    sharded: bool = False  # whether x, y, f, g (and a, b) are this rank's shards
 
     def _row_pass(self):
         """(row masses r_i, barycentres T_i = sum_j P_ij y_j / r_i) in one streaming pass."""
-        mean_y, row_lse = row_barycentres(self.x, self.y, self.g, self.b, self.eps, self.cost)
+        if self.sharded:
+            mean_y, row_lse = self._sharded_row_barycentres()
+        else:
+            mean_y, row_lse = row_barycentres(self.x, self.y, self.g, self.b, self.eps, self.cost)
         fd = dot_potential(self.f, self.x, self.cost).double()
         gd = dot_potential(self.g, self.y, self.cost).double()
         log_r = self.a.log() + fd / self.eps + row_lse.double()
         return log_r.exp(), mean_y, fd, gd
 
+    def _sharded_row_barycentres(self):
+        """row_barycentres over every rank's column shard (ring), merged by their log-sum-exps."""
+        payload = torch.cat([self.y, column_bias(self.g, self.y, self.b, self.eps, self.cost)[:, None]], dim=1)
+        sizes = distributed.shard_sizes(self.y.shape[0], self.y.device, self.process_group)
+        mean = torch.zeros_like(self.x)
+        total = torch.full((self.x.shape[0],), -math.inf, dtype=self.x.dtype, device=self.x.device)
+        for _, shard in distributed.ring(payload, sizes, self.process_group):
+            part_mean, part_lse = barycentric(self.x, shard[:, :-1], shard[:, -1], 1.0 / self.eps)
+            merged = torch.logaddexp(total, part_lse)
+            keep = torch.where(torch.isinf(merged), 0.0, torch.exp(total - merged))
+            mean = keep[:, None] * mean + (1 - keep)[:, None] * part_mean
+            total = merged
+        return mean, total
+
+    def _sum(self, t):
+        """Sum over all points: over the ranks' shards when sharded."""
+        total = t.double().sum()
+        return distributed.all_sum(total.reshape(1), self.process_group)[0] if self.sharded else total
+
     def barycentric_map(self):
-        """(n, d): the entropic map T(x_i) = sum_j P_ij y_j / sum_j P_ij."""
+        """(n, d): the entropic map T(x_i) = sum_j P_ij y_j / sum_j P_ij (this rank's rows when sharded)."""
         return self._row_pass()[1]
 
     def transport_cost(self):
@@ -85,8 +111,9 @@ class SinkhornResult:
 
     def _transport_cost(self, r, mean_y):
         x, y = self.x.double(), self.y.double()
-        dot_part = -(r * (x * mean_y.double()).sum(1)).sum()
-        return dot_part + r @ costs.cost_offsets(x, self.cost) + self.b @ costs.cost_offsets(y, self.cost)
+        dot_part = -(r * (x * mean_y.double()).sum(1))
+        return (self._sum(dot_part + r * costs.cost_offsets(x, self.cost))
+                + self._sum(self.b * costs.cost_offsets(y, self.cost)))
 
     def renormalized_entropy(self):
         """E(P) = 2 H(P) / (H(a) + H(b)) - 1 in [0, 1]: 0 a permutation, 1 the independent coupling."""
@@ -94,13 +121,12 @@ class SinkhornResult:
         x = self.x.double()
         # log P_ij = log a_i + log b_j + (fd_i + gd_j + <x_i, y_j>) / eps, summed against P.
         live = r > 0
-        sum_p_log_p = (
-            (r[live] * self.a[live].log()).sum()
-            + _xlogx_sum(self.b)
-            + ((r * fd).sum() + (self.b * gd).sum() + (r * (x * mean_y.double()).sum(1)).sum()) / self.eps
-        )
+        row_terms = torch.zeros_like(r)
+        row_terms[live] = r[live] * self.a[live].log()
+        row_terms += (r * fd + r * (x * mean_y.double()).sum(1)) / self.eps
+        sum_p_log_p = self._sum(row_terms) + self._sum(_xlogx(self.b) + self.b * gd / self.eps)
         h_p = -float(sum_p_log_p)
-        h_ab = -float(_xlogx_sum(self.a) + _xlogx_sum(self.b))
+        h_ab = -float(self._sum(_xlogx(self.a)) + self._sum(_xlogx(self.b)))
         if h_ab <= 0:
             return 0.0  # one point on each side: the only coupling is a permutation
         return min(1.0, max(0.0, 2 * h_p / h_ab - 1))
@@ -110,10 +136,36 @@ class SinkhornResult:
 
         The pairs (i, j_i) are distributed as P when ``a`` is uniform. The noise is keyed on a
         seed drawn from ``generator`` (default: torch's global CPU generator) and on (i, j), so
-        the draw is reproducible and the same on every device.
+        the draw is reproducible and the same on every device. Solved across ranks, every rank
+        draws the rows it owns with the seed of rank 0, which gives the draw of one process:
+        replicated, the rows are gathered (every rank gets all n); sharded, a rank gets its
+        rows' columns (global indices) and the column shards pass round the ranks.
         """
+        seed = seed_from(generator)
+        if self.process_group is not None:
+            seed = int(distributed.broadcast_int(seed, self.x.device, self.process_group))
         bias = column_bias(self.g, self.y, self.b, self.eps, self.cost)
-        return gumbel_argmax(self.x, self.y, bias, 1.0 / self.eps, generator=generator)
+        if self.process_group is None:
+            return gumbel_argmax(self.x, self.y, bias, 1.0 / self.eps, seed=seed)
+        rank, world = distributed.group_info(self.process_group)
+        if not self.sharded:
+            rows = distributed.even_blocks(self.x.shape[0], world)
+            r0, r1 = rows[rank]
+            block = gumbel_argmax(self.x[r0:r1], self.y, bias, 1.0 / self.eps, seed=seed, row_offset=r0)
+            return distributed.all_gather_uneven(block, [b - a for a, b in rows], self.process_group)
+        x_sizes = distributed.shard_sizes(self.x.shape[0], self.x.device, self.process_group)
+        y_sizes = distributed.shard_sizes(self.y.shape[0], self.y.device, self.process_group)
+        row_offset, col_offsets = sum(x_sizes[:rank]), [sum(y_sizes[:r]) for r in range(world)]
+        best = torch.full((self.x.shape[0],), -math.inf, dtype=torch.float64, device=self.x.device)
+        best_j = torch.full((self.x.shape[0],), -1, dtype=torch.long, device=self.x.device)
+        payload = torch.cat([self.y, bias[:, None]], dim=1)
+        for owner, shard in distributed.ring(payload, y_sizes, self.process_group):
+            j, value = gumbel_argmax(self.x, shard[:, :-1], shard[:, -1], 1.0 / self.eps, seed=seed,
+                                     row_offset=row_offset, col_offset=col_offsets[owner], return_value=True)
+            j = j + col_offsets[owner]
+            better = (value > best) | ((value == best) & (j < best_j))  # ties to the lowest column
+            best, best_j = torch.where(better, value, best), torch.where(better, j, best_j)
+        return best_j
 
 
 def dot_potential(potential, points, cost):
@@ -133,14 +185,14 @@ def row_barycentres(x, y, g, b, eps, cost):
     return barycentric(x, y, column_bias(g, y, b, eps, cost), 1.0 / eps)
 
 
-def _xlogx_sum(w):
-    w = w[w > 0]
-    return (w * w.log()).sum()
+def _xlogx(w):
+    """w log w elementwise, 0 where w = 0."""
+    return torch.where(w > 0, w * w.clamp_min(1e-300).log(), torch.zeros_like(w))
 
 
 @torch.compiler.disable
 def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3,
-             max_iter=10_000, momentum=True, init=None, process_group=None, anneal=None,
+             max_iter=10_000, momentum=True, init=None, process_group=None, sharded=False, anneal=None,
              target_entropy=None, entropy_tol=0.01, cost_cache="auto"):
     """Entropic optimal transport between point clouds x (n, d) and y (m, d), streamed.
 
@@ -157,6 +209,13 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
         target_entropy: choose eps so that the renormalized entropy lands within
             ``entropy_tol`` of this value (seed paper 002 recommends about 0.2); ``eps`` is then
             the first guess.
+        process_group: solve across the ranks of this torch.distributed group (NCCL on GPUs,
+            Gloo on CPUs); every rank calls with the same arguments and gets the same result.
+            With ``sharded=False`` every rank passes the full x and y and the rows and columns
+            are split between the ranks (only potentials travel); with ``sharded=True`` every
+            rank passes only its own rows of x and y (and of a, b, which sum to 1 over all
+            ranks) and gets its slices of f and g, the shards passing round the ranks.
+        sharded: see ``process_group``.
         cost_cache: hold the n x m dot products in memory (one fused pass per half-iteration,
             no GEMM) -- "auto" does so on the CPU when they fit 1 GiB and either d >= 16 or
             they take at most 256 MiB; True forces it, False always streams (memory
@@ -166,28 +225,39 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
         SinkhornResult. Under ``torch.compile`` this function runs eagerly (one graph break:
         its loop stops on a data-dependent error).
     """
+    if process_group is not None:  # a bad shard on one rank must not leave the others waiting
+        distributed.group_info(process_group)
+        distributed.checked_together(lambda: validation.check_pair(x, y), process_group)
     validation.check_pair(x, y)
     costs.check_cost(cost)
     eps = validation.positive("eps", eps)
     tol = validation.positive("tol", tol)
     if not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"argument 'max_iter' must be an int >= 1, got {max_iter!r}")
-    if process_group is not None:
-        raise NotImplementedError("argument 'process_group': sharded Sinkhorn arrives with the distributed issue")
-    a = validation.weights("a", a, x.shape[0], x)
-    b = validation.weights("b", b, y.shape[0], y)
+    if process_group is None and sharded:
+        raise ValueError("argument 'sharded' needs a 'process_group'")
+    sharded = bool(sharded) and process_group is not None
+    if sharded:
+        a = _shard_weights("a", a, x, process_group)
+        b = _shard_weights("b", b, y, process_group)
+    else:
+        a = validation.weights("a", a, x.shape[0], x)
+        b = validation.weights("b", b, y.shape[0], y)
     if x.dtype not in (torch.float32, torch.float64):
         x, y = x.float(), y.float()  # half inputs: potentials and sums in float32
     y = y.to(x.dtype)
-    spread = costs.cost_std(x, y, a, b, cost)
+    spread = costs.cost_std(x, y, a, b, cost,
+                            reduce=(lambda t: distributed.all_sum(t, process_group)) if sharded else None)
     if spread == 0:
         spread = 1.0  # every cost equal: any eps gives the independent coupling
     if cost_cache not in ("auto", True, False):
         raise ValueError(f"argument 'cost_cache' must be 'auto', True or False, got {cost_cache!r}")
     if cost_cache == "auto":
         size = x.shape[0] * y.shape[0] * x.element_size()
-        cost_cache = x.device.type == "cpu" and size <= _CACHE_BUDGET_BYTES and (
+        cost_cache = process_group is None and x.device.type == "cpu" and size <= _CACHE_BUDGET_BYTES and (
             x.shape[1] >= _CACHE_MIN_DIM or size <= _CACHE_SMALL_BYTES)
+    if cost_cache and process_group is not None:
+        raise ValueError("argument 'cost_cache': the distributed solver streams; pass 'auto' or False")
     dots = None
     if cost_cache:
         dots = x.detach() @ y.detach().T
@@ -195,7 +265,7 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
             raise RuntimeError(f"ot_flow.sinkhorn: the dot products <x_i, y_j> overflow {x.dtype}; "
                                "use float64 inputs or rescale the points")
     solve = dict(x=x, y=y, a=a, b=b, cost=cost, tol=tol, max_iter=max_iter, momentum=momentum,
-                 anneal=anneal, spread=spread, dots=dots)
+                 anneal=anneal, spread=spread, dots=dots, process_group=process_group, sharded=sharded)
     if target_entropy is not None:
         if not 0 < target_entropy < 1:
             raise ValueError(f"argument 'target_entropy' must lie in (0, 1), got {target_entropy!r}")
@@ -231,7 +301,7 @@ def _solve_for_entropy(target, rel_eps, entropy_tol, init, solve, max_solves=12)
 
 
 @torch.no_grad()
-def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spread, dots):
+def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spread, dots, process_group, sharded):
     dtype = x.dtype
     alpha = costs.cost_offsets(x.double(), cost)
     beta = costs.cost_offsets(y.double(), cost)
@@ -241,18 +311,13 @@ def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spre
     else:
         fd = torch.zeros(x.shape[0], dtype=dtype, device=x.device)
         gd = torch.zeros(y.shape[0], dtype=dtype, device=y.device)
-
-    # The cached path passes the current potential as the shift hint: lse_i = -f_i / e at the
-    # fixed point, and an iterate moves little, so the kernel can skip its max pass.
-    def f_update(g, e, f_now):
-        if dots is not None:
-            return -e * lse_dense(dots, g / e + log_b, 1.0 / e, 1, shift=-f_now / e)
-        return softmin(x, y, g, e, log_b)
-
-    def g_update(f, e, g_now):
-        if dots is not None:
-            return -e * lse_dense(dots, f / e + log_a, 1.0 / e, 0, shift=-g_now / e)
-        return softmin(y, x, f, e, log_a)
+    if process_group is None:
+        halves = LocalHalves(x, y, log_a, log_b, dots)
+    elif sharded:
+        halves = ShardedHalves(x, y, log_a, log_b, process_group)
+    else:
+        halves = ReplicatedHalves(x, y, log_a, log_b, process_group)
+    f_update, g_update = halves.f_update, halves.g_update
 
     n_iter = 0
     if anneal is None:
@@ -276,7 +341,7 @@ def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spre
         f_new = f_update(gd, eps, fd)
         if measured:
             ratio = torch.exp((fd.double() - f_new.double()) / eps)
-            error = float((a * (ratio - 1).abs()).sum())
+            error = halves.total(a * (ratio - 1).abs())
             if not math.isfinite(error):
                 _raise_non_finite(n_iter, eps, dtype)
             errors.append(error)
@@ -288,12 +353,12 @@ def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spre
             else:
                 finishing = False
                 w = relaxation.update(errors)
-        elif not torch.isfinite(f_new).all():
+        elif not halves.all_finite(f_new):
             _raise_non_finite(n_iter, eps, dtype)
         step = 1.0 if finishing else w
         fd = f_new if step == 1.0 else fd + step * (f_new - fd)
         g_new = g_update(fd, eps, gd)
-        if not torch.isfinite(g_new).all():  # f_new is checked through the error
+        if not halves.all_finite(g_new):  # f_new is checked through the error
             _raise_non_finite(n_iter, eps, dtype)
         gd = g_new if step == 1.0 else gd + step * (g_new - gd)
         measured = True
@@ -305,7 +370,32 @@ def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spre
     g = gd.double() + beta
     return SinkhornResult(f=f.to(dtype), g=g.to(dtype), eps=float(eps), n_iter=n_iter, error=error,
                           converged=converged, errors=errors, x=x, y=y, a=a, b=b, cost=cost,
-                          path="streamed" if dots is None else "cached")
+                          path="streamed" if dots is None else "cached", process_group=process_group,
+                          sharded=sharded)
+
+
+def _shard_weights(name, w, points, process_group):
+    """This rank's slice of weights that sum to 1 over all ranks (uniform over all points by
+    default). Every rank goes through the same collectives whatever it passed."""
+    n_local = points.shape[0]
+    n_total = sum(distributed.shard_sizes(n_local, points.device, process_group))
+
+    def local():
+        if w is None:
+            return torch.full((n_local,), 1.0 / n_total, dtype=torch.float64, device=points.device)
+        if not isinstance(w, torch.Tensor) or w.shape != (n_local,) or not w.is_floating_point():
+            raise ValueError(f"argument '{name}' must be a 1-D float tensor with this rank's {n_local} entries")
+        if w.device != points.device:
+            raise ValueError(f"argument '{name}' is on {w.device} but the points are on {points.device}")
+        if not torch.isfinite(w).all() or (w < 0).any():
+            raise ValueError(f"argument '{name}' must be finite and non-negative")
+        return w.detach().double()
+
+    w = distributed.checked_together(local, process_group)
+    total = float(distributed.all_sum(w.sum().reshape(1), process_group)[0])
+    if abs(total - 1.0) > 1e-5:
+        raise ValueError(f"argument '{name}' must sum to 1 over all ranks, sums to {total:.6g}")
+    return w / total
 
 
 def _raise_non_finite(n_iter, eps, dtype):

@@ -1,0 +1,108 @@
+"""The torch.distributed plumbing of the sharded solvers: which rows a rank owns, gathering
+blocks of uneven size, sums over ranks, and a ring that passes every rank's shard round all
+ranks while the current one is being used. NCCL on GPUs, Gloo on CPUs: tensors stay on the
+device of the data they carry.
+"""
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["checked_together", "group_info", "even_blocks", "all_gather_uneven", "all_sum", "broadcast_int", "shard_sizes", "ring"]
+
+
+def group_info(process_group):
+    """(rank, world size) in `process_group` (the default group for ``dist.group.WORLD``)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("argument 'process_group': torch.distributed is not initialised "
+                         "(call torch.distributed.init_process_group first, or torchrun)")
+    if not isinstance(process_group, dist.ProcessGroup):
+        raise ValueError(f"argument 'process_group' must be a torch.distributed ProcessGroup, "
+                         f"got {type(process_group).__name__}")
+    rank = dist.get_rank(process_group)
+    if rank < 0:
+        raise ValueError("argument 'process_group': this process is not a member of the group")
+    return rank, dist.get_world_size(process_group)
+
+
+def even_blocks(n, world):
+    """[(start, end)] of `world` contiguous blocks of range(n), sizes differing by at most one."""
+    base, extra = divmod(n, world)
+    bounds, start = [], 0
+    for r in range(world):
+        end = start + base + (r < extra)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def all_gather_uneven(block, sizes, process_group):
+    """Concatenation over ranks of each rank's `block` (sizes[r] rows on rank r)."""
+    width = max(sizes)
+    padded = block.new_zeros((width, *block.shape[1:]))
+    padded[: block.shape[0]] = block
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous(), group=process_group)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+def all_sum(values, process_group):
+    """Sums a float64 tensor over ranks (every rank gets the same bits)."""
+    values = values.double().clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM, group=process_group)
+    return values
+
+
+def broadcast_int(value, device, process_group):
+    """Rank 0's value of an integer (a seed), on every rank."""
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.broadcast(t, src=dist.get_global_rank(process_group, 0), group=process_group)
+    return int(t[0])
+
+
+def shard_sizes(n_local, device, process_group):
+    """The number of rows every rank holds, as a list."""
+    world = dist.get_world_size(process_group)
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([n_local], dtype=torch.long, device=device), group=process_group)
+    return [int(s) for s in sizes]
+
+
+def ring(payload, sizes, process_group):
+    """Yields (owner rank, payload of that owner's shard) for every rank's shard, own first.
+
+    `payload` is this rank's shard (sizes[rank] rows); it travels to the next rank while the
+    caller works on the current one, so compute and communication overlap. Shards are padded
+    to max(sizes) rows on the wire and trimmed on the way out.
+    """
+    rank, world = dist.get_rank(process_group), dist.get_world_size(process_group)
+    width = max(sizes)
+    current = payload.new_zeros((width, *payload.shape[1:]))
+    current[: payload.shape[0]] = payload
+    spare = torch.empty_like(current)
+    send_to = dist.get_global_rank(process_group, (rank + 1) % world)
+    recv_from = dist.get_global_rank(process_group, (rank - 1) % world)
+    for step in range(world):
+        owner = (rank - step) % world
+        requests = []
+        if step < world - 1:
+            requests = dist.batch_isend_irecv([dist.P2POp(dist.isend, current, send_to, process_group),
+                                               dist.P2POp(dist.irecv, spare, recv_from, process_group)])
+        yield owner, current[: sizes[owner]]
+        for request in requests:
+            request.wait()
+        current, spare = spare, current
+
+
+def checked_together(check, process_group):
+    """Runs `check()` (argument checks) on every rank and raises the same ValueError on all of
+    them when any rank's check failed, instead of leaving the others waiting in a collective."""
+    try:
+        result, message = check(), None
+    except ValueError as err:
+        result, message = None, str(err)
+    messages = [None] * dist.get_world_size(process_group)
+    dist.all_gather_object(messages, message, group=process_group)
+    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+    if failed:
+        raise ValueError("; ".join(f"rank {r}: {m}" for r, m in failed))
+    return result

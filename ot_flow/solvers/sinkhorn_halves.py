@@ -1,0 +1,98 @@
+"""The two half-steps of Sinkhorn (f from g, g from f) for each placement of the work:
+
+* ``LocalHalves``: one process (streamed, or one fused pass over cached dot products);
+* ``ReplicatedHalves``: every rank holds all of x and y, updates its block of rows (and of
+  columns) and all-gathers the block, so every rank ends each half-step with the full,
+  bitwise identical potential;
+* ``ShardedHalves``: every rank holds only its shard of x and of y and updates its slice of
+  f (and of g) against the other side's shards, which pass round the ranks (ring) together
+  with their part of the bias while the current one is used.
+
+The solver loop (sinkhorn.py) is the same for all three; `total` sums a per-row quantity over
+all rows (the marginal error), all-reduced where the rows are sharded, so every rank takes the
+same decisions and stops at the same iteration.
+"""
+
+import math
+
+import torch
+
+from ot_flow import distributed
+from ot_flow.ops import lse, lse_dense, softmin
+
+__all__ = ["LocalHalves", "ReplicatedHalves", "ShardedHalves"]
+
+
+class LocalHalves:
+    """One process. With `dots` (the cached n x m dot products) each half-step is one fused
+    pass, given the current potential as the shift hint: lse_i = -f_i / e at the fixed point."""
+
+    def __init__(self, x, y, log_a, log_b, dots=None):
+        self.x, self.y, self.log_a, self.log_b, self.dots = x, y, log_a, log_b, dots
+
+    def f_update(self, g, e, f_now):
+        if self.dots is not None:
+            return -e * lse_dense(self.dots, g / e + self.log_b, 1.0 / e, 1, shift=-f_now / e)
+        return softmin(self.x, self.y, g, e, self.log_b)
+
+    def g_update(self, f, e, g_now):
+        if self.dots is not None:
+            return -e * lse_dense(self.dots, f / e + self.log_a, 1.0 / e, 0, shift=-g_now / e)
+        return softmin(self.y, self.x, f, e, self.log_a)
+
+    def total(self, per_row):
+        return float(per_row.double().sum())
+
+    def all_finite(self, t):
+        return bool(torch.isfinite(t).all())
+
+
+class ReplicatedHalves(LocalHalves):
+    """Every rank: the full x, y; it computes rows rows[rank] of f and columns cols[rank] of g."""
+
+    def __init__(self, x, y, log_a, log_b, process_group):
+        super().__init__(x, y, log_a, log_b)
+        self.group = process_group
+        rank, world = distributed.group_info(process_group)
+        self.rows = distributed.even_blocks(x.shape[0], world)
+        self.cols = distributed.even_blocks(y.shape[0], world)
+        self.r0, self.r1 = self.rows[rank]
+        self.c0, self.c1 = self.cols[rank]
+
+    def f_update(self, g, e, f_now):
+        block = softmin(self.x[self.r0:self.r1], self.y, g, e, self.log_b)
+        return distributed.all_gather_uneven(block, [b - a for a, b in self.rows], self.group)
+
+    def g_update(self, f, e, g_now):
+        block = softmin(self.y[self.c0:self.c1], self.x, f, e, self.log_a)
+        return distributed.all_gather_uneven(block, [b - a for a, b in self.cols], self.group)
+
+
+class ShardedHalves:
+    """Every rank: its shard x (n_r rows) with log_a, and its shard y (m_r rows) with log_b."""
+
+    def __init__(self, x, y, log_a, log_b, process_group):
+        self.x, self.y, self.log_a, self.log_b, self.group = x, y, log_a, log_b, process_group
+        self.x_sizes = distributed.shard_sizes(x.shape[0], x.device, process_group)
+        self.y_sizes = distributed.shard_sizes(y.shape[0], y.device, process_group)
+
+    def _softmin(self, rows, other, other_potential, other_log_w, other_sizes, e):
+        """-e log sum over every rank's shard of `other` of exp((pot_j + <r_i, o_j>) / e + log w_j)."""
+        payload = torch.cat([other, (other_potential / e + other_log_w)[:, None]], dim=1)
+        total = torch.full((rows.shape[0],), -math.inf, dtype=rows.dtype, device=rows.device)
+        for _, shard in distributed.ring(payload, other_sizes, self.group):
+            total = torch.logaddexp(total, lse(rows, shard[:, :-1], shard[:, -1], 1.0 / e))
+        return -e * total
+
+    def f_update(self, g, e, f_now):
+        return self._softmin(self.x, self.y, g, self.log_b, self.y_sizes, e)
+
+    def g_update(self, f, e, g_now):
+        return self._softmin(self.y, self.x, f, self.log_a, self.x_sizes, e)
+
+    def total(self, per_row):
+        return float(distributed.all_sum(per_row.sum().reshape(1), self.group)[0])
+
+    def all_finite(self, t):
+        bad = (~torch.isfinite(t)).sum().reshape(1)
+        return float(distributed.all_sum(bad, self.group)[0]) == 0

@@ -1,0 +1,75 @@
+"""Jobs run by the spawned ranks of test_distributed.py (a module of its own, importable by the
+spawned processes). Each job returns a dict that the rank saves for the test to compare."""
+
+import datetime
+import os
+import traceback
+
+import torch
+import torch.distributed as dist
+
+import ot_flow
+
+
+def problem(dtype=torch.float64):
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(301, 5, generator=g, dtype=dtype), torch.randn(257, 5, generator=g, dtype=dtype) + 0.5
+
+
+def uneven(n, world, rank, reverse=False):
+    """Rank r's rows, in rank order, when the shares are 1 : 2 : 3 ... (or ... 3 : 2 : 1)."""
+    weights = [world - r if reverse else r + 1 for r in range(world)]
+    bounds = [round(n * sum(weights[:r]) / sum(weights)) for r in range(world + 1)]
+    return bounds[rank], bounds[rank + 1]
+
+
+def solve(rank, world):
+    x, y = problem()
+    group = dist.group.WORLD
+    out = {}
+    rep = ot_flow.sinkhorn(x, y, eps=0.05, process_group=group)
+    out["replicated"] = dict(f=rep.f, g=rep.g, n_iter=rep.n_iter, errors=rep.errors,
+                             sample=rep.sample(torch.Generator().manual_seed(3)),
+                             cost=rep.transport_cost(), entropy=rep.renormalized_entropy())
+    r0, r1 = uneven(x.shape[0], world, rank)
+    c0, c1 = uneven(y.shape[0], world, rank, reverse=True)  # another split for the columns
+    sh = ot_flow.sinkhorn(x[r0:r1], y[c0:c1], eps=0.05, process_group=group, sharded=True)
+    out["sharded"] = dict(rows=(r0, r1), cols=(c0, c1), f=sh.f, g=sh.g, n_iter=sh.n_iter, errors=sh.errors,
+                          sample=sh.sample(torch.Generator().manual_seed(3)), cost=sh.transport_cost(),
+                          entropy=sh.renormalized_entropy(), map=sh.barycentric_map())
+    return out
+
+
+def bad_shard(rank, world):
+    x, y = problem()
+    if rank == 1:
+        x = x.clone()
+        x[0, 0] = float("nan")
+    ot_flow.sinkhorn(x, y, process_group=dist.group.WORLD, sharded=True)
+    return {}
+
+
+def crash(rank, world):
+    if rank == 1:
+        raise RuntimeError("rank 1 fails before the solve")
+    x, y = problem()
+    ot_flow.sinkhorn(x, y, process_group=dist.group.WORLD)
+    return {}
+
+
+JOBS = {"solve": solve, "bad_shard": bad_shard, "crash": crash}
+
+
+def run(rank, world, job, init_file, out_dir, timeout_s):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        result = JOBS[job](rank, world)
+    except Exception as err:  # noqa: BLE001  (the test inspects what each rank raised)
+        result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001  (a peer may be gone already)
+        pass
