@@ -1,13 +1,15 @@
-"""The torch.distributed plumbing of the sharded solvers: which rows a rank owns, gathering
-blocks of uneven size, sums over ranks, and a ring that passes every rank's shard round all
-ranks while the current one is being used. NCCL on GPUs, Gloo on CPUs: tensors stay on the
+"""The torch.distributed plumbing of the sharded solvers and the data streams: which rank and
+which rows draw what (and reproducible seeds for them), gathering blocks of uneven size, sums
+over ranks, and a ring that passes every rank's shard round all ranks while the current one
+is being used. NCCL on GPUs, Gloo on CPUs: tensors stay on the
 device of the data they carry.
 """
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["checked_together", "group_info", "even_blocks", "all_gather_uneven", "all_sum", "broadcast_int", "shard_sizes", "ring"]
+__all__ = ["rank_and_world", "derived_seed", "checked_together", "same_on_all_ranks", "group_info", "even_blocks", "all_gather_uneven", "all_sum", "broadcast_int", "shard_sizes", "ring"]
 
 
 def group_info(process_group):
@@ -15,6 +17,10 @@ def group_info(process_group):
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError("argument 'process_group': torch.distributed is not initialised "
                          "(call torch.distributed.init_process_group first, or torchrun)")
+    if process_group is dist.GroupMember.NON_GROUP_MEMBER or (
+            isinstance(process_group, int) and process_group == dist.GroupMember.NON_GROUP_MEMBER):
+        raise ValueError("argument 'process_group': this process is not a member of the group "
+                         "(torch.distributed.new_group returned NON_GROUP_MEMBER here)")
     if not isinstance(process_group, dist.ProcessGroup):
         raise ValueError(f"argument 'process_group' must be a torch.distributed ProcessGroup, "
                          f"got {type(process_group).__name__}")
@@ -106,3 +112,34 @@ def checked_together(check, process_group):
     if failed:
         raise ValueError("; ".join(f"rank {r}: {m}" for r, m in failed))
     return result
+
+
+def same_on_all_ranks(settings, what, process_group):
+    """Raises the same ValueError on every rank unless every rank passed equal `settings` (a
+    dict of name -> value): ranks that disagree on shapes or parameters would otherwise mix
+    incompatible messages or wait for each other forever."""
+    everyone = [None] * dist.get_world_size(process_group)
+    dist.all_gather_object(everyone, settings, group=process_group)
+    for rank, other in enumerate(everyone):
+        differ = sorted(k for k in settings if other.get(k) != settings[k])
+        if differ:
+            detail = ", ".join(f"{k}: {settings[k]!r} here, {other.get(k)!r} on rank {rank}" for k in differ)
+            raise ValueError(f"{what}: the ranks of 'process_group' disagree ({detail})")
+
+
+def rank_and_world(rank, world_size):
+    """(rank, world_size): as given, else from torch.distributed when initialised, else (0, 1)."""
+    if rank is None and world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+    if rank is None or world_size is None:
+        raise ValueError("arguments 'rank' and 'world_size' go together: give both or neither")
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"arguments 'rank' and 'world_size' must satisfy 0 <= rank < world_size, got {rank}, {world_size}")
+    return rank, world_size
+
+
+def derived_seed(*keys):
+    """A 63-bit seed from non-negative integer keys (numpy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)

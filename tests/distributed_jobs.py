@@ -40,6 +40,24 @@ def solve(rank, world):
     return out
 
 
+def semidiscrete_data():
+    g = torch.Generator().manual_seed(6)
+    return torch.randn(203, 3, generator=g, dtype=torch.float64) + 1, torch.randn(500, 3, generator=g, dtype=torch.float64)
+
+
+def semidiscrete(rank, world):
+    data, queries = semidiscrete_data()
+    r0, r1 = uneven(data.shape[0], world, rank)
+    out = {"rows": (r0, r1)}
+    for eps in (0.0, 0.5):
+        sampler = ot_flow.SemidiscreteSampler(data[r0:r1], eps=eps, seed=4, process_group=dist.group.WORLD)
+        sampler.fit(40, batch_size=256, progress=False, log_every=10)
+        out[eps] = dict(potential=sampler.potential, history=sampler.history,
+                        assign=sampler.assign(queries, generator=torch.Generator().manual_seed(2)),
+                        pair=sampler.pair(queries, generator=torch.Generator().manual_seed(2))[1])
+    return out
+
+
 def bad_shard(rank, world):
     x, y = problem()
     if rank == 1:
@@ -47,6 +65,28 @@ def bad_shard(rank, world):
         x[0, 0] = float("nan")
     ot_flow.sinkhorn(x, y, process_group=dist.group.WORLD, sharded=True)
     return {}
+
+
+def mismatched_dim(rank, world):
+    x, y = problem()
+    if rank == 1:
+        x, y = x[:, :4], y[:, :4]
+    ot_flow.sinkhorn(x, y, process_group=dist.group.WORLD, sharded=True)
+    return {}
+
+
+def missing_rank(rank, world):
+    group = dist.new_group([0])  # every rank must call new_group; rank 1 is not in it
+    x, y = problem()
+    ot_flow.sinkhorn(x, y, process_group=group)
+    return {}
+
+
+def pair_dataset(rank, world):
+    x, y = problem(torch.float32)
+    sampler = ot_flow.OTSampler(eps=0.05, process_group=dist.group.WORLD)
+    dataset = ot_flow.data.OTPairDataset(None, y, sampler, coupling_size=200, batch_size=20, rounds=2, seed=3)
+    return {"batches": [torch.cat(b, 1) for b in dataset]}
 
 
 def crash(rank, world):
@@ -57,7 +97,8 @@ def crash(rank, world):
     return {}
 
 
-JOBS = {"solve": solve, "bad_shard": bad_shard, "crash": crash}
+JOBS = {"solve": solve, "semidiscrete": semidiscrete, "bad_shard": bad_shard, "crash": crash,
+        "mismatched_dim": mismatched_dim, "missing_rank": missing_rank, "pair_dataset": pair_dataset}
 
 
 def run(rank, world, job, init_file, out_dir, timeout_s):

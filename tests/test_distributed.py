@@ -18,6 +18,7 @@ def run_ranks(job, world, tmp_path, timeout_s=60):
     """Spawns `world` Gloo ranks running distributed_jobs.JOBS[job]; returns their results."""
     from distributed_jobs import run
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     init_file = tmp_path / f"init-{job}-{world}"
     procs = [ctx.Process(target=run, args=(r, world, job, str(init_file), str(tmp_path), timeout_s))
@@ -88,10 +89,53 @@ def test_samples_equal_one_process(solved):
     assert torch.equal(torch.cat([r["sharded"]["sample"] for r in results]), expected)
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_semidiscrete_equals_one_process(world, tmp_path):
+    from distributed_jobs import semidiscrete_data
+
+    results = run_ranks("semidiscrete", world, tmp_path)
+    for r in results:
+        assert "error" not in r, r.get("traceback")
+    data, queries = semidiscrete_data()
+    for eps in (0.0, 0.5):
+        single = ot_flow.SemidiscreteSampler(data, eps=eps, seed=4).fit(40, batch_size=256, progress=False,
+                                                                         log_every=10)
+        potential = torch.cat([r[eps]["potential"] for r in results])
+        torch.testing.assert_close(potential, single.potential, rtol=1e-9, atol=1e-9)
+        expected = single.assign(queries, generator=torch.Generator().manual_seed(2))
+        for r in results:  # every rank gets the global answer
+            assert torch.equal(r[eps]["assign"], expected)
+            assert torch.equal(r[eps]["pair"], data[expected])
+            if eps == 0:
+                chi2 = [h["chi2"] for h in r[eps]["history"]]
+                assert chi2 == pytest.approx([h["chi2"] for h in single.history], rel=1e-9, abs=1e-12)
+
+
 def test_a_bad_shard_raises_on_every_rank(tmp_path):
     results = run_ranks("bad_shard", 2, tmp_path)
     for r in results:
         assert r.get("error", "").startswith("ValueError") and "rank 1: argument 'x' contains NaN" in r["error"]
+
+
+def test_mismatched_shards_and_missing_ranks_raise(tmp_path):
+    results = run_ranks("mismatched_dim", 2, tmp_path / "dim")
+    for r in results:
+        assert "the ranks of 'process_group' disagree (dim:" in r.get("error", "")
+    results = run_ranks("missing_rank", 2, tmp_path / "missing")
+    assert "error" not in results[0], results[0].get("traceback")  # a group of one solves alone
+    assert "not a member of the group" in results[1].get("error", "")
+
+
+def test_pair_dataset_ranks_share_one_cooperative_coupling(tmp_path):
+    results = run_ranks("pair_dataset", 2, tmp_path)
+    for r in results:
+        assert "error" not in r, r.get("traceback")
+    _, y = problem(torch.float32)
+    single = ot_flow.data.OTPairDataset(None, y, ot_flow.OTSampler(eps=0.05), coupling_size=200, batch_size=20,
+                                        rounds=2, seed=3, rank=0, world_size=1)
+    whole = {tuple(row) for b in single for row in torch.cat(b, 1).tolist()}
+    shares = [{tuple(row) for b in r["batches"] for row in b.tolist()} for r in results]
+    assert not shares[0] & shares[1] and shares[0] | shares[1] == whole
 
 
 def test_a_failing_rank_does_not_hang_the_others(tmp_path):

@@ -7,15 +7,16 @@ pairing noise, the shuffle) comes from a generator seeded by (seed, epoch, round
 
 * with ``num_workers > 0`` worker w takes the rounds r = w (mod workers) and the set of
   batches is the same as with ``num_workers=0``;
-* under DDP every rank solves the same coupling and yields a disjoint share of its pairs
-  (rows rank, rank + world_size, ... of the round's shuffle). Until the sharded solver
-  arrives every rank solves the whole coupling itself.
+* under DDP every rank yields a disjoint share of the pairs of one coupling (rows rank,
+  rank + world_size, ... of the round's shuffle); give the sampler the process group
+  (``OTSampler(process_group=...)``, with ``num_workers=0``) and the ranks solve it together,
+  each a block of rows and columns, instead of each solving all of it.
 """
 
 import torch
 from torch.utils.data import Dataset, IterableDataset, default_collate, get_worker_info
 
-from ot_flow.data.sharding import derived_seed, rank_and_world
+from ot_flow.distributed import derived_seed, rank_and_world
 from ot_flow.samplers.ot_sampler import OTSampler
 
 __all__ = ["OTPairDataset"]

@@ -8,7 +8,7 @@ and ranks draw different, reproducible batches.
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ot_flow.data.sharding import derived_seed, rank_and_world
+from ot_flow.distributed import derived_seed, rank_and_world
 from ot_flow.samplers.semidiscrete_sampler import SemidiscreteSampler
 
 __all__ = ["SemidiscretePairDataset"]

@@ -26,6 +26,9 @@ class OTSampler:
         tol, max_iter, momentum, cost_cache: passed to :func:`ot_flow.sinkhorn`.
         target_entropy: choose eps per coupling so that its renormalized entropy is this value
             (seed paper 002 recommends about 0.1-0.2); ``eps`` is then the first guess.
+        process_group: solve every coupling across the ranks of this torch.distributed group
+            (every rank passes the same x0, x1; the rows and columns are split between them)
+            and draw the same pairs on every rank, equal to one process's draw.
 
     Points of any shape are flattened to vectors for the cost (images included); bf16 and
     fp16 points are solved in float32 and returned in their own dtype. ``last_plan`` keeps the
@@ -33,7 +36,7 @@ class OTSampler:
     """
 
     def __init__(self, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3, max_iter=10_000,
-                 target_entropy=None, momentum=True, cost_cache="auto"):
+                 target_entropy=None, momentum=True, cost_cache="auto", process_group=None):
         self.eps = validation.positive("eps", eps)
         self.relative_eps = bool(relative_eps)
         costs.check_cost(cost)
@@ -46,7 +49,8 @@ class OTSampler:
             raise ValueError(f"argument 'target_entropy' must lie in (0, 1), got {target_entropy!r}")
         self.target_entropy = target_entropy
         self.momentum = momentum
-        self.cost_cache = cost_cache
+        self.cost_cache = cost_cache if process_group is None else "auto"
+        self.process_group = process_group
         self.last_plan = None
 
     def __repr__(self):
@@ -62,7 +66,8 @@ class OTSampler:
                              f"got shapes {tuple(x0.shape)} and {tuple(x1.shape)}")
         result = sinkhorn(flat0, flat1, eps=self.eps, relative_eps=self.relative_eps, cost=self.cost,
                           tol=self.tol, max_iter=self.max_iter, momentum=self.momentum,
-                          target_entropy=self.target_entropy, cost_cache=self.cost_cache)
+                          target_entropy=self.target_entropy, cost_cache=self.cost_cache,
+                          process_group=self.process_group)
         self.last_plan = result
         return result
 

@@ -18,6 +18,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from ot_flow import distributed
 from ot_flow.solvers import costs, semidiscrete, validation
 
 __all__ = ["SemidiscreteSampler"]
@@ -46,11 +47,16 @@ class SemidiscreteSampler:
             default a standard normal.
         device: where the search runs (default: the data's device).
         chunk_size: stream the data through the device in chunks of this many points.
-        seed: seeds the noise generator of ``fit``.
+        seed: seeds the noise generator of ``fit`` (rank 0's seed on every rank).
+        process_group: the data set is sharded over the ranks of this torch.distributed group:
+            every rank passes its own slice of the points (and of ``weights``, which sum to 1
+            over all ranks), keeps its slice of g, and draws the same noise; the MIPS runs on
+            the local shard and the winner over the ranks is agreed by a (value, index)
+            exchange. Indices returned by ``assign`` are global (shards in rank order).
     """
 
     def __init__(self, data, eps=0.0, cost="sqeuclidean", *, weights=None, labels=None, relative_eps=True,
-                 source=None, device=None, chunk_size=None, seed=0):
+                 source=None, device=None, chunk_size=None, seed=0, process_group=None):
         if not isinstance(data, torch.Tensor) or data.dim() < 1 or data.shape[0] == 0:
             raise ValueError("argument 'data' must be a non-empty tensor (N, ...) of points")
         self.data = data
@@ -71,9 +77,21 @@ class SemidiscreteSampler:
         # The points the search reads: on the device once, or streamed from where they are.
         self._search = self._flat if chunk_size is not None else self._flat.to(self.device)
         n = data.shape[0]
-        self.weights = validation.weights("weights", weights, n, self._flat).cpu()
+        self.group, self.offset, self.total = process_group, 0, n
+        if process_group is None:
+            self.weights = validation.weights("weights", weights, n, self._flat).cpu()
+        else:
+            if labels is not None:
+                raise ValueError("argument 'labels': a conditional sampler cannot be sharded yet; "
+                                 "give each class its own sampler")
+            rank, _ = distributed.group_info(process_group)
+            sizes = distributed.shard_sizes(n, self._flat.device, process_group)
+            self.offset, self.total = sum(sizes[:rank]), sum(sizes)
+            self.weights = _shard_weights(weights, n, self.total, self._flat.device, process_group).cpu()
+            seed = distributed.broadcast_int(int(seed), self._flat.device, process_group)
+        self.seed = int(seed)
         self.groups = _groups(labels, n)  # [(label, global indices)], one per class
-        for label, index in self.groups:
+        for label, index in self.groups if labels is not None else []:
             total = self.weights[index].sum()
             if total <= 0:
                 raise ValueError(f"argument 'weights': class {label} has no mass")
@@ -99,10 +117,10 @@ class SemidiscreteSampler:
     # --- fitting -------------------------------------------------------------------------
 
     def fit(self, num_steps, batch_size=1024, lr=None, *, optimizer="adam", schedule="cosine", ema=0.99,
-            eps_start=None, anneal_fraction=0.5, target_chi2=None, progress=True, log_every=100, checkpoint=None,
-            checkpoint_every=None):
+            eps_start=None, anneal_fraction=0.5, target_chi2=None, progress=True, log_every=100, eval_samples=None,
+            checkpoint=None, checkpoint_every=None):
         """Runs stochastic ascent until ``self.step == num_steps`` (a resumed fit continues), or
-        until the chi-square marginal error of the last ``log_every`` steps is at most
+        until the chi-square marginal error measured every ``log_every`` steps is at most
         ``target_chi2`` (hard, unconditional fits).
 
         Args:
@@ -117,8 +135,10 @@ class SemidiscreteSampler:
                 and decay geometrically to the final eps over ``anneal_fraction`` of the steps;
                 with a final eps of 0, they turn hard after that.
             target_chi2: stop early at this marginal error (None: run all the steps).
-            progress: show a tqdm bar with the chi-square marginal error of recent steps.
-            log_every: steps per entry of ``history`` (and per chi-square estimate).
+            progress: show a tqdm bar with the chi-square marginal error.
+            log_every: steps per entry of ``history`` and per chi-square measurement, which
+                assigns ``eval_samples`` fresh noise points (default 16 N, within
+                [65536, 10^6]) with the current potential.
             checkpoint, checkpoint_every: save ``state_dict()`` to this path every so many steps.
         """
         self._check_fit_args(num_steps, batch_size, lr, optimizer, schedule, ema, eps_start, anneal_fraction,
@@ -131,8 +151,8 @@ class SemidiscreteSampler:
         opt = self._make_optimizer(optimizer, g, base_lr)
         ema_g = None if not ema else (self.g_ema.to(self.device) if self.g_ema is not None else g.detach().clone())
         b = self.weights.to(self.device)
-        window = torch.zeros_like(b)
-        window_total, window_value = 0, 0.0
+        if eval_samples is None:
+            eval_samples = min(1_000_000, max(65_536, 16 * self.total))
         bar = tqdm(total=num_steps, initial=self.step, disable=not progress, desc="semidiscrete fit", leave=False)
         try:
             while self.step < num_steps:
@@ -153,24 +173,19 @@ class SemidiscreteSampler:
                     self._generator.set_state(generator_state)  # the step did not happen
                     raise
                 self.step += 1
-                window += counts
-                window_total += batch_size
-                window_value += value
-                bar.update(1)
-                if self.step % log_every == 0 or self.step == num_steps:
-                    # Hard, unconditional assignments are multinomial counts: an unbiased chi2.
-                    chi2 = semidiscrete.marginal_chi2(window, b, window_total) \
-                        if eps == 0 and not self.conditional else float("nan")
-                    entry = {"step": self.step, "chi2": chi2, "value": window_value * batch_size / window_total,
-                             "lr": opt.param_groups[0]["lr"], "eps": eps}
-                    self.history.append(entry)
-                    bar.set_postfix(chi2=f"{chi2:.2e}", eps=f"{eps:.2g}")
-                    window.zero_()
-                    window_total, window_value = 0, 0.0
                 # Copies: an interrupted next step must leave this step's state untouched.
                 self.g = g.detach().clone().cpu()
                 self.g_ema = ema_g.detach().clone().cpu() if ema_g is not None else None
                 self._optimizer_state = copy.deepcopy(opt.state_dict())
+                bar.update(1)
+                if self.step % log_every == 0 or self.step == num_steps:
+                    # Fresh noise against the current potential: the assignments of the training
+                    # batches are no measure, since the potential reacts to them as it goes.
+                    chi2 = self.marginal_error(eval_samples, seed=self.step) \
+                        if eps == 0 and not self.conditional else float("nan")
+                    self.history.append({"step": self.step, "chi2": chi2, "value": value,
+                                         "lr": opt.param_groups[0]["lr"], "eps": eps})
+                    bar.set_postfix(chi2=f"{chi2:.2e}", eps=f"{eps:.2g}")
                 if checkpoint and self.step % checkpoint_every == 0:
                     torch.save(self.state_dict(), checkpoint)
                 if target_chi2 is not None and self.history and self.history[-1]["step"] == self.step \
@@ -241,7 +256,8 @@ class SemidiscreteSampler:
             g_c = g if index_d is None else g[index_d]
             b_c = b if index_d is None else b[index_d]
             grad_c, value_c, counts_c = semidiscrete.semidual_gradient(
-                self._noise(batch_size), y, g_c, b_c, eps, self.cost, chunk_size=self.chunk_size)
+                self._noise(batch_size), y, g_c, b_c, eps, self.cost, chunk_size=self.chunk_size,
+                process_group=self.group, offset=self.offset)
             if index_d is None:
                 grad, counts = grad_c, counts_c
             else:
@@ -250,19 +266,26 @@ class SemidiscreteSampler:
         return grad, value, counts
 
     def _measure_spread(self):
-        x = self._noise(min(4096, max(256, self._flat.shape[0])))
+        x = self._noise(min(4096, max(256, self.total)))
         a = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64, device=x.device)
-        rows = torch.randperm(self._flat.shape[0], generator=self._generator)[:16384]
-        b = self.weights[rows] / self.weights[rows].sum()
-        spread = costs.cost_std(x, self._flat[rows.to(self._flat.device)].to(x.device), a, b.to(x.device), self.cost)
+        # A subsample of the data; drawn over all shards' global indices so that every rank
+        # (and one process holding everything) uses the same points and generator state.
+        rows = torch.randperm(self.total, generator=self._generator)[:16384]
+        rows = rows[(rows >= self.offset) & (rows < self.offset + self._flat.shape[0])] - self.offset
+        b_all = self.weights.sum() if self.group is None else 1.0
+        b = self.weights[rows] * (b_all / _total(self.weights[rows].sum(), self.group))
+        reduce_y = None if self.group is None else (lambda t: distributed.all_sum(t, self.group))
+        spread = costs.cost_std(x, self._flat[rows.to(self._flat.device)].to(x.device), a, b.to(x.device), self.cost,
+                                reduce_y=reduce_y)
         return spread if spread > 0 else 1.0
 
-    def marginal_error(self, num_samples=100_000, batch_size=8192):
+    def marginal_error(self, num_samples=100_000, batch_size=8192, seed=0):
         """Chi-square marginal error of the hard assignments of ``num_samples`` fresh noise
-        points (unconditional only; the multinomial noise removed, see marginal_chi2)."""
+        points drawn with ``seed`` (unconditional only; the multinomial noise removed, see
+        marginal_chi2)."""
         if self.conditional:
             raise ValueError("marginal_error: a conditional sampler has one marginal per class")
-        gen = torch.Generator().manual_seed(12345)
+        gen = torch.Generator().manual_seed(distributed.derived_seed(self.seed, seed, 12345))
         counts = torch.zeros(self._flat.shape[0], dtype=torch.float64)
         done = 0
         while done < num_samples:
@@ -270,10 +293,12 @@ class SemidiscreteSampler:
             x = torch.randn(n, self._flat.shape[1], generator=gen, dtype=self._flat.dtype).to(self.device) \
                 if self.source is None else self.source(n, gen).reshape(n, -1).to(self.device, self._flat.dtype)
             idx = semidiscrete.assign(x, self._search, self.potential, self.weights, 0.0, self.cost,
-                                      chunk_size=self.chunk_size)
-            counts += torch.bincount(idx.cpu(), minlength=counts.shape[0]).double()
+                                      chunk_size=self.chunk_size, process_group=self.group, offset=self.offset)
+            idx = idx.cpu() - self.offset
+            idx = idx[(idx >= 0) & (idx < counts.shape[0])]
+            counts += torch.bincount(idx, minlength=counts.shape[0]).double()
             done += n
-        return semidiscrete.marginal_chi2(counts, self.weights, num_samples)
+        return semidiscrete.marginal_chi2(counts, self.weights, num_samples, self.group)
 
     # --- pairing -------------------------------------------------------------------------
 
@@ -286,7 +311,7 @@ class SemidiscreteSampler:
             if labels is not None:
                 raise ValueError("argument 'labels': this sampler was built without class labels")
             return semidiscrete.assign(flat, self._search, g, b, eps, self.cost, generator=generator,
-                                       chunk_size=self.chunk_size)
+                                       chunk_size=self.chunk_size, process_group=self.group, offset=self.offset)
         if not isinstance(labels, torch.Tensor) or labels.shape != (flat.shape[0],):
             raise ValueError(f"argument 'labels' must be a tensor of {flat.shape[0]} class labels")
         out = torch.full((flat.shape[0],), -1, dtype=torch.long, device=flat.device)
@@ -304,9 +329,17 @@ class SemidiscreteSampler:
         return out
 
     def pair(self, x0, labels=None, generator=None):
-        """``(x0, data[assign(x0)])``, the data points on x0's device."""
-        idx = self.assign(x0, labels, generator)
-        return x0, self.data[idx.to(self.data.device)].to(x0.device)
+        """``(x0, data[assign(x0)])``, the data points on x0's device (fetched from the rank
+        that holds them when the data set is sharded)."""
+        idx = self.assign(x0, labels, generator).to(self.data.device)
+        if self.group is None:
+            return x0, self.data[idx].to(x0.device)
+        local = idx - self.offset
+        mine = (local >= 0) & (local < self.data.shape[0])
+        x1 = torch.zeros((idx.shape[0], *self.data.shape[1:]), dtype=self.data.dtype, device=self.data.device)
+        x1[mine] = self.data[local[mine]]
+        torch.distributed.all_reduce(x1, group=self.group)  # exactly one rank holds each row
+        return x0, x1.to(x0.device)
 
     # --- state ---------------------------------------------------------------------------
 
@@ -356,3 +389,25 @@ def _queries(x0, flat_data):
         raise ValueError(f"argument 'x0' has {flat.shape[1]} features per point, the data {flat_data.shape[1]}")
     validation.check_points("x0", flat)
     return flat.to(flat_data.dtype)
+
+
+def _total(value, process_group):
+    return value if process_group is None else distributed.all_sum(value.reshape(1), process_group)[0]
+
+
+def _shard_weights(weights, n_local, n_total, device, process_group):
+    """This rank's slice of target weights summing to 1 over all ranks (uniform by default)."""
+    def local():
+        if weights is None:
+            return torch.full((n_local,), 1.0 / n_total, dtype=torch.float64, device=device)
+        if not isinstance(weights, torch.Tensor) or weights.shape != (n_local,) or not weights.is_floating_point():
+            raise ValueError(f"argument 'weights' must be a float tensor with this rank's {n_local} entries")
+        if not torch.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError("argument 'weights' must be finite and non-negative")
+        return weights.detach().double().to(device)
+
+    w = distributed.checked_together(local, process_group)
+    total = float(_total(w.sum(), process_group))
+    if abs(total - 1.0) > 1e-5:
+        raise ValueError(f"argument 'weights' must sum to 1 over all ranks, sums to {total:.6g}")
+    return w / total

@@ -43,19 +43,22 @@ def _subsample(x, w, max_rows, seed):
     return x[idx], ws * (w.sum() / ws.sum())  # the shard's mass is kept (sharded solver)
 
 
-def cost_std(x, y, a, b, cost, reduce=None):
+def cost_std(x, y, a, b, cost, reduce=None, reduce_y=None):
     """Standard deviation of C_ij under the product weights a_i b_j, in O((n + m) d^2).
 
     With C = alpha_i + beta_j - <x_i, y_j>, E[C] and E[C^2] need only the first and second
     moments of x and y (and their cross terms with alpha, beta): no n x m matrix. Rows are
     subsampled to 2^14 when n or m is larger, as in seed paper 002. `reduce` sums each side's
-    moments over the ranks that hold shards of x and y (the sharded solver).
+    moments over the ranks that hold shards of x and y (the sharded solver), `reduce_y` only
+    y's (sharded data against replicated noise).
     """
     d = x.shape[1]
     sx = _side_moments(x, a, cost, 0)
     sy = _side_moments(y, b, cost, 1)
     if reduce is not None:
         sx, sy = reduce(sx), reduce(sy)
+    if reduce_y is not None:
+        sy = reduce_y(sy)
     (w_al, w_al2, mx, mxx, m_alx), (w_be, w_be2, my, myy, m_bey) = _unpack(sx, d), _unpack(sy, d)
     mean = w_al + w_be - mx @ my
     second = w_al2 + w_be2 + (mxx * myy).sum() + 2 * w_al * w_be - 2 * m_alx @ my - 2 * mx @ m_bey

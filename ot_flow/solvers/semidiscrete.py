@@ -12,15 +12,18 @@ the row softmax when eps > 0. At the optimum every y_j receives exactly its weig
 pairing fresh noise with data costs one MIPS (or one Gumbel-max draw when eps > 0).
 
 Every function here takes the target in chunks of `chunk_size` rows when asked, so a data set
-larger than the device's memory streams through it; the chunks' results merge exactly (the
-larger value wins, the lower index on ties; log-sum-exps add).
+larger than the device's memory streams through it, and shards of it over the ranks of a
+process group; the chunks' and ranks' results merge exactly (the larger value wins, the lower
+index on ties; log-sum-exps add).
 """
 
 import math
 
 import torch
+import torch.distributed as dist
 
-from ot_flow.ops import gumbel_argmax, lse, mips
+from ot_flow import distributed
+from ot_flow.ops import gumbel_argmax, lse, mips, seed_from
 from ot_flow.solvers import costs
 
 __all__ = ["assign", "semidual_gradient", "marginal_chi2", "dot_bias"]
@@ -40,17 +43,13 @@ def _on(t, device, dtype=None):
     return t.to(device=device, dtype=dtype or t.dtype, non_blocking=True)
 
 
-def assign(x, y, g, b, eps, cost, *, generator=None, chunk_size=None):
-    """LongTensor (n,): the target index of each source point x_i.
-
-    eps = 0: argmin_j C(x_i, y_j) - g_j (ties to the lowest j). eps > 0: a draw from
-    P(j | x_i) proportional to b_j exp((g_j - C(x_i, y_j)) / eps).
-    """
-    n, m = x.shape[0], y.shape[0]
+def _best(x, y, g, b, eps, cost, chunk_size, seed, offset):
+    """(value float64, global index) of each row's winner over this process's target points,
+    whose global indices start at `offset`: the MIPS (eps = 0) or the Gumbel-max draw."""
+    n = x.shape[0]
     best_value = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
     best_index = torch.full((n,), -1, dtype=torch.long, device=x.device)
-    seed = None if eps == 0 else _seed(generator)
-    for c0, c1 in _chunks(m, chunk_size):
+    for c0, c1 in _chunks(y.shape[0], chunk_size):
         y_c = _on(y[c0:c1], x.device, x.dtype)
         h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost)
         if eps == 0:
@@ -58,50 +57,79 @@ def assign(x, y, g, b, eps, cost, *, generator=None, chunk_size=None):
             values, index = values[:, 0].double(), index[:, 0]
         else:
             h_c = h_c / eps + _on(b[c0:c1], x.device).log().to(x.dtype)
-            index, values = gumbel_argmax(x, y_c, h_c, 1.0 / eps, seed=seed, col_offset=c0, return_value=True)
+            index, values = gumbel_argmax(x, y_c, h_c, 1.0 / eps, seed=seed, col_offset=offset + c0,
+                                          return_value=True)
         better = values > best_value  # chunks in order: a tie keeps the earlier, lower index
         best_value = torch.where(better, values, best_value)
-        best_index = torch.where(better, index + c0, best_index)
-    return best_index
+        best_index = torch.where(better, index + offset + c0, best_index)
+    return best_value, best_index
 
 
-def _seed(generator):
-    from ot_flow.ops import seed_from
+def _merge_ranks(value, index, process_group):
+    """The winner over every rank's (value, index): the larger value, the lower index on ties."""
+    world = dist.get_world_size(process_group)
+    values = [torch.empty_like(value) for _ in range(world)]
+    indices = [torch.empty_like(index) for _ in range(world)]
+    dist.all_gather(values, value, group=process_group)
+    dist.all_gather(indices, index, group=process_group)
+    for v, j in zip(values, indices):  # rank order is global index order
+        better = v > value
+        value, index = torch.where(better, v, value), torch.where(better, j, index)
+    return value, index
 
-    return seed_from(generator)
+
+def assign(x, y, g, b, eps, cost, *, generator=None, chunk_size=None, process_group=None, offset=0):
+    """LongTensor (n,): the target index of each source point x_i.
+
+    eps = 0: argmin_j C(x_i, y_j) - g_j (ties to the lowest j). eps > 0: a draw from
+    P(j | x_i) proportional to b_j exp((g_j - C(x_i, y_j)) / eps). With a `process_group`,
+    y, g and b are this rank's shard (global indices from `offset`), every rank passes the
+    same x, and every rank gets the global indices.
+    """
+    seed = None if eps == 0 else _seed(generator, x.device, process_group)
+    value, index = _best(x, y, g, b, eps, cost, chunk_size, seed, offset)
+    if process_group is not None:
+        value, index = _merge_ranks(value, index, process_group)
+    return index
 
 
-def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None):
+def _seed(generator, device, process_group):
+    seed = seed_from(generator)
+    return seed if process_group is None else distributed.broadcast_int(seed, device, process_group)
+
+
+def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=None, offset=0):
     """(gradient, value, counts) of the semi-dual F at g, estimated on the source batch x.
 
     gradient (N,) float64: b - (assignment frequencies) when eps = 0, b - (mean row softmax)
     when eps > 0; value: the batch estimate of F(g); counts: how many x_i went to each j
-    (eps = 0) or the summed softmax weights (eps > 0), float64 (N,) on g's device.
+    (eps = 0) or the summed softmax weights (eps > 0), float64 (N,) on g's device. With a
+    `process_group` (every rank passing the same x), y, g and b are this rank's shard and the
+    gradient and counts are its slice; the value is the global one.
     """
     n, m = x.shape[0], y.shape[0]
     alpha = costs.cost_offsets(x.double(), cost)
     counts = torch.zeros(m, dtype=torch.float64, device=g.device)
     if eps == 0:
-        best = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
-        best_index = torch.full((n,), -1, dtype=torch.long, device=x.device)
-        for c0, c1 in _chunks(m, chunk_size):
-            y_c = _on(y[c0:c1], x.device, x.dtype)
-            values, index = mips(x, y_c, dot_bias(_on(g[c0:c1], x.device), y_c, cost), 1)
-            values = values[:, 0].double()
-            better = values > best
-            best = torch.where(better, values, best)
-            best_index = torch.where(better, index[:, 0] + c0, best_index)
-        counts += torch.bincount(best_index, minlength=m).to(counts)
+        best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset)
+        if process_group is not None:
+            best, best_index = _merge_ranks(best, best_index, process_group)
+        mine = (best_index >= offset) & (best_index < offset + m)
+        counts += torch.bincount(best_index[mine] - offset, minlength=m).to(counts)
         f = alpha - best
     else:
-        # Row log-sum-exps over the chunks first (they add), then each chunk's column sums of
-        # the row softmax: sum_i exp(<x_i, y_j> / eps + h_j - lse_i).
+        # Row log-sum-exps over the chunks (and ranks) first, then each chunk's column sums
+        # of the row softmax: sum_i exp(<x_i, y_j> / eps + h_j - lse_i).
         biases, row_lse = [], torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
         for c0, c1 in _chunks(m, chunk_size):
             y_c = _on(y[c0:c1], x.device, x.dtype)
             h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost) / eps + _on(b[c0:c1], x.device).log().to(x.dtype)
             biases.append(h_c)
             row_lse = torch.logaddexp(row_lse, lse(x, y_c, h_c, 1.0 / eps).double())
+        if process_group is not None:
+            parts = [torch.empty_like(row_lse) for _ in range(dist.get_world_size(process_group))]
+            dist.all_gather(parts, row_lse, group=process_group)
+            row_lse = torch.logsumexp(torch.stack(parts), dim=0)
         for (c0, c1), h_c in zip(_chunks(m, chunk_size), biases):
             y_c = _on(y[c0:c1], x.device, x.dtype)
             col_lse = lse(y_c, x, (-row_lse).to(x.dtype), 1.0 / eps).double()
@@ -109,18 +137,25 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None):
         f = alpha - eps * row_lse
     b64 = b.double()
     gradient = b64 - counts / n
-    value = float(f.mean()) + float(g.double() @ b64)
+    g_dot_b = g.double() @ b64
+    if process_group is not None:
+        g_dot_b = distributed.all_sum(g_dot_b.reshape(1), process_group)[0]
+    value = float(f.mean()) + float(g_dot_b)
     return gradient, value, counts
 
 
-def marginal_chi2(counts, b, total):
+def marginal_chi2(counts, b, total, process_group=None):
     """Chi-square marginal error sum_j (p_j - b_j)^2 / b_j of assignment frequencies p.
 
     `counts` (N,) are hard-assignment counts over `total` independent source samples; the
     multinomial noise of the frequencies is removed (an unbiased estimate, which can dip
     slightly below 0 near the optimum), so the number does not floor at (N - 1) / total.
+    With a `process_group`, counts and b are this rank's slice and the sum runs over all ranks.
     """
     b64 = b.double().to(counts.device)
     p = counts.double() / total
     noise = p * (1 - p) / max(total - 1, 1)
-    return float((((p - b64) ** 2 - noise) / b64).sum())
+    chi2 = (((p - b64) ** 2 - noise) / b64).sum()
+    if process_group is not None:
+        chi2 = distributed.all_sum(chi2.reshape(1), process_group)[0]
+    return float(chi2)

@@ -228,6 +228,11 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     if process_group is not None:  # a bad shard on one rank must not leave the others waiting
         distributed.group_info(process_group)
         distributed.checked_together(lambda: validation.check_pair(x, y), process_group)
+        settings = dict(dim=x.shape[1], dtype=str(x.dtype), eps=eps, relative_eps=relative_eps, cost=cost,
+                        tol=tol, max_iter=max_iter, sharded=bool(sharded), target_entropy=target_entropy)
+        if not sharded:
+            settings.update(n=x.shape[0], m=y.shape[0])
+        distributed.same_on_all_ranks(settings, "ot_flow.sinkhorn", process_group)
     validation.check_pair(x, y)
     costs.check_cost(cost)
     eps = validation.positive("eps", eps)
