@@ -1,7 +1,9 @@
 """Biased maximum inner-product search side by side: ot_flow.ops.mips, plain PyTorch
 ``(x @ y.T + bias).max(1)`` and FAISS ``IndexFlatIP`` (the bias folded in as an extra
 coordinate: [x, 1] . [y, bias]), same inputs, answers checked; then the time a
-SemidiscreteSampler needs to reach a chi-square marginal error of 1e-2.
+SemidiscreteSampler needs to reach a chi-square marginal error of 1e-2 (measured on fresh
+noise every --fit-log-every steps, the measurements included in the time, then checked once
+more on 50 N other noise points).
 
     python benchmarks/bench_mips.py [--device cpu] [--sizes 10000 100000 1000000] [--dims 64 784 3072]
     python benchmarks/bench_mips.py --fit-only --fit-sizes 10000 100000
@@ -112,14 +114,14 @@ def fit_table(args):
         sampler = ot_flow.SemidiscreteSampler(data, seed=0)
         t0 = time.perf_counter()
         sampler.fit(args.fit_max_steps, batch_size=args.fit_batch, target_chi2=1e-2, progress=False,
-                    log_every=args.fit_log_every)
+                    log_every=args.fit_log_every, eval_samples=args.fit_eval_samples)
         sync(args.device)
         seconds = time.perf_counter() - t0
         last = sampler.history[-1]
-        check_chi2 = sampler.marginal_error(num_samples=min(50 * n_data, 5_000_000))
+        check_chi2 = sampler.marginal_error(num_samples=min(50 * n_data, 2_000_000), seed=-1 % 2**31)
         rows.append({"N": n_data, "d": args.fit_dim, "steps": sampler.step, "batch": args.fit_batch,
-                     "seconds": f"{seconds:.1f}", "chi2 (training window)": f"{last['chi2']:.2e}",
-                     "chi2 (fresh noise)": f"{check_chi2:.2e}",
+                     "seconds (incl. chi2 checks)": f"{seconds:.1f}", "chi2 at stop": f"{last['chi2']:.2e}",
+                     "chi2, independent check": f"{check_chi2:.2e}",
                      "reached": "yes" if last["chi2"] <= 1e-2 else f"no, stopped at {sampler.step} steps"})
         print(rows[-1], flush=True)
     return table(rows, list(rows[0]))
@@ -137,7 +139,8 @@ def main():
     parser.add_argument("--fit-dim", type=int, default=64)
     parser.add_argument("--fit-batch", type=int, default=4096)
     parser.add_argument("--fit-max-steps", type=int, default=20_000)
-    parser.add_argument("--fit-log-every", type=int, default=50)
+    parser.add_argument("--fit-log-every", type=int, default=100, help="steps between chi2 measurements")
+    parser.add_argument("--fit-eval-samples", type=int, default=None, help="noise points per chi2 measurement")
     parser.add_argument("--fit-only", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -149,7 +152,8 @@ def main():
     if not args.fit_only:
         lines.append(search_table(args, rates))
     if args.fit_sizes:
-        lines += ["", f"Semidiscrete fit to chi2 <= 1e-2 (Adam, defaults, data N(1, I_{args.fit_dim}), noise N(0, I))",
+        lines += ["", f"Semidiscrete fit to chi2 <= 1e-2 (Adam, default lr, cosine over {args.fit_max_steps} steps, "
+                      f"data N(1, I_{args.fit_dim}), noise N(0, I))",
                   fit_table(args)]
     text = "\n".join(lines)
     publish(text, args.out)

@@ -49,7 +49,6 @@ class MipsKernel : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, 
 
 TEST_P(MipsKernel, MatchesNaiveSortWithTies) {
   const auto [n, m, d, k] = GetParam();
-  if (k > m) GTEST_SKIP();
   at::manual_seed(n * 131 + m * 7 + d + k);
   // Small integers: exact scores and many ties.
   const at::Tensor x = at::randint(-2, 3, {n, d}, at::kDouble);
@@ -65,8 +64,16 @@ TEST_P(MipsKernel, MatchesNaiveSortWithTies) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Sizes, MipsKernel,
-                         ::testing::Combine(::testing::Values<int64_t>(1, 130), ::testing::Values<int64_t>(1, 13, 1100),
-                                            ::testing::Values<int64_t>(1, 4), ::testing::Values<int64_t>(1, 3, 13)));
+// (n, m, d, k) with k <= m: one row and many, one column and a tile's worth, k = 1, k > 1, k = m.
+INSTANTIATE_TEST_SUITE_P(
+    Sizes, MipsKernel,
+    ::testing::Values(std::make_tuple<int64_t, int64_t, int64_t, int64_t>(1, 1, 1, 1),
+                      std::make_tuple<int64_t, int64_t, int64_t, int64_t>(130, 1, 4, 1),
+                      std::make_tuple<int64_t, int64_t, int64_t, int64_t>(1, 13, 1, 3),
+                      std::make_tuple<int64_t, int64_t, int64_t, int64_t>(130, 13, 4, 13),
+                      std::make_tuple<int64_t, int64_t, int64_t, int64_t>(1, 1100, 4, 1),
+                      std::make_tuple<int64_t, int64_t, int64_t, int64_t>(130, 1100, 1, 3),
+                      std::make_tuple<int64_t, int64_t, int64_t, int64_t>(130, 1100, 4, 13),
+                      std::make_tuple<int64_t, int64_t, int64_t, int64_t>(130, 1100, 1, 1)));
 
 }  // namespace
