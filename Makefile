@@ -61,7 +61,9 @@ bench: $(BUILD_STAMP) $(BENCH_STAMP)
 	$(PY) benchmarks/bench_lse.py --out benchmarks/results/lse-cpu.txt
 	$(PY) benchmarks/bench_sinkhorn.py --out benchmarks/results/sinkhorn-cpu.txt
 	$(PY) benchmarks/bench_sampling.py --out benchmarks/results/sampling-cpu.txt
-	$(PY) benchmarks/bench_mips.py --out benchmarks/results/mips-cpu.txt
+	$(PY) benchmarks/bench_mips.py --fit-sizes --out benchmarks/results/mips-cpu.txt
+	$(PY) benchmarks/bench_mips.py --fit-only --fit-sizes 10000 --fit-max-steps 3000 --out benchmarks/results/mips-fit-cpu-d64.txt
+	$(PY) benchmarks/bench_distributed.py --out benchmarks/results/distributed-cpu.txt
 
 clean:
 	rm -rf build ot_flow/_C*.so

@@ -37,11 +37,7 @@ __global__ void __launch_bounds__(kThreads) lse_tiles_kernel(
     acc_t dot[kThreadRows][kThreadCols];
     tile_dot(x, y, n, col_end, d, row0, col0, smem, dot);
     acc_t bias[kThreadCols];
-#pragma unroll
-    for (int j = 0; j < kThreadCols; ++j) {
-      const int64_t gc = col0 + tx * kThreadCols + j;
-      bias[j] = gc < col_end ? static_cast<acc_t>(h[gc]) : neg_inf<acc_t>();
-    }
+    tile_bias(h, col0, col_end, tx, bias);
 #pragma unroll
     for (int i = 0; i < kThreadRows; ++i) {
       acc_t v[kThreadCols];

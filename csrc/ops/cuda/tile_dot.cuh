@@ -67,6 +67,18 @@ __device__ __forceinline__ void tile_dot(const scalar_t* __restrict__ x, const s
   }
 }
 
+// bias[j] = h[col0 + tx * kThreadCols + j] for the thread's columns of the tile, -inf past
+// col_end, so that columns which do not exist never count.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void tile_bias(const scalar_t* __restrict__ h, int64_t col0, int64_t col_end, int tx,
+                                          acc_t (&bias)[kThreadCols]) {
+#pragma unroll
+  for (int j = 0; j < kThreadCols; ++j) {
+    const int64_t gc = col0 + tx * kThreadCols + j;
+    bias[j] = gc < col_end ? static_cast<acc_t>(h[gc]) : neg_inf<acc_t>();
+  }
+}
+
 // Where a thread of a streaming kernel works: its column group tx and row group ty in the
 // tile, its block's first row, and the columns [col_begin, col_end) of the block's chunk.
 struct BlockSpan {
