@@ -65,6 +65,7 @@ def extension():
 
 setup(
     packages=find_packages(include=["ot_flow", "ot_flow.*"]),
+    package_data={"ot_flow": ["configs/*.yaml"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
 )

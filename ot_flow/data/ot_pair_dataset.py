@@ -92,10 +92,12 @@ class OTPairDataset(IterableDataset):
         first, step = (0, 1) if worker is None else (worker.id, worker.num_workers)
         round_index = first
         while self.rounds is None or round_index < self.rounds:
-            yield from self._round(round_index)
+            yield from self.round_batches(round_index)
             round_index += step
 
-    def _round(self, round_index):
+    def round_batches(self, round_index):
+        """This rank's minibatches of round ``round_index`` of the current epoch: a pure function
+        of (seed, epoch, round), so a consumer can restart at any round."""
         gen = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch, round_index))
         x1, *extras = _draw(self.target, self.coupling_size, gen)
         if self.source is None:

@@ -25,7 +25,17 @@ __all__ = ["SemidiscreteSampler"]
 
 _SCHEDULES = ("constant", "cosine", "linear", "inverse_sqrt")
 _OPTIMIZERS = ("adam", "sgd")
-_DEFAULT_LR = {"adam": 0.1, "sgd": 1.0}  # times std(C)
+# The default step is the smaller of two scales: a fraction of std(C) (what moves mass across the
+# data set when the points are few or far apart) and a few mean score gaps (semidiscrete.score_gap,
+# the change of g_j that hands a typical noise point to its neighbour). The gap shrinks as the data
+# get denser, where std(C) does not move: N = 1e4 points in d = 2 have a gap of 1e-3 std(C), and a
+# step of 0.1 std(C) there leaves the shares 100x off after thousands of steps.
+_DEFAULT_LR_SPREAD = {"adam": 0.1, "sgd": 1.0}  # times std(C)
+_DEFAULT_LR_GAP = {"adam": 3.0, "sgd": 1.0}     # times the mean score gap
+# Samples per target point that the moving average of g spans by default: the assignment
+# counts behind one step are a few per point at most, and the average must pool enough of them
+# for each point's share to be known to ~10% (chi2 ~ 1e-2).
+_EMA_SAMPLES_PER_POINT = 100
 
 
 class SemidiscreteSampler:
@@ -41,8 +51,8 @@ class SemidiscreteSampler:
             each class are renormalised within it.
         labels: (N,) integer class labels for class-conditional use: one potential per class
             (SD-FM's conditional generation); ``assign`` then needs the query's labels.
-        relative_eps: eps (and the default learning rates) in units of std(C) between noise
-            and data.
+        relative_eps: eps in units of std(C) between noise and data, and the fit's ``lr`` in
+            units of the mean gap between the best and second-best scores of a noise point.
         source: ``source(n, generator) -> Tensor`` of noise, shaped like the data or flat;
             default a standard normal.
         device: where the search runs (default: the data's device).
@@ -100,6 +110,7 @@ class SemidiscreteSampler:
         self.g_ema = None
         self.step = 0
         self.spread = None  # std(C) between noise and data, set by the first fit
+        self.gap = None  # mean best - second-best score at the start of the first fit (lr unit)
         self.history = []
         self._generator = torch.Generator().manual_seed(int(seed))
         self._optimizer_state = None
@@ -116,7 +127,7 @@ class SemidiscreteSampler:
 
     # --- fitting -------------------------------------------------------------------------
 
-    def fit(self, num_steps, batch_size=1024, lr=None, *, optimizer="adam", schedule="cosine", ema=0.99,
+    def fit(self, num_steps, batch_size=1024, lr=None, *, optimizer="adam", schedule="cosine", ema="auto",
             eps_start=None, anneal_fraction=0.5, target_chi2=None, progress=True, log_every=100, eval_samples=None,
             checkpoint=None, checkpoint_every=None):
         """Runs stochastic ascent until ``self.step == num_steps`` (a resumed fit continues), or
@@ -126,11 +137,14 @@ class SemidiscreteSampler:
         Args:
             num_steps: total steps of the fit (the schedule spans them).
             batch_size: noise samples per step (per class when conditional).
-            lr: step size, times std(C) when ``relative_eps``; default 0.1 std(C) for Adam,
-                1.0 std(C) for SGD, which steps along (b_j - p_j) / b_j, the relative marginal error.
+            lr: step size, in units of the mean score gap when ``relative_eps`` (the change of
+                g_j that hands a typical noise point to its neighbour), decayed by ``schedule``.
+                Default: the smaller of 0.1 std(C) and 3 gaps for Adam; for SGD, which steps
+                along the relative marginal error (b_j - p_j) / b_j, of 1 std(C) and 1 gap.
             optimizer: "adam" or "sgd".
             schedule: "cosine", "linear", "inverse_sqrt" or "constant" decay of lr.
-            ema: decay of the moving average of g (0 keeps none).
+            ema: decay of the moving average of g (0 keeps none); "auto" spans about 100
+                noise samples per data point, 1 - batch_size / (100 N), within [0.99, 0.9999].
             eps_start: when given, assignments start soft at this eps (relative like ``eps``)
                 and decay geometrically to the final eps over ``anneal_fraction`` of the steps;
                 with a final eps of 0, they turn hard after that.
@@ -145,8 +159,15 @@ class SemidiscreteSampler:
                              target_chi2, log_every, checkpoint, checkpoint_every)
         if self.spread is None:
             self.spread = self._measure_spread()
+        if self.gap is None:
+            self.gap = self._measure_gap()
         unit = self.spread if self.relative_eps else 1.0
-        base_lr = _DEFAULT_LR[optimizer] * self.spread if lr is None else lr * unit
+        if lr is None:
+            base_lr = min(_DEFAULT_LR_SPREAD[optimizer] * self.spread, _DEFAULT_LR_GAP[optimizer] * self.gap)
+        else:
+            base_lr = lr * (self.gap if self.relative_eps else 1.0)
+        if ema == "auto":
+            ema = min(0.9999, max(0.99, 1.0 - batch_size / (_EMA_SAMPLES_PER_POINT * self.total)))
         g = self.g.to(self.device).requires_grad_(False)
         opt = self._make_optimizer(optimizer, g, base_lr)
         ema_g = None if not ema else (self.g_ema.to(self.device) if self.g_ema is not None else g.detach().clone())
@@ -208,8 +229,8 @@ class SemidiscreteSampler:
             raise ValueError(f"argument 'optimizer': this fit was started with {self._optimizer_name!r}")
         if schedule not in _SCHEDULES:
             raise ValueError(f"argument 'schedule' must be one of {_SCHEDULES}, got {schedule!r}")
-        if not isinstance(ema, (int, float)) or not 0 <= ema < 1:
-            raise ValueError(f"argument 'ema' must lie in [0, 1), got {ema!r}")
+        if ema != "auto" and (not isinstance(ema, (int, float)) or not 0 <= ema < 1):
+            raise ValueError(f"argument 'ema' must be 'auto' or lie in [0, 1), got {ema!r}")
         if eps_start is not None:
             validation.positive("eps_start", eps_start)
         if target_chi2 is not None:
@@ -272,12 +293,23 @@ class SemidiscreteSampler:
         # (and one process holding everything) uses the same points and generator state.
         rows = torch.randperm(self.total, generator=self._generator)[:16384]
         rows = rows[(rows >= self.offset) & (rows < self.offset + self._flat.shape[0])] - self.offset
-        b_all = self.weights.sum() if self.group is None else 1.0
-        b = self.weights[rows] * (b_all / _total(self.weights[rows].sum(), self.group))
+        # Renormalised to sum to 1 over the subsample (a conditional sampler's weights sum to 1
+        # per class, so to the number of classes over all points).
+        b = self.weights[rows] / _total(self.weights[rows].sum(), self.group)
         reduce_y = None if self.group is None else (lambda t: distributed.all_sum(t, self.group))
         spread = costs.cost_std(x, self._flat[rows.to(self._flat.device)].to(x.device), a, b.to(x.device), self.cost,
                                 reduce_y=reduce_y)
         return spread if spread > 0 else 1.0
+
+    def _measure_gap(self):
+        x = self._noise(min(4096, max(256, self.total)))
+        gaps = [semidiscrete.score_gap(x, self._search if index is None else self._search[index.to(self._search.device)],
+                                       self.g if index is None else self.g[index], self.cost,
+                                       chunk_size=self.chunk_size, process_group=self.group)
+                for _, index in self.groups]
+        gap = sum(gaps) / len(gaps)
+        # One data point per class has no runner-up: fall back on the cost spread.
+        return gap if gap > 0 else self.spread
 
     def marginal_error(self, num_samples=100_000, batch_size=8192, seed=0):
         """Chi-square marginal error of the hard assignments of ``num_samples`` fresh noise
@@ -345,7 +377,7 @@ class SemidiscreteSampler:
 
     def state_dict(self):
         return {"g": self.g.clone(), "g_ema": None if self.g_ema is None else self.g_ema.clone(),
-                "step": self.step, "spread": self.spread, "generator": self._generator.get_state(),
+                "step": self.step, "spread": self.spread, "gap": self.gap, "generator": self._generator.get_state(),
                 "optimizer": copy.deepcopy(self._optimizer_state), "optimizer_name": self._optimizer_name,
                 "history": list(self.history), "eps": self.eps, "cost": self.cost, "num_points": self.g.shape[0]}
 
@@ -355,7 +387,7 @@ class SemidiscreteSampler:
                              f"{state.get('cost')!r}, this sampler has {self.g.shape[0]} and {self.cost!r}")
         self.g = state["g"].clone()
         self.g_ema = None if state["g_ema"] is None else state["g_ema"].clone()
-        self.step, self.spread = state["step"], state["spread"]
+        self.step, self.spread, self.gap = state["step"], state["spread"], state["gap"]
         self._generator.set_state(state["generator"])
         self._optimizer_state = copy.deepcopy(state["optimizer"])
         self._optimizer_name = state["optimizer_name"]

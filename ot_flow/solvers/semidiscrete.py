@@ -26,7 +26,7 @@ from ot_flow import distributed
 from ot_flow.ops import gumbel_argmax, lse, mips, seed_from
 from ot_flow.solvers import costs
 
-__all__ = ["assign", "semidual_gradient", "marginal_chi2", "dot_bias"]
+__all__ = ["assign", "semidual_gradient", "marginal_chi2", "dot_bias", "score_gap"]
 
 
 def dot_bias(g, y, cost):
@@ -96,6 +96,28 @@ def assign(x, y, g, b, eps, cost, *, generator=None, chunk_size=None, process_gr
 def _seed(generator, device, process_group):
     seed = seed_from(generator)
     return seed if process_group is None else distributed.broadcast_int(seed, device, process_group)
+
+
+def score_gap(x, y, g, cost, *, chunk_size=None, process_group=None):
+    """Mean over the rows of x of the gap between the best and second-best score
+    <x_i, y_j> + h_j (h = dot_bias(g)).
+
+    It is the potential change that moves a typical source point from one target to its
+    neighbour, so it is the natural unit of the fit's step size: it shrinks as the targets get
+    denser (more points, lower dimension), where std(C) does not move. A single target has no
+    second best: the gap is then taken as 0.
+    """
+    top = torch.full((x.shape[0], 2), -math.inf, dtype=torch.float64, device=x.device)
+    for c0, c1 in _chunks(y.shape[0], chunk_size):
+        y_c = _on(y[c0:c1], x.device, x.dtype)
+        values, _ = mips(x, y_c, dot_bias(_on(g[c0:c1], x.device), y_c, cost), min(2, c1 - c0))
+        top = torch.cat([top, values.double()], dim=1).topk(2, dim=1).values
+    if process_group is not None:
+        parts = [torch.empty_like(top) for _ in range(dist.get_world_size(process_group))]
+        dist.all_gather(parts, top, group=process_group)
+        top = torch.cat(parts, dim=1).topk(2, dim=1).values
+    gap = top[:, 0] - top[:, 1]
+    return float(gap[torch.isfinite(gap)].mean()) if torch.isfinite(gap).any() else 0.0
 
 
 def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=None, offset=0):

@@ -1,0 +1,223 @@
+"""Experiment configs: YAML files read into typed dataclasses, checked before anything trains.
+
+An experiment is one task, one network, one training recipe, the methods to compare (each a
+coupling: independent, OT with a coupling size and an eps or target entropy, or semidiscrete)
+and the evaluation. Unknown keys, wrong types and impossible values fail with the key's full
+path (``methods[2].coupling_size``) and the file's name.
+"""
+
+import dataclasses
+import inspect
+import math
+import os
+import typing
+
+import yaml
+
+__all__ = ["TaskConfig", "ModelConfig", "TrainConfig", "MethodConfig", "EvalConfig", "ExperimentConfig",
+           "load_config", "config_from_dict", "COUPLINGS"]
+
+COUPLINGS = ("independent", "ot", "semidiscrete")
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    """``name`` is one of ot_flow.flow.tasks.TASKS; the other keys go to its constructor."""
+    name: str
+    options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    kind: str = "mlp"                      # mlp | unet
+    width: int = 512                       # mlp
+    depth: int = 5                         # mlp
+    time_frequencies: typing.Optional[int] = None
+    channels: int = 32                     # unet
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    ema: float = 0.999
+    grad_clip: typing.Optional[float] = 1.0
+    warmup_steps: int = 100
+    schedule: str = "cosine"               # constant | cosine
+    seed: int = 0
+    device: str = "auto"                   # auto | cpu | cuda | cuda:1 ...
+    log_every: int = 100
+    checkpoint_every: int = 500
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    name: str
+    coupling: str                          # independent | ot | semidiscrete
+    coupling_size: typing.Optional[int] = None   # ot: points per side of one coupling
+    eps: typing.Optional[float] = None           # ot / semidiscrete: relative to std(C)
+    target_entropy: typing.Optional[float] = None  # ot: renormalized entropy of each coupling
+    tol: float = 1e-3                            # ot: Sinkhorn marginal tolerance
+    fit_steps: int = 3000                        # semidiscrete: potential fitting
+    fit_batch_size: int = 4096
+    fit_lr: typing.Optional[float] = None
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    num_samples: int = 2000                # generated samples per quality measurement
+    steps: typing.List[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8, 16])
+    adaptive: bool = True                  # also dopri5 (rtol/atol below)
+    rtol: float = 1e-4
+    curvature_steps: int = 50
+    nll_samples: int = 500
+    nll_steps: int = 50
+    divergence: str = "auto"               # exact | hutchinson | auto (exact up to d = 64)
+    probes: int = 4                        # Hutchinson probes
+    sinkhorn_eps: float = 0.05
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    name: str
+    task: TaskConfig
+    methods: typing.List[MethodConfig]
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    output_dir: typing.Optional[str] = None  # default runs/<name>
+
+    @property
+    def run_dir(self):
+        return self.output_dir or os.path.join("runs", self.name)
+
+
+def load_config(path):
+    """Reads and checks one experiment config (YAML)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"argument 'config': no such file {path}")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML: {error}") from None
+    return config_from_dict(raw, source=path)
+
+
+def config_from_dict(raw, source="config"):
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: the config must be a mapping of keys, got {type(raw).__name__}")
+    raw = dict(raw)
+    if isinstance(raw.get("task"), dict):
+        task = dict(raw["task"])
+        raw["task"] = {"name": task.pop("name", None), "options": task}
+    config = _build(ExperimentConfig, raw, source, "")
+    _check(config, source)
+    return config
+
+
+def _build(cls, raw, source, where):
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: '{where or cls.__name__}' must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(_join(where, k) for k in unknown)}; known: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, field in fields.items():
+        if name not in raw:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{source}: missing key '{_join(where, name)}'")
+            continue
+        values[name] = _convert(hints[name], raw[name], source, _join(where, name))
+    return cls(**values)
+
+
+def _convert(hint, value, source, where):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[T]
+        if value is None:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, source, where)
+    if origin in (list, typing.List):
+        if not isinstance(value, list):
+            raise ValueError(f"{source}: '{where}' must be a list, got {value!r}")
+        return [_convert(args[0], v, source, f"{where}[{k}]") for k, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, where)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is dict and isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"{source}: '{where}' must be a {hint.__name__}, got {value!r}")
+
+
+def _join(where, key):
+    return f"{where}.{key}" if where else key
+
+
+def _check(config, source):
+    from ot_flow.flow import tasks  # late: the config module stays importable without the extension
+
+    def fail(where, message):
+        raise ValueError(f"{source}: '{where}' {message}")
+
+    if config.task.name not in tasks.TASKS:
+        fail("task.name", f"must be one of {', '.join(tasks.TASKS)}, got {config.task.name!r}")
+    signature = inspect.signature(tasks.task_class(config.task.name))
+    try:
+        signature.bind(**config.task.options)
+    except TypeError as error:
+        fail("task", f"does not fit {config.task.name}{signature}: {error}")
+    path = config.task.options.get("path")
+    if path is not None and not os.path.exists(path):
+        fail("task.path", f"names a file that does not exist: {path}")
+    if config.model.kind not in ("mlp", "unet"):
+        fail("model.kind", f"must be 'mlp' or 'unet', got {config.model.kind!r}")
+    for key in ("width", "depth", "channels"):
+        if getattr(config.model, key) < 1:
+            fail(f"model.{key}", "must be >= 1")
+    t = config.train
+    for key in ("steps", "batch_size", "log_every", "checkpoint_every"):
+        if getattr(t, key) < 1:
+            fail(f"train.{key}", "must be >= 1")
+    if not t.lr > 0:
+        fail("train.lr", "must be > 0")
+    if not 0 <= t.ema < 1:
+        fail("train.ema", "must lie in [0, 1)")
+    if t.schedule not in ("constant", "cosine"):
+        fail("train.schedule", f"must be 'constant' or 'cosine', got {t.schedule!r}")
+    if not config.methods:
+        fail("methods", "must list at least one method")
+    names = [m.name for m in config.methods]
+    if len(set(names)) != len(names):
+        fail("methods", f"have repeated names: {names}")
+    for k, m in enumerate(config.methods):
+        where = f"methods[{k}]"
+        if m.coupling not in COUPLINGS:
+            fail(f"{where}.coupling", f"must be one of {', '.join(COUPLINGS)}, got {m.coupling!r}")
+        if m.coupling == "ot":
+            if m.coupling_size is None or m.coupling_size < t.batch_size:
+                fail(f"{where}.coupling_size", f"must be an int >= train.batch_size ({t.batch_size}) for an OT coupling")
+            if (m.eps is None) == (m.target_entropy is None):
+                fail(where, "needs exactly one of 'eps' and 'target_entropy' for an OT coupling")
+        if m.eps is not None and not (math.isfinite(m.eps) and m.eps >= (0 if m.coupling == "semidiscrete" else 1e-300)):
+            fail(f"{where}.eps", f"must be {'>= 0' if m.coupling == 'semidiscrete' else '> 0'}, got {m.eps}")
+        if m.target_entropy is not None and not 0 < m.target_entropy < 1:
+            fail(f"{where}.target_entropy", f"must lie in (0, 1), got {m.target_entropy}")
+        if m.fit_steps < 1 or m.fit_batch_size < 1:
+            fail(where, "needs fit_steps and fit_batch_size >= 1")
+    e = config.eval
+    if not e.steps or any(s < 1 for s in e.steps):
+        fail("eval.steps", f"must be a non-empty list of step counts >= 1, got {e.steps}")
+    if e.divergence not in ("exact", "hutchinson", "auto"):
+        fail("eval.divergence", f"must be exact, hutchinson or auto, got {e.divergence!r}")
+    for key in ("num_samples", "curvature_steps", "nll_samples", "nll_steps", "probes"):
+        if getattr(e, key) < 1:
+            fail(f"eval.{key}", "must be >= 1")

@@ -1,0 +1,242 @@
+"""Runs experiments from configs: train each method's flow, evaluate it with the papers' metrics,
+and put the methods side by side.
+
+Layout of a run directory (``runs/<name>`` by default)::
+
+    config.yaml                  the config as it was run
+    <method>/checkpoint.pt       trainer state (resume with ``--resume``)
+    <method>/semidiscrete.pt     the fitted potential of an SD-FM method
+    <method>/metrics.csv         training log
+    results.json, table.md       the evaluation of every method
+    *.png                        plots (ot_flow.flow.plots)
+"""
+
+import dataclasses
+import json
+import os
+import re
+import time
+
+import torch
+import yaml
+
+from ot_flow.flow import metrics, plots, tasks
+from ot_flow.flow.networks import make_velocity_model
+from ot_flow.flow.ode import odeint
+from ot_flow.flow.pair_streams import IndependentPairs, OTPairs, SemidiscretePairs
+from ot_flow.flow.trainer import FlowMatchingTrainer
+from ot_flow.samplers.ot_sampler import OTSampler
+from ot_flow.samplers.semidiscrete_sampler import SemidiscreteSampler
+
+__all__ = ["resolve_device", "build_task", "build_model", "build_pairs", "train_method", "evaluate",
+           "load_trained", "run_experiment", "format_table"]
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"argument 'train.device': {name} was asked for but CUDA is not available")
+    return device
+
+
+def build_task(config):
+    return tasks.make_task(config.task.name, **config.task.options)
+
+
+def build_model(config, task):
+    m = config.model
+    if m.kind == "mlp":
+        return make_velocity_model(task.shape, "mlp", width=m.width, depth=m.depth, time_frequencies=m.time_frequencies)
+    return make_velocity_model(task.shape, "unet", channels=m.channels)
+
+
+def method_dir(config, method):
+    return os.path.join(config.run_dir, re.sub(r"[^A-Za-z0-9_.=-]+", "_", method.name))
+
+
+def build_pairs(config, method, task, device, progress=True, resume=True):
+    """The method's pair stream; an SD-FM method fits (or, resuming, reloads) its potential."""
+    t = config.train
+    data = task.train_data.to(device)
+    source = task.sample_source
+    if method.coupling == "independent":
+        return IndependentPairs(source, data, t.batch_size, seed=t.seed)
+    if method.coupling == "ot":
+        sampler = OTSampler(eps=method.eps if method.eps is not None else 0.05, target_entropy=method.target_entropy,
+                            tol=method.tol)
+        return OTPairs(source, data, sampler, method.coupling_size, t.batch_size, seed=t.seed)
+    sampler = SemidiscreteSampler(data, eps=method.eps or 0.0, source=source, seed=t.seed, device=device)
+    state_path = os.path.join(method_dir(config, method), "semidiscrete.pt")
+    start = time.perf_counter()
+    if resume and os.path.exists(state_path):
+        state = torch.load(state_path, weights_only=False)
+        sampler.load_state_dict(state["sampler"])
+        seconds = state["seconds"]
+    else:
+        sampler.fit(method.fit_steps, batch_size=method.fit_batch_size, lr=method.fit_lr, progress=progress,
+                    log_every=max(1, method.fit_steps // 10))
+        seconds = time.perf_counter() - start
+        os.makedirs(os.path.dirname(state_path), exist_ok=True)
+        torch.save({"sampler": sampler.state_dict(), "seconds": seconds}, state_path)
+    return SemidiscretePairs(source, sampler, t.batch_size, seed=t.seed, setup_seconds=seconds)
+
+
+def train_method(config, method, task=None, *, progress=True, resume=False):
+    """Trains one method of ``config``; returns (trainer, pair stream)."""
+    task = task or build_task(config)
+    device = resolve_device(config.train.device)
+    out = method_dir(config, method)
+    checkpoint = os.path.join(out, "checkpoint.pt")
+    if not resume:
+        for stale in ("checkpoint.pt", "metrics.csv", "semidiscrete.pt"):
+            if os.path.exists(os.path.join(out, stale)):
+                os.remove(os.path.join(out, stale))
+    torch.manual_seed(config.train.seed)  # the network's initial weights
+    model = build_model(config, task)
+    pairs = build_pairs(config, method, task, device, progress=progress, resume=resume)
+    t = config.train
+    trainer = FlowMatchingTrainer(model, pairs, lr=t.lr, weight_decay=t.weight_decay, ema=t.ema,
+                                  grad_clip=t.grad_clip, warmup_steps=t.warmup_steps, schedule=t.schedule,
+                                  device=device, seed=t.seed, log_dir=out)
+    if resume and os.path.exists(checkpoint):
+        trainer.load(checkpoint)
+    trainer.train(t.steps, progress=progress, log_every=t.log_every, checkpoint=checkpoint,
+                  checkpoint_every=t.checkpoint_every)
+    return trainer, pairs
+
+
+def load_trained(config, method, task=None):
+    """The evaluated network (EMA weights) of a trained method, from its checkpoint."""
+    task = task or build_task(config)
+    device = resolve_device(config.train.device)
+    path = os.path.join(method_dir(config, method), "checkpoint.pt")
+    if not os.path.exists(path):
+        raise ValueError(f"method {method.name!r} has no checkpoint at {path}: train it first")
+    state = torch.load(path, map_location=device, weights_only=False)
+    model = build_model(config, task).to(device)
+    model.load_state_dict(state["ema_model"] if state["ema_model"] is not None else state["model"])
+    return model
+
+
+def evaluate(velocity, task, config, device=None, seed=0):
+    """The metrics of seed paper 002 (section 4.1) for one trained velocity field.
+
+    Returns a dict: curvature, reconstruction (None without a known map), nll and bpd of the
+    held-out data, and per Euler step count the Sinkhorn divergence and energy distance of the
+    generated samples to the held-out data; with ``adaptive``, the same for dopri5 and its
+    number of function evaluations.
+    """
+    e = config.eval
+    device = device or next(velocity.parameters()).device
+    velocity.eval()
+    gen = torch.Generator().manual_seed(seed)
+    test = task.test_data[:max(e.num_samples, e.nll_samples)].to(device)
+    x0 = (task.test_source[:e.num_samples] if task.test_source is not None
+          else task.sample_source(e.num_samples, gen)).to(device)
+    out = {}
+    with torch.no_grad():
+        out["curvature"] = metrics.curvature(velocity, x0, steps=e.curvature_steps)
+        out["reconstruction"] = None if task.test_source is None else \
+            metrics.reconstruction_error(velocity, x0, task.true_map, steps=e.curvature_steps)
+    estimator = e.divergence if e.divergence != "auto" else ("exact" if task.dim <= 64 else "hutchinson")
+    log_prob = metrics.log_likelihood(velocity, test[:e.nll_samples], metrics.standard_normal_log_prob,
+                                      steps=e.nll_steps, estimator=estimator, probes=e.probes, generator=gen)
+    out["nll"] = -float(log_prob.mean())
+    out["bpd"] = metrics.bits_per_dim(log_prob, task.dim, log_scale=task.log_scale)
+    quality = {}
+    with torch.no_grad():
+        runs = [(f"euler{s}", dict(method="euler", steps=s)) for s in e.steps]
+        if e.adaptive:
+            runs.append(("dopri5", dict(method="dopri5", rtol=e.rtol, atol=e.rtol)))
+        for key, kwargs in runs:
+            solution = odeint(velocity, x0, **kwargs)
+            samples = solution.x
+            quality[key] = {"nfe": solution.nfe,
+                            "sinkhorn": metrics.sinkhorn_distance(samples, test[:e.num_samples], eps=e.sinkhorn_eps),
+                            "energy": metrics.energy_distance(samples, test[:e.num_samples])}
+    out["quality"] = quality
+    return out
+
+
+def run_experiment(config, *, methods=None, progress=True, resume=False, evaluate_only=False):
+    """Trains (unless ``evaluate_only``) and evaluates the chosen methods (default all) and
+    writes config.yaml, results.json and table.md under the run directory. Returns the rows."""
+    chosen = [m for m in config.methods if methods is None or m.name in methods]
+    unknown = set(methods or []) - {m.name for m in config.methods}
+    if unknown:
+        raise ValueError(f"argument 'method': {sorted(unknown)} not in the config's methods "
+                         f"{[m.name for m in config.methods]}")
+    task = build_task(config)
+    device = resolve_device(config.train.device)
+    os.makedirs(config.run_dir, exist_ok=True)
+    with open(os.path.join(config.run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(_as_yaml(config), f, sort_keys=False)
+    rows = _load_rows(config.run_dir)
+    models = {}
+    for method in chosen:
+        row = {"method": method.name, "coupling": method.coupling}
+        if evaluate_only:
+            model = load_trained(config, method, task)
+        else:
+            start = time.perf_counter()
+            trainer, pairs = train_method(config, method, task, progress=progress, resume=resume)
+            model = trainer.velocity
+            row.update(pairs.describe())
+            row.update({"train_seconds": time.perf_counter() - start, "pairing_us_per_pair": 1e6 * pairs.seconds_per_pair,
+                        "setup_seconds": pairs.setup_seconds, "final_loss": trainer.history[-1]["loss"]})
+        row.update(evaluate(model, task, config, device, seed=config.train.seed + 1))
+        models[method.name] = model
+        rows[method.name] = {**rows.get(method.name, {}), **row}
+        if progress:
+            print(format_table([rows[method.name]], config), flush=True)
+    with open(os.path.join(config.run_dir, "results.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    ordered = [rows[m.name] for m in config.methods if m.name in rows]
+    with open(os.path.join(config.run_dir, "table.md"), "w") as f:
+        f.write(format_table(ordered, config) + "\n")
+    plots.write_plots(ordered, config.run_dir, task, models, device)
+    return ordered
+
+
+def format_table(rows, config):
+    """A markdown table of the rows (lower is better everywhere but the entropy column)."""
+    steps = config.eval.steps
+    head = ["method", "E(P)", "curvature", "reconstruction", "BPD"] + [f"S_eps {s} step{'s' if s > 1 else ''}"
+                                                                        for s in steps]
+    if config.eval.adaptive:
+        head.append("S_eps dopri5 (NFE)")
+    head += ["energy 1 step", "coupling us/pair", "setup s", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        q = r.get("quality", {})
+        cells = [r["method"], _fmt(r.get("entropy"), ".2f"), _fmt(r.get("curvature"), ".3g"),
+                 _fmt(r.get("reconstruction"), ".3g"), _fmt(r.get("bpd"), ".3f")]
+        cells += [_fmt(q.get(f"euler{s}", {}).get("sinkhorn"), ".3g") for s in steps]
+        if config.eval.adaptive:
+            d = q.get("dopri5")
+            cells.append(f"{d['sinkhorn']:.3g} ({d['nfe']})" if d else "-")
+        first = q.get(f"euler{steps[0]}", {})
+        cells += [_fmt(first.get("energy"), ".3g"), _fmt(r.get("pairing_us_per_pair"), ".1f"),
+                  _fmt(r.get("setup_seconds"), ".1f"), _fmt(r.get("train_seconds"), ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def _load_rows(run_dir):
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _as_yaml(config):
+    raw = dataclasses.asdict(config)
+    raw["task"] = {"name": config.task.name, **config.task.options}
+    return raw

@@ -1,0 +1,245 @@
+"""Flow-matching training: pair streams, the trainer (resume = uninterrupted), configs that fail
+early with the key's path, and the CLI end to end on a tiny 2-D comparison."""
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+import ot_flow
+from ot_flow import cli
+from ot_flow.flow import config as flow_config
+from ot_flow.flow.networks import VelocityMLP, VelocityUNet
+from ot_flow.flow.pair_streams import IndependentPairs, OTPairs, SemidiscretePairs
+from ot_flow.flow.trainer import FlowMatchingTrainer
+
+
+def gaussian_source(n, generator):
+    return torch.randn(n, 3, generator=generator)
+
+
+def shifted_data(n=512, seed=0):
+    return torch.randn(n, 3, generator=torch.Generator().manual_seed(seed)) + torch.tensor([4.0, -2.0, 1.0])
+
+
+def take(stream, start, count):
+    out = []
+    for k, batch in enumerate(stream.batches(start)):
+        if k == count:
+            return out
+        out.append(batch)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: IndependentPairs(gaussian_source, shifted_data(), 32, seed=3),
+    lambda: OTPairs(gaussian_source, shifted_data(), ot_flow.OTSampler(eps=0.05), 128, 32, seed=3),
+], ids=["independent", "ot"])
+def test_pair_streams_restart_at_any_step(make):
+    whole = take(make(), 0, 9)
+    for start in (1, 4, 5, 8):  # 4 batches per OT round: restarts inside and at round boundaries
+        resumed = take(make(), start, 9 - start)
+        for (a0, a1), (b0, b1) in zip(whole[start:], resumed):
+            assert torch.equal(a0, b0) and torch.equal(a1, b1)
+    assert not torch.equal(whole[0][0], whole[1][0])
+
+
+def test_ot_pairs_are_closer_than_independent_pairs():
+    data = shifted_data(1024)
+    ot = take(OTPairs(gaussian_source, data, ot_flow.OTSampler(eps=0.01), 1024, 256), 0, 4)
+    ind = take(IndependentPairs(gaussian_source, data, 256), 0, 4)
+
+    def cost(batches):
+        return sum((x1 - x0).square().sum(1).mean().item() for x0, x1 in batches) / len(batches)
+
+    # Mean of |x1 - x0|^2 under the OT coupling is W2^2 ~ 21 (the shift); independent adds 2 d = 6.
+    assert cost(ot) < cost(ind) - 4.0
+    stream = OTPairs(gaussian_source, data, ot_flow.OTSampler(eps=0.01), 1024, 256)
+    take(stream, 0, 4)
+    assert stream.seconds_per_pair > 0 and stream.describe()["entropy"] < 0.5
+
+
+def test_semidiscrete_pairs_use_the_fitted_potential():
+    data = shifted_data(64)
+    sampler = ot_flow.SemidiscreteSampler(data, seed=0)
+    with pytest.raises(ValueError, match="not been fitted"):
+        SemidiscretePairs(gaussian_source, sampler, 16)
+    sampler.fit(200, batch_size=512, progress=False)
+    stream = SemidiscretePairs(gaussian_source, sampler, 16, seed=1)
+    (x0, x1), = take(stream, 0, 1)
+    assert torch.equal(x1, data[sampler.assign(x0)])
+    assert torch.equal(take(stream, 0, 1)[0][1], x1)
+
+
+def make_trainer(seed=0, log_dir=None):
+    torch.manual_seed(seed)
+    model = VelocityMLP((3,), width=32, depth=2)
+    pairs = IndependentPairs(gaussian_source, shifted_data(), 64, seed=seed)
+    return FlowMatchingTrainer(model, pairs, lr=3e-3, ema=0.9, warmup_steps=5, schedule="cosine", log_dir=log_dir)
+
+
+class InterruptedPairs(IndependentPairs):
+    """Raises KeyboardInterrupt when asked for the batch of step `stop` (a Ctrl-C mid-run)."""
+
+    def __init__(self, stop, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stop = stop
+
+    def batches(self, start_step=0):
+        for step, batch in enumerate(super().batches(start_step), start_step):
+            if step == self.stop:
+                raise KeyboardInterrupt
+            yield batch
+
+
+def make_trainer(pairs=None, seed=0, log_dir=None):
+    torch.manual_seed(seed)
+    model = VelocityMLP((3,), width=32, depth=2)
+    pairs = pairs or IndependentPairs(gaussian_source, shifted_data(), 64, seed=seed)
+    return FlowMatchingTrainer(model, pairs, lr=3e-3, ema=0.9, warmup_steps=5, schedule="cosine", log_dir=log_dir)
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    straight = make_trainer().train(20, progress=False, log_every=5)
+    checkpoint = str(tmp_path / "c.pt")
+    crashed = make_trainer(InterruptedPairs(13, gaussian_source, shifted_data(), 64, seed=0))
+    with pytest.raises(KeyboardInterrupt):
+        crashed.train(20, progress=False, log_every=5, checkpoint=checkpoint, checkpoint_every=5)
+    assert crashed.step == 13
+    resumed = make_trainer().load(checkpoint)
+    assert resumed.step == 10
+    resumed.train(20, progress=False, log_every=5)
+    for a, b in zip(straight.velocity.state_dict().values(), resumed.velocity.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
+    other_seed = make_trainer(seed=1).train(20, progress=False, log_every=5)
+    assert not torch.equal(other_seed.model.net[0].weight, straight.model.net[0].weight)
+
+
+def test_trainer_learns_the_velocity_of_a_translation(tmp_path):
+    shift = torch.tensor([1.5, -1.0, 0.5])
+
+    class Translation(IndependentPairs):
+        def batches(self, start_step=0):
+            for x0, _ in super().batches(start_step):
+                yield x0, x0 + shift
+
+    torch.manual_seed(0)
+    trainer = FlowMatchingTrainer(VelocityMLP((3,), width=64, depth=2), Translation(gaussian_source, shifted_data(), 128),
+                                  lr=3e-3, ema=0.0, log_dir=str(tmp_path))
+    trainer.train(300, progress=False, log_every=50)
+    x = torch.randn(256, 3)
+    with torch.no_grad():
+        v = trainer.velocity(x, torch.rand(256))
+    assert (v - shift).abs().max() < 0.15
+    assert trainer.history[-1]["loss"] < 1e-2 < trainer.history[0]["loss"]
+    with open(tmp_path / "metrics.csv") as f:
+        assert f.readline().startswith("step,loss,grad_norm,lr")
+
+
+def test_trainer_rejects_bad_arguments():
+    model = VelocityMLP((3,), width=8, depth=1)
+    pairs = IndependentPairs(gaussian_source, shifted_data(), 8)
+    with pytest.raises(ValueError, match="'lr'"):
+        FlowMatchingTrainer(model, pairs, lr=0)
+    with pytest.raises(ValueError, match="'schedule'"):
+        FlowMatchingTrainer(model, pairs, schedule="step")
+    with pytest.raises(ValueError, match="'model'"):
+        FlowMatchingTrainer(lambda x, t: x, pairs)
+    with pytest.raises(ValueError, match="'num_steps'"):
+        FlowMatchingTrainer(model, pairs).train(0)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        FlowMatchingTrainer(model, pairs).load("/nonexistent/checkpoint.pt")
+
+
+def test_networks_keep_the_event_shape():
+    mlp = VelocityMLP((1, 4, 4), width=16, depth=2)
+    unet = VelocityUNet((1, 8, 8), channels=8)
+    x, t = torch.randn(5, 1, 4, 4), torch.rand(5)
+    assert mlp(x, t).shape == x.shape
+    assert mlp.time.out_features == 2 * 2 + 1  # d / 8 = 2 frequencies
+    y = torch.randn(3, 1, 8, 8)
+    assert unet(y, torch.rand(3)).shape == y.shape
+    with pytest.raises(ValueError, match="'shape'"):
+        VelocityUNet((1, 7, 7))
+    with pytest.raises(ValueError, match="'width'"):
+        VelocityMLP((3,), width=0)
+
+
+TINY = {
+    "name": "tiny",
+    "task": {"name": "eight_gaussians", "num_train": 2048, "num_test": 256},
+    "model": {"width": 32, "depth": 2},
+    "train": {"steps": 24, "batch_size": 64, "warmup_steps": 2, "log_every": 8, "checkpoint_every": 12},
+    "methods": [{"name": "I-FM", "coupling": "independent"},
+                {"name": "OT-FM", "coupling": "ot", "coupling_size": 256, "eps": 0.05},
+                {"name": "SD-FM", "coupling": "semidiscrete", "fit_steps": 50, "fit_batch_size": 1024}],
+    "eval": {"num_samples": 128, "steps": [1, 4], "nll_samples": 32, "nll_steps": 4, "curvature_steps": 8,
+             "rtol": 1e-3},
+}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(optimiser="adam"), "unknown key optimiser"),
+    (lambda c: c["train"].update(steps="many"), "'train.steps' must be a int"),
+    (lambda c: c["train"].update(lr=-1.0), "'train.lr' must be > 0"),
+    (lambda c: c["methods"][1].update(coupling="hungarian"), "'methods\\[1\\].coupling' must be one of"),
+    (lambda c: c["methods"][1].pop("eps"), "'methods\\[1\\]' needs exactly one of 'eps' and 'target_entropy'"),
+    (lambda c: c["methods"][1].update(coupling_size=16), "'methods\\[1\\].coupling_size' must be"),
+    (lambda c: c["methods"][0].update(widht=3), "unknown key methods\\[0\\].widht"),
+    (lambda c: c.pop("methods"), "missing key 'methods'"),
+    (lambda c: c.update(task={"name": "cifar"}), "'task.name' must be one of"),
+    (lambda c: c.update(task={"name": "tensor_file", "path": "/nonexistent/data.pt"}), "does not exist"),
+    (lambda c: c.update(task={"name": "eight_gaussians", "dim": 3}), "does not fit eight_gaussians"),
+    (lambda c: c["eval"].update(steps=[]), "'eval.steps' must be a non-empty list"),
+])
+def test_bad_configs_fail_before_training(change, message):
+    raw = yaml.safe_load(yaml.safe_dump(TINY))
+    change(raw)
+    with pytest.raises(ValueError, match=message):
+        flow_config.config_from_dict(raw, source="tiny.yaml")
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        flow_config.load_config(str(tmp_path / "missing.yaml"))
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ntask: [1, 2\n")
+    with pytest.raises(ValueError, match="bad.yaml: not valid YAML"):
+        flow_config.load_config(str(path))
+
+
+def test_embedded_demo_configs_are_valid():
+    for path in cli.demo_config_paths():
+        config = flow_config.load_config(path)
+        assert {m.coupling for m in config.methods} == set(flow_config.COUPLINGS)
+
+
+def test_cli_compare_train_eval_end_to_end(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    run = tmp_path / "run"
+    cli.main(["compare", "--config", str(path), "--output-dir", str(run), "--quiet"])
+    out = capsys.readouterr().out
+    for name in ("I-FM", "OT-FM", "SD-FM"):
+        assert f"| {name} |" in out
+    with open(run / "results.json") as f:
+        results = json.load(f)
+    assert set(results) == {"I-FM", "OT-FM", "SD-FM"}
+    for row in results.values():
+        assert row["curvature"] >= 0 and row["reconstruction"] is None
+        assert set(row["quality"]) == {"euler1", "euler4", "dopri5"}
+        assert all(q["sinkhorn"] == q["sinkhorn"] for q in row["quality"].values())  # not NaN
+    assert results["OT-FM"]["pairing_us_per_pair"] > 0 and results["SD-FM"]["setup_seconds"] > 0
+    for png in ("metrics_vs_coupling_size.png", "quality_vs_nfe.png", "trajectories.png"):
+        assert os.path.getsize(run / png) > 1000
+    # eval reloads the checkpoints and gives the same numbers; train --resume at the end is a no-op.
+    cli.main(["eval", "--config", str(path), "--output-dir", str(run), "--quiet", "--method", "OT-FM"])
+    with open(run / "results.json") as f:
+        again = json.load(f)
+    assert again["OT-FM"]["curvature"] == pytest.approx(results["OT-FM"]["curvature"], rel=1e-5)
+    cli.main(["train", "--config", str(path), "--output-dir", str(run), "--quiet", "--resume", "--method", "I-FM"])
+    assert "I-FM: 24 steps" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not in the config's methods"):
+        cli.main(["eval", "--config", str(path), "--output-dir", str(run), "--quiet", "--method", "FM"])
