@@ -72,13 +72,6 @@ def test_semidiscrete_pairs_use_the_fitted_potential():
     assert torch.equal(take(stream, 0, 1)[0][1], x1)
 
 
-def make_trainer(seed=0, log_dir=None):
-    torch.manual_seed(seed)
-    model = VelocityMLP((3,), width=32, depth=2)
-    pairs = IndependentPairs(gaussian_source, shifted_data(), 64, seed=seed)
-    return FlowMatchingTrainer(model, pairs, lr=3e-3, ema=0.9, warmup_steps=5, schedule="cosine", log_dir=log_dir)
-
-
 class InterruptedPairs(IndependentPairs):
     """Raises KeyboardInterrupt when asked for the batch of step `stop` (a Ctrl-C mid-run)."""
 

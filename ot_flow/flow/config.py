@@ -76,7 +76,7 @@ class EvalConfig:
     nll_steps: int = 50
     divergence: str = "auto"               # exact | hutchinson | auto (exact up to d = 64)
     probes: int = 4                        # Hutchinson probes
-    sinkhorn_eps: float = 0.05
+    sinkhorn_eps: float = 0.1              # relative to std(C), as in ot_flow.sinkhorn_divergence
 
 
 @dataclasses.dataclass

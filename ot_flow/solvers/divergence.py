@@ -11,6 +11,7 @@ import torch
 
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.sinkhorn import row_barycentres, sinkhorn
+from ot_flow.solvers.symmetric import symmetric_potential
 
 __all__ = ["sinkhorn_divergence"]
 
@@ -40,13 +41,10 @@ def sinkhorn_divergence(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, co
 def _divergence(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, cost: str,
                 tol: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(S, f_ab, g_ab, p_aa, p_bb): the value and the potentials its gradients need."""
-    solve = dict(eps=eps, relative_eps=False, cost=cost, tol=tol, max_iter=max_iter)
-    ab = sinkhorn(x, y, a, b, **solve)
-    aa = sinkhorn(x, x, a, a, **solve)
-    bb = sinkhorn(y, y, b, b, **solve)
-    # Symmetric problems: (f + g) / 2 is the symmetric potential (Sinkhorn's f and g differ by a constant).
-    p_aa = 0.5 * (aa.f + aa.g)
-    p_bb = 0.5 * (bb.f + bb.g)
+    ab = sinkhorn(x, y, a, b, eps=eps, relative_eps=False, cost=cost, tol=tol, max_iter=max_iter)
+    # The debiasing terms are symmetric problems: one potential each, by the averaged iteration.
+    p_aa = symmetric_potential(x, a.detach(), eps=eps, cost=cost, tol=tol, max_iter=max_iter).p
+    p_bb = symmetric_potential(y, b.detach(), eps=eps, cost=cost, tol=tol, max_iter=max_iter).p
     a64, b64 = a.double(), b.double()
     value = a64 @ (ab.f.double() - p_aa.double()) + b64 @ (ab.g.double() - p_bb.double())
     return value.to(x.dtype), ab.f.to(x.dtype), ab.g.to(x.dtype), p_aa.to(x.dtype), p_bb.to(x.dtype)
