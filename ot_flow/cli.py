@@ -47,10 +47,12 @@ def _experiment(args, *, train, evaluate):
             for method in config.methods:
                 if args.method and method.name not in args.method:
                     continue
-                trainer, pairs = experiment.train_method(config, method, task, progress=not args.quiet,
-                                                         resume=args.resume)
-                print(f"{method.name}: {trainer.step} steps, loss {trainer.history[-1]['loss']:.4f}, "
-                      f"{trainer.train_seconds:.0f} s, coupling {1e6 * pairs.seconds_per_pair:.1f} us/pair", flush=True)
+                _, pairs, trainers = experiment.train_method(config, method, task, progress=not args.quiet,
+                                                             resume=args.resume)
+                losses = ", ".join(f"{tr.history[-1]['loss']:.4f}" for tr in trainers)
+                print(f"{method.name}: {trainers[0].step} steps, loss {losses}, "
+                      f"{sum(tr.train_seconds for tr in trainers):.0f} s, coupling {1e6 * pairs.seconds_per_pair:.1f} "
+                      f"us/pair, setup {pairs.setup_seconds:.1f} s", flush=True)
             continue
         rows = experiment.run_experiment(config, methods=args.method, progress=not args.quiet, resume=args.resume,
                                          evaluate_only=not train)

@@ -17,7 +17,7 @@ import yaml
 __all__ = ["TaskConfig", "ModelConfig", "TrainConfig", "MethodConfig", "EvalConfig", "ExperimentConfig",
            "load_config", "config_from_dict", "COUPLINGS"]
 
-COUPLINGS = ("independent", "ot", "semidiscrete")
+COUPLINGS = ("independent", "ot", "semidiscrete", "nsgf", "nsgf++")
 
 
 @dataclasses.dataclass
@@ -55,14 +55,19 @@ class TrainConfig:
 @dataclasses.dataclass
 class MethodConfig:
     name: str
-    coupling: str                          # independent | ot | semidiscrete
+    coupling: str                          # independent | ot | semidiscrete | nsgf | nsgf++
     coupling_size: typing.Optional[int] = None   # ot: points per side of one coupling
-    eps: typing.Optional[float] = None           # ot / semidiscrete: relative to std(C)
+    eps: typing.Optional[float] = None           # ot / semidiscrete / nsgf: relative to std(C)
     target_entropy: typing.Optional[float] = None  # ot: renormalized entropy of each coupling
+    entropy_tol: float = 0.01                      # ot: how close to target_entropy
     tol: float = 1e-3                            # ot: Sinkhorn marginal tolerance
     fit_steps: int = 3000                        # semidiscrete: potential fitting
     fit_batch_size: int = 4096
     fit_lr: typing.Optional[float] = None
+    flow_steps: int = 5                          # nsgf / nsgf++: Sinkhorn-flow steps T
+    flow_step_size: float = 0.5                  # nsgf / nsgf++: eta of x <- x + eta u(x)
+    flow_particles: int = 1024                   # nsgf / nsgf++: particles per simulated trajectory
+    flow_trajectories: int = 16                  # nsgf / nsgf++: trajectories in the velocity pool
 
 
 @dataclasses.dataclass
@@ -211,8 +216,12 @@ def _check(config, source):
             fail(f"{where}.eps", f"must be {'>= 0' if m.coupling == 'semidiscrete' else '> 0'}, got {m.eps}")
         if m.target_entropy is not None and not 0 < m.target_entropy < 1:
             fail(f"{where}.target_entropy", f"must lie in (0, 1), got {m.target_entropy}")
+        if not m.entropy_tol > 0:
+            fail(f"{where}.entropy_tol", f"must be > 0, got {m.entropy_tol}")
         if m.fit_steps < 1 or m.fit_batch_size < 1:
             fail(where, "needs fit_steps and fit_batch_size >= 1")
+        if m.flow_steps < 1 or m.flow_particles < 1 or m.flow_trajectories < 1 or not m.flow_step_size > 0:
+            fail(where, "needs flow_steps, flow_particles, flow_trajectories >= 1 and flow_step_size > 0")
     e = config.eval
     if not e.steps or any(s < 1 for s in e.steps):
         fail("eval.steps", f"must be a non-empty list of step counts >= 1, got {e.steps}")

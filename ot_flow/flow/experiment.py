@@ -25,6 +25,8 @@ from ot_flow.flow.networks import make_velocity_model
 from ot_flow.flow.ode import odeint
 from ot_flow.flow.pair_streams import IndependentPairs, OTPairs, SemidiscretePairs
 from ot_flow.flow.trainer import FlowMatchingTrainer
+from ot_flow.nsgf.plus_plus import NSGFPlusPlus
+from ot_flow.nsgf.training import NSGF_METHODS, load_nsgf, train_nsgf
 from ot_flow.samplers.ot_sampler import OTSampler
 from ot_flow.samplers.semidiscrete_sampler import SemidiscreteSampler
 
@@ -65,7 +67,7 @@ def build_pairs(config, method, task, device, progress=True, resume=True):
         return IndependentPairs(source, data, t.batch_size, seed=t.seed)
     if method.coupling == "ot":
         sampler = OTSampler(eps=method.eps if method.eps is not None else 0.05, target_entropy=method.target_entropy,
-                            tol=method.tol)
+                            entropy_tol=method.entropy_tol, tol=method.tol)
         return OTPairs(source, data, sampler, method.coupling_size, t.batch_size, seed=t.seed)
     sampler = SemidiscreteSampler(data, eps=method.eps or 0.0, source=source, seed=t.seed, device=device)
     state_path = os.path.join(method_dir(config, method), "semidiscrete.pt")
@@ -84,33 +86,39 @@ def build_pairs(config, method, task, device, progress=True, resume=True):
 
 
 def train_method(config, method, task=None, *, progress=True, resume=False):
-    """Trains one method of ``config``; returns (trainer, pair stream)."""
+    """Trains one method of ``config``; returns (model, pair stream, trainers): the velocity
+    field (or, for NSGF++, its sampler), what paired the training data, and the trainers."""
     task = task or build_task(config)
     device = resolve_device(config.train.device)
     out = method_dir(config, method)
-    checkpoint = os.path.join(out, "checkpoint.pt")
-    if not resume:
-        for stale in ("checkpoint.pt", "metrics.csv", "semidiscrete.pt"):
-            if os.path.exists(os.path.join(out, stale)):
-                os.remove(os.path.join(out, stale))
-    torch.manual_seed(config.train.seed)  # the network's initial weights
+    if not resume and os.path.isdir(out):
+        for root, _, files in os.walk(out):
+            for stale in ("checkpoint.pt", "metrics.csv", "semidiscrete.pt"):
+                if stale in files:
+                    os.remove(os.path.join(root, stale))
+    torch.manual_seed(config.train.seed)  # the networks' initial weights
+    if method.coupling in NSGF_METHODS:
+        return train_nsgf(config, method, task, device, out, build_model, progress=progress, resume=resume)
     model = build_model(config, task)
     pairs = build_pairs(config, method, task, device, progress=progress, resume=resume)
     t = config.train
     trainer = FlowMatchingTrainer(model, pairs, lr=t.lr, weight_decay=t.weight_decay, ema=t.ema,
                                   grad_clip=t.grad_clip, warmup_steps=t.warmup_steps, schedule=t.schedule,
                                   device=device, seed=t.seed, log_dir=out)
+    checkpoint = os.path.join(out, "checkpoint.pt")
     if resume and os.path.exists(checkpoint):
         trainer.load(checkpoint)
     trainer.train(t.steps, progress=progress, log_every=t.log_every, checkpoint=checkpoint,
                   checkpoint_every=t.checkpoint_every)
-    return trainer, pairs
+    return trainer.velocity, pairs, [trainer]
 
 
 def load_trained(config, method, task=None):
-    """The evaluated network (EMA weights) of a trained method, from its checkpoint."""
+    """The evaluated network (EMA weights) of a trained method, from its checkpoint(s)."""
     task = task or build_task(config)
     device = resolve_device(config.train.device)
+    if method.coupling in NSGF_METHODS:
+        return load_nsgf(config, method, task, device, method_dir(config, method), build_model)
     path = os.path.join(method_dir(config, method), "checkpoint.pt")
     if not os.path.exists(path):
         raise ValueError(f"method {method.name!r} has no checkpoint at {path}: train it first")
@@ -120,40 +128,49 @@ def load_trained(config, method, task=None):
     return model
 
 
-def evaluate(velocity, task, config, device=None, seed=0):
-    """The metrics of seed paper 002 (section 4.1) for one trained velocity field.
+def evaluate(model, task, config, device=None, seed=0):
+    """The metrics of seed paper 002 (section 4.1) for one trained method.
 
-    Returns a dict: curvature, reconstruction (None without a known map), nll and bpd of the
-    held-out data, and per Euler step count the Sinkhorn divergence and energy distance of the
-    generated samples to the held-out data; with ``adaptive``, the same for dopri5 and its
-    number of function evaluations.
+    ``model`` is a velocity field v(x, t) on [0, 1] or an NSGF++ sampler. Returns a dict:
+    curvature, reconstruction (None without a known map), nll and bpd of the held-out data (None
+    for NSGF++, whose two phases are not one flow), and per step count the Sinkhorn divergence and
+    energy distance of the generated samples to the held-out data and the function evaluations
+    it took (Euler; with ``adaptive``, dopri5 as well).
     """
     e = config.eval
-    device = device or next(velocity.parameters()).device
-    velocity.eval()
+    device = device or next(model.parameters()).device
+    model.eval()
     gen = torch.Generator().manual_seed(seed)
     test = task.test_data[:max(e.num_samples, e.nll_samples)].to(device)
     x0 = (task.test_source[:e.num_samples] if task.test_source is not None
           else task.sample_source(e.num_samples, gen)).to(device)
-    out = {}
+    two_phase = isinstance(model, NSGFPlusPlus)
+    out = {"curvature": None, "reconstruction": None, "nll": None, "bpd": None}
     with torch.no_grad():
-        out["curvature"] = metrics.curvature(velocity, x0, steps=e.curvature_steps)
-        out["reconstruction"] = None if task.test_source is None else \
-            metrics.reconstruction_error(velocity, x0, task.true_map, steps=e.curvature_steps)
-    estimator = e.divergence if e.divergence != "auto" else ("exact" if task.dim <= 64 else "hutchinson")
-    log_prob = metrics.log_likelihood(velocity, test[:e.nll_samples], metrics.standard_normal_log_prob,
-                                      steps=e.nll_steps, estimator=estimator, probes=e.probes, generator=gen)
-    out["nll"] = -float(log_prob.mean())
-    out["bpd"] = metrics.bits_per_dim(log_prob, task.dim, log_scale=task.log_scale)
+        if not two_phase:
+            out["curvature"] = metrics.curvature(model, x0, steps=e.curvature_steps)
+        if task.test_source is not None:
+            mapped = model.sample(x0, e.curvature_steps)[0] if two_phase else \
+                metrics.flow_map(model, x0, steps=e.curvature_steps)
+            out["reconstruction"] = float((mapped - task.true_map(x0)).flatten(1).square().sum(1).mean())
+    if not two_phase:
+        estimator = e.divergence if e.divergence != "auto" else ("exact" if task.dim <= 64 else "hutchinson")
+        log_prob = metrics.log_likelihood(model, test[:e.nll_samples], metrics.standard_normal_log_prob,
+                                          steps=e.nll_steps, estimator=estimator, probes=e.probes, generator=gen)
+        out["nll"] = -float(log_prob.mean())
+        out["bpd"] = metrics.bits_per_dim(log_prob, task.dim, log_scale=task.log_scale)
     quality = {}
     with torch.no_grad():
         runs = [(f"euler{s}", dict(method="euler", steps=s)) for s in e.steps]
-        if e.adaptive:
+        if e.adaptive and not two_phase:
             runs.append(("dopri5", dict(method="dopri5", rtol=e.rtol, atol=e.rtol)))
         for key, kwargs in runs:
-            solution = odeint(velocity, x0, **kwargs)
-            samples = solution.x
-            quality[key] = {"nfe": solution.nfe,
+            if two_phase:  # the step count is the straight phase's, after the NSGF steps
+                samples, nfe = model.sample(x0, kwargs["steps"])
+            else:
+                solution = odeint(model, x0, **kwargs)
+                samples, nfe = solution.x, solution.nfe
+            quality[key] = {"nfe": nfe,
                             "sinkhorn": metrics.sinkhorn_distance(samples, test[:e.num_samples], eps=e.sinkhorn_eps),
                             "energy": metrics.energy_distance(samples, test[:e.num_samples])}
     out["quality"] = quality
@@ -181,11 +198,10 @@ def run_experiment(config, *, methods=None, progress=True, resume=False, evaluat
             model = load_trained(config, method, task)
         else:
             start = time.perf_counter()
-            trainer, pairs = train_method(config, method, task, progress=progress, resume=resume)
-            model = trainer.velocity
+            model, pairs, trainers = train_method(config, method, task, progress=progress, resume=resume)
             row.update(pairs.describe())
             row.update({"train_seconds": time.perf_counter() - start, "pairing_us_per_pair": 1e6 * pairs.seconds_per_pair,
-                        "setup_seconds": pairs.setup_seconds, "final_loss": trainer.history[-1]["loss"]})
+                        "setup_seconds": pairs.setup_seconds, "final_loss": trainers[0].history[-1]["loss"]})
         row.update(evaluate(model, task, config, device, seed=config.train.seed + 1))
         models[method.name] = model
         rows[method.name] = {**rows.get(method.name, {}), **row}

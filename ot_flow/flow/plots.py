@@ -18,7 +18,7 @@ def _pyplot():
 
 def plot_metrics_vs_coupling_size(rows, path):
     """Curvature, reconstruction and BPD of the OT-FM runs against their coupling size n (one
-    line per entropy setting), with I-FM and SD-FM as horizontal reference lines."""
+    line per entropy setting), with the other methods (I-FM, SD-FM, NSGF) as horizontal lines."""
     plt = _pyplot()
     keys = [k for k in ("curvature", "reconstruction", "bpd") if any(r.get(k) is not None for r in rows)]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
@@ -31,10 +31,10 @@ def plot_metrics_vs_coupling_size(rows, path):
         for label, group in sorted(lines.items()):
             group = sorted(group, key=lambda r: r["coupling_size"])
             ax.plot([r["coupling_size"] for r in group], [r[key] for r in group], "o-", label=f"OT-FM {label}")
-        for r in rows:
-            if r.get("coupling") in ("independent", "semidiscrete") and r.get(key) is not None:
-                style = "--" if r["coupling"] == "independent" else ":"
-                ax.axhline(r[key], linestyle=style, color="k" if style == "--" else "tab:red", label=r["method"])
+        others = [r for r in rows if r.get("coupling") != "ot" and r.get(key) is not None]
+        for r, color in zip(others, ("k", "tab:red", "tab:purple", "tab:brown", "tab:gray")):
+            ax.axhline(r[key], linestyle="--" if r["coupling"] == "independent" else ":", color=color,
+                       label=r["method"])
         ax.set_xscale("log", base=2)
         ax.set_xlabel("coupling size n")
         ax.set_title(key)

@@ -4,7 +4,9 @@ For each minibatch (x0, x1) of a pair stream, t ~ U[0, 1] and x_t = (1 - t) x0 +
 network regresses the velocity of the straight path, x1 - x0 (seed paper 002, Algorithm 2). The
 coupling only decides which x1 goes with which x0: independent (I-FM), a Sinkhorn coupling
 (OT-FM) or a semidiscrete potential (SD-FM) all plug in as a
-:class:`ot_flow.flow.pair_streams.PairStream`.
+:class:`ot_flow.flow.pair_streams.PairStream`. Two other regressions share the loop: velocity
+matching on (x, t, v) triples (NSGF's pool of Sinkhorn-flow velocities) and the prediction of t
+from x_t (NSGF++'s phase-transition time).
 
 AdamW, an exponential moving average of the weights (what is evaluated), gradient clipping,
 a warm-up then constant or cosine learning rate, a progress bar, metrics to CSV (and to
@@ -25,9 +27,36 @@ from tqdm.auto import tqdm
 from ot_flow.distributed import derived_seed
 from ot_flow.flow.pair_streams import PairStream
 
-__all__ = ["FlowMatchingTrainer"]
+__all__ = ["FlowMatchingTrainer", "OBJECTIVES"]
 
 _SCHEDULES = ("constant", "cosine")
+
+
+def _straight_path(x0, x1, gen, device):
+    t = torch.rand(x0.shape[0], generator=gen).to(device, x0.dtype)
+    t_b = t.reshape(-1, *([1] * (x0.dim() - 1)))
+    return (1 - t_b) * x0 + t_b * x1, t
+
+
+def _flow_matching_loss(model, batch, gen, device):
+    x0, x1 = batch[0], batch[1]
+    xt, t = _straight_path(x0, x1, gen, device)
+    return (model(xt, t) - (x1 - x0)).square().mean()
+
+
+def _velocity_matching_loss(model, batch, gen, device):
+    x, t, v = batch[0], batch[1], batch[2]
+    return (model(x, t) - v).square().mean()
+
+
+def _time_prediction_loss(model, batch, gen, device):
+    xt, t = _straight_path(batch[0], batch[1], gen, device)
+    return (model(xt) - t).square().mean()
+
+
+OBJECTIVES = {"flow_matching": _flow_matching_loss,        # batches (x0, x1): model(x_t, t) ~ x1 - x0
+              "velocity_matching": _velocity_matching_loss,  # batches (x, t, v): model(x, t) ~ v
+              "time_prediction": _time_prediction_loss}      # batches (x0, x1): model(x_t) ~ t
 
 
 class FlowMatchingTrainer:
@@ -45,10 +74,12 @@ class FlowMatchingTrainer:
         device: where the model trains (default: where its parameters are).
         seed: seeds the times t of each step.
         log_dir: write ``metrics.csv`` (and TensorBoard events, when installed) here.
+        objective: one of OBJECTIVES: "flow_matching" (default), "velocity_matching" or
+            "time_prediction".
     """
 
     def __init__(self, model, pairs, *, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), ema=0.999, grad_clip=1.0,
-                 warmup_steps=0, schedule="constant", device=None, seed=0, log_dir=None):
+                 warmup_steps=0, schedule="constant", device=None, seed=0, log_dir=None, objective="flow_matching"):
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"argument 'model' must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(pairs, PairStream) and not hasattr(pairs, "__iter__"):
@@ -63,6 +94,9 @@ class FlowMatchingTrainer:
             raise ValueError(f"argument 'warmup_steps' must be an int >= 0, got {warmup_steps!r}")
         if schedule not in _SCHEDULES:
             raise ValueError(f"argument 'schedule' must be one of {_SCHEDULES}, got {schedule!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"argument 'objective' must be one of {tuple(OBJECTIVES)}, got {objective!r}")
+        self.objective = objective
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if ema else None
@@ -103,8 +137,8 @@ class FlowMatchingTrainer:
         try:
             while self.step < num_steps:
                 start = time.perf_counter()
-                x0, x1 = next(self._stream)[:2]
-                loss, grad_norm = self._train_step(x0.to(self.device), x1.to(self.device), num_steps)
+                batch = [t.to(self.device) for t in next(self._stream)]
+                loss, grad_norm = self._train_step(batch, num_steps)
                 self.train_seconds += time.perf_counter() - start
                 self.step += 1
                 loss_sum, loss_count = loss_sum + loss, loss_count + 1
@@ -123,14 +157,11 @@ class FlowMatchingTrainer:
                 self._writer.flush()
         return self
 
-    def _train_step(self, x0, x1, num_steps):
+    def _train_step(self, batch, num_steps):
         gen = torch.Generator().manual_seed(derived_seed(self.seed, self.step, 7))
-        t = torch.rand(x0.shape[0], generator=gen).to(self.device, x0.dtype)
-        t_b = t.reshape(-1, *([1] * (x0.dim() - 1)))
-        xt = (1 - t_b) * x0 + t_b * x1
-        loss = (self.model(xt, t) - (x1 - x0)).square().mean()
+        loss = OBJECTIVES[self.objective](self.model, batch, gen, self.device)
         if not torch.isfinite(loss):
-            raise RuntimeError(f"flow matching loss is {loss.item()} at step {self.step}: lower 'lr' or set 'grad_clip'")
+            raise RuntimeError(f"{self.objective} loss is {loss.item()} at step {self.step}: lower 'lr' or set 'grad_clip'")
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr_at(self.step, num_steps)
         self.optimizer.zero_grad(set_to_none=True)

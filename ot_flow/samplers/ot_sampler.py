@@ -25,7 +25,10 @@ class OTSampler:
         cost: "sqeuclidean" or "dot".
         tol, max_iter, momentum, cost_cache: passed to :func:`ot_flow.sinkhorn`.
         target_entropy: choose eps per coupling so that its renormalized entropy is this value
-            (seed paper 002 recommends about 0.1-0.2); ``eps`` is then the first guess.
+            (seed paper 002 recommends about 0.1-0.2); ``eps`` is then the first guess, and
+            later couplings start from the eps that met the target last time.
+        entropy_tol: how close to ``target_entropy`` a coupling must come; a looser tolerance
+            lets most couplings of a stream take the previous eps with a single solve.
         process_group: solve every coupling across the ranks of this torch.distributed group
             (every rank passes the same x0, x1; the rows and columns are split between them)
             and draw the same pairs on every rank, equal to one process's draw.
@@ -36,7 +39,7 @@ class OTSampler:
     """
 
     def __init__(self, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3, max_iter=10_000,
-                 target_entropy=None, momentum=True, cost_cache="auto", process_group=None):
+                 target_entropy=None, entropy_tol=0.01, momentum=True, cost_cache="auto", process_group=None):
         self.eps = validation.positive("eps", eps)
         self.relative_eps = bool(relative_eps)
         costs.check_cost(cost)
@@ -48,10 +51,12 @@ class OTSampler:
         if target_entropy is not None and not 0 < target_entropy < 1:
             raise ValueError(f"argument 'target_entropy' must lie in (0, 1), got {target_entropy!r}")
         self.target_entropy = target_entropy
+        self.entropy_tol = validation.positive("entropy_tol", entropy_tol)
         self.momentum = momentum
         self.cost_cache = cost_cache if process_group is None else "auto"
         self.process_group = process_group
         self.last_plan = None
+        self._entropy_eps = None
 
     def __repr__(self):
         what = f"target_entropy={self.target_entropy}" if self.target_entropy is not None else f"eps={self.eps}"
@@ -64,11 +69,17 @@ class OTSampler:
         if flat0.shape[1] != flat1.shape[1]:
             raise ValueError(f"arguments 'x0' and 'x1' must have the same number of features per point, "
                              f"got shapes {tuple(x0.shape)} and {tuple(x1.shape)}")
-        result = sinkhorn(flat0, flat1, eps=self.eps, relative_eps=self.relative_eps, cost=self.cost,
+        # With a target entropy, the eps that met it last time is the first guess: successive
+        # couplings of one stream are alike, so the bracket search usually ends at its first solve.
+        first = self._entropy_eps if self._entropy_eps is not None else self.eps
+        result = sinkhorn(flat0, flat1, eps=first, relative_eps=self.relative_eps, cost=self.cost,
                           tol=self.tol, max_iter=self.max_iter, momentum=self.momentum,
-                          target_entropy=self.target_entropy, cost_cache=self.cost_cache,
+                          target_entropy=self.target_entropy, entropy_tol=self.entropy_tol,
+                          cost_cache=self.cost_cache,
                           process_group=self.process_group)
         self.last_plan = result
+        if self.target_entropy is not None:
+            self._entropy_eps = result.eps / result.spread if self.relative_eps else result.eps
         return result
 
     def sample_indices(self, x0, x1, generator=None):

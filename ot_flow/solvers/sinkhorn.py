@@ -69,6 +69,7 @@ class SinkhornResult:
     path: str = "streamed"  # or "cached": whether the n x m dot products were held in memory
     process_group: object = field(default=None, repr=False)  # the ranks that solved it together
     sharded: bool = False  # whether x, y, f, g (and a, b) are this rank's shards
+    spread: float = 1.0  # std(C), the unit of relative eps: eps / spread is the relative eps used
 
     def _row_pass(self):
         """(row masses r_i, barycentres T_i = sum_j P_ij y_j / r_i) in one streaming pass."""
@@ -376,7 +377,7 @@ def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spre
     return SinkhornResult(f=f.to(dtype), g=g.to(dtype), eps=float(eps), n_iter=n_iter, error=error,
                           converged=converged, errors=errors, x=x, y=y, a=a, b=b, cost=cost,
                           path="streamed" if dots is None else "cached", process_group=process_group,
-                          sharded=sharded)
+                          sharded=sharded, spread=float(spread))
 
 
 def _shard_weights(name, w, points, process_group):
