@@ -8,17 +8,17 @@ loss and, at the end, the Sinkhorn divergence between generated samples and held
 """
 
 import argparse
-import math
 import os
 
 import torch
 import torch.distributed as dist
 import yaml
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import ot_flow
+from ot_flow.flow import VelocityMLP, odeint
+from ot_flow.flow.tasks import ToyTask
 
 DEFAULTS = dict(data="eight_gaussians", data_size=50_000, coupling_size=4096, batch_size=256, steps=400,
                 lr=1e-3, eps=0.05, width=256, seed=0, log_every=100)
@@ -39,27 +39,6 @@ def load_config(path):
     return merged
 
 
-def toy_data(name, n, generator):
-    if name == "eight_gaussians":
-        centres = torch.tensor([[math.cos(k * math.pi / 4), math.sin(k * math.pi / 4)] for k in range(8)]) * 4
-        return centres[torch.randint(8, (n,), generator=generator)] + 0.3 * torch.randn(n, 2, generator=generator)
-    t = math.pi * torch.rand(n, generator=generator)
-    upper = torch.rand(n, generator=generator) < 0.5
-    x = torch.where(upper, torch.cos(t), 1 - torch.cos(t))
-    y = torch.where(upper, torch.sin(t), 0.5 - torch.sin(t))
-    return 2 * torch.stack([x, y], 1) + 0.05 * torch.randn(n, 2, generator=generator)
-
-
-class Velocity(nn.Module):
-    def __init__(self, width):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(3, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
-                                 nn.Linear(width, 2))
-
-    def forward(self, x, t):
-        return self.net(torch.cat([x, t], 1))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -73,17 +52,19 @@ def main():
         torch.cuda.set_device(device)
     torch.manual_seed(config["seed"])  # the same initial model on every rank
 
-    data = toy_data(config["data"], config["data_size"], torch.Generator().manual_seed(config["seed"]))
+    task = ToyTask(config["data"], seed=config["seed"], num_train=config["data_size"], num_test=4000)
+    data = task.train_data
     sampler = ot_flow.OTSampler(eps=config["eps"], process_group=dist.group.WORLD)
     pairs = ot_flow.data.OTPairDataset(None, data, sampler, coupling_size=config["coupling_size"],
                                        batch_size=config["batch_size"], seed=config["seed"], device=device)
-    model = DistributedDataParallel(Velocity(config["width"]).to(device), device_ids=[device.index] if use_cuda else None)
+    model = DistributedDataParallel(VelocityMLP((2,), width=config["width"], depth=2).to(device),
+                                    device_ids=[device.index] if use_cuda else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"])
     for step, (x0, x1) in enumerate(DataLoader(pairs, batch_size=None)):
         if step == config["steps"]:
             break
-        t = torch.rand(x0.shape[0], 1, device=device)
-        loss = ((model((1 - t) * x0 + t * x1, t) - (x1 - x0)) ** 2).mean()
+        t = torch.rand(x0.shape[0], device=device)
+        loss = ((model((1 - t[:, None]) * x0 + t[:, None] * x1, t) - (x1 - x0)) ** 2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -93,10 +74,8 @@ def main():
 
     if rank == 0:
         with torch.no_grad():
-            x = torch.randn(4000, 2, device=device)
-            for k in range(8):
-                x = x + model.module(x, torch.full((4000, 1), k / 8, device=device)) / 8
-        held_out = toy_data(config["data"], 4000, torch.Generator().manual_seed(config["seed"] + 1)).to(device)
+            x = odeint(model.module, torch.randn(4000, 2, device=device), method="euler", steps=8).x
+        held_out = task.test_data.to(device)
         divergence = ot_flow.sinkhorn_divergence(x, held_out, eps=0.01).item()
         print(f"done: {config['steps']} steps on {world} ranks; Sinkhorn divergence of 8-step samples to held-out "
               f"data {divergence:.4f}")

@@ -203,6 +203,13 @@ def test_config_file_errors_name_the_file(tmp_path):
         flow_config.load_config(str(path))
 
 
+@pytest.mark.parametrize("name", ["piecewise_affine_d64_gpu.yaml", "digits_unet_gpu.yaml", "toys_2d.yaml"])
+def test_shipped_configs_are_valid(name):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = flow_config.load_config(os.path.join(root, "configs", name))
+    assert len(config.methods) >= 5
+
+
 def test_embedded_demo_configs_are_valid():
     for path in cli.demo_config_paths():
         config = flow_config.load_config(path)

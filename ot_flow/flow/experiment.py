@@ -55,7 +55,7 @@ def build_model(config, task):
 
 
 def method_dir(config, method):
-    return os.path.join(config.run_dir, re.sub(r"[^A-Za-z0-9_.=-]+", "_", method.name))
+    return os.path.join(config.run_dir, re.sub(r"[^A-Za-z0-9_.=+-]+", "_", method.name))
 
 
 def build_pairs(config, method, task, device, progress=True, resume=True):
@@ -223,7 +223,7 @@ def format_table(rows, config):
                                                                         for s in steps]
     if config.eval.adaptive:
         head.append("S_eps dopri5 (NFE)")
-    head += ["energy 1 step", "coupling us/pair", "setup s", "train s"]
+    head += [f"energy {steps[0]} / {steps[-1]} steps", "coupling us/pair", "setup s", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         q = r.get("quality", {})
@@ -233,8 +233,9 @@ def format_table(rows, config):
         if config.eval.adaptive:
             d = q.get("dopri5")
             cells.append(f"{d['sinkhorn']:.3g} ({d['nfe']})" if d else "-")
-        first = q.get(f"euler{steps[0]}", {})
-        cells += [_fmt(first.get("energy"), ".3g"), _fmt(r.get("pairing_us_per_pair"), ".1f"),
+        first, last = q.get(f"euler{steps[0]}", {}), q.get(f"euler{steps[-1]}", {})
+        cells += [f"{_fmt(first.get('energy'), '.3g')} / {_fmt(last.get('energy'), '.3g')}",
+                  _fmt(r.get("pairing_us_per_pair"), ".1f"),
                   _fmt(r.get("setup_seconds"), ".1f"), _fmt(r.get("train_seconds"), ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

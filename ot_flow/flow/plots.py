@@ -121,17 +121,20 @@ def write_plots(rows, run_dir, task=None, models=None, device=None, steps=16):
     if task is None or not models:
         return written
     gen = torch.Generator().manual_seed(0)
-    if task.dim == 2:
+    # Two-phase samplers (NSGF++) are not one ODE: they appear in the sample grids, not the paths.
+    flows = {name: model for name, model in models.items() if not hasattr(model, "sample")}
+    if task.dim == 2 and flows:
         x0 = task.sample_source(256, gen).to(device)
         with torch.no_grad():
             paths = {name: odeint(model, x0, method="euler", steps=steps, return_path=True).path
-                     for name, model in models.items()}
+                     for name, model in flows.items()}
         written.append(os.path.join(run_dir, "trajectories.png"))
         plot_trajectories(paths, written[-1], target=task.test_data[:2000])
     if task.is_image:
         x0 = task.sample_source(10, gen).to(device)
         with torch.no_grad():
-            images = {name: odeint(model, x0, method="euler", steps=steps).x for name, model in models.items()}
+            images = {name: model.sample(x0, steps)[0] if hasattr(model, "sample")
+                      else odeint(model, x0, method="euler", steps=steps).x for name, model in models.items()}
         images = {"data": task.test_data[:10], **images}
         written.append(os.path.join(run_dir, f"samples_{steps}_steps.png"))
         plot_image_grid(images, written[-1])
