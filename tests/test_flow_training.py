@@ -203,7 +203,8 @@ def test_config_file_errors_name_the_file(tmp_path):
         flow_config.load_config(str(path))
 
 
-@pytest.mark.parametrize("name", ["piecewise_affine_d64_gpu.yaml", "digits_unet_gpu.yaml", "toys_2d.yaml"])
+@pytest.mark.parametrize("name", ["piecewise_affine_d64_gpu.yaml", "piecewise_affine_d64_cpu.yaml", "digits_unet_gpu.yaml",
+                                  "toys_2d.yaml"])
 def test_shipped_configs_are_valid(name):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = flow_config.load_config(os.path.join(root, "configs", name))
