@@ -44,9 +44,7 @@ def _experiment(args, *, train, evaluate):
               f"{config.train.steps} steps each, run directory {config.run_dir}", flush=True)
         if train and not evaluate:
             task = experiment.build_task(config)
-            for method in config.methods:
-                if args.method and method.name not in args.method:
-                    continue
+            for method in flow_config.select_methods(config, args.method):
                 _, pairs, trainers = experiment.train_method(config, method, task, progress=not args.quiet,
                                                              resume=args.resume)
                 losses = ", ".join(f"{tr.history[-1]['loss']:.4f}" for tr in trainers)
@@ -109,7 +107,9 @@ def main(argv=None):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", action="append", required=name != "demo",
                        help="experiment YAML (repeatable; demo: the embedded configs)")
-        p.add_argument("--method", action="append", help="only this method (repeatable)")
+        p.add_argument("--method", action="append",
+                       help="only this method: a name from the config, or a coupling (independent, semidiscrete, "
+                            "nsgf, nsgf++, ot) for all its methods, added with defaults when missing; repeatable")
         p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoints")
         p.add_argument("--output-dir", help="run directory (default runs/<config name>)")
         p.add_argument("--device", help="override train.device (cpu, cuda, ...)")

@@ -242,5 +242,17 @@ def test_cli_compare_train_eval_end_to_end(tmp_path, capsys):
     assert again["OT-FM"]["curvature"] == pytest.approx(results["OT-FM"]["curvature"], rel=1e-5)
     cli.main(["train", "--config", str(path), "--output-dir", str(run), "--quiet", "--resume", "--method", "I-FM"])
     assert "I-FM: 24 steps" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="not in the config's methods"):
+    with pytest.raises(ValueError, match="'FM' is neither a method of the config"):
         cli.main(["eval", "--config", str(path), "--output-dir", str(run), "--quiet", "--method", "FM"])
+
+
+def test_methods_are_selected_by_name_or_coupling():
+    config = flow_config.config_from_dict(yaml.safe_load(yaml.safe_dump(TINY)))
+    assert [m.name for m in flow_config.select_methods(config, ["OT-FM", "independent"])] == ["OT-FM", "I-FM"]
+    assert [m.name for m in flow_config.select_methods(config, None)] == ["I-FM", "OT-FM", "SD-FM"]
+    added = flow_config.select_methods(config, ["nsgf++"])
+    assert [(m.name, m.coupling, m.flow_steps) for m in added] == [("NSGF++", "nsgf++", 5)]
+    assert config.methods[-1] is added[0]
+    with pytest.raises(ValueError, match="needs its coupling size"):
+        flow_config.select_methods(flow_config.config_from_dict(yaml.safe_load(yaml.safe_dump(
+            {**TINY, "methods": TINY["methods"][:1]}))), ["ot"])

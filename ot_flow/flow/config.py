@@ -15,7 +15,7 @@ import typing
 import yaml
 
 __all__ = ["TaskConfig", "ModelConfig", "TrainConfig", "MethodConfig", "EvalConfig", "ExperimentConfig",
-           "load_config", "config_from_dict", "COUPLINGS"]
+           "load_config", "config_from_dict", "select_methods", "COUPLINGS"]
 
 COUPLINGS = ("independent", "ot", "semidiscrete", "nsgf", "nsgf++")
 
@@ -121,6 +121,28 @@ def config_from_dict(raw, source="config"):
     config = _build(ExperimentConfig, raw, source, "")
     _check(config, source)
     return config
+
+
+def select_methods(config, names):
+    """The methods that ``--method`` names: a method's name, or a coupling (``nsgf``, ``ot``, ...)
+    for every method of that coupling. A coupling the config does not list is added with its
+    defaults (``--method nsgf++`` on any config). None selects all methods."""
+    if not names:
+        return list(config.methods)
+    chosen = []
+    for name in names:
+        matches = [m for m in config.methods if m.name == name] or \
+                  [m for m in config.methods if m.coupling == name]
+        if not matches and name in COUPLINGS and name not in ("ot",):
+            matches = [MethodConfig(name=name.upper().replace("INDEPENDENT", "I-FM").replace("SEMIDISCRETE", "SD-FM"),
+                                    coupling=name)]
+            config.methods.append(matches[0])
+        if not matches:
+            raise ValueError(f"argument 'method': {name!r} is neither a method of the config "
+                             f"{[m.name for m in config.methods]} nor one of the couplings {COUPLINGS}"
+                             + (" (an OT method needs its coupling size in the config)" if name == "ot" else ""))
+        chosen += [m for m in matches if m not in chosen]
+    return chosen
 
 
 def _build(cls, raw, source, where):

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from ot_flow.flow import metrics, plots, tasks
+from ot_flow.flow.config import select_methods
 from ot_flow.flow.networks import make_velocity_model
 from ot_flow.flow.ode import odeint
 from ot_flow.flow.pair_streams import IndependentPairs, OTPairs, SemidiscretePairs
@@ -178,13 +179,10 @@ def evaluate(model, task, config, device=None, seed=0):
 
 
 def run_experiment(config, *, methods=None, progress=True, resume=False, evaluate_only=False):
-    """Trains (unless ``evaluate_only``) and evaluates the chosen methods (default all) and
-    writes config.yaml, results.json and table.md under the run directory. Returns the rows."""
-    chosen = [m for m in config.methods if methods is None or m.name in methods]
-    unknown = set(methods or []) - {m.name for m in config.methods}
-    if unknown:
-        raise ValueError(f"argument 'method': {sorted(unknown)} not in the config's methods "
-                         f"{[m.name for m in config.methods]}")
+    """Trains (unless ``evaluate_only``) and evaluates the chosen methods (names or couplings, see
+    config.select_methods; default all) and writes config.yaml, results.json and table.md under
+    the run directory. Returns the rows."""
+    chosen = select_methods(config, methods)
     task = build_task(config)
     device = resolve_device(config.train.device)
     os.makedirs(config.run_dir, exist_ok=True)
