@@ -2,7 +2,7 @@
 
 Commands:
   demo      the main job: ``compare`` on the embedded configs (seed paper 002's piecewise-affine
-            map at d = 32, and scikit-learn's digits), about 10 minutes on a 2-core CPU.
+            map at d = 32, and scikit-learn's digits), about 7 minutes on a 2-core CPU.
   train     train the methods of a config (``--method`` to pick some, ``--resume`` to continue).
   eval      evaluate trained methods: curvature, reconstruction, BPD, sample quality vs steps.
   compare   train and evaluate every method of a config; print the table, write plots.
@@ -100,7 +100,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, train, evaluate, help_text in (
-            ("demo", True, True, "compare I-FM, OT-FM and SD-FM on the embedded configs (the main job)"),
+            ("demo", True, True, "compare I-FM, OT-FM, SD-FM, NSGF and NSGF++ on the embedded configs (the main job)"),
             ("compare", True, True, "train and evaluate every method of the configs, print the table, write plots"),
             ("train", True, False, "train the methods of the configs"),
             ("eval", False, True, "evaluate the trained methods of the configs")):

@@ -256,3 +256,21 @@ def test_methods_are_selected_by_name_or_coupling():
     with pytest.raises(ValueError, match="needs its coupling size"):
         flow_config.select_methods(flow_config.config_from_dict(yaml.safe_load(yaml.safe_dump(
             {**TINY, "methods": TINY["methods"][:1]}))), ["ot"])
+
+
+def test_unet_learns_the_velocity_of_an_image_translation():
+    torch.manual_seed(0)
+    pattern = torch.linspace(-1, 1, 64).reshape(1, 1, 8, 8)
+
+    def noise(n, generator):
+        return torch.randn(n, 1, 8, 8, generator=generator)
+
+    class Shifted(IndependentPairs):
+        def batches(self, start_step=0):
+            for x0, _ in super().batches(start_step):
+                yield x0, x0 + pattern
+
+    trainer = FlowMatchingTrainer(VelocityUNet((1, 8, 8), channels=8), Shifted(noise, torch.zeros(4, 1, 8, 8), 32),
+                                  lr=3e-3, ema=0.0)
+    trainer.train(150, progress=False, log_every=50)
+    assert trainer.history[-1]["loss"] < 0.1 * trainer.history[0]["loss"]
