@@ -57,6 +57,9 @@ def test_rotation_curvature_matches_closed_form():
     errors = [curvature(rotation, x0, steps=n) - exact for n in (100, 200)]
     assert 0 < errors[1] < 0.01 * exact
     assert errors[0] / errors[1] == pytest.approx(2.0, rel=0.05)  # Euler: first order
+    kappa, endpoint = curvature(rotation, x0, steps=100, return_endpoint=True)
+    assert kappa == curvature(rotation, x0, steps=100)
+    assert torch.equal(endpoint, flow_map(rotation, x0, steps=100))
 
 
 def test_reconstruction_error_of_straight_fields():

@@ -131,6 +131,26 @@ def test_trainer_learns_the_velocity_of_a_translation(tmp_path):
         assert f.readline().startswith("step,loss,grad_norm,lr")
 
 
+def test_a_diverging_loss_stops_training_before_its_checkpoint(tmp_path):
+    class Exploding(torch.nn.Module):
+        """A velocity that turns NaN from its fifth call (the fifth training step) on."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+            self.calls = 0
+
+        def forward(self, x, t):
+            self.calls += 1
+            return x * self.w * (float("nan") if self.calls >= 5 else 1.0)
+
+    trainer = FlowMatchingTrainer(Exploding(), IndependentPairs(gaussian_source, shifted_data(), 8), ema=0.0)
+    checkpoint = tmp_path / "c.pt"
+    with pytest.raises(RuntimeError, match="flow_matching loss is nan by step 5"):
+        trainer.train(20, progress=False, log_every=10, checkpoint=str(checkpoint), checkpoint_every=5)
+    assert not checkpoint.exists()
+
+
 def test_trainer_rejects_bad_arguments():
     model = VelocityMLP((3,), width=8, depth=1)
     pairs = IndependentPairs(gaussian_source, shifted_data(), 8)

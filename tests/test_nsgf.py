@@ -13,7 +13,6 @@ from ot_flow.flow.networks import VelocityMLP
 from ot_flow.flow.trainer import FlowMatchingTrainer
 from ot_flow.nsgf.plus_plus import NSGFPlusPlus, TimePredictor
 from ot_flow.nsgf.pool import SinkhornFlowPool
-from ot_flow.solvers.flow_velocity import sinkhorn_flow_velocity
 
 SHIFT = torch.tensor([3.0, -2.0])
 
@@ -140,7 +139,3 @@ def test_nsgf_methods_through_the_cli(tmp_path, capsys):
     assert again["NSGF++"]["quality"]["euler4"]["sinkhorn"] == pytest.approx(
         results["NSGF++"]["quality"]["euler4"]["sinkhorn"], rel=1e-5)
 
-
-def test_flow_velocity_is_exported_where_nsgf_needs_it():
-    x, y = torch.randn(30, 2), torch.randn(40, 2) + 1
-    assert sinkhorn_flow_velocity(x, y).shape == x.shape

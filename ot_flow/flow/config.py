@@ -18,6 +18,8 @@ __all__ = ["TaskConfig", "ModelConfig", "TrainConfig", "MethodConfig", "EvalConf
            "load_config", "config_from_dict", "select_methods", "COUPLINGS"]
 
 COUPLINGS = ("independent", "ot", "semidiscrete", "nsgf", "nsgf++")
+# Methods that --method can add by their coupling alone (an OT method needs its coupling size).
+_DEFAULT_NAMES = {"independent": "I-FM", "semidiscrete": "SD-FM", "nsgf": "NSGF", "nsgf++": "NSGF++"}
 
 
 @dataclasses.dataclass
@@ -133,9 +135,8 @@ def select_methods(config, names):
     for name in names:
         matches = [m for m in config.methods if m.name == name] or \
                   [m for m in config.methods if m.coupling == name]
-        if not matches and name in COUPLINGS and name not in ("ot",):
-            matches = [MethodConfig(name=name.upper().replace("INDEPENDENT", "I-FM").replace("SEMIDISCRETE", "SD-FM"),
-                                    coupling=name)]
+        if not matches and name in _DEFAULT_NAMES:
+            matches = [MethodConfig(name=_DEFAULT_NAMES[name], coupling=name)]
             config.methods.append(matches[0])
         if not matches:
             raise ValueError(f"argument 'method': {name!r} is neither a method of the config "

@@ -14,7 +14,6 @@ Layout of a run directory (``runs/<name>`` by default)::
 import dataclasses
 import json
 import os
-import re
 import time
 
 import torch
@@ -22,17 +21,16 @@ import yaml
 
 from ot_flow.flow import metrics, plots, tasks
 from ot_flow.flow.config import select_methods
-from ot_flow.flow.networks import make_velocity_model
 from ot_flow.flow.ode import odeint
 from ot_flow.flow.pair_streams import IndependentPairs, OTPairs, SemidiscretePairs
-from ot_flow.flow.trainer import FlowMatchingTrainer
+from ot_flow.flow.runs import build_model, clear_run, load_weights, method_dir, train_in
 from ot_flow.nsgf.plus_plus import NSGFPlusPlus
 from ot_flow.nsgf.training import NSGF_METHODS, load_nsgf, train_nsgf
 from ot_flow.samplers.ot_sampler import OTSampler
 from ot_flow.samplers.semidiscrete_sampler import SemidiscreteSampler
 
-__all__ = ["resolve_device", "build_task", "build_model", "build_pairs", "train_method", "evaluate",
-           "load_trained", "run_experiment", "format_table"]
+__all__ = ["resolve_device", "build_task", "build_pairs", "train_method", "evaluate", "load_trained",
+           "run_experiment", "format_table"]
 
 
 def resolve_device(name):
@@ -46,17 +44,6 @@ def resolve_device(name):
 
 def build_task(config):
     return tasks.make_task(config.task.name, **config.task.options)
-
-
-def build_model(config, task):
-    m = config.model
-    if m.kind == "mlp":
-        return make_velocity_model(task.shape, "mlp", width=m.width, depth=m.depth, time_frequencies=m.time_frequencies)
-    return make_velocity_model(task.shape, "unet", channels=m.channels)
-
-
-def method_dir(config, method):
-    return os.path.join(config.run_dir, re.sub(r"[^A-Za-z0-9_.=+-]+", "_", method.name))
 
 
 def build_pairs(config, method, task, device, progress=True, resume=True):
@@ -92,25 +79,14 @@ def train_method(config, method, task=None, *, progress=True, resume=False):
     task = task or build_task(config)
     device = resolve_device(config.train.device)
     out = method_dir(config, method)
-    if not resume and os.path.isdir(out):
-        for root, _, files in os.walk(out):
-            for stale in ("checkpoint.pt", "metrics.csv", "semidiscrete.pt"):
-                if stale in files:
-                    os.remove(os.path.join(root, stale))
+    if not resume:
+        clear_run(out)
     torch.manual_seed(config.train.seed)  # the networks' initial weights
     if method.coupling in NSGF_METHODS:
-        return train_nsgf(config, method, task, device, out, build_model, progress=progress, resume=resume)
+        return train_nsgf(config, method, task, device, out, progress=progress, resume=resume)
     model = build_model(config, task)
     pairs = build_pairs(config, method, task, device, progress=progress, resume=resume)
-    t = config.train
-    trainer = FlowMatchingTrainer(model, pairs, lr=t.lr, weight_decay=t.weight_decay, ema=t.ema,
-                                  grad_clip=t.grad_clip, warmup_steps=t.warmup_steps, schedule=t.schedule,
-                                  device=device, seed=t.seed, log_dir=out)
-    checkpoint = os.path.join(out, "checkpoint.pt")
-    if resume and os.path.exists(checkpoint):
-        trainer.load(checkpoint)
-    trainer.train(t.steps, progress=progress, log_every=t.log_every, checkpoint=checkpoint,
-                  checkpoint_every=t.checkpoint_every)
+    trainer = train_in(config, model, pairs, out, device, progress=progress, resume=resume)
     return trainer.velocity, pairs, [trainer]
 
 
@@ -119,14 +95,8 @@ def load_trained(config, method, task=None):
     task = task or build_task(config)
     device = resolve_device(config.train.device)
     if method.coupling in NSGF_METHODS:
-        return load_nsgf(config, method, task, device, method_dir(config, method), build_model)
-    path = os.path.join(method_dir(config, method), "checkpoint.pt")
-    if not os.path.exists(path):
-        raise ValueError(f"method {method.name!r} has no checkpoint at {path}: train it first")
-    state = torch.load(path, map_location=device, weights_only=False)
-    model = build_model(config, task).to(device)
-    model.load_state_dict(state["ema_model"] if state["ema_model"] is not None else state["model"])
-    return model
+        return load_nsgf(config, method, task, device, method_dir(config, method))
+    return load_weights(build_model(config, task), method_dir(config, method), device, f"method {method.name!r}")
 
 
 def evaluate(model, task, config, device=None, seed=0):
@@ -148,12 +118,12 @@ def evaluate(model, task, config, device=None, seed=0):
     two_phase = isinstance(model, NSGFPlusPlus)
     out = {"curvature": None, "reconstruction": None, "nll": None, "bpd": None}
     with torch.no_grad():
-        if not two_phase:
-            out["curvature"] = metrics.curvature(model, x0, steps=e.curvature_steps)
+        if two_phase:
+            mapped = model.sample(x0, e.curvature_steps)[0]
+        else:  # the curvature's Euler pass is also the flow map the reconstruction error needs
+            out["curvature"], mapped = metrics.curvature(model, x0, steps=e.curvature_steps, return_endpoint=True)
         if task.test_source is not None:
-            mapped = model.sample(x0, e.curvature_steps)[0] if two_phase else \
-                metrics.flow_map(model, x0, steps=e.curvature_steps)
-            out["reconstruction"] = float((mapped - task.true_map(x0)).flatten(1).square().sum(1).mean())
+            out["reconstruction"] = metrics.map_error(mapped, x0, task.true_map)
     if not two_phase:
         estimator = e.divergence if e.divergence != "auto" else ("exact" if task.dim <= 64 else "hutchinson")
         log_prob = metrics.log_likelihood(model, test[:e.nll_samples], metrics.standard_normal_log_prob,

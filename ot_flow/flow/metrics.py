@@ -16,7 +16,7 @@ from ot_flow.flow.ode import check_batch, check_callable, check_int, check_numbe
 from ot_flow.solvers import validation
 from ot_flow.solvers.divergence import sinkhorn_divergence
 
-__all__ = ["ESTIMATORS", "curvature", "flow_map", "reconstruction_error", "divergence", "log_likelihood",
+__all__ = ["ESTIMATORS", "curvature", "flow_map", "map_error", "reconstruction_error", "divergence", "log_likelihood",
            "bits_per_dim", "standard_normal_log_prob", "energy_distance", "sinkhorn_distance"]
 
 ESTIMATORS = ("exact", "hutchinson")
@@ -31,12 +31,13 @@ def _solve(velocity, x, method, steps, **options):
     return odeint(velocity, x, method=method, steps=None if method == "dopri5" else steps, **options)
 
 
-def curvature(velocity, x0, *, steps=50):
+def curvature(velocity, x0, *, steps=50, return_endpoint=False):
     """kappa = mean_i integral_0^1 |v(x_t, t) - (x_1 - x_0)|^2 dt along Euler paths of ``steps`` steps.
 
     Zero exactly when every path is a straight line travelled at constant speed. One pass with O(B d)
     memory: the square is expanded into running float64 sums of v and |v|^2, so x_1 need not be known
-    while the path is integrated.
+    while the path is integrated. ``return_endpoint``: (kappa, x_1), x_1 being the Euler flow map
+    that a reconstruction error on the same points would integrate again.
     """
     sum_v = sum_v2 = 0.0
 
@@ -53,7 +54,7 @@ def curvature(velocity, x0, *, steps=50):
         delta = _flat(x1).double() - _flat(x0).double()
         # Uniform grid: the dt-weighted time integral is the mean over the `steps` evaluations.
         kappa = (sum_v2 - 2 * (delta * sum_v).sum(dim=1)) / steps + delta.pow(2).sum(dim=1)
-    return kappa.mean().item()
+    return (kappa.mean().item(), x1) if return_endpoint else kappa.mean().item()
 
 
 def flow_map(velocity, x0, *, steps=50, method="euler", rtol=1e-5, atol=1e-5):
@@ -65,14 +66,18 @@ def flow_map(velocity, x0, *, steps=50, method="euler", rtol=1e-5, atol=1e-5):
         return _solve(velocity, x0, method, steps, rtol=rtol, atol=atol).x
 
 
-def reconstruction_error(velocity, x0, true_map, *, steps=50, method="euler", rtol=1e-5, atol=1e-5):
-    """mean_i |T_theta(x0_i) - true_map(x0_i)|^2, squared norm summed over all event coordinates."""
+def map_error(mapped, x0, true_map):
+    """mean_i |mapped_i - true_map(x0_i)|^2, squared norm summed over all event coordinates."""
     check_callable("true_map", true_map)
-    mapped = flow_map(velocity, x0, steps=steps, method=method, rtol=rtol, atol=atol)
     with torch.no_grad():
         target = true_map(x0)
     check_output("true_map", target, x0.shape)
     return _flat(mapped - target).pow(2).sum(dim=1).mean().item()
+
+
+def reconstruction_error(velocity, x0, true_map, *, steps=50, method="euler", rtol=1e-5, atol=1e-5):
+    """mean_i |T_theta(x0_i) - true_map(x0_i)|^2 with T_theta the flow map (see map_error)."""
+    return map_error(flow_map(velocity, x0, steps=steps, method=method, rtol=rtol, atol=atol), x0, true_map)
 
 
 def _probes(estimator, probes, x, generator):

@@ -51,12 +51,12 @@ class PairStream:
         return {"coupling": type(self).__name__}
 
 
-def _check_source(source):
+def check_source(source):
     if not callable(source):
         raise ValueError(f"argument 'source' must be a callable (n, generator) -> Tensor, got {type(source).__name__}")
 
 
-def _check_data(data):
+def check_data(data):
     if not isinstance(data, torch.Tensor) or data.dim() < 2 or data.shape[0] == 0 or not data.is_floating_point():
         raise ValueError("argument 'data' must be a non-empty floating-point tensor (N, ...) of points")
 
@@ -66,8 +66,8 @@ class IndependentPairs(PairStream):
 
     def __init__(self, source, data, batch_size, seed=0):
         super().__init__(batch_size, seed)
-        _check_source(source)
-        _check_data(data)
+        check_source(source)
+        check_data(data)
         self.source, self.data = source, data
 
     def batches(self, start_step=0):
@@ -98,8 +98,8 @@ class OTPairs(PairStream):
 
     def __init__(self, source, data, sampler, coupling_size, batch_size, seed=0):
         super().__init__(batch_size, seed)
-        _check_source(source)
-        _check_data(data)
+        check_source(source)
+        check_data(data)
         if not isinstance(sampler, OTSampler):
             raise ValueError(f"argument 'sampler' must be an ot_flow.OTSampler, got {type(sampler).__name__}")
         self.sampler = sampler
@@ -140,7 +140,7 @@ class SemidiscretePairs(PairStream):
 
     def __init__(self, source, sampler, batch_size, seed=0, setup_seconds=0.0):
         super().__init__(batch_size, seed)
-        _check_source(source)
+        check_source(source)
         if not isinstance(sampler, SemidiscreteSampler):
             raise ValueError(f"argument 'sampler' must be an ot_flow.SemidiscreteSampler, got {type(sampler).__name__}")
         if sampler.step == 0:

@@ -133,6 +133,8 @@ class FlowMatchingTrainer:
             self._stream = iter(self.pairs.batches(self.step) if isinstance(self.pairs, PairStream) else self.pairs)
         self.model.train()
         bar = tqdm(total=num_steps, initial=self.step, disable=not progress, desc="flow matching", leave=False)
+        # Losses stay on the device between log steps: reading one per step would make the host
+        # wait for every step on a GPU.
         loss_sum, loss_count = 0.0, 0
         try:
             while self.step < num_steps:
@@ -143,13 +145,20 @@ class FlowMatchingTrainer:
                 self.step += 1
                 loss_sum, loss_count = loss_sum + loss, loss_count + 1
                 bar.update(1)
-                if self.step % log_every == 0 or self.step == num_steps:
-                    self._log({"step": self.step, "loss": loss_sum / loss_count, "grad_norm": grad_norm,
+                log = self.step % log_every == 0 or self.step == num_steps
+                save = checkpoint and (self.step % checkpoint_every == 0 or self.step == num_steps)
+                if log or save:
+                    mean_loss = float(loss_sum) / loss_count
+                    if not math.isfinite(mean_loss):
+                        raise RuntimeError(f"{self.objective} loss is {mean_loss} by step {self.step}: "
+                                           "lower 'lr' or set 'grad_clip'")
+                if log:
+                    self._log({"step": self.step, "loss": mean_loss, "grad_norm": float(grad_norm),
                                "lr": self.optimizer.param_groups[0]["lr"], "seconds": self.train_seconds,
                                "pairing_seconds": getattr(self.pairs, "pairing_seconds", 0.0)})
-                    bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}")
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
                     loss_sum, loss_count = 0.0, 0
-                if checkpoint and (self.step % checkpoint_every == 0 or self.step == num_steps):
+                if save:
                     self.save(checkpoint)
         finally:
             bar.close()
@@ -158,10 +167,9 @@ class FlowMatchingTrainer:
         return self
 
     def _train_step(self, batch, num_steps):
+        """One optimiser step; returns the loss and the gradient norm as device tensors."""
         gen = torch.Generator().manual_seed(derived_seed(self.seed, self.step, 7))
         loss = OBJECTIVES[self.objective](self.model, batch, gen, self.device)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"{self.objective} loss is {loss.item()} at step {self.step}: lower 'lr' or set 'grad_clip'")
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr_at(self.step, num_steps)
         self.optimizer.zero_grad(set_to_none=True)
@@ -175,7 +183,8 @@ class FlowMatchingTrainer:
                     p_ema.lerp_(p, 1 - self.ema_decay)
                 for b_ema, b in zip(self.ema_model.buffers(), self.model.buffers()):
                     b_ema.copy_(b)
-        return loss.item(), float(norm)
+        return loss.detach().double(), norm
+
 
     def _lr_at(self, step, num_steps):
         scale = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0

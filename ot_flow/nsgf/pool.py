@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ot_flow.distributed import derived_seed
-from ot_flow.flow.pair_streams import PairStream
+from ot_flow.flow.pair_streams import PairStream, check_data, check_source
 from ot_flow.solvers.flow_velocity import sinkhorn_flow_velocity
 
 __all__ = ["SinkhornFlowPool"]
@@ -39,10 +39,8 @@ class SinkhornFlowPool(PairStream):
     def __init__(self, source, data, *, num_steps, step_size, particles=1024, trajectories=16, eps=0.1,
                  batch_size=256, seed=0, device=None, progress=False):
         super().__init__(batch_size, seed)
-        if not callable(source):
-            raise ValueError(f"argument 'source' must be a callable (n, generator) -> Tensor, got {type(source).__name__}")
-        if not isinstance(data, torch.Tensor) or data.dim() < 2 or data.shape[0] == 0 or not data.is_floating_point():
-            raise ValueError("argument 'data' must be a non-empty floating-point tensor (N, ...) of points")
+        check_source(source)
+        check_data(data)
         for name, value in (("num_steps", num_steps), ("particles", particles), ("trajectories", trajectories)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"argument '{name}' must be an int >= 1, got {value!r}")

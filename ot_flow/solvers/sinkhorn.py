@@ -70,6 +70,7 @@ class SinkhornResult:
     process_group: object = field(default=None, repr=False)  # the ranks that solved it together
     sharded: bool = False  # whether x, y, f, g (and a, b) are this rank's shards
     spread: float = 1.0  # std(C), the unit of relative eps: eps / spread is the relative eps used
+    _entropy: float = field(default=None, repr=False, compare=False)  # one streaming pass, computed once
 
     def _row_pass(self):
         """(row masses r_i, barycentres T_i = sum_j P_ij y_j / r_i) in one streaming pass."""
@@ -118,6 +119,11 @@ class SinkhornResult:
 
     def renormalized_entropy(self):
         """E(P) = 2 H(P) / (H(a) + H(b)) - 1 in [0, 1]: 0 a permutation, 1 the independent coupling."""
+        if self._entropy is None:
+            self._entropy = self._renormalized_entropy()
+        return self._entropy
+
+    def _renormalized_entropy(self):
         r, mean_y, fd, gd = self._row_pass()
         x = self.x.double()
         # log P_ij = log a_i + log b_j + (fd_i + gd_j + <x_i, y_j>) / eps, summed against P.
