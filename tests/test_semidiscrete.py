@@ -77,6 +77,25 @@ def test_chunked_data_gives_the_same_gradient():
                        semidiscrete.assign(x, y, g, b, 0.0, "sqeuclidean", chunk_size=300))
 
 
+@pytest.mark.parametrize("m,chunk_size", [(1, None), (2, None), (1300, None), (1300, 300), (1301, 7)])
+def test_gap_sums_match_a_dense_top_two(m, chunk_size):
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(500, 5, generator=gen, dtype=torch.float64)
+    y = torch.randn(m, 5, generator=gen, dtype=torch.float64)
+    g = torch.randn(m, generator=gen, dtype=torch.float64)
+    b = torch.full((m,), 1 / m, dtype=torch.float64)
+    scores = x @ y.T + semidiscrete.dot_bias(g, y, "sqeuclidean")
+    top = scores.topk(min(2, m), dim=1)
+    gap = top.values[:, 0] - top.values[:, 1] if m > 1 else torch.zeros(500, dtype=torch.float64)
+    best = top.indices[:, 0]
+    for eps in (0.0, 0.5):  # the soft estimate carries the hard gaps too
+        est = semidiscrete.semidual_gradient(x, y, g, b, eps, "sqeuclidean", chunk_size=chunk_size, gaps=True)
+        torch.testing.assert_close(est.gap_sums, torch.zeros(m, dtype=torch.float64).index_add_(0, best, gap))
+        assert torch.equal(est.gap_counts, torch.bincount(best, minlength=m).double())
+        plain = semidiscrete.semidual_gradient(x, y, g, b, eps, "sqeuclidean", chunk_size=chunk_size)
+        assert torch.equal(est.gradient, plain.gradient) and plain.gap_sums is None
+
+
 def test_soft_gradient_matches_dense_softmax():
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(300, 3, generator=gen, dtype=torch.float64)
@@ -85,7 +104,7 @@ def test_soft_gradient_matches_dense_softmax():
     b = torch.softmax(torch.randn(40, generator=gen, dtype=torch.float64), 0)
     cost = 0.5 * torch.cdist(x, y) ** 2
     logits = (g - cost) / 0.4 + b.log()
-    grad, value, _ = semidiscrete.semidual_gradient(x, y, g, b, 0.4, "sqeuclidean")
+    grad, value = semidiscrete.semidual_gradient(x, y, g, b, 0.4, "sqeuclidean")[:2]
     torch.testing.assert_close(grad, b - torch.softmax(logits, 1).mean(0))
     assert value == pytest.approx(float((-0.4 * torch.logsumexp(logits, 1)).mean() + g @ b))
 
@@ -96,6 +115,80 @@ def test_chi2_estimate_removes_the_sampling_noise():
     naive = float(((counts / 20_000 - b) ** 2 / b).sum())
     assert naive > 0.02  # about (N - 1) / total
     assert abs(semidiscrete.marginal_chi2(counts, b, 20_000)) < 3e-3
+
+
+@pytest.mark.parametrize("n,m,d", [(1, 1, 1), (97, 13, 3), (1000, 257, 7)])
+def test_nearest_matches_brute_force(n, m, d):
+    gen = torch.Generator().manual_seed(n + m)
+    points, centers = torch.randn(n, d, generator=gen), torch.randn(m, d, generator=gen)
+    points = points.T.contiguous().T  # column-major rows: non-contiguous input
+    expected = torch.cdist(points.double(), centers.double()).argmin(1)
+    got = semidiscrete.nearest(points, centers, chunk_size=50)
+    dist = lambda idx: (points.double() - centers.double()[idx]).norm(dim=1)  # noqa: E731
+    assert torch.allclose(dist(got), dist(expected), atol=1e-5)  # equal, or a float32 tie
+
+
+@pytest.mark.parametrize("cost", ["sqeuclidean", "dot"])
+def test_extended_potential_is_exact_to_second_order(cost):
+    # phi*(y) = |y - m|^2 / 2 (the translation by m): h = -phi*, grad phi*(c) = c - m, so the
+    # first-order extension misses h_j by exactly |y_j - c_k|^2 / 2.
+    gen = torch.Generator().manual_seed(5)
+    m = torch.randn(3, generator=gen, dtype=torch.float64)
+    centers = torch.randn(20, 3, generator=gen, dtype=torch.float64)
+    points = torch.randn(200, 3, generator=gen, dtype=torch.float64)
+    index = semidiscrete.nearest(points, centers)
+    conjugate = lambda y: 0.5 * ((y - m) ** 2).sum(1)  # noqa: E731
+    g_centers = -conjugate(centers) + ot_flow.solvers.costs.cost_offsets(centers, cost)
+    g = semidiscrete.extend_potential(points, centers, g_centers, centers - m, index, cost)
+    h = g - ot_flow.solvers.costs.cost_offsets(points, cost)
+    miss = 0.5 * ((points - centers[index]) ** 2).sum(1)
+    assert torch.allclose(h, -conjugate(points) + miss, atol=1e-12)
+    # A point that is its own centre keeps the centre's potential.
+    same = semidiscrete.extend_potential(centers, centers, g_centers, centers - m, torch.arange(20), cost)
+    assert torch.allclose(same, g_centers, atol=1e-12)
+
+
+def test_cell_means_of_two_half_planes():
+    # Points (+-1, 0) with g = 0 split N(0, I) at x_1 = 0: cell means (+-sqrt(2 / pi), 0).
+    sampler = ot_flow.SemidiscreteSampler(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+    means = sampler.cell_means(200_000)
+    expected = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64) * (2 / np.pi) ** 0.5
+    assert torch.allclose(means, expected, atol=0.01)
+
+
+def test_multiscale_start_beats_a_plain_fit_on_the_same_steps():
+    # 3000 points in d = 2 far from the noise: per-point steps spread the required long-range
+    # shift slowly, the coarse levels (375, then 47 points) carry it.
+    data = torch.randn(3000, 2, generator=torch.Generator().manual_seed(2)) * 0.7 + 2
+    fit = dict(num_steps=300, batch_size=256, progress=False, log_every=300)
+    plain = ot_flow.SemidiscreteSampler(data, seed=1).fit(**fit, warm_start=None)
+    multi = ot_flow.SemidiscreteSampler(data, seed=1).fit(**fit)
+    assert multi.warm_started
+    chi2_plain, chi2_multi = plain.marginal_error(200_000), multi.marginal_error(200_000)
+    assert chi2_multi < chi2_plain / 3, (chi2_multi, chi2_plain)
+
+
+def test_chi2_of_zero_weight_points():
+    b = torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64)
+    assert semidiscrete.marginal_chi2(torch.tensor([500.0, 500.0, 0.0]), b, 1000) == pytest.approx(0, abs=2e-3)
+    assert semidiscrete.marginal_chi2(torch.tensor([500.0, 499.0, 1.0]), b, 1000) == float("inf")
+
+
+def test_multiscale_start_keeps_every_point_weighted(monkeypatch):
+    # Duplicated points: a coarse point that ties with another one is still its own nearest,
+    # so every coarse point carries at least its own weight.
+    data = torch.randn(500, 2, generator=torch.Generator().manual_seed(4)).repeat(4, 1)
+    lightest = []
+    fit = ot_flow.SemidiscreteSampler.fit
+
+    def recording_fit(self, *args, **kwargs):
+        lightest.append((self.total, float(self.weights.min())))
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(ot_flow.SemidiscreteSampler, "fit", recording_fit)
+    sampler = ot_flow.SemidiscreteSampler(data, seed=0).fit(1, batch_size=256, progress=False)
+    assert sampler.warm_started and [n for n, _ in lightest] == [2000, 250]
+    assert all(w >= 1 / 2000 - 1e-15 for _, w in lightest)
 
 
 def test_interrupted_fit_resumes_to_the_same_potential(tmp_path):
@@ -113,11 +206,22 @@ def test_interrupted_fit_resumes_to_the_same_potential(tmp_path):
 
         return source
 
+    # 300 points > one batch: the fit starts with 60 steps on a coarse subsample of 38 points.
     fit = dict(num_steps=60, batch_size=256, progress=False, log_every=10)
     whole = ot_flow.SemidiscreteSampler(data, seed=3).fit(**fit)
+    coarse_calls = 60 + 2  # its steps, its measurements of std(C) and of the score gap (Adam's unit)
+
+    # Interrupted inside the coarse fit: nothing of the full fit has happened, and fitting again
+    # starts the warm start over to the same result.
+    early = ot_flow.SemidiscreteSampler(data, seed=3, source=interrupting_source(26))
+    with pytest.raises(KeyboardInterrupt):
+        early.fit(**fit)
+    assert early.step == 0 and not early.warm_started and not early.g.any()
+    early.fit(**fit)
+    assert torch.equal(early.potential, whole.potential)
 
     # A lost job: the fit stops at step 25, a new process loads the step-20 checkpoint.
-    crashed = ot_flow.SemidiscreteSampler(data, seed=3, source=interrupting_source(26))
+    crashed = ot_flow.SemidiscreteSampler(data, seed=3, source=interrupting_source(coarse_calls + 26))
     with pytest.raises(KeyboardInterrupt):
         crashed.fit(**fit, checkpoint=tmp_path / "fit.pt", checkpoint_every=10)
     assert crashed.step == 25

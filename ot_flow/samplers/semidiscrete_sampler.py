@@ -4,8 +4,15 @@ data by a MIPS (semidiscrete flow matching, seeds 001/003).
 Fitting is stochastic ascent of the semi-dual (solvers/semidiscrete.py): each step draws a batch
 of noise, assigns it to the data with the current potential g, and moves g along
 b - (assignment frequencies) with Adam or SGD, under a learning-rate schedule, optionally with
-eps decaying from soft to hard assignments; an exponential moving average of g is what the
-sampler then uses. Progress shows the chi-square marginal error of the recent assignments.
+eps decaying from soft to hard assignments; an average of the iterates is what the sampler then
+uses. Progress shows the chi-square marginal error of the averaged potential on fresh noise.
+
+Large data sets start coarse to fine: the semi-dual's Hessian is a graph Laplacian over
+neighbouring cells, so per-point steps move mass across the data set only slowly (the slowest
+mode relaxes in ~N^(2/d) steps), while a potential fitted on a subsample N/8 carries exactly
+that long-range transport. The subsample is fitted first (recursively, down to about one batch
+of points), its potential is extended to every point to first order (extend_potential), and
+the full fit only corrects locally.
 
 Everything needed to continue a fit sits in ``state_dict()``: the potential, its average, the
 optimiser's moments, the step and the noise generator's state. A fit interrupted (Ctrl-C, a
@@ -20,22 +27,40 @@ from tqdm.auto import tqdm
 
 from ot_flow import distributed
 from ot_flow.solvers import costs, semidiscrete, validation
+from ot_flow.solvers.semidual_newton import DiagonalNewton
 
 __all__ = ["SemidiscreteSampler"]
 
 _SCHEDULES = ("constant", "cosine", "linear", "inverse_sqrt")
-_OPTIMIZERS = ("adam", "sgd")
-# The default step is the smaller of two scales: a fraction of std(C) (what moves mass across the
+_OPTIMIZERS = ("auto", "newton", "adam", "sgd")
+# "auto" takes Adam while the points (per class) are no more than a batch, i.e. on the coarsest
+# level of a multiscale fit, which has the long-range transport to do: from g = 0 most points
+# get no noise at all, and Adam's sign-like steps cross many gaps per step where a Newton step,
+# with no gap to read for an empty cell, crawls (60 points 4 sigma off the noise: chi2 0.24
+# after 400 steps against Adam's 3e-5). On the finer levels only local corrections remain and
+# the per-point Newton scale wins.
+# The default "newton" step: this fraction of a diagonal Newton step (semidual_newton.py). In
+# d = 2, N = 10^4 (chi2 on fresh noise after 1,000 steps of 4096 from the multiscale start):
+# 0.3 gave 6.5e-3; 1.0 stalls at 0.29 (full steps on one batch's noisy frequencies overshoot).
+_DEFAULT_NEWTON_STEP = 0.3
+# Adam and SGD: the default step is the smaller of two scales: a fraction of std(C) (what moves mass across the
 # data set when the points are few or far apart) and a few mean score gaps (semidiscrete.score_gap,
 # the change of g_j that hands a typical noise point to its neighbour). The gap shrinks as the data
 # get denser, where std(C) does not move: N = 1e4 points in d = 2 have a gap of 1e-3 std(C); a
 # 2,000-step fit there ended at chi2 1.1 with a step of 0.1 std(C) and at 0.23 with one gap.
 _DEFAULT_LR_SPREAD = {"adam": 0.1, "sgd": 1.0}  # times std(C)
 _DEFAULT_LR_GAP = {"adam": 3.0, "sgd": 1.0}     # times the mean score gap
-# Samples per target point that the moving average of g spans by default: the assignment
-# counts behind one step are a few per point at most, and the average must pool enough of them
-# for each point's share to be known to ~10% (chi2 ~ 1e-2).
-_EMA_SAMPLES_PER_POINT = 100
+# The default average of the iterates (ema="auto") weighs step t by (1 + p) / (t + p)
+# (polynomial-decay averaging, Shamir & Zhang 2013): a window growing with the fit, which a fixed
+# EMA is not. With batch B the mean of T steps' counts gives each point's share to a chi-square
+# error of about N / (B T), so a window fixed at 100 samples per point floors at ~1e-2.
+_AVERAGING_POWER = 3
+# Coarse to fine: each level fits a random 1/_COARSENING of the points (per class), for
+# 1/_COARSENING of the steps (at least _MIN_COARSE_STEPS, at most all), down to a level no larger
+# than the batch.
+_COARSENING = 8
+_MIN_COARSE_STEPS = 200
+_WARM_STARTS = ("multiscale", None)
 
 
 class SemidiscreteSampler:
@@ -112,6 +137,7 @@ class SemidiscreteSampler:
         self.spread = None  # std(C) between noise and data, set by the first fit
         self.gap = None  # mean best - second-best score at the start of the first fit (lr unit)
         self.history = []
+        self.warm_started = False  # the coarse-to-fine start has run (or was not wanted)
         self._generator = torch.Generator().manual_seed(int(seed))
         self._optimizer_state = None
         self._optimizer_name = None
@@ -127,9 +153,9 @@ class SemidiscreteSampler:
 
     # --- fitting -------------------------------------------------------------------------
 
-    def fit(self, num_steps, batch_size=1024, lr=None, *, optimizer="adam", schedule="cosine", ema="auto",
-            eps_start=None, anneal_fraction=0.5, target_chi2=None, progress=True, log_every=100, eval_samples=None,
-            checkpoint=None, checkpoint_every=None):
+    def fit(self, num_steps, batch_size=1024, lr=None, *, optimizer="auto", schedule="cosine", ema="auto",
+            eps_start=None, anneal_fraction=0.5, target_chi2=None, warm_start="multiscale", progress=True,
+            log_every=100, eval_samples=None, checkpoint=None, checkpoint_every=None):
         """Runs stochastic ascent until ``self.step == num_steps`` (a resumed fit continues), or
         until the chi-square marginal error measured every ``log_every`` steps is at most
         ``target_chi2`` (hard, unconditional fits).
@@ -137,18 +163,29 @@ class SemidiscreteSampler:
         Args:
             num_steps: total steps of the fit (the schedule spans them).
             batch_size: noise samples per step (per class when conditional).
-            lr: step size, in units of the mean score gap when ``relative_eps`` (the change of
-                g_j that hands a typical noise point to its neighbour), decayed by ``schedule``.
-                Default: the smaller of 0.1 std(C) and 3 gaps for Adam; for SGD, which steps
-                along the relative marginal error (b_j - p_j) / b_j, of 1 std(C) and 1 gap.
-            optimizer: "adam" or "sgd".
+            lr: step size, decayed by ``schedule``. For "newton" the fraction of a Newton step
+                (default 0.3). For Adam and SGD, in units of the mean score gap when
+                ``relative_eps`` (the change of g_j that hands a typical noise point to its
+                neighbour); default the smaller of 0.1 std(C) and 3 gaps for Adam; for SGD,
+                which steps along the relative marginal error (b_j - p_j) / b_j, of 1 std(C)
+                and 1 gap.
+            optimizer: "newton": each point's step is its marginal error over its weight
+                times its own mean score gap, a diagonal Newton step whose Hessian is read off
+                a top-2 search (solvers/semidual_newton.py); "adam"; "sgd"; or "auto"
+                (default): Adam when the points (per class) are at most one batch, as on the
+                coarsest level of a multiscale fit, Newton above.
             schedule: "cosine", "linear", "inverse_sqrt" or "constant" decay of lr.
-            ema: decay of the moving average of g (0 keeps none); "auto" spans about 100
-                noise samples per data point, 1 - batch_size / (100 N), within [0.99, 0.9999].
+            ema: how the iterates of g are averaged: "auto" (default) weighs step t by
+                4 / (t + 3), a window that grows with the fit; a number in (0, 1) is the decay
+                of a fixed exponential moving average; 0 keeps no average.
             eps_start: when given, assignments start soft at this eps (relative like ``eps``)
                 and decay geometrically to the final eps over ``anneal_fraction`` of the steps;
                 with a final eps of 0, they turn hard after that.
             target_chi2: stop early at this marginal error (None: run all the steps).
+            warm_start: "multiscale" (default): a fresh fit of more points than ``batch_size``
+                (per class) first fits a random eighth of them with num_steps / 8 steps and the
+                same settings (recursively) and extends that potential to every point; None
+                starts from g = 0 (or from a potential set before the first fit).
             progress: show a tqdm bar with the chi-square marginal error.
             log_every: steps per entry of ``history`` and per chi-square measurement, which
                 assigns ``eval_samples`` fresh noise points (default 16 N, within
@@ -156,25 +193,34 @@ class SemidiscreteSampler:
             checkpoint, checkpoint_every: save ``state_dict()`` to this path every so many steps.
         """
         self._check_fit_args(num_steps, batch_size, lr, optimizer, schedule, ema, eps_start, anneal_fraction,
-                             target_chi2, log_every, checkpoint, checkpoint_every)
+                             target_chi2, warm_start, log_every, checkpoint, checkpoint_every)
+        settings = dict(lr=lr, optimizer=optimizer, schedule=schedule, ema=ema, eps_start=eps_start,
+                        anneal_fraction=anneal_fraction, target_chi2=target_chi2, log_every=log_every)
+        if optimizer == "auto":
+            optimizer = "adam" if self._largest_class() <= batch_size else "newton"
+        if self._optimizer_name is not None and optimizer != self._optimizer_name:
+            raise ValueError(f"argument 'optimizer': this fit was started with {self._optimizer_name!r}")
+        if warm_start and self.step == 0 and not self.warm_started:
+            self._multiscale_start(num_steps, batch_size, progress, settings)
         if self.spread is None:
             self.spread = self._measure_spread()
-        if self.gap is None:
-            self.gap = self._measure_gap()
         unit = self.spread if self.relative_eps else 1.0
-        if lr is None:
-            base_lr = min(_DEFAULT_LR_SPREAD[optimizer] * self.spread, _DEFAULT_LR_GAP[optimizer] * self.gap)
+        if optimizer == "newton":
+            base_lr = _DEFAULT_NEWTON_STEP if lr is None else lr
         else:
-            base_lr = lr * (self.gap if self.relative_eps else 1.0)
-        if ema == "auto":
-            ema = min(0.9999, max(0.99, 1.0 - batch_size / (_EMA_SAMPLES_PER_POINT * self.total)))
+            if self.gap is None:
+                self.gap = self._measure_gap()
+            if lr is None:
+                base_lr = min(_DEFAULT_LR_SPREAD[optimizer] * self.spread, _DEFAULT_LR_GAP[optimizer] * self.gap)
+            else:
+                base_lr = lr * (self.gap if self.relative_eps else 1.0)
         g = self.g.to(self.device).requires_grad_(False)
         opt = self._make_optimizer(optimizer, g, base_lr)
         ema_g = None if not ema else (self.g_ema.to(self.device) if self.g_ema is not None else g.detach().clone())
         b = self.weights.to(self.device)
         if eval_samples is None:
             eval_samples = min(1_000_000, max(65_536, 16 * self.total))
-        bar = tqdm(total=num_steps, initial=self.step, disable=not progress, desc="semidiscrete fit", leave=False)
+        bar = tqdm(total=num_steps, initial=self.step, disable=not progress, desc=f"semidiscrete fit, N={self.total}", leave=False)
         try:
             while self.step < num_steps:
                 generator_state = self._generator.get_state()
@@ -183,13 +229,18 @@ class SemidiscreteSampler:
                     eps = self._eps_at(frac, eps_start, anneal_fraction) * unit
                     for group in opt.param_groups:
                         group["lr"] = base_lr * _decay(schedule, frac, self.step)
-                    grad, value, counts = self._gradient(g, b, eps, batch_size)
-                    if optimizer == "sgd":
-                        grad = grad / b.clamp_min(1e-300)
-                    g.grad = -grad  # the optimisers minimise; the semi-dual is maximised
-                    opt.step()
+                    estimate = self._gradient(g, b, eps, batch_size, gaps=optimizer == "newton")
+                    value = estimate.value
+                    if optimizer == "newton":
+                        opt.step(estimate, b, eps)
+                    else:
+                        grad = estimate.gradient / b.clamp_min(1e-300) if optimizer == "sgd" else estimate.gradient
+                        g.grad = -grad  # the optimisers minimise; the semi-dual is maximised
+                        opt.step()
                     if ema_g is not None:
-                        ema_g.mul_(ema).add_(g.detach(), alpha=1 - ema)
+                        weight = (1 + _AVERAGING_POWER) / (self.step + 1 + _AVERAGING_POWER) if ema == "auto" \
+                            else 1 - ema
+                        ema_g.mul_(1 - weight).add_(g.detach(), alpha=weight)
                 except BaseException:
                     self._generator.set_state(generator_state)  # the step did not happen
                     raise
@@ -217,7 +268,7 @@ class SemidiscreteSampler:
         return self
 
     def _check_fit_args(self, num_steps, batch_size, lr, optimizer, schedule, ema, eps_start, anneal_fraction,
-                        target_chi2, log_every, checkpoint, checkpoint_every):
+                        target_chi2, warm_start, log_every, checkpoint, checkpoint_every):
         for name, value in (("num_steps", num_steps), ("batch_size", batch_size), ("log_every", log_every)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"argument '{name}' must be an int >= 1, got {value!r}")
@@ -225,8 +276,6 @@ class SemidiscreteSampler:
             validation.positive("lr", lr)
         if optimizer not in _OPTIMIZERS:
             raise ValueError(f"argument 'optimizer' must be one of {_OPTIMIZERS}, got {optimizer!r}")
-        if self._optimizer_name is not None and optimizer != self._optimizer_name:
-            raise ValueError(f"argument 'optimizer': this fit was started with {self._optimizer_name!r}")
         if schedule not in _SCHEDULES:
             raise ValueError(f"argument 'schedule' must be one of {_SCHEDULES}, got {schedule!r}")
         if ema != "auto" and (not isinstance(ema, (int, float)) or not 0 <= ema < 1):
@@ -235,17 +284,69 @@ class SemidiscreteSampler:
             validation.positive("eps_start", eps_start)
         if target_chi2 is not None:
             validation.positive("target_chi2", target_chi2)
+        if warm_start not in _WARM_STARTS:
+            raise ValueError(f"argument 'warm_start' must be one of {_WARM_STARTS}, got {warm_start!r}")
         if not 0 < anneal_fraction <= 1:
             raise ValueError(f"argument 'anneal_fraction' must lie in (0, 1], got {anneal_fraction!r}")
         if checkpoint and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
             raise ValueError("argument 'checkpoint_every' must be an int >= 1 when 'checkpoint' is given")
 
     def _make_optimizer(self, name, g, lr):
-        opt = torch.optim.Adam([g], lr=lr, betas=(0.9, 0.999)) if name == "adam" else torch.optim.SGD([g], lr=lr)
+        if name == "newton":
+            opt = DiagonalNewton(g, lr, self.group)
+        elif name == "adam":
+            opt = torch.optim.Adam([g], lr=lr, betas=(0.9, 0.999))
+        else:
+            opt = torch.optim.SGD([g], lr=lr)
         if self._optimizer_state is not None:
             opt.load_state_dict(self._optimizer_state)
         self._optimizer_name = name
         return opt
+
+    def _multiscale_start(self, num_steps, batch_size, progress, settings):
+        """Fits a random 1/_COARSENING of the points (a nested sampler, which does the same in
+        turn) and extends its potential to all points. Nothing is drawn from the fit's own
+        generator, so a fit that is interrupted here and restarted ends where an uninterrupted
+        one does."""
+        sizes = [self._flat.shape[0] if index is None else len(index) for _, index in self.groups]
+        if self._largest_class() <= batch_size:
+            self.warm_started = True
+            return
+        gen = torch.Generator().manual_seed(distributed.derived_seed(self.seed, 1 + self.total, 8))
+        centers, nearest = [], torch.empty(self._flat.shape[0], dtype=torch.long)
+        for (_, index), size in zip(self.groups, sizes):
+            rows = torch.arange(size) if index is None else index
+            keep = rows[torch.randperm(size, generator=gen)[:math.ceil(size / _COARSENING)]].sort().values
+            nearest[rows] = keep[semidiscrete.nearest(self._flat[rows], self._flat[keep].to(self.device),
+                                                      chunk_size=self.chunk_size)]
+            nearest[keep] = keep  # a centre is its own (float32 scores can tie close neighbours)
+            centers.append(keep)
+        centers = torch.cat(centers).sort().values
+        # Each point's weight goes to its centre, so the coarse measure is the data's, moved
+        # by at most the distance to the nearest centre (and each class keeps its mass).
+        slot = torch.searchsorted(centers, nearest)
+        weights = torch.zeros(len(centers), dtype=torch.float64).index_add_(0, slot, self.weights)
+        labels = None
+        if self.conditional:
+            labels = torch.empty(self._flat.shape[0], dtype=torch.long)
+            for label, index in self.groups:
+                labels[index] = label
+            labels, weights = labels[centers], weights / len(self.groups)
+        coarse = SemidiscreteSampler(
+            self._flat[centers.to(self._flat.device)], self.eps, self.cost,
+            weights=weights.to(self._flat.device), labels=labels, relative_eps=self.relative_eps,
+            source=self.source, device=self.device, chunk_size=self.chunk_size,
+            seed=distributed.derived_seed(self.seed, len(centers)), process_group=self.group)
+        steps = min(num_steps, max(_MIN_COARSE_STEPS, num_steps // _COARSENING))
+        coarse.fit(steps, batch_size, progress=progress, **settings)
+        barycenters = coarse.cell_means(min(1_000_000, max(65_536, 16 * coarse.total)))
+        g = semidiscrete.extend_potential(self._flat, coarse._flat, coarse.potential, barycenters,
+                                          slot, self.cost)
+        self.g, self.warm_started = g.cpu(), True
+
+    def _largest_class(self):
+        """Points of the largest class (all points, over all ranks, when unconditional)."""
+        return self.total if not self.conditional else max(len(index) for _, index in self.groups)
 
     def _eps_at(self, frac, eps_start, anneal_fraction):
         if eps_start is None:
@@ -273,24 +374,24 @@ class SemidiscreteSampler:
         """The searched points of one class (``index`` its global indices), or all (None)."""
         return self._search if index is None else self._search[index.to(self._search.device)]
 
-    def _gradient(self, g, b, eps, batch_size):
-        grad = torch.zeros_like(b)
-        counts = torch.zeros_like(b)
+    def _gradient(self, g, b, eps, batch_size, gaps=False):
+        """The semidual estimate on a fresh noise batch (one per class, joined)."""
+        if not self.conditional:
+            return semidiscrete.semidual_gradient(self._noise(batch_size), self._search, g, b, eps, self.cost,
+                                                  chunk_size=self.chunk_size, process_group=self.group,
+                                                  offset=self.offset, gaps=gaps)
+        parts = [torch.zeros_like(b) for _ in range(4 if gaps else 2)]
         value = 0.0
         for _, index in self.groups:
-            index_d = index.to(self.device) if index is not None else None
-            y = self._points(index)
-            g_c = g if index_d is None else g[index_d]
-            b_c = b if index_d is None else b[index_d]
-            grad_c, value_c, counts_c = semidiscrete.semidual_gradient(
-                self._noise(batch_size), y, g_c, b_c, eps, self.cost, chunk_size=self.chunk_size,
-                process_group=self.group, offset=self.offset)
-            if index_d is None:
-                grad, counts = grad_c, counts_c
-            else:
-                grad[index_d], counts[index_d] = grad_c, counts_c
-            value += value_c / len(self.groups)
-        return grad, value, counts
+            index_d = index.to(self.device)
+            estimate = semidiscrete.semidual_gradient(self._noise(batch_size), self._points(index), g[index_d],
+                                                      b[index_d], eps, self.cost, chunk_size=self.chunk_size,
+                                                      gaps=gaps)
+            for part, piece in zip(parts, estimate[:1] + estimate[2:]):
+                part[index_d] = piece
+            value += estimate.value / len(self.groups)
+        gradient, counts, *gap_parts = parts
+        return semidiscrete.SemidualEstimate(gradient, value, counts, *(gap_parts or [None, None]))
 
     def _measure_spread(self):
         x = self._noise(min(4096, max(256, self.total)))
@@ -317,25 +418,46 @@ class SemidiscreteSampler:
         # One data point per class has no runner-up: fall back on the cost spread.
         return gap if gap > 0 else self.spread
 
+    def _hard_assignments(self, num_samples, batch_size, seed):
+        """Yields (noise, this process's local index of its point, mask of the rows that went
+        to this process's points) for ``num_samples`` fresh noise points per class, drawn with
+        ``seed`` and assigned with the current potential by hard assignment."""
+        gen = torch.Generator().manual_seed(distributed.derived_seed(self.seed, seed, 12345))
+        g = self.potential
+        for _, index in self.groups:
+            done = 0
+            while done < num_samples:
+                n = min(batch_size, num_samples - done)
+                x = self._noise(n, gen)
+                idx = semidiscrete.assign(x, self._points(index), g if index is None else g[index],
+                                          self.weights if index is None else self.weights[index], 0.0, self.cost, chunk_size=self.chunk_size,
+                                          process_group=self.group, offset=self.offset).cpu()
+                local = idx - self.offset if index is None else index[idx]
+                mine = (local >= 0) & (local < self._flat.shape[0])
+                yield x, local[mine], mine
+                done += n
+
     def marginal_error(self, num_samples=100_000, batch_size=8192, seed=0):
         """Chi-square marginal error of the hard assignments of ``num_samples`` fresh noise
         points drawn with ``seed`` (unconditional only; the multinomial noise removed, see
         marginal_chi2)."""
         if self.conditional:
             raise ValueError("marginal_error: a conditional sampler has one marginal per class")
-        gen = torch.Generator().manual_seed(distributed.derived_seed(self.seed, seed, 12345))
         counts = torch.zeros(self._flat.shape[0], dtype=torch.float64)
-        done = 0
-        while done < num_samples:
-            n = min(batch_size, num_samples - done)
-            x = self._noise(n, gen)
-            idx = semidiscrete.assign(x, self._search, self.potential, self.weights, 0.0, self.cost,
-                                      chunk_size=self.chunk_size, process_group=self.group, offset=self.offset)
-            idx = idx.cpu() - self.offset
-            idx = idx[(idx >= 0) & (idx < counts.shape[0])]
-            counts += torch.bincount(idx, minlength=counts.shape[0]).double()
-            done += n
+        for _, local, _ in self._hard_assignments(num_samples, batch_size, seed):
+            counts += torch.bincount(local, minlength=counts.shape[0]).double()
         return semidiscrete.marginal_chi2(counts, self.weights, num_samples, self.group)
+
+    def cell_means(self, num_samples=100_000, batch_size=8192, seed=1):
+        """(N, D) float64: the mean of the noise that the current potential assigns to each of
+        this process's points (per class: ``num_samples`` draws each), estimated from fresh
+        noise; 0 for a point that received none."""
+        sums = torch.zeros(self._flat.shape, dtype=torch.float64)
+        counts = torch.zeros(self._flat.shape[0], dtype=torch.float64)
+        for x, local, mine in self._hard_assignments(num_samples, batch_size, seed):
+            sums.index_add_(0, local, x.cpu().double()[mine])
+            counts += torch.bincount(local, minlength=counts.shape[0]).double()
+        return sums / counts.clamp_min(1)[:, None]
 
     # --- pairing -------------------------------------------------------------------------
 
@@ -384,7 +506,7 @@ class SemidiscreteSampler:
         return {"g": self.g.clone(), "g_ema": None if self.g_ema is None else self.g_ema.clone(),
                 "step": self.step, "spread": self.spread, "gap": self.gap, "generator": self._generator.get_state(),
                 "optimizer": copy.deepcopy(self._optimizer_state), "optimizer_name": self._optimizer_name,
-                "history": list(self.history), "eps": self.eps, "cost": self.cost, "num_points": self.g.shape[0]}
+                "history": list(self.history), "warm_started": self.warm_started, "eps": self.eps, "cost": self.cost, "num_points": self.g.shape[0]}
 
     def load_state_dict(self, state):
         if state.get("num_points") != self.g.shape[0] or state.get("cost") != self.cost:
@@ -397,6 +519,7 @@ class SemidiscreteSampler:
         self._optimizer_state = copy.deepcopy(state["optimizer"])
         self._optimizer_name = state["optimizer_name"]
         self.history = list(state["history"])
+        self.warm_started = state.get("warm_started", self.step > 0)
 
 
 def _decay(schedule, frac, step):

@@ -18,6 +18,7 @@ index on ties; log-sum-exps add).
 """
 
 import math
+from typing import NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -26,7 +27,8 @@ from ot_flow import distributed
 from ot_flow.ops import gumbel_argmax, lse, mips, seed_from
 from ot_flow.solvers import costs
 
-__all__ = ["assign", "semidual_gradient", "marginal_chi2", "dot_bias", "score_gap"]
+__all__ = ["assign", "semidual_gradient", "SemidualEstimate", "marginal_chi2", "dot_bias", "score_gap", "nearest",
+           "extend_potential"]
 
 
 def dot_bias(g, y, cost):
@@ -63,6 +65,36 @@ def _best(x, y, g, b, eps, cost, chunk_size, seed, offset):
         best_value = torch.where(better, values, best_value)
         best_index = torch.where(better, index + offset + c0, best_index)
     return best_value, best_index
+
+
+def _merge_top_two(top, index, other_top, other_index):
+    """Top two scores (n, 2) and the best's index over two sets of targets, `other` holding the
+    higher indices: it takes the lead only with a strictly larger score (ties to the lower index)."""
+    lead = other_top[:, 0] > top[:, 0]
+    second = torch.where(lead, torch.maximum(top[:, 0], other_top[:, 1]), torch.maximum(top[:, 1], other_top[:, 0]))
+    first = torch.where(lead, other_top[:, 0], top[:, 0])
+    return torch.stack([first, second], 1), torch.where(lead, other_index, index)
+
+
+def _top_two(x, y, g, cost, chunk_size, process_group, offset):
+    """(top two scores <x_i, y_j> + h_j per row, float64 (n, 2), global index of the best) over
+    every chunk and rank; a row with a single target has -inf as its second score."""
+    top = torch.full((x.shape[0], 2), -math.inf, dtype=torch.float64, device=x.device)
+    index = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+    for c0, c1 in _chunks(y.shape[0], chunk_size):
+        y_c = _on(y[c0:c1], x.device, x.dtype)
+        values, idx = mips(x, y_c, dot_bias(_on(g[c0:c1], x.device), y_c, cost), min(2, c1 - c0))
+        values = torch.nn.functional.pad(values.double(), (0, 2 - values.shape[1]), value=-math.inf)
+        top, index = _merge_top_two(top, index, values, idx[:, 0] + offset + c0)
+    if process_group is not None:
+        world = dist.get_world_size(process_group)
+        tops, indices = [torch.empty_like(top) for _ in range(world)], [torch.empty_like(index) for _ in range(world)]
+        dist.all_gather(tops, top, group=process_group)
+        dist.all_gather(indices, index, group=process_group)
+        top, index = tops[0], indices[0]
+        for other_top, other_index in zip(tops[1:], indices[1:]):  # rank order is global index order
+            top, index = _merge_top_two(top, index, other_top, other_index)
+    return top, index
 
 
 def _merge_ranks(value, index, process_group):
@@ -107,36 +139,50 @@ def score_gap(x, y, g, cost, *, chunk_size=None, process_group=None):
     denser (more points, lower dimension), where std(C) does not move. A single target has no
     second best: the gap is then taken as 0.
     """
-    top = torch.full((x.shape[0], 2), -math.inf, dtype=torch.float64, device=x.device)
-    for c0, c1 in _chunks(y.shape[0], chunk_size):
-        y_c = _on(y[c0:c1], x.device, x.dtype)
-        values, _ = mips(x, y_c, dot_bias(_on(g[c0:c1], x.device), y_c, cost), min(2, c1 - c0))
-        top = torch.cat([top, values.double()], dim=1).topk(2, dim=1).values
-    if process_group is not None:
-        parts = [torch.empty_like(top) for _ in range(dist.get_world_size(process_group))]
-        dist.all_gather(parts, top, group=process_group)
-        top = torch.cat(parts, dim=1).topk(2, dim=1).values
+    top, _ = _top_two(x, y, g, cost, chunk_size, process_group, 0)
     gap = top[:, 0] - top[:, 1]
     return float(gap[torch.isfinite(gap)].mean()) if torch.isfinite(gap).any() else 0.0
 
 
-def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=None, offset=0):
-    """(gradient, value, counts) of the semi-dual F at g, estimated on the source batch x.
+class SemidualEstimate(NamedTuple):
+    """A batch estimate of the semi-dual at g (float64 tensors on g's device)."""
+    gradient: torch.Tensor  # (N,) b - assignment frequencies (eps = 0) or b - mean row softmax
+    value: float  # F(g) on the batch
+    counts: torch.Tensor  # (N,) rows assigned to each j (eps = 0) or summed softmax weights
+    gap_sums: Optional[torch.Tensor]  # (N,) sum of the score gaps of the rows whose best is j
+    gap_counts: Optional[torch.Tensor]  # (N,) how many rows have j as their best
 
-    gradient (N,) float64: b - (assignment frequencies) when eps = 0, b - (mean row softmax)
-    when eps > 0; value: the batch estimate of F(g); counts: how many x_i went to each j
-    (eps = 0) or the summed softmax weights (eps > 0), float64 (N,) on g's device. With a
+
+def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=None, offset=0, gaps=False):
+    """SemidualEstimate of the semi-dual F at g on the source batch x.
+
+    With ``gaps``, ``gap_sums[j]`` adds up, over the rows whose best score is j's, the gap
+    between their best and second-best score <x_i, y_j> + h_j (h = dot_bias(g)): the mean gap
+    of j's rows is the change of g_j that moves about its whole mass, which scales a Newton
+    step (the sampler's "newton" optimiser); the search is then a top-2 MIPS. With a
     `process_group` (every rank passing the same x), y, g and b are this rank's shard and the
-    gradient and counts are its slice; the value is the global one.
+    per-point results are its slice; the value is the global one.
     """
     n, m = x.shape[0], y.shape[0]
     alpha = costs.cost_offsets(x.double(), cost)
     counts = torch.zeros(m, dtype=torch.float64, device=g.device)
-    if eps == 0:
-        best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset)
-        if process_group is not None:
-            best, best_index = _merge_ranks(best, best_index, process_group)
+    gap_sums = gap_counts = None
+    if gaps:
+        top, best_index = _top_two(x, y, g, cost, chunk_size, process_group, offset)
         mine = (best_index >= offset) & (best_index < offset + m)
+        row_gap = top[:, 0] - top[:, 1]
+        row_gap = torch.where(torch.isfinite(row_gap), row_gap, 0.0)  # a single target: no runner-up
+        gap_sums = torch.zeros(m, dtype=torch.float64, device=g.device)
+        gap_sums.index_add_(0, (best_index[mine] - offset).to(g.device), row_gap[mine].to(g.device))
+        gap_counts = torch.bincount(best_index[mine] - offset, minlength=m).to(gap_sums)
+    if eps == 0:
+        if gaps:
+            best = top[:, 0]
+        else:
+            best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset)
+            if process_group is not None:
+                best, best_index = _merge_ranks(best, best_index, process_group)
+            mine = (best_index >= offset) & (best_index < offset + m)
         counts += torch.bincount(best_index[mine] - offset, minlength=m).to(counts)
         f = alpha - best
     else:
@@ -163,7 +209,7 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
     if process_group is not None:
         g_dot_b = distributed.all_sum(g_dot_b.reshape(1), process_group)[0]
     value = float(f.mean()) + float(g_dot_b)
-    return gradient, value, counts
+    return SemidualEstimate(gradient, value, counts, gap_sums, gap_counts)
 
 
 def marginal_chi2(counts, b, total, process_group=None):
@@ -177,7 +223,40 @@ def marginal_chi2(counts, b, total, process_group=None):
     b64 = b.double().to(counts.device)
     p = counts.double() / total
     noise = p * (1 - p) / max(total - 1, 1)
-    chi2 = (((p - b64) ** 2 - noise) / b64).sum()
+    # A zero-weight point contributes nothing when it gets no mass, infinity when it does.
+    terms = torch.where(b64 > 0, ((p - b64) ** 2 - noise) / b64.clamp_min(1e-300), torch.where(p > 0, math.inf, 0.0))
+    chi2 = terms.sum()
     if process_group is not None:
         chi2 = distributed.all_sum(chi2.reshape(1), process_group)[0]
     return float(chi2)
+
+
+def nearest(points, centers, *, chunk_size=None):
+    """LongTensor: the index of the Euclidean-nearest row of `centers` for each row of `points`
+    (ties to the lowest index), one MIPS with the bias -|c_k|^2 / 2. `points` may sit on the CPU
+    while `centers` are on the device; they are moved over in blocks of `chunk_size` rows."""
+    zero = torch.zeros(centers.shape[0], dtype=torch.float64, device=centers.device)
+    out = []
+    for r0, r1 in _chunks(points.shape[0], chunk_size):
+        block = _on(points[r0:r1], centers.device, centers.dtype)
+        out.append(_best(block, centers, zero, None, 0.0, "sqeuclidean", chunk_size, None, 0)[1].cpu())
+    return torch.cat(out)
+
+
+def extend_potential(points, centers, g_centers, barycenters, index, cost):
+    """A potential for `points` from one fitted on `centers` (a coarser data set), float64.
+
+    The dot-cost bias h = dot_bias(g) is minus the convex conjugate of the Brenier potential
+    phi(x) = max_k <x, c_k> + h_k, and the gradient of that conjugate at c_k is the point of the
+    source mapped to c_k, which the cell's barycenter stands for. Each point y_j takes its centre
+    k = index[j] (normally the nearest) and the first-order expansion
+    h_j = h_k - <barycenter_k, y_j - c_k>, so the coarse fit's long-range transport is kept and
+    only local corrections are left to the fine fit (an empty cell's barycenter of 0 falls back
+    to copying h_k).
+    """
+    centers, points = centers.double(), points.double()
+    index = index.to(points.device)
+    h = dot_bias(g_centers.double().to(centers.device), centers, cost).to(points.device)
+    offset = points - centers.to(points.device)[index]
+    h = h[index] - (offset * barycenters.double().to(points.device)[index]).sum(1)
+    return h + costs.cost_offsets(points, cost)
