@@ -91,24 +91,32 @@ def test_samples_equal_one_process(solved):
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_semidiscrete_equals_one_process(world, tmp_path):
-    from distributed_jobs import semidiscrete_data
+    from distributed_jobs import SEMIDISCRETE_FITS, semidiscrete_data
 
     results = run_ranks("semidiscrete", world, tmp_path)
     for r in results:
         assert "error" not in r, r.get("traceback")
     data, queries = semidiscrete_data()
-    for eps in (0.0, 0.5):
-        single = ot_flow.SemidiscreteSampler(data, eps=eps, seed=4).fit(40, batch_size=256, progress=False,
-                                                                         log_every=10)
-        potential = torch.cat([r[eps]["potential"] for r in results])
+    for eps, fit in SEMIDISCRETE_FITS:
+        single = ot_flow.SemidiscreteSampler(data, eps=eps, seed=4).fit(**fit)
+        key = eps, fit["optimizer"]
+        potential = torch.cat([r[key]["potential"] for r in results])
         torch.testing.assert_close(potential, single.potential, rtol=1e-9, atol=1e-9)
         expected = single.assign(queries, generator=torch.Generator().manual_seed(2))
         for r in results:  # every rank gets the global answer
-            assert torch.equal(r[eps]["assign"], expected)
-            assert torch.equal(r[eps]["pair"], data[expected])
+            assert torch.equal(r[key]["assign"], expected)
+            assert torch.equal(r[key]["pair"], data[expected])
             if eps == 0:
-                chi2 = [h["chi2"] for h in r[eps]["history"]]
+                chi2 = [h["chi2"] for h in r[key]["history"]]
                 assert chi2 == pytest.approx([h["chi2"] for h in single.history], rel=1e-9, abs=1e-12)
+
+
+def test_sharded_multiscale_fit(tmp_path):
+    results = run_ranks("semidiscrete_multiscale", 2, tmp_path)
+    for r in results:
+        assert "error" not in r, r.get("traceback")
+        assert r["warm_started"] and torch.isfinite(r["potential"]).all()
+    assert results[0]["chi2"] == results[1]["chi2"] < 0.05  # one global marginal error
 
 
 def test_a_bad_shard_raises_on_every_rank(tmp_path):

@@ -29,10 +29,11 @@ def centred(g, b):
     return g - (b * g).sum()
 
 
-def test_one_dimensional_closed_form():
+@pytest.mark.parametrize("optimizer", ["auto", "newton"])
+def test_one_dimensional_closed_form(optimizer):
     y, b = one_dimensional_problem()
     sampler = ot_flow.SemidiscreteSampler(y, cost="dot", weights=b, seed=1)
-    sampler.fit(3000, batch_size=2048, progress=False)
+    sampler.fit(3000, batch_size=2048, progress=False, optimizer=optimizer)
     expected = closed_form_potential(y, b)
     torch.testing.assert_close(centred(sampler.potential, b), expected, atol=0.03, rtol=0)
     # The fitted cells carry the target weights: chi2 near 0 (a uniform potential is far off).

@@ -39,10 +39,11 @@ _OPTIMIZERS = ("auto", "newton", "adam", "sgd")
 # with no gap to read for an empty cell, crawls (60 points 4 sigma off the noise: chi2 0.24
 # after 400 steps against Adam's 3e-5). On the finer levels only local corrections remain and
 # the per-point Newton scale wins.
-# The default "newton" step: this fraction of a diagonal Newton step (semidual_newton.py). In
-# d = 2, N = 10^4 (chi2 on fresh noise after 1,000 steps of 4096 from the multiscale start):
-# 0.3 gave 6.5e-3; 1.0 stalls at 0.29 (full steps on one batch's noisy frequencies overshoot).
-_DEFAULT_NEWTON_STEP = 0.3
+# The default "newton" step: this fraction of a diagonal Newton step (semidual_newton.py), damped
+# where a point expects fewer than one noise point per batch. In d = 2, N = 10^4, batch 4096
+# (chi2 on fresh noise after 1,000 steps from the multiscale start): 0.3 of a step gave 6.5e-3,
+# a full step stalled at 0.29 (one batch's frequencies are too noisy for it).
+_DEFAULT_NEWTON_STEP = 0.5
 # Adam and SGD: the default step is the smaller of two scales: a fraction of std(C) (what moves mass across the
 # data set when the points are few or far apart) and a few mean score gaps (semidiscrete.score_gap,
 # the change of g_j that hands a typical noise point to its neighbour). The gap shrinks as the data
@@ -232,7 +233,7 @@ class SemidiscreteSampler:
                     estimate = self._gradient(g, b, eps, batch_size, gaps=optimizer == "newton")
                     value = estimate.value
                     if optimizer == "newton":
-                        opt.step(estimate, b, eps)
+                        opt.step(estimate, b, eps, batch_size)
                     else:
                         grad = estimate.gradient / b.clamp_min(1e-300) if optimizer == "sgd" else estimate.gradient
                         g.grad = -grad  # the optimisers minimise; the semi-dual is maximised

@@ -20,13 +20,21 @@ _GAP_MEMORY_STEPS = 100
 
 
 class DiagonalNewton:
-    """Steps ``g += lr * (gap_j + eps) * (b_j - p_j) / b_j`` in place, with the interface of a
-    torch optimiser that the sampler's loop uses (``param_groups[0]["lr"]``, state dicts).
+    """Steps ``g += lr * min(1, sqrt(B b_j)) * (gap_j + eps) * (b_j - p_j) / b_j`` in place,
+    with the interface of a torch optimiser that the sampler's loop uses
+    (``param_groups[0]["lr"]``, state dicts).
+
+    The batch of B noise points gives p_j with a relative noise of 1 / sqrt(B b_j): 5 when a
+    point expects 0.04 hits per batch (N = 10^5, B = 4096), where one hit is a step of -24
+    relative units. The factor min(1, sqrt(B b_j)) holds each step's noise to about lr gaps,
+    the regime where the linearisation holds and the iterate average converges.
+    Gaps are averaged per point over about _GAP_MEMORY_STEPS steps (decayed sums, this batch
+    included; keeping this batch out, to decorrelate a point's gap from its count, measured
+    worse: chi2 9.3e-3 after 2,000 steps against 8.5e-3 after 1,500, N = 10^4 in d = 2).
 
     Args:
         g: the potential (float64, updated in place).
-        lr: the fraction of a Newton step taken (the noise of one batch's frequencies makes
-            full steps overshoot; 0.3 settles fastest in our d = 2 runs).
+        lr: the largest fraction of a Newton step taken (at B b_j >= 1).
         process_group: g, b and the estimates are this rank's shard of the points; the two
             numbers that span all points (the mean gap, the lightest weight) are agreed on.
     """
@@ -37,7 +45,7 @@ class DiagonalNewton:
         self.gap_sums = torch.zeros_like(g)
         self.gap_counts = torch.zeros_like(g)
 
-    def step(self, estimate, b, eps):
+    def step(self, estimate, b, eps, batch_size):
         decay = 1.0 - 1.0 / _GAP_MEMORY_STEPS
         self.gap_sums.mul_(decay).add_(estimate.gap_sums)
         self.gap_counts.mul_(decay).add_(estimate.gap_counts)
@@ -50,7 +58,8 @@ class DiagonalNewton:
             dist.all_reduce(floor, op=dist.ReduceOp.MIN, group=self.group)
         mean_gap = totals[0] / totals[1].clamp_min(1e-12)
         gap = torch.where(self.gap_counts > 1e-3, self.gap_sums / self.gap_counts.clamp_min(1e-12), mean_gap)
-        self.g.add_(self.param_groups[0]["lr"] * (gap + eps) * estimate.gradient / b.clamp_min(floor))
+        damping = (batch_size * b.clamp_min(floor)).sqrt().clamp_max(1.0)
+        self.g.add_(self.param_groups[0]["lr"] * damping * (gap + eps) * estimate.gradient / b.clamp_min(floor))
 
     def state_dict(self):
         return {"lr": self.param_groups[0]["lr"], "gap_sums": self.gap_sums.clone(),
