@@ -165,7 +165,9 @@ class SemidiscreteSampler:
             num_steps: total steps of the fit (the schedule spans them).
             batch_size: noise samples per step (per class when conditional).
             lr: step size, decayed by ``schedule``. For "newton" the fraction of a Newton step
-                (default 0.3). For Adam and SGD, in units of the mean score gap when
+                (default 0.5, damped where a point expects under one noise point per batch);
+                with "auto" it is that fraction on the Newton levels, and the Adam level takes
+                its default. For Adam and SGD, in units of the mean score gap when
                 ``relative_eps`` (the change of g_j that hands a typical noise point to its
                 neighbour); default the smaller of 0.1 std(C) and 3 gaps for Adam; for SGD,
                 which steps along the relative marginal error (b_j - p_j) / b_j, of 1 std(C)
@@ -199,6 +201,7 @@ class SemidiscreteSampler:
                         anneal_fraction=anneal_fraction, target_chi2=target_chi2, log_every=log_every)
         if optimizer == "auto":
             optimizer = "adam" if self._largest_class() <= batch_size else "newton"
+            lr = lr if optimizer == "newton" else None  # lr is a Newton fraction under "auto"
         if self._optimizer_name is not None and optimizer != self._optimizer_name:
             raise ValueError(f"argument 'optimizer': this fit was started with {self._optimizer_name!r}")
         if warm_start and self.step == 0 and not self.warm_started:
