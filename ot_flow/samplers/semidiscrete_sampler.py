@@ -3,9 +3,10 @@ data by a MIPS (semidiscrete flow matching, seeds 001/003).
 
 Fitting is stochastic ascent of the semi-dual (solvers/semidiscrete.py): each step draws a batch
 of noise, assigns it to the data with the current potential g, and moves g along
-b - (assignment frequencies) with Adam or SGD, under a learning-rate schedule, optionally with
-eps decaying from soft to hard assignments; an average of the iterates is what the sampler then
-uses. Progress shows the chi-square marginal error of the averaged potential on fresh noise.
+b - (assignment frequencies) with diagonal Newton steps (Adam on the coarsest level), Adam or SGD,
+under a learning-rate schedule, optionally with eps decaying from soft to hard assignments; an
+average of the iterates is what the sampler then uses. Progress shows the chi-square marginal
+error of the averaged potential on fresh noise.
 
 Large data sets start coarse to fine: the semi-dual's Hessian is a graph Laplacian over
 neighbouring cells, so per-point steps move mass across the data set only slowly (the slowest
@@ -41,11 +42,11 @@ _OPTIMIZERS = ("auto", "newton", "adam", "sgd")
 # the per-point Newton scale wins.
 # The default "newton" step: this fraction of a diagonal Newton step (semidual_newton.py), damped
 # where a point expects fewer than one noise point per batch. In d = 2, N = 10^4, batch 4096
-# (chi2 on fresh noise after 1,000 steps from the multiscale start): 0.3 of a step gave 6.5e-3,
-# a full step stalled at 0.29 (one batch's frequencies are too noisy for it).
+# (chi2 on fresh noise after 1,000 steps from the multiscale start; B b = 0.41, so 0.5 damped is
+# 0.32): 0.16 / 0.32 / 0.63 of a step gave 0.057 / 0.014 / 0.024, a full step stalled at 0.29.
 _DEFAULT_NEWTON_STEP = 0.5
-# Adam and SGD: the default step is the smaller of two scales: a fraction of std(C) (what moves mass across the
-# data set when the points are few or far apart) and a few mean score gaps (semidiscrete.score_gap,
+# Adam and SGD: the default step is the smaller of two scales: a fraction of std(C) (what moves
+# mass across the data set when the points are few or far apart) and a few mean score gaps (semidiscrete.score_gap,
 # the change of g_j that hands a typical noise point to its neighbour). The gap shrinks as the data
 # get denser, where std(C) does not move: N = 1e4 points in d = 2 have a gap of 1e-3 std(C); a
 # 2,000-step fit there ended at chi2 1.1 with a step of 0.1 std(C) and at 0.23 with one gap.
