@@ -185,7 +185,6 @@ class FlowMatchingTrainer:
                     b_ema.copy_(b)
         return loss.detach().double(), norm
 
-
     def _lr_at(self, step, num_steps):
         scale = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         if self.schedule == "cosine":

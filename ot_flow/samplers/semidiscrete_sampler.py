@@ -43,7 +43,7 @@ _OPTIMIZERS = ("auto", "newton", "adam", "sgd")
 # The default "newton" step: this fraction of a diagonal Newton step (semidual_newton.py), damped
 # where a point expects fewer than one noise point per batch. In d = 2, N = 10^4, batch 4096
 # (chi2 on fresh noise after 1,000 steps from the multiscale start; B b = 0.41, so 0.5 damped is
-# 0.32): 0.16 / 0.32 / 0.63 of a step gave 0.057 / 0.014 / 0.024, a full step stalled at 0.29.
+# 0.32): 0.16 / 0.32 / 0.63 of a step gave 0.057 / 0.014 / 0.024.
 _DEFAULT_NEWTON_STEP = 0.5
 # Adam and SGD: the default step is the smaller of two scales: a fraction of std(C) (what moves
 # mass across the data set when the points are few or far apart) and a few mean score gaps (semidiscrete.score_gap,
@@ -220,9 +220,9 @@ class SemidiscreteSampler:
             else:
                 base_lr = lr * (self.gap if self.relative_eps else 1.0)
         g = self.g.to(self.device).requires_grad_(False)
-        opt = self._make_optimizer(optimizer, g, base_lr)
-        ema_g = None if not ema else (self.g_ema.to(self.device) if self.g_ema is not None else g.detach().clone())
         b = self.weights.to(self.device)
+        opt = self._make_optimizer(optimizer, g, base_lr, b, batch_size)
+        ema_g = None if not ema else (self.g_ema.to(self.device) if self.g_ema is not None else g.detach().clone())
         if eval_samples is None:
             eval_samples = min(1_000_000, max(65_536, 16 * self.total))
         bar = tqdm(total=num_steps, initial=self.step, disable=not progress, desc=f"semidiscrete fit, N={self.total}", leave=False)
@@ -237,7 +237,7 @@ class SemidiscreteSampler:
                     estimate = self._gradient(g, b, eps, batch_size, gaps=optimizer == "newton")
                     value = estimate.value
                     if optimizer == "newton":
-                        opt.step(estimate, b, eps, batch_size)
+                        opt.step(estimate, eps)
                     else:
                         grad = estimate.gradient / b.clamp_min(1e-300) if optimizer == "sgd" else estimate.gradient
                         g.grad = -grad  # the optimisers minimise; the semi-dual is maximised
@@ -296,9 +296,9 @@ class SemidiscreteSampler:
         if checkpoint and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
             raise ValueError("argument 'checkpoint_every' must be an int >= 1 when 'checkpoint' is given")
 
-    def _make_optimizer(self, name, g, lr):
+    def _make_optimizer(self, name, g, lr, b, batch_size):
         if name == "newton":
-            opt = DiagonalNewton(g, lr, self.group)
+            opt = DiagonalNewton(g, lr, b, batch_size, self.group)
         elif name == "adam":
             opt = torch.optim.Adam([g], lr=lr, betas=(0.9, 0.999))
         else:
@@ -313,30 +313,28 @@ class SemidiscreteSampler:
         turn) and extends its potential to all points. Nothing is drawn from the fit's own
         generator, so a fit that is interrupted here and restarted ends where an uninterrupted
         one does."""
-        sizes = [self._flat.shape[0] if index is None else len(index) for _, index in self.groups]
         if self._largest_class() <= batch_size:
             self.warm_started = True
             return
         gen = torch.Generator().manual_seed(distributed.derived_seed(self.seed, 1 + self.total, 8))
-        centers, nearest = [], torch.empty(self._flat.shape[0], dtype=torch.long)
-        for (_, index), size in zip(self.groups, sizes):
-            rows = torch.arange(size) if index is None else index
-            keep = rows[torch.randperm(size, generator=gen)[:math.ceil(size / _COARSENING)]].sort().values
-            nearest[rows] = keep[semidiscrete.nearest(self._flat[rows], self._flat[keep].to(self.device),
+        centers, center_labels, nearest = [], [], torch.empty(self._flat.shape[0], dtype=torch.long)
+        for label, index in self.groups:
+            points = self._flat if index is None else self._flat[index.to(self._flat.device)]
+            rows = torch.arange(points.shape[0]) if index is None else index
+            keep = rows[torch.randperm(len(rows), generator=gen)[:math.ceil(len(rows) / _COARSENING)]].sort().values
+            nearest[rows] = keep[semidiscrete.nearest(points, self._flat[keep].to(self.device),
                                                       chunk_size=self.chunk_size)]
             nearest[keep] = keep  # a centre is its own (float32 scores can tie close neighbours)
             centers.append(keep)
-        centers = torch.cat(centers).sort().values
+            center_labels.append(torch.full((len(keep),), -1 if label is None else label, dtype=torch.long))
+        centers, order = torch.cat(centers).sort()
         # Each point's weight goes to its centre, so the coarse measure is the data's, moved
         # by at most the distance to the nearest centre (and each class keeps its mass).
         slot = torch.searchsorted(centers, nearest)
         weights = torch.zeros(len(centers), dtype=torch.float64).index_add_(0, slot, self.weights)
         labels = None
-        if self.conditional:
-            labels = torch.empty(self._flat.shape[0], dtype=torch.long)
-            for label, index in self.groups:
-                labels[index] = label
-            labels, weights = labels[centers], weights / len(self.groups)
+        if self.conditional:  # the weights sum to 1 per class: to 1 over all, for the constructor
+            labels, weights = torch.cat(center_labels)[order], weights / len(self.groups)
         coarse = SemidiscreteSampler(
             self._flat[centers.to(self._flat.device)], self.eps, self.cost,
             weights=weights.to(self._flat.device), labels=labels, relative_eps=self.relative_eps,
@@ -385,18 +383,18 @@ class SemidiscreteSampler:
             return semidiscrete.semidual_gradient(self._noise(batch_size), self._search, g, b, eps, self.cost,
                                                   chunk_size=self.chunk_size, process_group=self.group,
                                                   offset=self.offset, gaps=gaps)
-        parts = [torch.zeros_like(b) for _ in range(4 if gaps else 2)]
+        fields = ("gradient", "counts") + (("gap_sums", "gap_counts") if gaps else ())
+        joined = {name: torch.zeros_like(b) for name in fields}
         value = 0.0
         for _, index in self.groups:
             index_d = index.to(self.device)
             estimate = semidiscrete.semidual_gradient(self._noise(batch_size), self._points(index), g[index_d],
                                                       b[index_d], eps, self.cost, chunk_size=self.chunk_size,
                                                       gaps=gaps)
-            for part, piece in zip(parts, estimate[:1] + estimate[2:]):
-                part[index_d] = piece
+            for name in fields:
+                joined[name][index_d] = getattr(estimate, name)
             value += estimate.value / len(self.groups)
-        gradient, counts, *gap_parts = parts
-        return semidiscrete.SemidualEstimate(gradient, value, counts, *(gap_parts or [None, None]))
+        return semidiscrete.SemidualEstimate(value=value, **{"gap_sums": None, "gap_counts": None, **joined})
 
     def _measure_spread(self):
         x = self._noise(min(4096, max(256, self.total)))
@@ -434,8 +432,8 @@ class SemidiscreteSampler:
             while done < num_samples:
                 n = min(batch_size, num_samples - done)
                 x = self._noise(n, gen)
-                idx = semidiscrete.assign(x, self._points(index), g if index is None else g[index],
-                                          self.weights if index is None else self.weights[index], 0.0, self.cost, chunk_size=self.chunk_size,
+                g_c, b_c = (g, self.weights) if index is None else (g[index], self.weights[index])
+                idx = semidiscrete.assign(x, self._points(index), g_c, b_c, 0.0, self.cost, chunk_size=self.chunk_size,
                                           process_group=self.group, offset=self.offset).cpu()
                 local = idx - self.offset if index is None else index[idx]
                 mine = (local >= 0) & (local < self._flat.shape[0])

@@ -167,23 +167,24 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
     alpha = costs.cost_offsets(x.double(), cost)
     counts = torch.zeros(m, dtype=torch.float64, device=g.device)
     gap_sums = gap_counts = None
-    if gaps:
+    if gaps:  # the top-2 search also gives the hard assignment
         top, best_index = _top_two(x, y, g, cost, chunk_size, process_group, offset)
+        best = top[:, 0]
+    elif eps == 0:
+        best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset)
+        if process_group is not None:
+            best, best_index = _merge_ranks(best, best_index, process_group)
+    if gaps or eps == 0:
         mine = (best_index >= offset) & (best_index < offset + m)
+        hits = torch.bincount(best_index[mine] - offset, minlength=m).to(counts)
+    if gaps:
         row_gap = top[:, 0] - top[:, 1]
         row_gap = torch.where(torch.isfinite(row_gap), row_gap, 0.0)  # a single target: no runner-up
         gap_sums = torch.zeros(m, dtype=torch.float64, device=g.device)
         gap_sums.index_add_(0, (best_index[mine] - offset).to(g.device), row_gap[mine].to(g.device))
-        gap_counts = torch.bincount(best_index[mine] - offset, minlength=m).to(gap_sums)
+        gap_counts = hits
     if eps == 0:
-        if gaps:
-            best = top[:, 0]
-        else:
-            best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset)
-            if process_group is not None:
-                best, best_index = _merge_ranks(best, best_index, process_group)
-            mine = (best_index >= offset) & (best_index < offset + m)
-        counts += torch.bincount(best_index[mine] - offset, minlength=m).to(counts)
+        counts += hits
         f = alpha - best
     else:
         # Row log-sum-exps over the chunks (and ranks) first, then each chunk's column sums

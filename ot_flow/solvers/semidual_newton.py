@@ -6,7 +6,8 @@ So gap_j (b_j - p_j) / b_j is a Newton step for the Hessian's diagonal; a soft a
 adds eps to the scale (its Hessian is ~ p_j / eps when eps dominates the gaps). Adam's
 per-coordinate scale comes from the noise of the gradient instead, about the same for every
 point, so one learning rate oversteps where the data are dense (small gaps) and crawls in the
-tails (large gaps): at N = 10^4 in d = 2 the gaps of one fit span two orders of magnitude.
+tails (large gaps): at N = 10^4 in d = 2 the median gap of a noise point is 1.6e-4 and its 99th percentile
+9.6e-3 (from a moment-matched potential).
 """
 
 import torch
@@ -35,31 +36,36 @@ class DiagonalNewton:
     Args:
         g: the potential (float64, updated in place).
         lr: the largest fraction of a Newton step taken (at B b_j >= 1).
+        b: the target weights (this rank's shard), fixed for the fit.
+        batch_size: B, the noise points per step.
         process_group: g, b and the estimates are this rank's shard of the points; the two
             numbers that span all points (the mean gap, the lightest weight) are agreed on.
     """
 
-    def __init__(self, g, lr, process_group=None):
+    def __init__(self, g, lr, b, batch_size, process_group=None):
         self.g, self.group = g, process_group
         self.param_groups = [{"lr": lr}]
         self.gap_sums = torch.zeros_like(g)
         self.gap_counts = torch.zeros_like(g)
+        # A zero-weight point is pushed down like the lightest real one.
+        floor = torch.where(b > 0, b, torch.inf).min().reshape(1)
+        if process_group is not None:
+            dist.all_reduce(floor, op=dist.ReduceOp.MIN, group=process_group)
+        b = b.clamp_min(floor)
+        # Per point and fixed for the fit: damping / b_j.
+        self._scale = (batch_size * b).sqrt().clamp_max(1.0) / b
 
-    def step(self, estimate, b, eps, batch_size):
+    def step(self, estimate, eps):
         decay = 1.0 - 1.0 / _GAP_MEMORY_STEPS
         self.gap_sums.mul_(decay).add_(estimate.gap_sums)
         self.gap_counts.mul_(decay).add_(estimate.gap_counts)
         # A point that no noise has reached yet takes the mean gap over all of them.
         totals = torch.stack([self.gap_sums.sum(), self.gap_counts.sum()])
-        # A zero-weight point is pushed down like the lightest real one.
-        floor = torch.where(b > 0, b, torch.inf).min().reshape(1)
         if self.group is not None:
             dist.all_reduce(totals, group=self.group)
-            dist.all_reduce(floor, op=dist.ReduceOp.MIN, group=self.group)
         mean_gap = totals[0] / totals[1].clamp_min(1e-12)
         gap = torch.where(self.gap_counts > 1e-3, self.gap_sums / self.gap_counts.clamp_min(1e-12), mean_gap)
-        damping = (batch_size * b.clamp_min(floor)).sqrt().clamp_max(1.0)
-        self.g.add_(self.param_groups[0]["lr"] * damping * (gap + eps) * estimate.gradient / b.clamp_min(floor))
+        self.g.add_(self.param_groups[0]["lr"] * self._scale * (gap + eps) * estimate.gradient)
 
     def state_dict(self):
         return {"lr": self.param_groups[0]["lr"], "gap_sums": self.gap_sums.clone(),
