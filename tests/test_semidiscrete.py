@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader
 
 import ot_flow
 from ot_flow.data import SemidiscretePairDataset
+from ot_flow.samplers.quasi_normal import QuasiNormal
 from ot_flow.solvers import semidiscrete
 
 
@@ -192,29 +193,34 @@ def test_multiscale_start_keeps_every_point_weighted(monkeypatch):
     assert all(w >= 1 / 2000 - 1e-15 for _, w in lightest)
 
 
-def test_interrupted_fit_resumes_to_the_same_potential(tmp_path):
+@pytest.mark.parametrize("quasi_random", [False, True])
+def test_interrupted_fit_resumes_to_the_same_potential(tmp_path, monkeypatch, quasi_random):
     gen = torch.Generator().manual_seed(9)
     data = torch.randn(300, 4, generator=gen)
+    interrupt_at = {"call": None, "n": 0}
+    noise = ot_flow.SemidiscreteSampler._noise
 
-    def interrupting_source(at_call):
-        calls = {"n": 0}
+    def interrupting_noise(self, n, generator=None):
+        out = noise(self, n, generator)  # drawn first: the interrupted step must roll it back
+        interrupt_at["n"] += n == 256  # training batches; the chi2 measurements draw 8192 at a time
+        if n == 256 and interrupt_at["n"] == interrupt_at["call"]:
+            raise KeyboardInterrupt
+        return out
 
-        def source(n, generator):
-            calls["n"] += n == 256  # training batches; the chi2 measurements draw 8192 at a time
-            if n == 256 and calls["n"] == at_call:
-                raise KeyboardInterrupt
-            return torch.randn(n, 4, generator=generator)
+    monkeypatch.setattr(ot_flow.SemidiscreteSampler, "_noise", interrupting_noise)
 
-        return source
+    def sampler(interrupt_call=None):
+        interrupt_at.update(call=interrupt_call, n=0)
+        return ot_flow.SemidiscreteSampler(data, seed=3, quasi_random=quasi_random)
 
     # 300 points > one batch: the fit starts with 60 steps on a coarse subsample of 38 points.
     fit = dict(num_steps=60, batch_size=256, progress=False, log_every=10)
-    whole = ot_flow.SemidiscreteSampler(data, seed=3).fit(**fit)
+    whole = sampler().fit(**fit)
     coarse_calls = 60 + 2  # its steps, its measurements of std(C) and of the score gap (Adam's unit)
 
     # Interrupted inside the coarse fit: nothing of the full fit has happened, and fitting again
     # starts the warm start over to the same result.
-    early = ot_flow.SemidiscreteSampler(data, seed=3, source=interrupting_source(26))
+    early = sampler(interrupt_call=26)
     with pytest.raises(KeyboardInterrupt):
         early.fit(**fit)
     assert early.step == 0 and not early.warm_started and not early.g.any()
@@ -222,11 +228,11 @@ def test_interrupted_fit_resumes_to_the_same_potential(tmp_path):
     assert torch.equal(early.potential, whole.potential)
 
     # A lost job: the fit stops at step 25, a new process loads the step-20 checkpoint.
-    crashed = ot_flow.SemidiscreteSampler(data, seed=3, source=interrupting_source(coarse_calls + 26))
+    crashed = sampler(interrupt_call=coarse_calls + 26)
     with pytest.raises(KeyboardInterrupt):
         crashed.fit(**fit, checkpoint=tmp_path / "fit.pt", checkpoint_every=10)
     assert crashed.step == 25
-    resumed = ot_flow.SemidiscreteSampler(data, seed=3)
+    resumed = sampler()
     resumed.load_state_dict(torch.load(tmp_path / "fit.pt", weights_only=False))
     assert resumed.step == 20
     resumed.fit(**fit)
@@ -236,6 +242,42 @@ def test_interrupted_fit_resumes_to_the_same_potential(tmp_path):
     crashed.fit(**fit)
     assert torch.equal(crashed.potential, whole.potential)
     assert [h["step"] for h in crashed.history] == [h["step"] for h in whole.history]
+
+
+def test_quasi_random_noise_is_normal_and_spreads_counts_evenly():
+    """The Sobol stream's draws are standard normal, and the counts of fixed cells over many
+    blocks scatter far less than independent draws' (the point of using it)."""
+    stream = QuasiNormal(2, seed=5)
+    x = torch.cat([stream.draw(4096, torch.float64) for _ in range(16)])
+    assert stream.position == 16 * 4096
+    assert torch.isfinite(x).all()
+    assert x.mean(0).abs().max() < 1e-3 and (x.std(0) - 1).abs().max() < 1e-3
+    # 64 equal-mass cells (8 x 8 normal quantile boxes): chi-square of the counts.
+    edges = torch.special.ndtri(torch.arange(1, 8, dtype=torch.float64) / 8)
+    cells = torch.bucketize(x[:, 0].contiguous(), edges) * 8 + torch.bucketize(x[:, 1].contiguous(), edges)
+    counts = torch.bincount(cells, minlength=64).double()
+    expected = x.shape[0] / 64
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 1.0  # independent draws: 63 on average, below 40 with probability ~1e-2
+    # seek: back and forth to any position replays the same points.
+    stream.seek(4096)
+    assert torch.equal(stream.draw(4096, torch.float64), x[4096:8192])
+    stream.seek(15 * 4096)
+    assert torch.equal(stream.draw(4096, torch.float64), x[15 * 4096:])
+
+
+def test_quasi_random_choice():
+    data = torch.randn(20, 3)
+    assert ot_flow.SemidiscreteSampler(data).quasi_random
+    assert not ot_flow.SemidiscreteSampler(torch.randn(20, 17)).quasi_random
+    assert not ot_flow.SemidiscreteSampler(data, source=lambda n, g: torch.randn(n, 3, generator=g)).quasi_random
+    with pytest.raises(ValueError, match="quasi_random"):
+        ot_flow.SemidiscreteSampler(data, quasi_random="yes")
+    with pytest.raises(ValueError, match="quasi_random"):
+        ot_flow.SemidiscreteSampler(data, quasi_random=True, source=lambda n, g: torch.randn(n, 3, generator=g))
+    state = ot_flow.SemidiscreteSampler(data).fit(3, batch_size=8, progress=False).state_dict()
+    with pytest.raises(ValueError, match="quasi_random"):
+        ot_flow.SemidiscreteSampler(data, quasi_random=False).load_state_dict(state)
 
 
 def test_checkpoints_are_written(tmp_path):
