@@ -42,10 +42,9 @@ _OPTIMIZERS = ("auto", "newton", "adam", "sgd")
 # after 400 steps against Adam's 3e-5). On the finer levels only local corrections remain and
 # the per-point Newton scale wins.
 # The default "newton" step: this fraction of a diagonal Newton step (semidual_newton.py), damped
-# where a point expects fewer than one noise point per batch. In d = 2, N = 10^4, batch 4096
-# (chi2 on fresh noise after 1,000 steps from the multiscale start; B b = 0.41, so 0.5 damped is
-# 0.32): 0.16 / 0.32 / 0.63 of a step gave 0.057 / 0.014 / 0.024.
-_DEFAULT_NEWTON_STEP = 0.5
+# in proportion to the hits a point expects per batch where that is under one (measured in
+# semidual_newton.py: flat optima at 0.12-0.3 of a step for N = 10^4 and 0.02-0.05 for 10^5).
+_DEFAULT_NEWTON_STEP = 0.6
 # Adam and SGD: the default step is the smaller of two scales: a fraction of std(C) (what moves
 # mass across the data set when the points are few or far apart) and a few mean score gaps (semidiscrete.score_gap,
 # the change of g_j that hands a typical noise point to its neighbour). The gap shrinks as the data
@@ -185,7 +184,7 @@ class SemidiscreteSampler:
             num_steps: total steps of the fit (the schedule spans them).
             batch_size: noise samples per step (per class when conditional).
             lr: step size, decayed by ``schedule``. For "newton" the fraction of a Newton step
-                (default 0.5, damped where a point expects under one noise point per batch);
+                (default 0.6, scaled by the hits a point expects per batch where under one);
                 with "auto" it is that fraction on the Newton levels, and the Adam level takes
                 its default. For Adam and SGD, in units of the mean score gap when
                 ``relative_eps`` (the change of g_j that hands a typical noise point to its
