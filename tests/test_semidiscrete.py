@@ -280,6 +280,16 @@ def test_quasi_random_choice():
         ot_flow.SemidiscreteSampler(data, quasi_random=False).load_state_dict(state)
 
 
+def test_chi2_checks_default_to_a_tenth_of_the_fit():
+    data = torch.randn(100, 2)
+    # 65,536 check samples are 8 batches of 8192: a check every 80 steps, rounded up to 100.
+    sampler = ot_flow.SemidiscreteSampler(data).fit(250, batch_size=8192, progress=False)
+    assert [h["step"] for h in sampler.history] == [100, 200, 250]
+    # Batches of 256: a check every 2,560 -> 2,600 steps, so only the last step's.
+    sampler = ot_flow.SemidiscreteSampler(data).fit(250, batch_size=256, progress=False)
+    assert [h["step"] for h in sampler.history] == [250]
+
+
 def test_checkpoints_are_written(tmp_path):
     data = torch.randn(100, 3)
     sampler = ot_flow.SemidiscreteSampler(data)
