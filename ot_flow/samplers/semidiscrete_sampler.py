@@ -6,7 +6,8 @@ of noise, assigns it to the data with the current potential g, and moves g along
 b - (assignment frequencies) with diagonal Newton steps (Adam on the coarsest level), Adam or SGD,
 under a learning-rate schedule, optionally with eps decaying from soft to hard assignments; an
 average of the iterates is what the sampler then uses. Progress shows the chi-square marginal
-error of the averaged potential on fresh noise.
+error of the averaged potential on fresh noise. In up to 16 features the fit's noise is a scrambled
+Sobol sequence (quasi_normal.py), whose counts per cell scatter less than independent draws'.
 
 Large data sets start coarse to fine: the semi-dual's Hessian is a graph Laplacian over
 neighbouring cells, so per-point steps move mass across the data set only slowly (the slowest
