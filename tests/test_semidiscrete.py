@@ -278,6 +278,13 @@ def test_quasi_random_choice():
     state = ot_flow.SemidiscreteSampler(data).fit(3, batch_size=8, progress=False).state_dict()
     with pytest.raises(ValueError, match="quasi_random"):
         ot_flow.SemidiscreteSampler(data, quasi_random=False).load_state_dict(state)
+    # A state saved before quasi_random (its generator under "generator") still loads.
+    iid = ot_flow.SemidiscreteSampler(data, quasi_random=False).fit(3, batch_size=8, progress=False)
+    old = iid.state_dict()
+    old["generator"] = old.pop("noise")[0]
+    loaded = ot_flow.SemidiscreteSampler(data, quasi_random=False)
+    loaded.load_state_dict(old)
+    assert torch.equal(loaded._generator.get_state(), iid._generator.get_state()) and loaded.step == 3
 
 
 def test_chi2_checks_default_to_a_tenth_of_the_fit():
@@ -288,6 +295,9 @@ def test_chi2_checks_default_to_a_tenth_of_the_fit():
     # Batches of 256: a check every 2,560 -> 2,600 steps, so only the last step's.
     sampler = ot_flow.SemidiscreteSampler(data).fit(250, batch_size=256, progress=False)
     assert [h["step"] for h in sampler.history] == [250]
+    # A soft fit measures no chi2, so its log costs nothing: every 100 steps.
+    sampler = ot_flow.SemidiscreteSampler(data, eps=0.5).fit(250, batch_size=256, progress=False)
+    assert [h["step"] for h in sampler.history] == [100, 200, 250]
 
 
 def test_checkpoints_are_written(tmp_path):

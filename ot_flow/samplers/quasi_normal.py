@@ -12,7 +12,7 @@ import torch
 
 __all__ = ["QuasiNormal"]
 
-# ndtri(0) = -inf: keep the uniforms off the cube's faces (the sequence has 2^-32 resolution).
+# ndtri(0) = -inf: keep the uniforms off the cube's faces (the sequence has 2^-30 resolution).
 _EDGE = 2.0 ** -40
 
 

@@ -73,8 +73,8 @@ class DiagonalNewton:
         self.g.add_(self.param_groups[0]["lr"] * self._scale * (gap + eps) * estimate.gradient)
 
     def state_dict(self):
-        return {"lr": self.param_groups[0]["lr"], "gap_sums": self.gap_sums.clone(),
-                "gap_counts": self.gap_counts.clone()}
+        """References to the state, as torch optimisers return (the sampler copies it)."""
+        return {"lr": self.param_groups[0]["lr"], "gap_sums": self.gap_sums, "gap_counts": self.gap_counts}
 
     def load_state_dict(self, state):
         self.param_groups[0]["lr"] = state["lr"]
