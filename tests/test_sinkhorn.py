@@ -134,7 +134,9 @@ def test_annealing_reaches_the_same_coupling_faster():
     plain = ot_flow.sinkhorn(x, y, eps=0.001, momentum=False, anneal=False)
     annealed = ot_flow.sinkhorn(x, y, eps=0.001, momentum=False, anneal=True)
     assert annealed.converged and annealed.n_iter < 0.75 * plain.n_iter
-    assert annealed.transport_cost() == pytest.approx(plain.transport_cost(), rel=1e-3)
+    # Both stop at marginal error 1e-3, where couplings at eps = 0.001 differ by ~2e-3 in cost
+    # (a solve to 1e-5 lies between them).
+    assert annealed.transport_cost() == pytest.approx(plain.transport_cost(), rel=3e-3)
 
 
 def test_target_entropy():
@@ -160,11 +162,11 @@ def test_not_converged_warns():
     assert not res.converged and res.n_iter == 3 and res.error > 1e-3
 
 
-def test_non_finite_potentials_stop_with_an_error():
+def test_out_of_range_problems_stop_with_an_error_naming_the_argument():
     x, y = clouds(50, 50, 2, seed=14, dtype=torch.float32)
-    with pytest.raises(RuntimeError, match="potentials became non-finite"):
+    with pytest.raises(ValueError, match="argument 'eps'.*out of torch.float32's range"):
         ot_flow.sinkhorn(x * 1e18, y * 1e18, eps=1e-30, relative_eps=False, anneal=False, cost_cache=False)
-    with pytest.raises(RuntimeError, match="dot products <x_i, y_j> overflow torch.float32"):
+    with pytest.raises(ValueError, match="arguments 'x' and 'y': their costs reach .* torch.float32"):
         ot_flow.sinkhorn(x * 1e20, y * 1e20, eps=1.0, cost_cache=True)
 
 

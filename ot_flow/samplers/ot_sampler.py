@@ -7,6 +7,8 @@ no n x m matrix). Every source point is used exactly once, and with uniform weig
 size, from a minibatch of 256 to millions of points.
 """
 
+import warnings
+
 import torch
 
 from ot_flow.solvers import costs, validation
@@ -32,14 +34,17 @@ class OTSampler:
         process_group: solve every coupling across the ranks of this torch.distributed group
             (every rank passes the same x0, x1; the rows and columns are split between them)
             and draw the same pairs on every rank, equal to one process's draw.
+        progress: passed to :func:`ot_flow.sinkhorn` ("auto": a bar only for solves that
+            last over 2 seconds).
 
-    Points of any shape are flattened to vectors for the cost (images included); bf16 and
-    fp16 points are solved in float32 and returned in their own dtype. ``last_plan`` keeps the
+    Points of any shape are flattened to vectors for the cost (images included), after a check
+    that x0 and x1 have the same shape per point; bf16 and fp16 points are solved in float32 and
+    returned in their own dtype, also inside an autocast region. ``last_plan`` keeps the
     latest :class:`ot_flow.SinkhornResult` (its entropy, iterations and error) for logging.
     """
 
     def __init__(self, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3, max_iter=10_000,
-                 target_entropy=None, entropy_tol=0.01, momentum=True, cost_cache="auto", process_group=None):
+                 target_entropy=None, entropy_tol=0.01, momentum=True, cost_cache="auto", process_group=None, progress="auto"):
         self.eps = validation.positive("eps", eps)
         self.relative_eps = bool(relative_eps)
         costs.check_cost(cost)
@@ -48,13 +53,14 @@ class OTSampler:
         if not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"argument 'max_iter' must be an int >= 1, got {max_iter!r}")
         self.max_iter = max_iter
-        if target_entropy is not None and not 0 < target_entropy < 1:
-            raise ValueError(f"argument 'target_entropy' must lie in (0, 1), got {target_entropy!r}")
+        if target_entropy is not None:
+            target_entropy = validation.in_open_interval("target_entropy", target_entropy, 0.0, 1.0)
         self.target_entropy = target_entropy
         self.entropy_tol = validation.positive("entropy_tol", entropy_tol)
         self.momentum = momentum
         self.cost_cache = cost_cache if process_group is None else "auto"
         self.process_group = process_group
+        self.progress = progress
         self.last_plan = None
         self._entropy_eps = None
 
@@ -66,8 +72,8 @@ class OTSampler:
     def plan(self, x0, x1):
         """The Sinkhorn coupling between the flattened batches x0 (n, ...) and x1 (m, ...)."""
         flat0, flat1 = _flatten("x0", x0), _flatten("x1", x1)
-        if flat0.shape[1] != flat1.shape[1]:
-            raise ValueError(f"arguments 'x0' and 'x1' must have the same number of features per point, "
+        if x0.shape[1:] != x1.shape[1:]:  # (3, 32, 32) and (1, 64, 48) flatten alike, yet do not pair
+            raise ValueError(f"arguments 'x0' and 'x1' must have the same shape per point, "
                              f"got shapes {tuple(x0.shape)} and {tuple(x1.shape)}")
         # With a target entropy, the eps that met it last time is the first guess: successive
         # couplings of one stream are alike, so the bracket search usually ends at its first solve.
@@ -76,7 +82,7 @@ class OTSampler:
                           tol=self.tol, max_iter=self.max_iter, momentum=self.momentum,
                           target_entropy=self.target_entropy, entropy_tol=self.entropy_tol,
                           cost_cache=self.cost_cache,
-                          process_group=self.process_group)
+                          process_group=self.process_group, progress=self.progress)
         self.last_plan = result
         if self.target_entropy is not None:
             self._entropy_eps = result.eps / result.spread if self.relative_eps else result.eps
@@ -90,10 +96,18 @@ class OTSampler:
         """``(x0, x1[j], *(t[j] for t in aligned))`` with j = :meth:`sample_indices`.
 
         ``aligned`` are tensors indexed like x1 (class labels, conditions) that travel with it.
+        x0 keeps its order, so tensors indexed like x0 need no pairing: torchcfm's
+        ``sample_plan_with_labels(x0, x1, y0, y1)`` order would permute y0 here, and a call of
+        that shape (two 1-D integer tensors as long as both batches) warns.
         """
         for k, t in enumerate(aligned):
             if not isinstance(t, torch.Tensor) or t.shape[:1] != x1.shape[:1]:
                 raise ValueError(f"argument 'aligned[{k}]' must be a tensor with x1's {x1.shape[0]} rows")
+        if (len(aligned) == 2 and x0.shape[0] == x1.shape[0]
+                and all(t.dim() == 1 and not t.is_floating_point() for t in aligned)):
+            warnings.warn("OTSampler.pair(x0, x1, *aligned): every aligned tensor travels with x1, and x0 keeps "
+                          "its order. If these are (y0, y1) in torchcfm's sample_plan_with_labels order, y0 is "
+                          "being permuted: pass only x1's labels and keep y0 as it is.", UserWarning, stacklevel=2)
         j = self.sample_indices(x0, x1, generator)
         return (x0, x1[j], *(t[j.to(t.device)] for t in aligned))
 

@@ -6,9 +6,17 @@ Both supported costs are C_ij = alpha_i + beta_j - <x_i, y_j>:
 so every solver works with the dot-product kernel and shifts potentials by (alpha, beta).
 """
 
+import math
+
 import torch
 
+from ot_flow.solvers.frame import Frame
+
 COSTS = ("sqeuclidean", "dot")
+
+# A spread below this, in the working frame's unit (where the points' RMS size is about 1), is
+# float64 rounding: every cost is equal.
+_EQUAL_COSTS = 1e-12
 
 # Above this dimension the O((n + m) d^2) moments are replaced by a subsample (seed paper 002).
 _MOMENT_MAX_ROWS = 16384
@@ -44,35 +52,53 @@ def _subsample(x, w, max_rows, seed):
 
 
 def cost_std(x, y, a, b, cost, reduce=None, reduce_y=None):
-    """Standard deviation of C_ij under the product weights a_i b_j, in O((n + m) d^2).
+    """Standard deviation of C_ij under the product weights a_i b_j, in O((n + m) d^2), no matrix.
 
-    With C = alpha_i + beta_j - <x_i, y_j>, E[C] and E[C^2] need only the first and second
-    moments of x and y (and their cross terms with alpha, beta): no n x m matrix. Rows are
-    subsampled to 2^14 when n or m is larger, as in seed paper 002. `reduce` sums each side's
-    moments over the ranks that hold shards of x and y (the sharded solver), `reduce_y` only
-    y's (sharded data against replicated noise).
+    With x_i = xbar + x~_i and y_j = ybar + y~_j, every cost of the form alpha_i + beta_j -
+    <x_i, y_j> splits into a row term u_i, a column term v_j and the interaction -<x~_i, y~_j>,
+    orthogonal under a_i b_j, so Var C = Var u + Var v + tr(Sigma_x Sigma_y): sums of squares of
+    centred terms, computed in the clouds' working frame (frame.py), which neither the spread of
+    far-off clouds (lost to cancellation about the origin) nor huge or tiny coordinates disturb.
+    Rows are subsampled to 2^14 when n or m is larger, as in seed paper 002. `reduce` sums each
+    side's sums over the ranks that hold shards of x and y (the sharded solver), `reduce_y` only
+    y's (sharded data against replicated noise). 0.0 when every cost is equal up to rounding.
     """
-    d = x.shape[1]
-    sx = _side_moments(x, a, cost, 0)
-    sy = _side_moments(y, b, cost, 1)
-    if reduce is not None:
-        sx, sy = reduce(sx), reduce(sy)
-    if reduce_y is not None:
-        sy = reduce_y(sy)
-    (w_al, w_al2, mx, mxx, m_alx), (w_be, w_be2, my, myy, m_bey) = _unpack(sx, d), _unpack(sy, d)
-    mean = w_al + w_be - mx @ my
-    second = w_al2 + w_be2 + (mxx * myy).sum() + 2 * w_al * w_be - 2 * m_alx @ my - 2 * mx @ m_bey
-    return float((second - mean.square()).clamp_min(0).sqrt())
+    frame, var_rows, var_cols, interaction = _spread_parts(x, y, a, b, cost, reduce, reduce_y)
+    std = math.sqrt(max(var_rows + var_cols + interaction, 0.0))
+    return frame.unit * std if std > _EQUAL_COSTS else 0.0
 
 
-def _side_moments(x, w, cost, seed):
-    """[w.off, w.off^2, w x (d), x^T diag(w) x (d^2), (w off) x (d)] of one side, flat, float64."""
-    x64, w = _subsample(x.double(), w.double(), _MOMENT_MAX_ROWS, seed)
-    off = cost_offsets(x64, cost)
-    return torch.cat([(w @ off).reshape(1), (w @ off.square()).reshape(1), w @ x64,
-                      (x64.T @ (w[:, None] * x64)).reshape(-1), (w * off) @ x64])
+def interaction_std(x, y, a, b, reduce=None, reduce_y=None):
+    """sqrt(tr(Sigma_x Sigma_y)), the spread of the part of either cost that couples i with j
+    (same arguments as ``cost_std``). 0.0 (a cloud is a single point, or the clouds lie in
+    orthogonal subspaces, up to rounding) means the coupling is the independent one for every eps."""
+    frame, _, _, interaction = _spread_parts(x, y, a, b, "dot", reduce, reduce_y)
+    std = math.sqrt(max(interaction, 0.0))
+    return frame.unit * std if std > _EQUAL_COSTS else 0.0
 
 
-def _unpack(moments, d):
-    return (moments[0], moments[1], moments[2:2 + d], moments[2 + d:2 + d + d * d].view(d, d),
-            moments[2 + d + d * d:])
+def _spread_parts(x, y, a, b, cost, reduce, reduce_y):
+    """(frame, Var u, Var v, tr(Sigma_x Sigma_y)) in the working frame's unit (see cost_std)."""
+    rx = _summed(reduce)
+    ry = _summed(lambda t: reduce_y(rx(t))) if reduce_y is not None else rx
+    xs, wx = _subsample(x.detach(), a.double(), _MOMENT_MAX_ROWS, 0)
+    ys, wy = _subsample(y.detach(), b.double(), _MOMENT_MAX_ROWS, 1)
+    frame = Frame.of([(xs, wx), (ys, wy)], cost, reduce=[rx, ry])
+    xw, yw = frame.points(xs, torch.float64), frame.points(ys, torch.float64)
+    x_mean, y_mean = rx(wx @ xw), ry(wy @ yw)
+    u = frame.offsets(xw) - xw @ y_mean
+    v = frame.offsets(yw) - yw @ x_mean
+    var_u = rx(wx @ (u - rx(wx @ u)).square())
+    var_v = ry(wy @ (v - ry(wy @ v)).square())
+    xc, yc = xw - x_mean, yw - y_mean
+    interaction = (rx(xc.T @ (wx[:, None] * xc)) * ry(yc.T @ (wy[:, None] * yc))).sum()
+    return frame, float(var_u), float(var_v), float(interaction)
+
+
+def _summed(reduce):
+    """`reduce` (a sum over ranks of a float64 tensor) for tensors of any shape, 0-dim included."""
+    if reduce is None:
+        return lambda t: t
+    return lambda t: reduce(t.reshape(-1)).reshape(t.shape)
+
+

@@ -13,6 +13,7 @@ so this costs one Sinkhorn solve, one symmetric solve and two streaming barycent
 import torch
 
 from ot_flow.solvers import costs, validation
+from ot_flow.solvers.full_precision import autocast_off
 from ot_flow.solvers.sinkhorn import sinkhorn
 from ot_flow.solvers.symmetric import symmetric_potential
 
@@ -20,6 +21,7 @@ __all__ = ["sinkhorn_flow_velocity"]
 
 
 @torch.no_grad()
+@autocast_off
 def sinkhorn_flow_velocity(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3,
                            max_iter=10_000):
     """(n, d) velocity u(x_i) of the Sinkhorn gradient flow of the particles x toward the targets y.

@@ -16,6 +16,7 @@ a_i exp((f_i - f_new_i) / eps), so the 1-norm marginal error is a by-product of 
 f-update and costs no extra pass.
 """
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ import torch
 from ot_flow import distributed
 from ot_flow.ops import barycentric, gumbel_argmax, seed_from
 from ot_flow.solvers import costs, validation
+from ot_flow.solvers.frame import Frame
+from ot_flow.solvers.full_precision import autocast_off
+from ot_flow.solvers.progress import progress_bar
 from ot_flow.solvers.sinkhorn_halves import LocalHalves, ReplicatedHalves, ShardedHalves
 
 __all__ = ["SinkhornResult", "sinkhorn", "row_barycentres"]
@@ -52,7 +56,11 @@ _CACHE_SMALL_BYTES = 256 << 20
 
 @dataclass
 class SinkhornResult:
-    """A solved entropic coupling P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps), kept implicit."""
+    """A solved entropic coupling P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps), kept implicit.
+
+    ``f``, ``g``, ``eps``, ``x``, ``y`` are in the user's units; every pass over the coupling
+    runs in the working frame of the solve (frame.py), where no cancellation can happen.
+    """
 
     f: torch.Tensor
     g: torch.Tensor
@@ -70,32 +78,40 @@ class SinkhornResult:
     process_group: object = field(default=None, repr=False)  # the ranks that solved it together
     sharded: bool = False  # whether x, y, f, g (and a, b) are this rank's shards
     spread: float = 1.0  # std(C), the unit of relative eps: eps / spread is the relative eps used
-    _entropy: float = field(default=None, repr=False, compare=False)  # one streaming pass, computed once
+    working: "WorkingProblem" = field(default=None, repr=False, compare=False)
+    _passes: dict = field(default_factory=dict, repr=False, compare=False)  # float64 row pass, once
 
-    def _row_pass(self):
-        """(row masses r_i, barycentres T_i = sum_j P_ij y_j / r_i) in one streaming pass."""
+    def _row_pass(self, dtype=None, values=None):
+        """(row masses r_i, softmax-weighted means over j of [y'_j, *values_j], row lse) in one
+        streaming pass, in ``dtype`` (default the points')."""
+        w = self.working
+        xw, yw = (w.x, w.y) if dtype is None else (w.x.to(dtype), w.y.to(dtype))
+        bias = w.column_bias(self.b, xw.dtype)
+        columns = yw if values is None else torch.cat([yw, values.to(yw.dtype)], dim=1)
         if self.sharded:
-            mean_y, row_lse = self._sharded_row_barycentres()
+            payload = torch.cat([yw, bias[:, None], columns], dim=1)
+            sizes = distributed.shard_sizes(yw.shape[0], yw.device, self.process_group)
+            d = yw.shape[1]
+            parts = (barycentric(xw, shard[:, :d], shard[:, d], 1.0 / w.eps, shard[:, d + 1:])
+                     for _, shard in distributed.ring(payload, sizes, self.process_group))
+            means, row_lse = merge_barycentres(parts, xw.new_zeros(xw.shape[0], columns.shape[1]))
         else:
-            mean_y, row_lse = row_barycentres(self.x, self.y, self.g, self.b, self.eps, self.cost)
-        fd = dot_potential(self.f, self.x, self.cost).double()
-        gd = dot_potential(self.g, self.y, self.cost).double()
-        log_r = self.a.log() + fd / self.eps + row_lse.double()
-        return log_r.exp(), mean_y, fd, gd
+            means, row_lse = barycentric(xw, yw, bias, 1.0 / w.eps, None if values is None else columns)
+        log_r = self.a.log() + w.f.double() / w.eps + row_lse.double()
+        return log_r.exp(), means, row_lse
 
-    def _sharded_row_barycentres(self):
-        """row_barycentres over every rank's column shard (ring), merged by their log-sum-exps."""
-        payload = torch.cat([self.y, column_bias(self.g, self.y, self.b, self.eps, self.cost)[:, None]], dim=1)
-        sizes = distributed.shard_sizes(self.y.shape[0], self.y.device, self.process_group)
-        mean = torch.zeros_like(self.x)
-        total = torch.full((self.x.shape[0],), -math.inf, dtype=self.x.dtype, device=self.x.device)
-        for _, shard in distributed.ring(payload, sizes, self.process_group):
-            part_mean, part_lse = barycentric(self.x, shard[:, :-1], shard[:, -1], 1.0 / self.eps)
-            merged = torch.logaddexp(total, part_lse)
-            keep = torch.where(torch.isinf(merged), 0.0, torch.exp(total - merged))
-            mean = keep[:, None] * mean + (1 - keep)[:, None] * part_mean
-            total = merged
-        return mean, total
+    def _exact_row_pass(self):
+        """Per row, in float64 and computed once: the mass r_i, the barycentre T'_i and the
+        conditional means of h_j (the column bias) and of beta'_j. The entropy and the cost are
+        sums of terms of size 1 / eps that cancel to O(1): float32 barycentres cannot resolve
+        them at small eps, nor may the column marginals be assumed exact."""
+        if "exact" not in self._passes:
+            w = self.working
+            bias = w.column_bias(self.b, torch.float64)
+            r, means, row_lse = self._row_pass(torch.float64, torch.stack([bias, w.beta.double()], dim=1))
+            d = w.x.shape[1]
+            self._passes["exact"] = (r, means[:, :d], means[:, d], means[:, d + 1], row_lse)
+        return self._passes["exact"]
 
     def _sum(self, t):
         """Sum over all points: over the ranks' shards when sharded."""
@@ -104,35 +120,35 @@ class SinkhornResult:
 
     def barycentric_map(self):
         """(n, d): the entropic map T(x_i) = sum_j P_ij y_j / sum_j P_ij (this rank's rows when sharded)."""
-        return self._row_pass()[1]
+        return self.working.frame.point_out(self._row_pass()[1])
 
     def transport_cost(self):
-        """<P, C>: the transport cost of the coupling (without the entropy term)."""
-        r, mean_y, _, _ = self._row_pass()
-        return float(self._transport_cost(r, mean_y))
+        """<P, C>: the transport cost of the coupling (without the entropy term), a float.
 
-    def _transport_cost(self, r, mean_y):
-        x, y = self.x.double(), self.y.double()
-        dot_part = -(r * (x * mean_y.double()).sum(1))
-        return (self._sum(dot_part + r * costs.cost_offsets(x, self.cost))
-                + self._sum(self.b * costs.cost_offsets(y, self.cost)))
+        Not differentiable (the solver holds its inputs fixed): for gradients in the points use
+        :func:`ot_flow.sinkhorn_divergence`."""
+        w = self.working
+        r, mean_y, _, mean_beta, _ = self._exact_row_pass()
+        # C = s^2 (alpha'_i + beta'_j - <x'_i, y'_j>) + k, summed against P row by row.
+        row_cost = r * (w.alpha - (w.x.double() * mean_y).sum(1) + mean_beta)
+        return float(w.frame.unit * self._sum(row_cost) + w.frame.constant * self._sum(r))
 
     def renormalized_entropy(self):
         """E(P) = 2 H(P) / (H(a) + H(b)) - 1 in [0, 1]: 0 a permutation, 1 the independent coupling."""
-        if self._entropy is None:
-            self._entropy = self._renormalized_entropy()
-        return self._entropy
+        if "entropy" not in self._passes:
+            self._passes["entropy"] = self._renormalized_entropy()
+        return self._passes["entropy"]
 
     def _renormalized_entropy(self):
-        r, mean_y, fd, gd = self._row_pass()
-        x = self.x.double()
-        # log P_ij = log a_i + log b_j + (fd_i + gd_j + <x_i, y_j>) / eps, summed against P.
+        w = self.working
+        r, mean_y, mean_h, _, row_lse = self._exact_row_pass()
+        # P_ij = r_i p_ij with p_ij the row softmax of z_ij = <x'_i, y'_j> / eps' + h_j, so
+        # H(P) = sum_i r_i (H(p_i.) - log r_i) and H(p_i.) = lse_i - <x'_i, T'_i> / eps' - E_p[h].
+        conditional = row_lse.double() - (w.x.double() * mean_y).sum(1) / w.eps - mean_h
         live = r > 0
         row_terms = torch.zeros_like(r)
-        row_terms[live] = r[live] * self.a[live].log()
-        row_terms += (r * fd + r * (x * mean_y.double()).sum(1)) / self.eps
-        sum_p_log_p = self._sum(row_terms) + self._sum(_xlogx(self.b) + self.b * gd / self.eps)
-        h_p = -float(sum_p_log_p)
+        row_terms[live] = r[live] * (conditional[live] - r[live].log())
+        h_p = float(self._sum(row_terms))
         h_ab = -float(self._sum(_xlogx(self.a)) + self._sum(_xlogx(self.b)))
         if h_ab <= 0:
             return 0.0  # one point on each side: the only coupling is a permutation
@@ -151,23 +167,24 @@ class SinkhornResult:
         seed = seed_from(generator)
         if self.process_group is not None:
             seed = int(distributed.broadcast_int(seed, self.x.device, self.process_group))
-        bias = column_bias(self.g, self.y, self.b, self.eps, self.cost)
+        w = self.working
+        bias, scale = w.column_bias(self.b, w.x.dtype), 1.0 / w.eps
         if self.process_group is None:
-            return gumbel_argmax(self.x, self.y, bias, 1.0 / self.eps, seed=seed)
+            return gumbel_argmax(w.x, w.y, bias, scale, seed=seed)
         rank, world = distributed.group_info(self.process_group)
         if not self.sharded:
-            rows = distributed.even_blocks(self.x.shape[0], world)
+            rows = distributed.even_blocks(w.x.shape[0], world)
             r0, r1 = rows[rank]
-            block = gumbel_argmax(self.x[r0:r1], self.y, bias, 1.0 / self.eps, seed=seed, row_offset=r0)
+            block = gumbel_argmax(w.x[r0:r1], w.y, bias, scale, seed=seed, row_offset=r0)
             return distributed.all_gather_uneven(block, [b - a for a, b in rows], self.process_group)
-        x_sizes = distributed.shard_sizes(self.x.shape[0], self.x.device, self.process_group)
-        y_sizes = distributed.shard_sizes(self.y.shape[0], self.y.device, self.process_group)
+        x_sizes = distributed.shard_sizes(w.x.shape[0], w.x.device, self.process_group)
+        y_sizes = distributed.shard_sizes(w.y.shape[0], w.y.device, self.process_group)
         row_offset, col_offsets = sum(x_sizes[:rank]), [sum(y_sizes[:r]) for r in range(world)]
-        best = torch.full((self.x.shape[0],), -math.inf, dtype=torch.float64, device=self.x.device)
-        best_j = torch.full((self.x.shape[0],), -1, dtype=torch.long, device=self.x.device)
-        payload = torch.cat([self.y, bias[:, None]], dim=1)
+        best = torch.full((w.x.shape[0],), -math.inf, dtype=torch.float64, device=w.x.device)
+        best_j = torch.full((w.x.shape[0],), -1, dtype=torch.long, device=w.x.device)
+        payload = torch.cat([w.y, bias[:, None]], dim=1)
         for owner, shard in distributed.ring(payload, y_sizes, self.process_group):
-            j, value = gumbel_argmax(self.x, shard[:, :-1], shard[:, -1], 1.0 / self.eps, seed=seed,
+            j, value = gumbel_argmax(w.x, shard[:, :-1], shard[:, -1], scale, seed=seed,
                                      row_offset=row_offset, col_offset=col_offsets[owner], return_value=True)
             j = j + col_offsets[owner]
             better = (value > best) | ((value == best) & (j < best_j))  # ties to the lowest column
@@ -175,21 +192,58 @@ class SinkhornResult:
         return best_j
 
 
-def dot_potential(potential, points, cost):
-    """The potential of the dot cost -<x, y> that matches `potential` of `cost` (costs.py)."""
-    return (potential.double() - costs.cost_offsets(points.double(), cost)).to(points.dtype)
+@dataclass
+class WorkingProblem:
+    """The problem as the kernels see it: points x', y' of the frame, their offsets alpha',
+    beta' (float64), eps' = eps / s^2 and the dot-cost potentials f', g' (points' dtype)."""
+
+    frame: Frame
+    x: torch.Tensor
+    y: torch.Tensor
+    alpha: torch.Tensor
+    beta: torch.Tensor
+    eps: float = None
+    f: torch.Tensor = None
+    g: torch.Tensor = None
+
+    @staticmethod
+    def of(x, y, a, b, cost, reduce=None):
+        frame = Frame.of([(x, a), (y, b)], cost, reduce)
+        xw, yw = frame.points(x), frame.points(y)
+        return WorkingProblem(frame, xw, yw, frame.offsets(xw), frame.offsets(yw))
+
+    def column_bias(self, b, dtype):
+        """h_j = g'_j / eps' + log b_j: the softmax over j of <x'_i, y'_j> / eps' + h_j is P(j | i)."""
+        return self.g.to(dtype) / self.eps + b.log().to(dtype)
+
+    def potentials_out(self, dtype):
+        """(f, g) of the user's cost, in ``dtype``."""
+        frame = self.frame
+        return frame.potential_out(self.f, self.alpha).to(dtype), frame.potential_out(self.g, self.beta).to(dtype)
 
 
-def column_bias(g, y, b, eps, cost):
-    """h_j = g_j / eps + log b_j for the dot cost: the softmax over j of <x_i, y_j> / eps + h_j
-    is P(j | i) for any coupling whose column potential is g (the row potential only scales rows)."""
-    return dot_potential(g, y, cost) / eps + b.log().to(y.dtype)
+def merge_barycentres(parts, like):
+    """(mean, lse) of a softmax-weighted mean over column blocks, from each block's (mean, lse)."""
+    mean = torch.zeros_like(like)
+    total = torch.full((like.shape[0],), -math.inf, dtype=like.dtype, device=like.device)
+    for part_mean, part_lse in parts:
+        merged = torch.logaddexp(total, part_lse)
+        keep = torch.where(torch.isinf(merged), 0.0, torch.exp(total - merged))
+        mean = keep[:, None] * mean + (1 - keep)[:, None] * part_mean
+        total = merged
+    return mean, total
 
 
 def row_barycentres(x, y, g, b, eps, cost):
-    """(T, lse) with T_i = sum_j P_ij y_j / sum_j P_ij, and lse_i the log of the row sum over
-    exp(f_i / eps)."""
-    return barycentric(x, y, column_bias(g, y, b, eps, cost), 1.0 / eps)
+    """T_i = sum_j P_ij y_j / sum_j P_ij for any coupling whose column potential is g (the row
+    potential only scales rows), computed in the frame of x and y (no cancellation far from the
+    origin)."""
+    a = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64, device=x.device)
+    w = WorkingProblem.of(x, y, a, b.double(), cost)
+    w.eps = eps / w.frame.unit
+    w.g = w.frame.potential_in(g, w.beta)
+    mean, _ = barycentric(w.x, w.y, w.column_bias(b, w.x.dtype), 1.0 / w.eps)
+    return w.frame.point_out(mean)
 
 
 def _xlogx(w):
@@ -198,9 +252,10 @@ def _xlogx(w):
 
 
 @torch.compiler.disable
+@autocast_off
 def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3,
              max_iter=10_000, momentum=True, init=None, process_group=None, sharded=False, anneal=None,
-             target_entropy=None, entropy_tol=0.01, cost_cache="auto"):
+             target_entropy=None, entropy_tol=0.01, cost_cache="auto", progress="auto"):
     """Entropic optimal transport between point clouds x (n, d) and y (m, d), streamed.
 
     Args:
@@ -211,11 +266,13 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
         max_iter: at most this many iterations (annealing included); then a warning and
             ``converged=False``.
         momentum: over-relaxation that switches on by itself once the error decays steadily.
-        init: (f, g) of an earlier solve (same cost) to warm start from.
+        init: (f, g) of an earlier solve (same cost) to warm start from; only the coupling they
+            define matters (a constant moved from f to g is the same start).
         anneal: decay eps from std(C) to the target first; default: when eps < 0.05 std(C).
         target_entropy: choose eps so that the renormalized entropy lands within
             ``entropy_tol`` of this value (seed paper 002 recommends about 0.2); ``eps`` is then
-            the first guess.
+            the first guess. When the entropy does not move with eps (one cloud a single point,
+            say), a warning says so at once.
         process_group: solve across the ranks of this torch.distributed group (NCCL on GPUs,
             Gloo on CPUs); every rank calls with the same arguments and gets the same result.
             With ``sharded=False`` every rank passes the full x and y and the rows and columns
@@ -227,6 +284,15 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
             no GEMM) -- "auto" does so on the CPU when they fit 1 GiB and either d >= 16 or
             they take at most 256 MiB; True forces it, False always streams (memory
             O((n + m) d)). ``result.path`` says which ran.
+        progress: a tqdm bar (iterations, marginal error, eps; the solves of an entropy search):
+            "auto" shows it once a solve has run for 2 seconds, True at once, False never
+            (rank 0 only when distributed).
+
+    The points may lie anywhere: the solve runs on the clouds moved to their common centre and
+    measured in their own unit (frame.py), so translating both clouds, or scaling them, changes
+    neither the coupling nor its entropy (the cost only by the scale squared). Under autocast
+    the solve runs in the points' own precision. Not differentiable: the result holds the points
+    detached (see :func:`ot_flow.sinkhorn_divergence` for gradients).
 
     Returns:
         SinkhornResult. Under ``torch.compile`` this function runs eagerly (one graph break:
@@ -244,46 +310,80 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     costs.check_cost(cost)
     eps = validation.positive("eps", eps)
     tol = validation.positive("tol", tol)
-    if not isinstance(max_iter, int) or max_iter < 1:
+    entropy_tol = validation.positive("entropy_tol", entropy_tol)
+    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
         raise ValueError(f"argument 'max_iter' must be an int >= 1, got {max_iter!r}")
+    if target_entropy is not None:
+        target_entropy = validation.in_open_interval("target_entropy", target_entropy, 0.0, 1.0)
     if process_group is None and sharded:
         raise ValueError("argument 'sharded' needs a 'process_group'")
+    if cost_cache not in ("auto", True, False):
+        raise ValueError(f"argument 'cost_cache' must be 'auto', True or False, got {cost_cache!r}")
     sharded = bool(sharded) and process_group is not None
+    reduce = (lambda t: distributed.all_sum(t, process_group)) if sharded else None
     if sharded:
         a = _shard_weights("a", a, x, process_group)
         b = _shard_weights("b", b, y, process_group)
     else:
         a = validation.weights("a", a, x.shape[0], x)
         b = validation.weights("b", b, y.shape[0], y)
+    x, y = x.detach(), y.detach()
     if x.dtype not in (torch.float32, torch.float64):
         x, y = x.float(), y.float()  # half inputs: potentials and sums in float32
     y = y.to(x.dtype)
-    spread = costs.cost_std(x, y, a, b, cost,
-                            reduce=(lambda t: distributed.all_sum(t, process_group)) if sharded else None)
-    if spread == 0:
-        spread = 1.0  # every cost equal: any eps gives the independent coupling
-    if cost_cache not in ("auto", True, False):
-        raise ValueError(f"argument 'cost_cache' must be 'auto', True or False, got {cost_cache!r}")
+    work = WorkingProblem.of(x, y, a, b, cost, reduce)
+    spread = costs.cost_std(x, y, a, b, cost, reduce=reduce) or work.frame.unit  # 0: any eps is fine
+    _check_range(work, eps * spread if relative_eps else eps, process_group)
     if cost_cache == "auto":
         size = x.shape[0] * y.shape[0] * x.element_size()
         cost_cache = process_group is None and x.device.type == "cpu" and size <= _CACHE_BUDGET_BYTES and (
             x.shape[1] >= _CACHE_MIN_DIM or size <= _CACHE_SMALL_BYTES)
     if cost_cache and process_group is not None:
         raise ValueError("argument 'cost_cache': the distributed solver streams; pass 'auto' or False")
-    dots = None
-    if cost_cache:
-        dots = x.detach() @ y.detach().T
-        if not torch.isfinite(torch.stack(torch.aminmax(dots))).all():  # once; no n x m temporary
-            raise RuntimeError(f"ot_flow.sinkhorn: the dot products <x_i, y_j> overflow {x.dtype}; "
-                               "use float64 inputs or rescale the points")
-    solve = dict(x=x, y=y, a=a, b=b, cost=cost, tol=tol, max_iter=max_iter, momentum=momentum,
-                 anneal=anneal, spread=spread, dots=dots, process_group=process_group, sharded=sharded)
+    dots = work.x @ work.y.T if cost_cache else None  # working points: bounded by _check_range
+    init_w = None if init is None else _initial_potentials(init, work, process_group if sharded else None)
+    solve = dict(x=x, y=y, a=a, b=b, work=work, tol=tol, max_iter=max_iter, momentum=momentum,
+                 anneal=anneal, spread=spread, dots=dots, process_group=process_group, sharded=sharded,
+                 progress=progress)
     if target_entropy is not None:
-        if not 0 < target_entropy < 1:
-            raise ValueError(f"argument 'target_entropy' must lie in (0, 1), got {target_entropy!r}")
         first = eps if relative_eps else eps / spread
-        return _solve_for_entropy(float(target_entropy), first, entropy_tol, init, solve)
-    return _solve(eps * spread if relative_eps else eps, init, **solve)
+        if costs.interaction_std(x, y, a, b, reduce) == 0.0:
+            result = _solve(first * spread, init_w, **solve)
+            warnings.warn(f"ot_flow.sinkhorn: target_entropy={target_entropy} cannot be reached: the coupling is the "
+                          "independent one whatever eps (one cloud is a single point, or the clouds lie in orthogonal "
+                          f"subspaces), with entropy {result.renormalized_entropy():.3f}; returning eps={result.eps:.4g}",
+                          RuntimeWarning, stacklevel=3)
+            return result
+        return _solve_for_entropy(target_entropy, first, entropy_tol, init_w, solve)
+    return _solve(eps * spread if relative_eps else eps, init_w, **solve)
+
+
+def _check_range(work, eps, process_group):
+    """Refuses problems whose costs or potentials the points' dtype cannot hold, on every rank."""
+    dtype = work.x.dtype
+    top = torch.finfo(dtype).max / 8  # room for the potentials' log-sum-exp terms
+
+    def check():
+        frame = work.frame
+        reach = (float(work.alpha.abs().max()) + float(work.beta.abs().max())
+                 + float(work.x.double().norm(dim=1).max() * work.y.double().norm(dim=1).max()))
+        cost_reach = frame.unit * reach + abs(frame.constant)
+        if not cost_reach < top:
+            raise ValueError(f"arguments 'x' and 'y': their costs reach {cost_reach:.3g}, beyond what {dtype} "
+                             "potentials can hold; pass float64 points or rescale them")
+        logs = math.log(work.x.shape[0]) + math.log(work.y.shape[0]) + 1.0
+        working_eps = eps / frame.unit
+        reach_w = reach + 1.0  # the working logits are <x', y'> / eps', with |x'|, |y'| about 1
+        if not (eps * logs < top and 0 < working_eps and reach_w / working_eps < top):
+            raise ValueError(f"argument 'eps': the absolute eps {eps:.3g} is out of {dtype}'s range for these "
+                             f"points (their costs reach {cost_reach:.3g}); eps above about 1e6 x std(C) already "
+                             "gives the independent coupling, and eps below about 1e-30 x std(C) exceeds what "
+                             "float32 resolves: pass an eps in between, or float64 points")
+
+    if process_group is None:
+        check()
+    else:
+        distributed.checked_together(check, process_group)
 
 
 def _solve_for_entropy(target, rel_eps, entropy_tol, init, solve, max_solves=12):
@@ -291,56 +391,64 @@ def _solve_for_entropy(target, rel_eps, entropy_tol, init, solve, max_solves=12)
     spread = solve["spread"]
     lo = hi = None  # (log rel eps, result) with entropy below / above the target
     log_eps, result = math.log(rel_eps), None
-    for _ in range(max_solves):
-        result = _solve(math.exp(log_eps) * spread, init, **solve)
-        entropy = result.renormalized_entropy()
-        if abs(entropy - target) <= entropy_tol:
-            return result
-        if entropy < target:
-            lo = (log_eps, result)
-        else:
-            hi = (log_eps, result)
-        init = (result.f, result.g)
-        if lo is None:
-            log_eps -= math.log(4.0)
-        elif hi is None:
-            log_eps += math.log(4.0)
-        else:
-            log_eps = 0.5 * (lo[0] + hi[0])
+    bar = progress_bar(solve["progress"], max_solves, "sinkhorn target_entropy", solve["process_group"])
+    with bar:
+        for _ in range(max_solves):
+            result = _solve(math.exp(log_eps) * spread, init, **solve)
+            entropy = result.renormalized_entropy()
+            bar.set_postfix(eps=f"{math.exp(log_eps):.3g}", entropy=f"{entropy:.4f}", refresh=False)
+            bar.update(1)
+            if abs(entropy - target) <= entropy_tol:
+                return result
+            if entropy < target:
+                lo = (log_eps, result)
+            else:
+                hi = (log_eps, result)
+            init = (result.working.f, result.working.g)
+            if lo is None:
+                log_eps -= math.log(4.0)
+            elif hi is None:
+                log_eps += math.log(4.0)
+            else:
+                log_eps = 0.5 * (lo[0] + hi[0])
     warnings.warn(f"ot_flow.sinkhorn: target_entropy={target} not reached within {max_solves} solves; "
-                  f"returning eps={result.eps:.4g} with entropy {result.renormalized_entropy():.3f}")
+                  f"returning eps={result.eps:.4g} with entropy {result.renormalized_entropy():.3f}", RuntimeWarning)
     return result
 
 
 @torch.no_grad()
-def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spread, dots, process_group, sharded):
-    dtype = x.dtype
-    alpha = costs.cost_offsets(x.double(), cost)
-    beta = costs.cost_offsets(y.double(), cost)
+def _solve(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spread, dots, process_group, sharded,
+           progress):
+    """One solve at absolute eps; ``init`` is a pair of working dot-cost potentials or None."""
+    dtype = work.x.dtype
+    unit = work.frame.unit  # the solve runs on C' = (C - k) / s^2
+    eps_w, spread_w = eps / unit, spread / unit
     log_a, log_b = a.log().to(dtype), b.log().to(dtype)
     if init is not None:
-        fd, gd = _initial_potentials(init, alpha, beta, dtype)
+        fd, gd = init
     else:
-        fd = torch.zeros(x.shape[0], dtype=dtype, device=x.device)
-        gd = torch.zeros(y.shape[0], dtype=dtype, device=y.device)
+        fd = torch.zeros(work.x.shape[0], dtype=dtype, device=x.device)
+        gd = torch.zeros(work.y.shape[0], dtype=dtype, device=y.device)
     if process_group is None:
-        halves = LocalHalves(x, y, log_a, log_b, dots)
+        halves = LocalHalves(work.x, work.y, log_a, log_b, dots)
     elif sharded:
-        halves = ShardedHalves(x, y, log_a, log_b, process_group)
+        halves = ShardedHalves(work.x, work.y, log_a, log_b, process_group)
     else:
-        halves = ReplicatedHalves(x, y, log_a, log_b, process_group)
+        halves = ReplicatedHalves(work.x, work.y, log_a, log_b, process_group)
     f_update, g_update = halves.f_update, halves.g_update
+    bar = progress_bar(progress, max_iter, f"sinkhorn eps={eps:.3g}", process_group)
 
     n_iter = 0
     if anneal is None:
-        anneal = init is None and eps < _ANNEAL_BELOW * spread
+        anneal = init is None and eps_w < _ANNEAL_BELOW * spread_w
     if anneal:
-        level = spread
-        while level > eps and n_iter < max_iter:
+        level = spread_w
+        while level > eps_w and n_iter < max_iter:
             fd = f_update(gd, level, fd)
             gd = g_update(fd, level, gd)
             level *= _ANNEAL_DECAY
             n_iter += 1
+        bar.update(n_iter)
 
     errors = []
     relaxation = _Relaxation(momentum)
@@ -349,41 +457,44 @@ def _solve(eps, init, *, x, y, a, b, cost, tol, max_iter, momentum, anneal, spre
     converged = False
     error = math.inf
     measured = False  # whether (fd, gd) has an exact measurement pending
-    while n_iter < max_iter:
-        f_new = f_update(gd, eps, fd)
-        if measured:
-            ratio = torch.exp((fd.double() - f_new.double()) / eps)
-            error = halves.total(a * (ratio - 1).abs())
-            if not math.isfinite(error):
+    with bar:
+        while n_iter < max_iter:
+            f_new = f_update(gd, eps_w, fd)
+            if measured:
+                ratio = torch.exp((fd.double() - f_new.double()) / eps_w)
+                error = halves.total(a * (ratio - 1).abs())
+                if not math.isfinite(error):
+                    _raise_non_finite(n_iter, eps, dtype)
+                errors.append(error)
+                bar.set_postfix(error=f"{error:.3g}", tol=f"{tol:.3g}", refresh=False)
+                if error < tol:
+                    if w == 1.0 or finishing:
+                        converged = True
+                        break
+                    finishing = True  # confirm on a plain step: column marginals exact again
+                else:
+                    finishing = False
+                    w = relaxation.update(errors)
+            elif not halves.all_finite(f_new):
                 _raise_non_finite(n_iter, eps, dtype)
-            errors.append(error)
-            if error < tol:
-                if w == 1.0 or finishing:
-                    converged = True
-                    break
-                finishing = True  # confirm on a plain step: column marginals exact again
-            else:
-                finishing = False
-                w = relaxation.update(errors)
-        elif not halves.all_finite(f_new):
-            _raise_non_finite(n_iter, eps, dtype)
-        step = 1.0 if finishing else w
-        fd = f_new if step == 1.0 else fd + step * (f_new - fd)
-        g_new = g_update(fd, eps, gd)
-        if not halves.all_finite(g_new):  # f_new is checked through the error
-            _raise_non_finite(n_iter, eps, dtype)
-        gd = g_new if step == 1.0 else gd + step * (g_new - gd)
-        measured = True
-        n_iter += 1
+            step = 1.0 if finishing else w
+            fd = f_new if step == 1.0 else fd + step * (f_new - fd)
+            g_new = g_update(fd, eps_w, gd)
+            if not halves.all_finite(g_new):  # f_new is checked through the error
+                _raise_non_finite(n_iter, eps, dtype)
+            gd = g_new if step == 1.0 else gd + step * (g_new - gd)
+            measured = True
+            n_iter += 1
+            bar.update(1)
     if not converged:
         warnings.warn(f"ot_flow.sinkhorn: not converged after {n_iter} iterations (marginal error "
                       f"{error:.3g} > tol {tol:.3g}); raise max_iter or eps", RuntimeWarning)
-    f = fd.double() + alpha
-    g = gd.double() + beta
-    return SinkhornResult(f=f.to(dtype), g=g.to(dtype), eps=float(eps), n_iter=n_iter, error=error,
-                          converged=converged, errors=errors, x=x, y=y, a=a, b=b, cost=cost,
+    solved = dataclasses.replace(work, eps=eps_w, f=fd, g=gd)
+    f, g = solved.potentials_out(dtype)
+    return SinkhornResult(f=f, g=g, eps=float(eps), n_iter=n_iter, error=error, converged=converged,
+                          errors=errors, x=x, y=y, a=a, b=b, cost=work.frame.cost,
                           path="streamed" if dots is None else "cached", process_group=process_group,
-                          sharded=sharded, spread=float(spread))
+                          sharded=sharded, spread=float(spread), working=solved)
 
 
 def _shard_weights(name, w, points, process_group):
@@ -450,13 +561,28 @@ class _Relaxation:
         return self.w
 
 
-def _initial_potentials(init, alpha, beta, dtype):
+def _initial_potentials(init, work, process_group):
+    """The working dot-cost potentials of a warm start (f, g) of the user's cost. f and g may
+    trade a constant without changing the coupling: it is chosen so that max f' = 0, which a
+    start such as (f + 1e300, g - 1e300) needs so as not to drown in rounding (subtracting the
+    largest entry is exact for the entries near it, as a mean would not be)."""
     if not (isinstance(init, (tuple, list)) and len(init) == 2):
         raise ValueError("argument 'init' must be a pair (f, g) of potentials")
     f, g = init
-    for name, p, off in (("init[0] (f)", f, alpha), ("init[1] (g)", g, beta)):
+    for name, p, off in (("init[0] (f)", f, work.alpha), ("init[1] (g)", g, work.beta)):
         if not isinstance(p, torch.Tensor) or p.shape != off.shape:
             raise ValueError(f"argument '{name}' must be a tensor of shape {tuple(off.shape)}")
         if not torch.isfinite(p).all():
             raise ValueError(f"argument '{name}' contains NaN or Inf")
-    return (f.double().to(alpha.device) - alpha).to(dtype), (g.double().to(beta.device) - beta).to(dtype)
+    fw = work.frame.potential_in(f.to(work.alpha.device), work.alpha)
+    gw = work.frame.potential_in(g.to(work.beta.device), work.beta)
+    level = fw.max().reshape(1)
+    if process_group is not None:  # the largest entry over every rank's shard
+        world = distributed.group_info(process_group)[1]
+        level = distributed.all_gather_uneven(level, [1] * world, process_group).max().reshape(1)
+    fw, gw = fw - level, gw + level
+    if not (torch.isfinite(fw).all() and torch.isfinite(gw).all()):
+        raise ValueError("argument 'init': the potentials are out of float64's range in this problem's unit; "
+                         "pass the potentials of an earlier solve")
+    dtype = work.x.dtype
+    return fw.to(dtype), gw.to(dtype)

@@ -14,7 +14,9 @@ import torch
 
 from ot_flow.ops import lse
 from ot_flow.solvers import costs, validation
-from ot_flow.solvers.sinkhorn import column_bias, row_barycentres
+from ot_flow.solvers.frame import Frame
+from ot_flow.solvers.full_precision import autocast_off
+from ot_flow.solvers.sinkhorn import row_barycentres
 
 __all__ = ["SymmetricResult", "symmetric_potential"]
 
@@ -37,35 +39,42 @@ class SymmetricResult:
 
     def barycentric_map(self):
         """T_i = sum_j P_ij x_j / sum_j P_ij of the symmetric plan (the self-term of NSGF's velocity)."""
-        t, _ = row_barycentres(self.x, self.x, self.p, self.a, self.eps, self.cost)
-        return t
+        return row_barycentres(self.x, self.x, self.p, self.a, self.eps, self.cost)
 
 
+@autocast_off
 def symmetric_potential(x, a=None, *, eps, cost="sqeuclidean", tol=1e-4, max_iter=1_000):
     """Solves OT_eps(a, a) on the points x by the averaged fixed-point iteration.
 
     ``eps`` is absolute. Stops when the 1-norm marginal error sum_i a_i |exp((p_i - T(p)_i)/eps) - 1|
-    is below ``tol``; raises RuntimeError when it is not reached within ``max_iter``.
+    is below ``tol``; raises RuntimeError when it is not reached within ``max_iter``. Runs in the
+    frame of x (frame.py): the same potential, up to rounding, wherever the points lie.
     """
     validation.check_points("x", x)
     costs.check_cost(cost)
     eps = validation.positive("eps", eps)
     a = validation.weights("a", a, x.shape[0], x)
-    alpha = costs.cost_offsets(x.double(), cost)
+    x = x.detach()
+    frame = Frame.of([(x, a)], cost)
+    xw = frame.points(x)
+    alpha = frame.offsets(xw)
+    eps_w = eps / frame.unit  # q, the working potential of C' = (C - k) / s^2, float64
+    log_a = a.log()
 
-    def softmin(p):
-        return alpha - eps * lse(x, x, column_bias(p, x, a, eps, cost), 1.0 / eps).double()
+    def softmin(q):
+        return alpha - eps_w * lse(xw, xw, ((q - alpha) / eps_w + log_a).to(xw.dtype), 1.0 / eps_w).double()
 
-    p = softmin(torch.zeros_like(alpha))
+    q = softmin(torch.zeros_like(alpha))
     error = float("inf")
     for n_iter in range(1, max_iter + 1):
-        t = softmin(p)
-        error = float((a * torch.expm1((p - t) / eps).abs()).sum())
-        p = 0.5 * (p + t)
-        if not torch.isfinite(p).all():
+        t = softmin(q)
+        error = float((a * torch.expm1((q - t) / eps_w).abs()).sum())
+        q = 0.5 * (q + t)
+        if not torch.isfinite(q).all():
             raise RuntimeError(f"symmetric Sinkhorn: non-finite potential at iteration {n_iter} (eps = {eps:.3g}); "
                                "use float64 points or a larger eps")
         if error < tol:
+            p = frame.potential_out(q - alpha, alpha)
             return SymmetricResult(p, x, a, eps, cost, n_iter, error)
     raise RuntimeError(f"symmetric Sinkhorn did not reach tol = {tol:g} in {max_iter} iterations "
                        f"(marginal error {error:.3g}); raise max_iter or eps")

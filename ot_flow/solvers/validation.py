@@ -12,6 +12,8 @@ def check_points(name, t):
         raise ValueError(f"argument '{name}' must be a 2-D tensor of points (num_points, dim), got shape {tuple(t.shape)}")
     if not t.is_floating_point():
         raise ValueError(f"argument '{name}' must be a floating-point tensor, got {t.dtype}")
+    if t.device.type == "meta":
+        raise ValueError(f"argument '{name}' is a meta tensor (a shape without data); the solvers need its values")
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"argument '{name}' is empty (shape {tuple(t.shape)})")
     if not torch.isfinite(t).all():
@@ -50,4 +52,11 @@ def weights(name, w, size, like, atol=1e-5):
 def positive(name, value):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"argument '{name}' must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def in_open_interval(name, value, low, high):
+    """A real number strictly between low and high."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low < value < high:
+        raise ValueError(f"argument '{name}' must be a number in ({low:g}, {high:g}), got {value!r}")
     return float(value)
