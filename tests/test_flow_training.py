@@ -137,7 +137,8 @@ def test_running_the_same_script_again_resumes_instead_of_overwriting(tmp_path):
 
 @pytest.mark.parametrize("other, message", [
     (lambda: make_trainer(lr=1e-3), "lr 0.003 there, 0.001 here"),
-    (lambda: make_trainer(seed=1), "seed 0 there, 1 here"),
+    (lambda: make_trainer(seed=1), "pairs 'IndependentPairs\\(batch_size=64, seed=0\\)' there, "
+                                   "'IndependentPairs\\(batch_size=64, seed=1\\)' here"),
     (lambda: make_trainer(width=16), "another network"),
 ], ids=["lr", "seed", "network"])
 def test_a_checkpoint_of_another_run_is_refused_until_overwrite(tmp_path, other, message):
@@ -225,6 +226,10 @@ def test_trainer_rejects_bad_arguments():
     pairs = IndependentPairs(gaussian_source, shifted_data(), 8)
     with pytest.raises(ValueError, match="'lr'"):
         FlowMatchingTrainer(model, pairs, lr=0)
+    with pytest.raises(ValueError, match="'lr' must be > 0 and finite, got inf"):
+        FlowMatchingTrainer(model, pairs, lr=float("inf"))
+    with pytest.raises(ValueError, match="'seed' must be an int >= 0, got -1"):
+        FlowMatchingTrainer(model, pairs, seed=-1)
     with pytest.raises(ValueError, match="'schedule'"):
         FlowMatchingTrainer(model, pairs, schedule="step")
     with pytest.raises(ValueError, match="'model'"):

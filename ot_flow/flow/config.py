@@ -189,7 +189,7 @@ def _check_range(value, bounds, source, where):
     low, high, above, below, note = bounds
     parts = [f"{'>' if above else '>='} {low}" if low is not None else "",
              f"{'<' if below else '<='} {high}" if high is not None else ""]
-    wanted = ("a finite number " if isinstance(value, float) else "") + " and ".join(p for p in parts if p)
+    wanted = " and ".join(p for p in parts if p) + (" (finite)" if isinstance(value, float) else "")
     ok = math.isfinite(value) and (low is None or (value > low if above else value >= low)) \
         and (high is None or (value < high if below else value <= high))
     if not ok:
@@ -259,7 +259,7 @@ def _check(config, source):
             if (m.eps is None) == (m.target_entropy is None):
                 fail(where, "needs exactly one of 'eps' and 'target_entropy' for an OT coupling")
         if m.eps == 0 and m.coupling != "semidiscrete":  # eps = 0 is the hard semidiscrete assignment only
-            fail(f"{where}.eps", f"must be > 0 for a {m.coupling} coupling, got {m.eps}")
+            fail(f"{where}.eps", f"must be > 0 for the {m.coupling!r} coupling, got {m.eps}")
     e = config.eval
     if not e.steps:
         fail("eval.steps", "must be a non-empty list of step counts >= 1")

@@ -109,6 +109,9 @@ def train_method(config, method, task=None, *, progress=True, resume=False, over
     check_not_replacing(config, [method], resume=resume, overwrite=overwrite)
     if not resume:
         clear_run(out)
+    if progress:  # the progress bars below do not say whose they are
+        print(f"{method.name}: training ({method.coupling} coupling, {config.train.steps} steps)", file=sys.stderr,
+              flush=True)
     torch.manual_seed(config.train.seed)  # the networks' initial weights
     if method.coupling in NSGF_METHODS:
         return train_nsgf(config, method, task, device, out, progress=progress, resume=resume)
@@ -224,6 +227,8 @@ def run_experiment(config, *, methods=None, progress=True, resume=False, overwri
         if row["partial"]:
             print(f"{method.name}: partial: its checkpoint was saved at step {steps} of {config.train.steps} "
                   "(train --resume finishes it)", file=sys.stderr, flush=True)
+        if progress:
+            print(f"{method.name}: evaluating", file=sys.stderr, flush=True)
         row.update(evaluate(model, task, config, device, seed=config.train.seed + 1))
         models[method.name] = model
         rows[method.name] = {**rows.get(method.name, {}), **row}

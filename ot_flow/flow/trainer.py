@@ -122,12 +122,16 @@ class FlowMatchingTrainer:
             raise ValueError(f"argument 'model' must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(pairs, PairStream) and not hasattr(pairs, "__iter__"):
             raise ValueError(f"argument 'pairs' must be a PairStream or an iterable of (x0, x1), got {type(pairs).__name__}")
-        if not isinstance(lr, (int, float)) or not lr > 0:
-            raise ValueError(f"argument 'lr' must be > 0, got {lr!r}")
+        if not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            raise ValueError(f"argument 'lr' must be > 0 and finite, got {lr!r}")
+        if not isinstance(weight_decay, (int, float)) or not 0 <= weight_decay < math.inf:
+            raise ValueError(f"argument 'weight_decay' must be >= 0 and finite, got {weight_decay!r}")
         if not isinstance(ema, (int, float)) or not 0 <= ema < 1:
             raise ValueError(f"argument 'ema' must lie in [0, 1), got {ema!r}")
-        if grad_clip is not None and not grad_clip > 0:
-            raise ValueError(f"argument 'grad_clip' must be None or > 0, got {grad_clip!r}")
+        if grad_clip is not None and not 0 < grad_clip < math.inf:
+            raise ValueError(f"argument 'grad_clip' must be None or > 0 and finite, got {grad_clip!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"argument 'seed' must be an int >= 0, got {seed!r}")
         if not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"argument 'warmup_steps' must be an int >= 0, got {warmup_steps!r}")
         if schedule not in _SCHEDULES:
@@ -239,9 +243,12 @@ class FlowMatchingTrainer:
     def _recipe(self):
         """What decides the weights besides the batches: a run resumed under another recipe
         would not be the run it continues."""
-        return {"objective": self.objective, "lr": self.base_lr, "weight_decay": self.weight_decay,
-                "betas": self.betas, "ema": self.ema_decay, "grad_clip": self.grad_clip,
-                "warmup_steps": self.warmup_steps, "schedule": self.schedule, "seed": self.seed}
+        recipe = {"objective": self.objective, "lr": self.base_lr, "weight_decay": self.weight_decay,
+                  "betas": self.betas, "ema": self.ema_decay, "grad_clip": self.grad_clip,
+                  "warmup_steps": self.warmup_steps, "schedule": self.schedule, "seed": self.seed}
+        if isinstance(self.pairs, PairStream):  # its batches are a function of (seed, step)
+            recipe["pairs"] = f"{type(self.pairs).__name__}(batch_size={self.pairs.batch_size}, seed={self.pairs.seed})"
+        return recipe
 
     def _conflicts(self, state, num_steps):
         theirs = state.get("recipe") or {}  # checkpoints written before recipes were recorded have none
