@@ -75,16 +75,16 @@ def test_semidiscrete_pairs_use_the_fitted_potential():
 
 
 class InterruptedPairs(IndependentPairs):
-    """Raises KeyboardInterrupt when asked for the batch of step `stop` (a Ctrl-C mid-run)."""
+    """Raises KeyboardInterrupt (a Ctrl-C mid-run), or ``error``, when asked for the batch of step `stop`."""
 
-    def __init__(self, stop, *args, **kwargs):
+    def __init__(self, stop, *args, error=KeyboardInterrupt, **kwargs):
         super().__init__(*args, **kwargs)
-        self.stop = stop
+        self.stop, self.error = stop, error
 
     def batches(self, start_step=0):
         for step, batch in enumerate(super().batches(start_step), start_step):
             if step == self.stop:
-                raise KeyboardInterrupt
+                raise self.error(f"asked for the batch of step {step}")
             yield batch
 
 
@@ -95,8 +95,8 @@ def make_trainer(pairs=None, seed=0, log_dir=None, lr=3e-3, width=32):
     return FlowMatchingTrainer(model, pairs, lr=lr, ema=0.9, warmup_steps=5, schedule="cosine", log_dir=log_dir)
 
 
-def interrupted_at(stop):
-    return InterruptedPairs(stop, gaussian_source, shifted_data(), 64, seed=0)
+def interrupted_at(stop, error=KeyboardInterrupt):
+    return InterruptedPairs(stop, gaussian_source, shifted_data(), 64, seed=0, error=error)
 
 
 def test_resumed_training_equals_uninterrupted(tmp_path):
@@ -123,14 +123,14 @@ def test_running_the_same_script_again_resumes_instead_of_overwriting(tmp_path):
     straight = make_trainer().train(20, progress=False, log_every=5)
     with pytest.raises(KeyboardInterrupt):
         make_trainer(interrupted_at(13)).train(20, progress=False, log_every=5, checkpoint=checkpoint, checkpoint_every=5)
-    # A restart from step 0 would ask for batch 5 and be interrupted again.
-    again = make_trainer(interrupted_at(5)).train(20, progress=False, log_every=5, checkpoint=checkpoint,
+    # A restart from step 0 would ask for the batch of step 5.
+    again = make_trainer(interrupted_at(5, AssertionError)).train(20, progress=False, log_every=5, checkpoint=checkpoint,
                                                   checkpoint_every=5)
     assert again.step == 20
     for a, b in zip(straight.velocity.state_dict().values(), again.velocity.state_dict().values()):
         assert torch.equal(a, b)
     saved = os.path.getmtime(checkpoint), open(checkpoint, "rb").read()
-    finished = make_trainer(interrupted_at(0)).train(20, progress=False, checkpoint=checkpoint, checkpoint_every=5)
+    finished = make_trainer(interrupted_at(0, AssertionError)).train(20, progress=False, checkpoint=checkpoint, checkpoint_every=5)
     assert finished.step == 20 and torch.equal(finished.model.net[0].weight, again.model.net[0].weight)
     assert (os.path.getmtime(checkpoint), open(checkpoint, "rb").read()) == saved
 
