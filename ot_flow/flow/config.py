@@ -38,7 +38,7 @@ def _ranged(default, low=None, high=None, *, above=False, below=False, note=""):
     return dataclasses.field(**kwargs, metadata={"range": (low, high, above, below, note)})
 
 
-_MAX_SEED = 2 ** 63 - 1  # torch.manual_seed and the derived seeds take up to 64 bits; runs use seed + 1
+_SEED_LIMIT = 2 ** 63  # torch.manual_seed and the derived seeds take up to 64 bits; runs use seed + 1
 
 
 @dataclasses.dataclass
@@ -60,7 +60,7 @@ class TrainConfig:
     grad_clip: typing.Optional[float] = _ranged(1.0, 0, above=True, note=" (or null for no clipping)")
     warmup_steps: int = _ranged(100, 0)
     schedule: str = "cosine"               # constant | cosine
-    seed: int = _ranged(0, 0, _MAX_SEED)
+    seed: int = _ranged(0, 0, _SEED_LIMIT, below=True)
     device: str = "auto"                   # auto | cpu | cuda | cuda:1 ...
     log_every: int = _ranged(100, 1)
     checkpoint_every: int = _ranged(500, 1)
@@ -187,8 +187,8 @@ def _check_range(value, bounds, source, where):
     if value is None:
         return
     low, high, above, below, note = bounds
-    parts = [f"{'>' if above else '>='} {low}" if low is not None else "",
-             f"{'<' if below else '<='} {high}" if high is not None else ""]
+    parts = [f"{'>' if above else '>='} {_show(low)}" if low is not None else "",
+             f"{'<' if below else '<='} {_show(high)}" if high is not None else ""]
     wanted = " and ".join(p for p in parts if p) + (" (finite)" if isinstance(value, float) else "")
     ok = math.isfinite(value) and (low is None or (value > low if above else value >= low)) \
         and (high is None or (value < high if below else value <= high))
@@ -215,6 +215,13 @@ def _convert(hint, value, source, where):
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise ValueError(f"{source}: '{where}' must be a {hint.__name__}, got {value!r}")
+
+
+def _show(bound):
+    """A bound as written in messages: large powers of two as such (2**63, not 19 digits)."""
+    if isinstance(bound, int) and bound > 2 ** 32 and bound & (bound - 1) == 0:
+        return f"2**{bound.bit_length() - 1}"
+    return str(bound)
 
 
 def _join(where, key):
