@@ -226,7 +226,7 @@ class FlowMatchingTrainer:
         """Loads the run that ``path`` holds, unless it is this trainer's own; see :meth:`train`."""
         if not os.path.exists(path) or self._own_checkpoint == os.path.abspath(path):
             return
-        advice = "pass overwrite=True to replace it, or choose another path"
+        advice = "pass overwrite=True (--overwrite on the command line) to replace it, or choose another path"
         if self.step > 0:
             raise ValueError(f"argument 'checkpoint': {path} holds another run, and this trainer has trained "
                              f"{self.step} steps of its own: {advice}")
