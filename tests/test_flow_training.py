@@ -119,14 +119,17 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
 def test_running_the_same_script_again_resumes_instead_of_overwriting(tmp_path):
     # The README's snippet: a fresh trainer, then train(..., checkpoint=path). Run again after a
     # crash, it continues from the checkpoint; run again after the end, it trains nothing.
-    checkpoint = str(tmp_path / "c.pt")
-    straight = make_trainer().train(20, progress=False, log_every=5)
+    checkpoint, log_dir = str(tmp_path / "c.pt"), str(tmp_path / "log")
+    straight = make_trainer().train(20, progress=False, log_every=2)
     with pytest.raises(KeyboardInterrupt):
-        make_trainer(interrupted_at(13)).train(20, progress=False, log_every=5, checkpoint=checkpoint, checkpoint_every=5)
+        make_trainer(interrupted_at(13), log_dir=log_dir).train(20, progress=False, log_every=2, checkpoint=checkpoint,
+                                                                checkpoint_every=5)
     # A restart from step 0 would ask for the batch of step 5.
-    again = make_trainer(interrupted_at(5, AssertionError)).train(20, progress=False, log_every=5, checkpoint=checkpoint,
-                                                  checkpoint_every=5)
+    again = make_trainer(interrupted_at(5, AssertionError), log_dir=log_dir).train(
+        20, progress=False, log_every=2, checkpoint=checkpoint, checkpoint_every=5)
     assert again.step == 20
+    with open(os.path.join(log_dir, "metrics.csv")) as f:  # the rows after step 10 are not logged twice
+        assert [int(line.split(",")[0]) for line in f.readlines()[1:]] == list(range(2, 21, 2))
     for a, b in zip(straight.velocity.state_dict().values(), again.velocity.state_dict().values()):
         assert torch.equal(a, b)
     saved = os.path.getmtime(checkpoint), open(checkpoint, "rb").read()

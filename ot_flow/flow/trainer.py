@@ -235,8 +235,7 @@ class FlowMatchingTrainer:
         if conflicts:
             raise ValueError(f"argument 'checkpoint': {path} holds a run that this one would not continue "
                              f"({'; '.join(conflicts)}): {advice}, or load() it to continue it with these settings")
-        self.load_state_dict(state)
-        self._own_checkpoint = os.path.abspath(path)
+        self._adopt(state, path)
         if progress:
             tqdm.write(f"resuming from {path} at step {self.step} of {num_steps}", file=sys.stderr)
 
@@ -337,6 +336,21 @@ class FlowMatchingTrainer:
 
     def load(self, path):
         """Loads a checkpoint; a later ``train(checkpoint=path)`` continues it and writes to it."""
-        self.load_state_dict(load_checkpoint(path, self.device, name="argument 'path'"))
-        self._own_checkpoint = os.path.abspath(path)
+        self._adopt(load_checkpoint(path, self.device, name="argument 'path'"), path)
         return self
+
+    def _adopt(self, state, path):
+        """Continues the run of checkpoint ``path``: its state, its file, and its log, which keeps
+        the rows up to the loaded step (those after it were logged by the interrupted run, and the
+        resumed one logs them again)."""
+        self.load_state_dict(state)
+        self._own_checkpoint = os.path.abspath(path)
+        log = os.path.join(self.log_dir, "metrics.csv") if self.log_dir is not None else None
+        if log is None or not os.path.exists(log):
+            return
+        with open(f"{log}.tmp", "w", newline="") as f:
+            if self.history:
+                writer = csv.DictWriter(f, fieldnames=list(self.history[0]))
+                writer.writeheader()
+                writer.writerows(self.history)
+        os.replace(f"{log}.tmp", log)
