@@ -2,9 +2,15 @@
 
 Commands:
   demo      the main job: ``compare`` on the embedded configs (seed paper 002's piecewise-affine
-            map at d = 32, and scikit-learn's digits), about 7 minutes on a 2-core CPU.
-  train     train the methods of a config (``--method`` to pick some, ``--resume`` to continue).
-  eval      evaluate trained methods: curvature, reconstruction, BPD, sample quality vs steps.
+            map at d = 32, and scikit-learn's digits), about 7 minutes on a 2-core CPU; run
+            again, it resumes (finished methods are only evaluated) unless ``--overwrite``.
+  train     train the methods of a config (``--method`` to pick some). A method whose run
+            directory holds a run needs ``--resume`` (continue it: an interrupted training or
+            semidiscrete fit goes on where its last checkpoint stopped) or ``--overwrite``
+            (train it afresh); without either, nothing trains.
+  eval      evaluate trained methods: curvature, reconstruction, BPD, sample quality vs steps;
+            checkpoints saved before the config's last step are marked partial, methods without
+            a checkpoint are named in one line each and skipped.
   compare   train and evaluate every method of a config; print the table, write plots.
   sinkhorn  solve one large Sinkhorn coupling between two Gaussian clouds and check its cost
             against the closed-form W2^2 / 2.
@@ -33,11 +39,16 @@ def _experiment(args, *, train, evaluate):
 
     paths = args.config or demo_config_paths()
     configs = [flow_config.load_config(path) for path in paths]  # every config checked before any training
+    # The demo is re-run as is: it continues its runs unless told to start afresh.
+    resume = args.resume or (args.command == "demo" and not args.overwrite)
     for config in configs:
         if args.output_dir:
             config.output_dir = args.output_dir if len(configs) == 1 else f"{args.output_dir}/{config.name}"
         if args.device:
             config.train.device = args.device
+        if train:  # before anything trains: no run is replaced unasked
+            experiment.check_not_replacing(config, flow_config.select_methods(config, args.method), resume=resume,
+                                           overwrite=args.overwrite)
     for config in configs:
         start = time.perf_counter()
         print(f"== {config.name}: task {config.task.name}, {len(config.methods)} methods, "
@@ -46,14 +57,14 @@ def _experiment(args, *, train, evaluate):
             task = experiment.build_task(config)
             for method in flow_config.select_methods(config, args.method):
                 _, pairs, trainers = experiment.train_method(config, method, task, progress=not args.quiet,
-                                                             resume=args.resume)
+                                                             resume=resume, overwrite=args.overwrite)
                 losses = ", ".join(f"{tr.history[-1]['loss']:.4f}" for tr in trainers)
                 print(f"{method.name}: {trainers[0].step} steps, loss {losses}, "
                       f"{sum(tr.train_seconds for tr in trainers):.0f} s, coupling {1e6 * pairs.seconds_per_pair:.1f} "
                       f"us/pair, setup {pairs.setup_seconds:.1f} s", flush=True)
             continue
-        rows = experiment.run_experiment(config, methods=args.method, progress=not args.quiet, resume=args.resume,
-                                         evaluate_only=not train)
+        rows = experiment.run_experiment(config, methods=args.method, progress=not args.quiet, resume=resume,
+                                         overwrite=args.overwrite, evaluate_only=not train)
         print(f"\n{config.name} ({time.perf_counter() - start:.0f} s; lower is better except E(P)):")
         print(experiment.format_table(rows, config), flush=True)
         print(f"results, table and plots in {config.run_dir}/", flush=True)
@@ -96,6 +107,9 @@ def sinkhorn_demo(args):
 
 
 def main(argv=None):
+    """Runs a command. From the command line (``argv`` None) a ValueError (a bad config, argument
+    or run directory, named in its message) ends the program with that one line and status 2;
+    called with ``argv``, it raises."""
     parser = argparse.ArgumentParser(prog="python -m ot_flow", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,11 +124,17 @@ def main(argv=None):
         p.add_argument("--method", action="append",
                        help="only this method: a name from the config, or a coupling (independent, semidiscrete, "
                             "nsgf, nsgf++, ot) for all its methods, added with defaults when missing; repeatable")
-        p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoints")
+        if train:
+            runs = p.add_mutually_exclusive_group()
+            runs.add_argument("--resume", action="store_true",
+                              help="continue the runs in the run directory from their checkpoints"
+                                   + (" (the default of demo)" if name == "demo" else ""))
+            runs.add_argument("--overwrite", action="store_true", help="train afresh, replacing the runs there")
         p.add_argument("--output-dir", help="run directory (default runs/<config name>)")
         p.add_argument("--device", help="override train.device (cpu, cuda, ...)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.set_defaults(func=lambda args, t=train, e=evaluate: _experiment(args, train=t, evaluate=e))
+        p.set_defaults(func=lambda args, t=train, e=evaluate: _experiment(args, train=t, evaluate=e),
+                       resume=False, overwrite=False)
     p = sub.add_parser("sinkhorn", help="solve one large Sinkhorn coupling and print what it measured")
     p.add_argument("--n", type=int, default=20_000)
     p.add_argument("--dim", type=int, default=2)
@@ -124,7 +144,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=sinkhorn_demo)
     args = parser.parse_args(argv)
-    args.func(args)
+    if argv is not None:  # called from Python: the caller handles the exceptions
+        return args.func(args)
+    try:
+        return args.func(args)
+    except ValueError as error:  # bad configs, arguments, runs: their messages name the key or file
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Flow-matching training: pair streams, the trainer (resume = uninterrupted), configs that fail
 early with the key's path, and the CLI end to end on a tiny 2-D comparison."""
 
+import errno
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from ot_flow import cli
 from ot_flow.flow import config as flow_config
 from ot_flow.flow.networks import VelocityMLP, VelocityUNet
 from ot_flow.flow.pair_streams import IndependentPairs, OTPairs, SemidiscretePairs
-from ot_flow.flow.trainer import FlowMatchingTrainer
+from ot_flow.flow.trainer import CheckpointError, FlowMatchingTrainer
 
 
 def gaussian_source(n, generator):
@@ -73,24 +75,28 @@ def test_semidiscrete_pairs_use_the_fitted_potential():
 
 
 class InterruptedPairs(IndependentPairs):
-    """Raises KeyboardInterrupt when asked for the batch of step `stop` (a Ctrl-C mid-run)."""
+    """Raises KeyboardInterrupt (a Ctrl-C mid-run), or ``error``, when asked for the batch of step `stop`."""
 
-    def __init__(self, stop, *args, **kwargs):
+    def __init__(self, stop, *args, error=KeyboardInterrupt, **kwargs):
         super().__init__(*args, **kwargs)
-        self.stop = stop
+        self.stop, self.error = stop, error
 
     def batches(self, start_step=0):
         for step, batch in enumerate(super().batches(start_step), start_step):
             if step == self.stop:
-                raise KeyboardInterrupt
+                raise self.error(f"asked for the batch of step {step}")
             yield batch
 
 
-def make_trainer(pairs=None, seed=0, log_dir=None):
+def make_trainer(pairs=None, seed=0, log_dir=None, lr=3e-3, width=32):
     torch.manual_seed(seed)
-    model = VelocityMLP((3,), width=32, depth=2)
+    model = VelocityMLP((3,), width=width, depth=2)
     pairs = pairs or IndependentPairs(gaussian_source, shifted_data(), 64, seed=seed)
-    return FlowMatchingTrainer(model, pairs, lr=3e-3, ema=0.9, warmup_steps=5, schedule="cosine", log_dir=log_dir)
+    return FlowMatchingTrainer(model, pairs, lr=lr, ema=0.9, warmup_steps=5, schedule="cosine", log_dir=log_dir)
+
+
+def interrupted_at(stop, error=KeyboardInterrupt):
+    return InterruptedPairs(stop, gaussian_source, shifted_data(), 64, seed=0, error=error)
 
 
 def test_resumed_training_equals_uninterrupted(tmp_path):
@@ -108,6 +114,73 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
     other_seed = make_trainer(seed=1).train(20, progress=False, log_every=5)
     assert not torch.equal(other_seed.model.net[0].weight, straight.model.net[0].weight)
+
+
+def test_running_the_same_script_again_resumes_instead_of_overwriting(tmp_path):
+    # The README's snippet: a fresh trainer, then train(..., checkpoint=path). Run again after a
+    # crash, it continues from the checkpoint; run again after the end, it trains nothing.
+    checkpoint, log_dir = str(tmp_path / "c.pt"), str(tmp_path / "log")
+    straight = make_trainer().train(20, progress=False, log_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(interrupted_at(13), log_dir=log_dir).train(20, progress=False, log_every=2, checkpoint=checkpoint,
+                                                                checkpoint_every=5)
+    # A restart from step 0 would ask for the batch of step 5.
+    again = make_trainer(interrupted_at(5, AssertionError), log_dir=log_dir).train(
+        20, progress=False, log_every=2, checkpoint=checkpoint, checkpoint_every=5)
+    assert again.step == 20
+    with open(os.path.join(log_dir, "metrics.csv")) as f:  # the rows after step 10 are not logged twice
+        assert [int(line.split(",")[0]) for line in f.readlines()[1:]] == list(range(2, 21, 2))
+    for a, b in zip(straight.velocity.state_dict().values(), again.velocity.state_dict().values()):
+        assert torch.equal(a, b)
+    saved = os.path.getmtime(checkpoint), open(checkpoint, "rb").read()
+    finished = make_trainer(interrupted_at(0, AssertionError)).train(20, progress=False, checkpoint=checkpoint, checkpoint_every=5)
+    assert finished.step == 20 and torch.equal(finished.model.net[0].weight, again.model.net[0].weight)
+    assert (os.path.getmtime(checkpoint), open(checkpoint, "rb").read()) == saved
+
+
+@pytest.mark.parametrize("other, message", [
+    (lambda: make_trainer(lr=1e-3), "lr 0.003 there, 0.001 here"),
+    (lambda: make_trainer(seed=1), "pairs 'IndependentPairs\\(batch_size=64, seed=0\\)' there, "
+                                   "'IndependentPairs\\(batch_size=64, seed=1\\)' here"),
+    (lambda: make_trainer(width=16), "another network"),
+], ids=["lr", "seed", "network"])
+def test_a_checkpoint_of_another_run_is_refused_until_overwrite(tmp_path, other, message):
+    checkpoint = str(tmp_path / "c.pt")
+    make_trainer().train(10, progress=False, checkpoint=checkpoint, checkpoint_every=5)
+    saved = open(checkpoint, "rb").read()
+    with pytest.raises(ValueError, match=f"{message}.*overwrite=True"):
+        other().train(10, progress=False, checkpoint=checkpoint, checkpoint_every=5)
+    assert open(checkpoint, "rb").read() == saved
+    fresh = other().train(10, progress=False, checkpoint=checkpoint, checkpoint_every=5, overwrite=True)
+    assert fresh.step == 10 and open(checkpoint, "rb").read() != saved
+
+
+def test_a_cosine_run_is_not_resumed_over_another_length_and_a_trained_trainer_keeps_off(tmp_path):
+    checkpoint = str(tmp_path / "c.pt")
+    make_trainer().train(10, progress=False, checkpoint=checkpoint, checkpoint_every=5)
+    with pytest.raises(ValueError, match="a cosine schedule over 10 steps there, 20 here"):
+        make_trainer().train(20, progress=False, checkpoint=checkpoint, checkpoint_every=5)
+    longer = make_trainer().load(checkpoint).train(20, progress=False, checkpoint=checkpoint, checkpoint_every=5)
+    assert longer.step == 20  # loaded on purpose: continued with the longer schedule
+    other = make_trainer().train(3, progress=False)
+    with pytest.raises(ValueError, match="trained 3 steps of its own"):
+        other.train(6, progress=False, checkpoint=checkpoint, checkpoint_every=5)
+
+
+@pytest.mark.parametrize("damage", ["half", "empty", "einval"])
+def test_a_truncated_checkpoint_is_named(tmp_path, monkeypatch, damage):
+    checkpoint = tmp_path / "c.pt"
+    make_trainer().train(5, progress=False, checkpoint=str(checkpoint), checkpoint_every=5)
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[:len(data) // 2] if damage == "half" else b"" if damage == "empty" else data)
+    if damage == "einval":  # what torch.load raised on the file that was cut short on one machine
+        def failing_load(*args, **kwargs):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        monkeypatch.setattr(torch, "load", failing_load)
+    with pytest.raises(CheckpointError, match=f"argument 'path': {checkpoint} is truncated or corrupt"):
+        make_trainer().load(str(checkpoint))
+    with pytest.raises(CheckpointError, match=f"argument 'checkpoint': {checkpoint} is truncated or corrupt"):
+        make_trainer().train(5, progress=False, checkpoint=str(checkpoint), checkpoint_every=5)
 
 
 def test_trainer_learns_the_velocity_of_a_translation(tmp_path):
@@ -156,6 +229,10 @@ def test_trainer_rejects_bad_arguments():
     pairs = IndependentPairs(gaussian_source, shifted_data(), 8)
     with pytest.raises(ValueError, match="'lr'"):
         FlowMatchingTrainer(model, pairs, lr=0)
+    with pytest.raises(ValueError, match="'lr' must be > 0 and finite, got inf"):
+        FlowMatchingTrainer(model, pairs, lr=float("inf"))
+    with pytest.raises(ValueError, match="'seed' must be an int >= 0, got -1"):
+        FlowMatchingTrainer(model, pairs, seed=-1)
     with pytest.raises(ValueError, match="'schedule'"):
         FlowMatchingTrainer(model, pairs, schedule="step")
     with pytest.raises(ValueError, match="'model'"):
@@ -206,6 +283,17 @@ TINY = {
     (lambda c: c.update(task={"name": "tensor_file", "path": "/nonexistent/data.pt"}), "does not exist"),
     (lambda c: c.update(task={"name": "eight_gaussians", "dim": 3}), "does not fit eight_gaussians"),
     (lambda c: c["eval"].update(steps=[]), "'eval.steps' must be a non-empty list"),
+    # Values that passed the checks before and failed later (after other methods trained, or as NaN):
+    (lambda c: c["train"].update(seed=-1), "'train.seed' must be >= 0"),
+    (lambda c: c["model"].update(time_frequencies=-3), "'model.time_frequencies' must be >= 1"),
+    (lambda c: c["train"].update(lr=float("inf")), "'train.lr' must be > 0 \\(finite\\), got inf"),
+    (lambda c: c["train"].update(weight_decay=float("nan")), "'train.weight_decay' must be >= 0 \\(finite\\), got nan"),
+    (lambda c: c["methods"][2].update(fit_lr=-1), "'methods\\[2\\].fit_lr' must be > 0 \\(finite\\)"),
+    (lambda c: c["eval"].update(sinkhorn_eps=-0.1), "'eval.sinkhorn_eps' must be > 0 \\(finite\\)"),
+    (lambda c: c["eval"].update(steps=[1, 0]), "'eval.steps\\[1\\]' must be >= 1"),
+    (lambda c: c["train"].update(grad_clip=0), "'train.grad_clip' must be > 0 \\(finite\\)"),
+    (lambda c: c["methods"][1].update(tol=float("nan")), "'methods\\[1\\].tol' must be > 0 \\(finite\\)"),
+    (lambda c: c["methods"][1].update(eps=0), "'methods\\[1\\].eps' must be > 0 for the 'ot' coupling"),
 ])
 def test_bad_configs_fail_before_training(change, message):
     raw = yaml.safe_load(yaml.safe_dump(TINY))
@@ -294,3 +382,92 @@ def test_unet_learns_the_velocity_of_an_image_translation():
                                   lr=3e-3, ema=0.0)
     trainer.train(150, progress=False, log_every=50)
     assert trainer.history[-1]["loss"] < 0.1 * trainer.history[0]["loss"]
+
+
+def tiny_config(tmp_path, methods, **train):
+    raw = yaml.safe_load(yaml.safe_dump(TINY))
+    raw["methods"] = [m for m in raw["methods"] if m["name"] in methods] + \
+        [m for m in methods if isinstance(m, dict)]
+    raw["train"].update(train)
+    path = tmp_path / f"tiny-{len(list(tmp_path.glob('tiny-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_cli_never_replaces_a_run_unasked(tmp_path):
+    config, run = tiny_config(tmp_path, ["I-FM"]), str(tmp_path / "run")
+    cli.main(["train", "--config", config, "--output-dir", run, "--quiet"])
+    checkpoint = os.path.join(run, "I-FM", "checkpoint.pt")
+    saved = open(checkpoint, "rb").read()
+    for command in ("train", "compare"):
+        with pytest.raises(ValueError, match="already holds runs of 'I-FM'.*--resume.*--overwrite"):
+            cli.main([command, "--config", config, "--output-dir", run, "--quiet"])
+    assert open(checkpoint, "rb").read() == saved
+    cli.main(["train", "--config", config, "--output-dir", run, "--quiet", "--overwrite"])
+    assert torch.load(checkpoint, weights_only=False)["step"] == 24
+    with pytest.raises(SystemExit):  # argparse: one or the other
+        cli.main(["train", "--config", config, "--output-dir", run, "--resume", "--overwrite"])
+
+
+def test_cli_resume_continues_an_interrupted_semidiscrete_fit(tmp_path, monkeypatch, capsys):
+    config = tiny_config(tmp_path, ["SD-FM"])  # fit: 50 steps, checkpointed every 5
+    cli.main(["train", "--config", config, "--output-dir", str(tmp_path / "whole"), "--quiet"])
+    whole = torch.load(tmp_path / "whole" / "SD-FM" / "semidiscrete.pt", weights_only=False)["sampler"]
+
+    steps = []  # the steps of the fit over all 2048 points (the multiscale start fits fewer first)
+    gradient = ot_flow.SemidiscreteSampler._gradient
+
+    def interrupted_gradient(self, *args, **kwargs):
+        if self.total == 2048:
+            if self.step == 32 and interrupt:
+                raise KeyboardInterrupt
+            steps.append(self.step)
+        return gradient(self, *args, **kwargs)
+
+    monkeypatch.setattr(ot_flow.SemidiscreteSampler, "_gradient", interrupted_gradient)
+    run = str(tmp_path / "run")
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["train", "--config", config, "--output-dir", run, "--quiet"])
+    assert os.path.exists(os.path.join(run, "SD-FM", "semidiscrete-fit.pt"))
+    interrupt, steps[:] = False, []
+    cli.main(["train", "--config", config, "--output-dir", run, "--resume"])
+    assert steps == list(range(30, 50))  # from the step-30 checkpoint, not from 0
+    assert "resuming the semidiscrete fit" in capsys.readouterr().err
+    resumed = torch.load(os.path.join(run, "SD-FM", "semidiscrete.pt"), weights_only=False)["sampler"]
+    assert torch.equal(resumed["g_ema"], whole["g_ema"]) and resumed["step"] == 50
+    assert not os.path.exists(os.path.join(run, "SD-FM", "semidiscrete-fit.pt"))
+
+
+def test_cli_eval_marks_partial_checkpoints_and_names_missing_ones(tmp_path, capsys):
+    twin = {"name": "I-FM b", "coupling": "independent"}
+    run = str(tmp_path / "run")
+    cli.main(["train", "--config", tiny_config(tmp_path, ["I-FM"], steps=12), "--output-dir", run, "--quiet"])
+    os.makedirs(os.path.join(run, "I-FM_b"))
+    with open(os.path.join(run, "I-FM", "checkpoint.pt"), "rb") as f:
+        data = f.read()
+    with open(os.path.join(run, "I-FM_b", "checkpoint.pt"), "wb") as f:
+        f.write(data[:len(data) // 3])  # a copy cut short
+    capsys.readouterr()
+    # The config now asks for 24 steps: the 12-step checkpoint is partial; SD-FM never trained.
+    cli.main(["eval", "--config", tiny_config(tmp_path, ["I-FM", "SD-FM", twin], steps=24), "--output-dir", run,
+              "--quiet"])
+    out, err = capsys.readouterr()
+    assert "| I-FM (partial: 12 of 24 steps) |" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 3, err
+    assert lines[0] == "I-FM: partial: its checkpoint was saved at step 12 of 24 (train --resume finishes it)"
+    assert lines[1].startswith("SD-FM: not evaluated: method 'SD-FM' has no checkpoint at ") \
+        and lines[1].endswith("train it first")
+    assert lines[2].startswith("I-FM b: not evaluated: method 'I-FM b': ") and "is truncated or corrupt" in lines[2]
+    with open(os.path.join(run, "results.json")) as f:
+        results = json.load(f)
+    assert set(results) == {"I-FM"} and results["I-FM"]["partial"] and results["I-FM"]["trained_steps"] == 12
+
+
+def test_cli_errors_from_the_command_line_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["python -m ot_flow", "eval", "--config", str(tmp_path / "missing.yaml")])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"python -m ot_flow eval: error: argument 'config': no such file {tmp_path}/missing.yaml\n"

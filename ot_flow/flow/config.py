@@ -29,61 +29,73 @@ class TaskConfig:
     options: dict = dataclasses.field(default_factory=dict)
 
 
+def _ranged(default, low=None, high=None, *, above=False, below=False, note=""):
+    """A numeric config field with its admissible range, checked as the YAML is read (with the
+    key's path), so that a value no run could use fails before anything trains. ``above`` /
+    ``below``: the bound itself is excluded. Floats must also be finite; list fields are checked
+    item by item."""
+    kwargs = {"default_factory": default} if callable(default) else {"default": default}
+    return dataclasses.field(**kwargs, metadata={"range": (low, high, above, below, note)})
+
+
+_SEED_LIMIT = 2 ** 63  # torch.manual_seed and the derived seeds take up to 64 bits; runs use seed + 1
+
+
 @dataclasses.dataclass
 class ModelConfig:
     kind: str = "mlp"                      # mlp | unet
-    width: int = 512                       # mlp
-    depth: int = 5                         # mlp
-    time_frequencies: typing.Optional[int] = None
-    channels: int = 32                     # unet
+    width: int = _ranged(512, 1)           # mlp
+    depth: int = _ranged(5, 1)             # mlp
+    time_frequencies: typing.Optional[int] = _ranged(None, 1, note=" (or null for d / 8)")
+    channels: int = _ranged(32, 1)         # unet
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    ema: float = 0.999
-    grad_clip: typing.Optional[float] = 1.0
-    warmup_steps: int = 100
+    steps: int = _ranged(2000, 1)
+    batch_size: int = _ranged(256, 1)
+    lr: float = _ranged(1e-3, 0, above=True)
+    weight_decay: float = _ranged(0.0, 0)
+    ema: float = _ranged(0.999, 0, 1, below=True)
+    grad_clip: typing.Optional[float] = _ranged(1.0, 0, above=True, note=" (or null for no clipping)")
+    warmup_steps: int = _ranged(100, 0)
     schedule: str = "cosine"               # constant | cosine
-    seed: int = 0
+    seed: int = _ranged(0, 0, _SEED_LIMIT, below=True)
     device: str = "auto"                   # auto | cpu | cuda | cuda:1 ...
-    log_every: int = 100
-    checkpoint_every: int = 500
+    log_every: int = _ranged(100, 1)
+    checkpoint_every: int = _ranged(500, 1)
 
 
 @dataclasses.dataclass
 class MethodConfig:
     name: str
     coupling: str                          # independent | ot | semidiscrete | nsgf | nsgf++
-    coupling_size: typing.Optional[int] = None   # ot: points per side of one coupling
-    eps: typing.Optional[float] = None           # ot / semidiscrete / nsgf: relative to std(C)
-    target_entropy: typing.Optional[float] = None  # ot: renormalized entropy of each coupling
-    entropy_tol: float = 0.01                      # ot: how close to target_entropy
-    tol: float = 1e-3                            # ot: Sinkhorn marginal tolerance
-    fit_steps: int = 3000                        # semidiscrete: potential fitting
-    fit_batch_size: int = 4096
-    fit_lr: typing.Optional[float] = None
-    flow_steps: int = 5                          # nsgf / nsgf++: Sinkhorn-flow steps T
-    flow_step_size: float = 0.5                  # nsgf / nsgf++: eta of x <- x + eta u(x)
-    flow_particles: int = 1024                   # nsgf / nsgf++: particles per simulated trajectory
-    flow_trajectories: int = 16                  # nsgf / nsgf++: trajectories in the velocity pool
+    coupling_size: typing.Optional[int] = _ranged(None, 1)  # ot: points per side of one coupling
+    eps: typing.Optional[float] = _ranged(None, 0)      # ot / semidiscrete / nsgf: relative to std(C)
+    target_entropy: typing.Optional[float] = _ranged(None, 0, 1, above=True, below=True)  # ot: of each coupling
+    entropy_tol: float = _ranged(0.01, 0, above=True)   # ot: how close to target_entropy
+    tol: float = _ranged(1e-3, 0, above=True)           # ot: Sinkhorn marginal tolerance
+    fit_steps: int = _ranged(3000, 1)                    # semidiscrete: potential fitting
+    fit_batch_size: int = _ranged(4096, 1)
+    fit_lr: typing.Optional[float] = _ranged(None, 0, above=True, note=" (or null for the fit's default)")
+    flow_steps: int = _ranged(5, 1)                      # nsgf / nsgf++: Sinkhorn-flow steps T
+    flow_step_size: float = _ranged(0.5, 0, above=True)  # nsgf / nsgf++: eta of x <- x + eta u(x)
+    flow_particles: int = _ranged(1024, 1)               # nsgf / nsgf++: particles per simulated trajectory
+    flow_trajectories: int = _ranged(16, 1)              # nsgf / nsgf++: trajectories in the velocity pool
 
 
 @dataclasses.dataclass
 class EvalConfig:
-    num_samples: int = 2000                # generated samples per quality measurement
-    steps: typing.List[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8, 16])
+    num_samples: int = _ranged(2000, 1)    # generated samples per quality measurement
+    steps: typing.List[int] = _ranged(lambda: [1, 2, 4, 8, 16], 1)
     adaptive: bool = True                  # also dopri5 (rtol/atol below)
-    rtol: float = 1e-4
-    curvature_steps: int = 50
-    nll_samples: int = 500
-    nll_steps: int = 50
+    rtol: float = _ranged(1e-4, 0, above=True)
+    curvature_steps: int = _ranged(50, 1)
+    nll_samples: int = _ranged(500, 1)
+    nll_steps: int = _ranged(50, 1)
     divergence: str = "auto"               # exact | hutchinson | auto (exact up to d = 64)
-    probes: int = 4                        # Hutchinson probes
-    sinkhorn_eps: float = 0.1              # relative to std(C), as in ot_flow.sinkhorn_divergence
+    probes: int = _ranged(4, 1)            # Hutchinson probes
+    sinkhorn_eps: float = _ranged(0.1, 0, above=True)  # relative to std(C), as in ot_flow.sinkhorn_divergence
 
 
 @dataclasses.dataclass
@@ -162,7 +174,26 @@ def _build(cls, raw, source, where):
                 raise ValueError(f"{source}: missing key '{_join(where, name)}'")
             continue
         values[name] = _convert(hints[name], raw[name], source, _join(where, name))
+        if "range" in field.metadata:
+            _check_range(values[name], field.metadata["range"], source, _join(where, name))
     return cls(**values)
+
+
+def _check_range(value, bounds, source, where):
+    if isinstance(value, list):
+        for k, item in enumerate(value):
+            _check_range(item, bounds, source, f"{where}[{k}]")
+        return
+    if value is None:
+        return
+    low, high, above, below, note = bounds
+    parts = [f"{'>' if above else '>='} {_show(low)}" if low is not None else "",
+             f"{'<' if below else '<='} {_show(high)}" if high is not None else ""]
+    wanted = " and ".join(p for p in parts if p) + (" (finite)" if isinstance(value, float) else "")
+    ok = math.isfinite(value) and (low is None or (value > low if above else value >= low)) \
+        and (high is None or (value < high if below else value <= high))
+    if not ok:
+        raise ValueError(f"{source}: '{where}' must be {wanted}{note}, got {value!r}")
 
 
 def _convert(hint, value, source, where):
@@ -186,6 +217,13 @@ def _convert(hint, value, source, where):
     raise ValueError(f"{source}: '{where}' must be a {hint.__name__}, got {value!r}")
 
 
+def _show(bound):
+    """A bound as written in messages: large powers of two as such (2**63, not 19 digits)."""
+    if isinstance(bound, int) and bound > 2 ** 32 and bound & (bound - 1) == 0:
+        return f"2**{bound.bit_length() - 1}"
+    return str(bound)
+
+
 def _join(where, key):
     return f"{where}.{key}" if where else key
 
@@ -206,19 +244,11 @@ def _check(config, source):
     path = config.task.options.get("path")
     if path is not None and not os.path.exists(path):
         fail("task.path", f"names a file that does not exist: {path}")
+    # Ranges of single numbers are checked as they are read (_ranged); here the rules that
+    # join several keys or name a choice.
     if config.model.kind not in ("mlp", "unet"):
         fail("model.kind", f"must be 'mlp' or 'unet', got {config.model.kind!r}")
-    for key in ("width", "depth", "channels"):
-        if getattr(config.model, key) < 1:
-            fail(f"model.{key}", "must be >= 1")
     t = config.train
-    for key in ("steps", "batch_size", "log_every", "checkpoint_every"):
-        if getattr(t, key) < 1:
-            fail(f"train.{key}", "must be >= 1")
-    if not t.lr > 0:
-        fail("train.lr", "must be > 0")
-    if not 0 <= t.ema < 1:
-        fail("train.ema", "must lie in [0, 1)")
     if t.schedule not in ("constant", "cosine"):
         fail("train.schedule", f"must be 'constant' or 'cosine', got {t.schedule!r}")
     if not config.methods:
@@ -235,21 +265,10 @@ def _check(config, source):
                 fail(f"{where}.coupling_size", f"must be an int >= train.batch_size ({t.batch_size}) for an OT coupling")
             if (m.eps is None) == (m.target_entropy is None):
                 fail(where, "needs exactly one of 'eps' and 'target_entropy' for an OT coupling")
-        if m.eps is not None and not (math.isfinite(m.eps) and m.eps >= (0 if m.coupling == "semidiscrete" else 1e-300)):
-            fail(f"{where}.eps", f"must be {'>= 0' if m.coupling == 'semidiscrete' else '> 0'}, got {m.eps}")
-        if m.target_entropy is not None and not 0 < m.target_entropy < 1:
-            fail(f"{where}.target_entropy", f"must lie in (0, 1), got {m.target_entropy}")
-        if not m.entropy_tol > 0:
-            fail(f"{where}.entropy_tol", f"must be > 0, got {m.entropy_tol}")
-        if m.fit_steps < 1 or m.fit_batch_size < 1:
-            fail(where, "needs fit_steps and fit_batch_size >= 1")
-        if m.flow_steps < 1 or m.flow_particles < 1 or m.flow_trajectories < 1 or not m.flow_step_size > 0:
-            fail(where, "needs flow_steps, flow_particles, flow_trajectories >= 1 and flow_step_size > 0")
+        if m.eps == 0 and m.coupling != "semidiscrete":  # eps = 0 is the hard semidiscrete assignment only
+            fail(f"{where}.eps", f"must be > 0 for the {m.coupling!r} coupling, got {m.eps}")
     e = config.eval
-    if not e.steps or any(s < 1 for s in e.steps):
-        fail("eval.steps", f"must be a non-empty list of step counts >= 1, got {e.steps}")
+    if not e.steps:
+        fail("eval.steps", "must be a non-empty list of step counts >= 1")
     if e.divergence not in ("exact", "hutchinson", "auto"):
         fail("eval.divergence", f"must be exact, hutchinson or auto, got {e.divergence!r}")
-    for key in ("num_samples", "curvature_steps", "nll_samples", "nll_steps", "probes"):
-        if getattr(e, key) < 1:
-            fail(f"eval.{key}", "must be >= 1")

@@ -12,13 +12,17 @@ AdamW, an exponential moving average of the weights (what is evaluated), gradien
 a warm-up then constant or cosine learning rate, a progress bar, metrics to CSV (and to
 TensorBoard when it is installed), and checkpoints: a run resumed from its checkpoint ends with
 the same weights as an uninterrupted one, because the batches and the times t are functions of
-(seed, step) alone.
+(seed, step) alone. A checkpoint is never overwritten silently: ``train(checkpoint=path)`` resumes
+the run that ``path`` holds, refuses one of another recipe, and replaces it only when told to.
 """
 
 import copy
 import csv
+import errno
 import math
 import os
+import pickle
+import sys
 import time
 
 import torch
@@ -27,7 +31,7 @@ from tqdm.auto import tqdm
 from ot_flow.distributed import derived_seed
 from ot_flow.flow.pair_streams import PairStream
 
-__all__ = ["FlowMatchingTrainer", "OBJECTIVES"]
+__all__ = ["FlowMatchingTrainer", "OBJECTIVES", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
 _SCHEDULES = ("constant", "cosine")
 
@@ -59,6 +63,40 @@ OBJECTIVES = {"flow_matching": _flow_matching_loss,        # batches (x0, x1): m
               "time_prediction": _time_prediction_loss}      # batches (x0, x1): model(x_t) ~ t
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated or corrupt; the message names the file."""
+
+
+# What torch.load raises on a file cut short or damaged: an empty file, a zip archive without its
+# central directory, a pickle that stops early, or a seek past the end (EINVAL).
+_UNREADABLE = (EOFError, pickle.UnpicklingError, RuntimeError, OSError)
+# ...but not these, whose own messages say what is wrong with the path.
+_PATH_ERRNOS = (errno.ENOENT, errno.EACCES, errno.EISDIR)
+
+
+def load_checkpoint(path, map_location=None, *, name="checkpoint"):
+    """``torch.load`` of a checkpoint this package wrote, with errors that name the file:
+    :class:`CheckpointError` when it is missing or cannot be read back (truncated, corrupt)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{name}: no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except _UNREADABLE as error:
+        if isinstance(error, OSError) and error.errno in _PATH_ERRNOS:
+            raise
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{name}: {path} is truncated or corrupt ({os.path.getsize(path)} bytes; torch.load: "
+                              f"{reason}); delete it, or start afresh (overwrite=True, --overwrite)") from error
+
+
+def save_checkpoint(state, path):
+    """``torch.save`` through a temporary file, so that a crash mid-write leaves the previous file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 class FlowMatchingTrainer:
     """Trains ``model(x, t)`` on the pairs of ``pairs``.
 
@@ -84,12 +122,16 @@ class FlowMatchingTrainer:
             raise ValueError(f"argument 'model' must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(pairs, PairStream) and not hasattr(pairs, "__iter__"):
             raise ValueError(f"argument 'pairs' must be a PairStream or an iterable of (x0, x1), got {type(pairs).__name__}")
-        if not isinstance(lr, (int, float)) or not lr > 0:
-            raise ValueError(f"argument 'lr' must be > 0, got {lr!r}")
+        if not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            raise ValueError(f"argument 'lr' must be > 0 and finite, got {lr!r}")
+        if not isinstance(weight_decay, (int, float)) or not 0 <= weight_decay < math.inf:
+            raise ValueError(f"argument 'weight_decay' must be >= 0 and finite, got {weight_decay!r}")
         if not isinstance(ema, (int, float)) or not 0 <= ema < 1:
             raise ValueError(f"argument 'ema' must lie in [0, 1), got {ema!r}")
-        if grad_clip is not None and not grad_clip > 0:
-            raise ValueError(f"argument 'grad_clip' must be None or > 0, got {grad_clip!r}")
+        if grad_clip is not None and not 0 < grad_clip < math.inf:
+            raise ValueError(f"argument 'grad_clip' must be None or > 0 and finite, got {grad_clip!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"argument 'seed' must be an int >= 0, got {seed!r}")
         if not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"argument 'warmup_steps' must be an int >= 0, got {warmup_steps!r}")
         if schedule not in _SCHEDULES:
@@ -104,6 +146,7 @@ class FlowMatchingTrainer:
         self.pairs = pairs
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
         self.base_lr, self.grad_clip, self.warmup_steps, self.schedule = float(lr), grad_clip, warmup_steps, schedule
+        self.weight_decay, self.betas = float(weight_decay), tuple(betas)
         self.seed = int(seed)
         self.step = 0
         self.train_seconds = 0.0
@@ -111,17 +154,27 @@ class FlowMatchingTrainer:
         self.log_dir = log_dir
         self._stream = None
         self._writer = None
+        self._num_steps = None       # the length of the run being trained (its schedule's)
+        self._own_checkpoint = None  # the file this trainer last saved or loaded: its own to replace
 
     @property
     def velocity(self):
         """The network to evaluate: the moving average of the weights when one is kept."""
         return self.ema_model if self.ema_model is not None else self.model
 
-    def train(self, num_steps, *, progress=True, log_every=100, checkpoint=None, checkpoint_every=None):
+    def train(self, num_steps, *, progress=True, log_every=100, checkpoint=None, checkpoint_every=None,
+              overwrite=False):
         """Trains until ``self.step == num_steps`` (a resumed run continues from its step).
 
         ``checkpoint``: a path that ``state_dict()`` is saved to every ``checkpoint_every`` steps
-        and at the end; an interrupted run restarts from it with :meth:`load_state_dict`.
+        and at the end. When the file exists and is not this trainer's own (saved or loaded by
+        it), the run in it is never overwritten silently: a fresh trainer resumes from it, so
+        that running the same script again continues an interrupted run where it stopped (and
+        returns at once from a finished one); a run of another recipe (network, optimiser
+        settings, seed, objective, or the length of a cosine schedule) is refused with a
+        ValueError, as is any run when this trainer has trained steps of its own. To continue a
+        run with new settings on purpose, :meth:`load` it first.
+        ``overwrite``: train from this trainer's own state and replace the file.
         """
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"argument 'num_steps' must be an int >= 1, got {num_steps!r}")
@@ -129,6 +182,9 @@ class FlowMatchingTrainer:
             raise ValueError(f"argument 'log_every' must be an int >= 1, got {log_every!r}")
         if checkpoint and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
             raise ValueError("argument 'checkpoint_every' must be an int >= 1 when 'checkpoint' is given")
+        if checkpoint and not overwrite:
+            self._resume_from(checkpoint, num_steps, progress)
+        self._num_steps = num_steps
         if self._stream is None:
             self._stream = iter(self.pairs.batches(self.step) if isinstance(self.pairs, PairStream) else self.pairs)
         self.model.train()
@@ -165,6 +221,44 @@ class FlowMatchingTrainer:
             if self._writer:
                 self._writer.flush()
         return self
+
+    def _resume_from(self, path, num_steps, progress):
+        """Loads the run that ``path`` holds, unless it is this trainer's own; see :meth:`train`."""
+        if not os.path.exists(path) or self._own_checkpoint == os.path.abspath(path):
+            return
+        advice = "pass overwrite=True (--overwrite on the command line) to replace it, or choose another path"
+        if self.step > 0:
+            raise ValueError(f"argument 'checkpoint': {path} holds another run, and this trainer has trained "
+                             f"{self.step} steps of its own: {advice}")
+        state = load_checkpoint(path, self.device, name="argument 'checkpoint'")
+        conflicts = self._conflicts(state, num_steps)
+        if conflicts:
+            raise ValueError(f"argument 'checkpoint': {path} holds a run that this one would not continue "
+                             f"({'; '.join(conflicts)}): {advice}, or load() it to continue it with these settings")
+        self._adopt(state, path)
+        if progress:
+            tqdm.write(f"resuming from {path} at step {self.step} of {num_steps}", file=sys.stderr)
+
+    def _recipe(self):
+        """What decides the weights besides the batches: a run resumed under another recipe
+        would not be the run it continues."""
+        recipe = {"objective": self.objective, "lr": self.base_lr, "weight_decay": self.weight_decay,
+                  "betas": self.betas, "ema": self.ema_decay, "grad_clip": self.grad_clip,
+                  "warmup_steps": self.warmup_steps, "schedule": self.schedule, "seed": self.seed}
+        if isinstance(self.pairs, PairStream):  # its batches are a function of (seed, step)
+            recipe["pairs"] = f"{type(self.pairs).__name__}(batch_size={self.pairs.batch_size}, seed={self.pairs.seed})"
+        return recipe
+
+    def _conflicts(self, state, num_steps):
+        theirs = state.get("recipe") or {}  # checkpoints written before recipes were recorded have none
+        found = [f"{key} {theirs[key]!r} there, {value!r} here" for key, value in self._recipe().items()
+                 if key in theirs and theirs[key] != value]
+        shapes = {key: tuple(value.shape) for key, value in self.model.state_dict().items()}
+        if {key: tuple(value.shape) for key, value in state["model"].items()} != shapes:
+            found.append("another network (parameter names or shapes differ)")
+        if self.schedule == "cosine" and state.get("num_steps") not in (None, num_steps):
+            found.append(f"a cosine schedule over {state['num_steps']} steps there, {num_steps} here")
+        return found
 
     def _train_step(self, batch, num_steps):
         """One optimiser step; returns the loss and the gradient norm as device tensors."""
@@ -220,7 +314,8 @@ class FlowMatchingTrainer:
     def state_dict(self):
         return {"model": self.model.state_dict(), "ema_model": None if self.ema_model is None else
                 self.ema_model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                "seed": self.seed, "train_seconds": self.train_seconds, "history": list(self.history)}
+                "seed": self.seed, "train_seconds": self.train_seconds, "history": list(self.history),
+                "num_steps": self._num_steps, "recipe": self._recipe()}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
@@ -231,18 +326,31 @@ class FlowMatchingTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.seed = state["step"], state["seed"]
         self.train_seconds, self.history = state["train_seconds"], list(state["history"])
+        self._num_steps = state.get("num_steps")
         self._stream = None  # restart the pair stream at the loaded step
 
     def save(self, path):
         """Writes ``state_dict()`` atomically (a crash mid-write leaves the previous file)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        save_checkpoint(self.state_dict(), path)
+        self._own_checkpoint = os.path.abspath(path)
 
     def load(self, path):
-        if not os.path.exists(path):
-            raise ValueError(f"argument 'path': no checkpoint at {path}")
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        """Loads a checkpoint; a later ``train(checkpoint=path)`` continues it and writes to it."""
+        self._adopt(load_checkpoint(path, self.device, name="argument 'path'"), path)
         return self
+
+    def _adopt(self, state, path):
+        """Continues the run of checkpoint ``path``: its state, its file, and its log, which keeps
+        the rows up to the loaded step (those after it were logged by the interrupted run, and the
+        resumed one logs them again)."""
+        self.load_state_dict(state)
+        self._own_checkpoint = os.path.abspath(path)
+        log = os.path.join(self.log_dir, "metrics.csv") if self.log_dir is not None else None
+        if log is None or not os.path.exists(log):
+            return
+        with open(f"{log}.tmp", "w", newline="") as f:
+            if self.history:
+                writer = csv.DictWriter(f, fieldnames=list(self.history[0]))
+                writer.writeheader()
+                writer.writerows(self.history)
+        os.replace(f"{log}.tmp", log)

@@ -13,7 +13,7 @@ from ot_flow.flow.runs import build_model, load_weights, train_in
 from ot_flow.nsgf.plus_plus import NSGFPlusPlus, TimePredictor
 from ot_flow.nsgf.pool import SinkhornFlowPool
 
-__all__ = ["NSGF_METHODS", "train_nsgf", "load_nsgf"]
+__all__ = ["NSGF_METHODS", "train_nsgf", "load_nsgf", "part_dirs"]
 
 NSGF_METHODS = ("nsgf", "nsgf++")
 _PARTS = {"nsgf": ("nsgf",), "nsgf++": ("nsgf", "straight", "predictor")}
@@ -45,11 +45,15 @@ def train_nsgf(config, method, task, device, out_dir, *, progress=True, resume=F
     return _assemble(method, {part: tr.velocity for part, tr in trainers.items()}), pool, list(trainers.values())
 
 
+def part_dirs(method, out_dir):
+    """{part: (its run directory, how errors name it)} for each network of the method."""
+    return {part: (os.path.join(out_dir, part), f"method {method.name!r} ({part})") for part in _PARTS[method.coupling]}
+
+
 def load_nsgf(config, method, task, device, out_dir):
     """The trained model of an NSGF / NSGF++ method from its checkpoints."""
-    return _assemble(method, {part: load_weights(_build_part(part, config, task), os.path.join(out_dir, part), device,
-                                                 f"method {method.name!r} ({part})")
-                              for part in _PARTS[method.coupling]})
+    return _assemble(method, {part: load_weights(_build_part(part, config, task), out, device, what)
+                              for part, (out, what) in part_dirs(method, out_dir).items()})
 
 
 def _assemble(method, models):
