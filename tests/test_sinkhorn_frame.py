@@ -262,3 +262,20 @@ def test_sampler_refuses_points_of_other_shapes_and_warns_on_torchcfm_order():
         warnings.simplefilter("error")
         _, x1p, y1p = sampler.pair(x0, x1, y1)
     assert torch.equal(x1p, x1[y1p])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shift", [1e3, 1e6])
+def test_translation_and_scale_on_cuda_match_the_cpu(shift):
+    x, y = clouds(seed=18)
+    t = shift * direction(3)
+    for transform in (lambda p: p + t, lambda p: p * 1e-4):
+        xs, ys = transform(x).float(), transform(y).float()
+        cpu = ot_flow.sinkhorn(xs, ys, eps=0.05, tol=1e-6)
+        gpu = ot_flow.sinkhorn(xs.cuda(), ys.cuda(), eps=0.05, tol=1e-6)
+        assert gpu.converged
+        assert gpu.transport_cost() == pytest.approx(cpu.transport_cost(), rel=1e-4)
+        assert gpu.renormalized_entropy() == pytest.approx(cpu.renormalized_entropy(), abs=1e-4)
+        torch.testing.assert_close(gpu.barycentric_map().cpu(), cpu.barycentric_map(), atol=1e-3, rtol=1e-4)
+        assert agreement(gpu.sample(torch.Generator().manual_seed(1)).cpu(),
+                         cpu.sample(torch.Generator().manual_seed(1))) > 0.97

@@ -73,7 +73,8 @@ class OTSampler:
         """The Sinkhorn coupling between the flattened batches x0 (n, ...) and x1 (m, ...)."""
         flat0, flat1 = _flatten("x0", x0), _flatten("x1", x1)
         if x0.shape[1:] != x1.shape[1:]:  # (3, 32, 32) and (1, 64, 48) flatten alike, yet do not pair
-            raise ValueError(f"arguments 'x0' and 'x1' must have the same shape per point, "
+            raise ValueError(f"arguments 'x0' and 'x1' must have the same shape per point (the same number of "
+                             f"features, laid out alike), "
                              f"got shapes {tuple(x0.shape)} and {tuple(x1.shape)}")
         # With a target entropy, the eps that met it last time is the first guess: successive
         # couplings of one stream are alike, so the bracket search usually ends at its first solve.
