@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cmath>
+
 #include "checks.h"
 #include "lse.h"
 
@@ -15,16 +17,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prepare_barycentric_a
     const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
     const std::optional<at::Tensor>& values) {
   constexpr const char* op = "ot_flow.barycentric";
+  if (values.has_value()) check_same_device(op, "values", *values, "x", x);
   auto [xc, yc, hc] = prepare_lse_args(x, y, h, scale, op);
   if (!values.has_value()) return {xc, yc, hc, yc};
   const at::Tensor& v = *values;
-  check_same_device(op, "values", v, "x", x);
   TORCH_CHECK_VALUE(v.dim() == 2 && v.size(0) == y.size(0) && v.size(1) > 0, op,
                     ": argument 'values' must be a 2-D tensor (m, k) with m = ", y.size(0),
                     " and k >= 1, got shape ", v.sizes());
   TORCH_CHECK_VALUE(v.scalar_type() == x.scalar_type(), op, ": argument 'values' must have the points' dtype ",
                     x.scalar_type(), ", got ", v.scalar_type());
-  TORCH_CHECK_VALUE(at::isfinite(v).all().item<bool>(), op, ": argument 'values' contains NaN or Inf");
+  const double v_max = at::linalg_vector_norm(v, INFINITY).item<double>();
+  TORCH_CHECK_VALUE(std::isfinite(v_max), op, ": argument 'values' contains NaN or Inf");
+  // The kernels accumulate sum_j w_ij values_j with weights w_ij <= 1 before normalising.
+  const double limit = overflow_ceiling(v.scalar_type());
+  TORCH_CHECK_VALUE(static_cast<double>(y.size(0)) * v_max <= limit, op, ": argument 'values' is too large: ",
+                    "m * max|values| = ", static_cast<double>(y.size(0)) * v_max, " is above half the largest ",
+                    float_name(v.scalar_type()), " (", limit, "), so its weighted sums can overflow; pass float64 or rescale it");
   return {xc, yc, hc, v.contiguous()};
 }
 

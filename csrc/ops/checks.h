@@ -6,17 +6,36 @@
 
 namespace ot_flow {
 
-// A point cloud: a 2-D, non-empty float32/float64 tensor with finite entries.
-void check_points(const char* op, const char* name, const at::Tensor& t);
+// A point cloud: a 2-D, non-empty float32/float64 tensor with finite entries. Returns
+// max |entry|, for check_logit_range (the same reduction finds NaN and Inf).
+double check_points(const char* op, const char* name, const at::Tensor& t);
 
 // A per-point vector of log-weights or potentials of length `size`, same dtype as the
-// points; -inf is allowed (a point that carries no mass), NaN and +inf are not.
-void check_log_weights(const char* op, const char* name, const at::Tensor& t, int64_t size,
-                       const at::Tensor& like);
+// points; -inf is allowed (a point that carries no mass), NaN and +inf are not. Returns the
+// largest |entry| among the finite ones (0 when there are none).
+double check_log_weights(const char* op, const char* name, const at::Tensor& t, int64_t size,
+                         const at::Tensor& like);
 
+// Raises unless `t` is on the device of `ref`. Ops check devices before anything reads a
+// tensor, so a CPU tensor never reaches a CUDA kernel (or the reverse).
 void check_same_device(const char* op, const char* name, const at::Tensor& t,
                        const char* ref_name, const at::Tensor& ref);
 
 void check_finite_scalar(const char* op, const char* name, double value);
+
+// "float32" or "float64", as users write the dtypes in Python.
+const char* float_name(at::ScalarType dtype);
+
+// Half the largest finite value of a float32/float64 dtype: the ceiling of the overflow checks,
+// which leaves room for the rounding of sums of up to millions of terms.
+double overflow_ceiling(at::ScalarType dtype);
+
+// Raises unless the logits scale * <x_i, y_j> + h_j of points with d coordinates of at most
+// x_max and y_max in magnitude (|h_j| <= h_max) fit in `dtype`: a float32 dot product of
+// coordinates around 1e19 overflows, and the kernels would silently turn it into NaN, +inf
+// or a wrong argmax. The bound is |<x_i, y_j>| <= d x_max y_max, taken with max(1, |scale|)
+// because a kernel may form the unscaled dot product first, against overflow_ceiling(dtype).
+void check_logit_range(const char* op, at::ScalarType dtype, int64_t d, double x_max, double y_max,
+                       double scale, const char* h_name, double h_max);
 
 }  // namespace ot_flow

@@ -18,12 +18,12 @@ at::Tensor run_lse_dense(const at::Tensor& dots, const at::Tensor& h, double sca
                     ": argument 'dim' must be 0 or 1 (or -2, -1), got ", dim);
   dim = dim < 0 ? dim + 2 : dim;
   check_same_device(op, "h", h, "dots", dots);
+  if (shift.has_value()) check_same_device(op, "shift", *shift, "dots", dots);
   check_log_weights(op, "h", h, dots.size(dim), dots);
   check_finite_scalar(op, "scale", scale);
   std::optional<at::Tensor> shift_c;
   if (shift.has_value()) {
     const int64_t len = dots.size(1 - dim);
-    check_same_device(op, "shift", *shift, "dots", dots);
     TORCH_CHECK_VALUE(shift->dim() == 1 && shift->size(0) == len && shift->scalar_type() == dots.scalar_type(), op,
                       ": argument 'shift' must be a 1-D tensor of length ", len, " and dtype ", dots.scalar_type(),
                       ", got shape ", shift->sizes(), " and dtype ", shift->scalar_type());
@@ -31,7 +31,9 @@ at::Tensor run_lse_dense(const at::Tensor& dots, const at::Tensor& h, double sca
     shift_c = shift->contiguous();
   }
   at::Tensor out = kernel(dots.contiguous(), h.contiguous(), scale, dim, shift_c);
-  TORCH_CHECK_VALUE(!at::isnan(out).any().item<bool>(), op, ": argument 'dots' contains NaN or +Inf");
+  // NaN comes out of a NaN or +Inf in dots, or of scale * dots + h overflowing the dtype.
+  TORCH_CHECK_VALUE(!at::isnan(out).any().item<bool>(), op, ": argument 'dots' contains NaN or +Inf, or ",
+                    "scale * dots + h overflows ", float_name(dots.scalar_type()), " (pass float64 or a smaller scale)");
   return out;
 }
 

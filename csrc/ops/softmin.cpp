@@ -8,12 +8,17 @@
 
 #include <cmath>
 
+#include "checks.h"
+
 namespace ot_flow {
 namespace {
 
 at::Tensor softmin(const at::Tensor& x, const at::Tensor& y, const at::Tensor& g, double eps,
                    const std::optional<at::Tensor>& log_weights) {
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0, "ot_flow.softmin: argument 'eps' must be finite and > 0, got ", eps);
+  check_same_device("ot_flow.softmin", "y", y, "x", x);
+  check_same_device("ot_flow.softmin", "g", g, "x", x);
+  if (log_weights.has_value()) check_same_device("ot_flow.softmin", "log_weights", *log_weights, "x", x);
   TORCH_CHECK_VALUE(g.dim() == 1, "ot_flow.softmin: argument 'g' must be a 1-D tensor of length m, got shape ", g.sizes());
   static const auto lse = c10::Dispatcher::singleton()
                               .findSchemaOrThrow("ot_flow::lse", "")

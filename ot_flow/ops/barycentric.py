@@ -2,6 +2,8 @@
 
 import torch
 
+from ot_flow.ops import _args
+
 __all__ = ["barycentric"]
 
 
@@ -15,15 +17,77 @@ def barycentric(x, y, h=None, scale=1.0, values=None):
     Returns:
         ``(out, lse)``: (n, k) and (n,) tensors with the dtype and device of ``x``. A row whose
         every bias is ``-inf`` gets ``out = 0`` and ``lse = -inf``.
+
+    Differentiable in ``x``, ``y``, ``h`` and ``values``, to any order (see the autograd below).
     """
-    return torch.ops.ot_flow.barycentric.default(x, y, h, float(scale), values)
+    return torch.ops.ot_flow.barycentric.default(x, y, h, _args.real("ot_flow.barycentric", "scale", scale), values)
 
 
 @torch.library.register_fake("ot_flow::barycentric")
 def _barycentric_fake(x, y, h=None, scale=1.0, values=None):
+    _args.same_device("ot_flow.barycentric", x=x, y=y, h=h, values=values)
     torch._check(x.dim() == 2 and y.dim() == 2, lambda: "ot_flow.barycentric: 'x' and 'y' must be 2-D")
     torch._check(x.shape[1] == y.shape[1], lambda: "ot_flow.barycentric: 'x' and 'y' must have the same dimension")
     k = y.shape[1] if values is None else values.shape[1]
     if values is not None:
         torch._check(values.shape[0] == y.shape[0], lambda: "ot_flow.barycentric: 'values' must have m rows")
     return x.new_empty(x.shape[0], k), x.new_empty(x.shape[0])
+
+
+# Autograd. With L_ij = scale <x_i, y_j> + h_j, w_ij = exp(L_ij - lse_i), v = values (y when
+# absent) and incoming gradients G_i (of out_i) and gl_i (of lse_i), the gradient with respect to
+# L_ij is c_ij = w_ij (<G_i, v_j> + beta_i), beta_i = gl_i - <G_i, out_i>; so
+#   grad x_i = scale (sum_j w_ij y_j v_j^T) G_i + scale beta_i sum_j w_ij y_j     (a pass along rows)
+#   grad y_j = scale (sum_i w_ij x_i G_i^T) v_j + scale sum_i w_ij beta_i x_i     (along columns)
+#   grad h_j = (sum_i w_ij G_i) . v_j + sum_i w_ij beta_i,   grad v_j = sum_i w_ij G_i
+# Every weighted sum is itself a barycentric call (the outer products y_j v_j^T and x_i G_i^T as
+# values, d * k columns), so the backward is differentiable again: double backward through
+# barycentric, lse and softmin is exact, at d times the memory and work of a first-order pass.
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, h, scale, values = inputs
+    out, lse = output
+    ctx.scale = scale
+    ctx.has_h = h is not None
+    ctx.has_values = values is not None
+    ctx.save_for_backward(x, y, h if h is not None else y.new_zeros(y.shape[0]),
+                          values if values is not None else y, out, lse)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    x, y, h, v, out, lse = ctx.saved_tensors
+    s = ctx.scale
+    # needs_input_grad omits trailing arguments left at their defaults (values=None, scale=1.0).
+    need_x, need_y, need_h, _, need_v = (*ctx.needs_input_grad, False, False, False)[:5]
+    need_h = need_h and ctx.has_h
+    need_v = need_v and ctx.has_values
+    (n, d), m, k = x.shape, y.shape[0], v.shape[1]
+    beta = grad_lse - (grad_out * out).sum(1)
+    grad_x = grad_y = grad_h = grad_v = None
+    if need_x:
+        pairs = (y[:, :, None] * v[:, None, :]).reshape(m, d * k)
+        mean, _ = barycentric(x, y, h, s, torch.cat([pairs, y], 1) if ctx.has_values else pairs)
+        mean_y = mean[:, d * k:] if ctx.has_values else out
+        grad_x = s * (torch.bmm(mean[:, : d * k].view(n, d, k), grad_out[:, :, None])[:, :, 0] + beta[:, None] * mean_y)
+    if need_y or need_h or need_v:
+        # Column sums sum_i w_ij u_i: a barycentric pass from y's side with bias -lse_i, rescaled
+        # by exp(h_j + its own lse_j) (as in lse's backward). Rows without mass carry no weight.
+        row_bias = torch.where(torch.isfinite(lse), -lse, torch.full_like(lse, float("-inf")))
+        u = torch.cat([(x[:, :, None] * grad_out[:, None, :]).reshape(n, d * k), beta[:, None] * x,
+                       grad_out, beta[:, None]], 1)
+        mean_u, col_lse = barycentric(y, x, row_bias, s, u)
+        sums = torch.exp(h + col_lse)[:, None] * mean_u
+        xg, bx, wg, wb = sums.split([d * k, d, k, 1], 1)
+        if need_y:
+            grad_y = s * (torch.bmm(xg.view(m, d, k), v[:, :, None])[:, :, 0] + bx)
+            if not ctx.has_values:
+                grad_y = grad_y + wg
+        if need_h:
+            grad_h = (wg * v).sum(1) + wb[:, 0]
+        if need_v:
+            grad_v = wg
+    return grad_x, grad_y, grad_h, None, grad_v
+
+
+torch.library.register_autograd("ot_flow::barycentric", _backward, setup_context=_setup_context)

@@ -2,6 +2,8 @@
 
 import torch
 
+from ot_flow.ops import _args
+
 __all__ = ["gumbel_argmax", "seed_from"]
 
 _SEED_RANGE = 1 << 62
@@ -11,6 +13,11 @@ def seed_from(generator=None):
     """A 62-bit seed drawn from ``generator`` (default: torch's global CPU generator, which
     ``torch.manual_seed`` sets). Drawing advances the generator, so consecutive calls differ and
     a run is reproducible from its seed."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"ot_flow.gumbel_argmax: argument 'generator' must be a torch.Generator or None, got "
+            f"{type(generator).__name__} {generator!r} (a fixed integer goes in 'seed')"
+        )
     gen = torch.default_generator if generator is None else generator
     return int(torch.randint(0, _SEED_RANGE, (), generator=gen, device=gen.device))
 
@@ -31,26 +38,29 @@ def gumbel_argmax(x, y, h=None, scale=1.0, *, generator=None, seed=None, offset=
         scale: the factor on the dot products (``1 / eps`` for a Sinkhorn coupling).
         generator: where the seed comes from when ``seed`` is None (default: torch's global
             CPU generator, whatever the device of ``x``).
-        seed, offset: the key of the noise; a fixed seed gives a fixed draw, and distinct
-            offsets give independent draws with one seed.
+        seed, offset: the key of the noise, integers in [-2**63, 2**63 - 1] (the int64 range); a
+            fixed seed gives a fixed draw, and distinct offsets give independent draws with one seed.
         row_offset, col_offset: the global index of the first row of ``x`` and of ``y``.
         return_value: also return the winning perturbed logits (float64), with which draws
             over shards of columns merge exactly (larger value wins, lower index on ties).
 
     Returns:
         LongTensor (n,) of column indices (-1 for a row whose every bias is -inf), and with
-        ``return_value`` the (n,) float64 values.
+        ``return_value`` the (n,) float64 values. Neither is differentiable.
     """
+    op = "ot_flow.gumbel_argmax"
     if seed is None:
         seed = seed_from(generator)
     index, value = torch.ops.ot_flow.gumbel_argmax.default(
-        x, y, h, float(scale), int(seed), int(offset), int(row_offset), int(col_offset)
+        x, y, h, _args.real(op, "scale", scale), _args.integer(op, "seed", seed), _args.integer(op, "offset", offset),
+        _args.integer(op, "row_offset", row_offset), _args.integer(op, "col_offset", col_offset)
     )
     return (index, value) if return_value else index
 
 
 @torch.library.register_fake("ot_flow::gumbel_argmax")
 def _gumbel_argmax_fake(x, y, h=None, scale=1.0, seed=0, offset=0, row_offset=0, col_offset=0):
+    _args.same_device("ot_flow.gumbel_argmax", x=x, y=y, h=h)
     torch._check(x.dim() == 2 and y.dim() == 2, lambda: "ot_flow.gumbel_argmax: 'x' and 'y' must be 2-D")
     torch._check(x.shape[1] == y.shape[1], lambda: "ot_flow.gumbel_argmax: 'x' and 'y' must have the same dimension")
     torch._check(x.dtype == y.dtype, lambda: "ot_flow.gumbel_argmax: 'x' and 'y' must have one dtype")
@@ -58,3 +68,19 @@ def _gumbel_argmax_fake(x, y, h=None, scale=1.0, seed=0, offset=0, row_offset=0,
         torch._check(h.shape == (y.shape[0],), lambda: "ot_flow.gumbel_argmax: 'h' must have shape (m,)")
     n = x.shape[0]
     return x.new_empty(n, dtype=torch.long), x.new_empty(n, dtype=torch.float64)
+
+
+# The draw is piecewise constant in the inputs and the value a merge key: neither output is
+# differentiable, so they are marked as such (an attempt to backpropagate through them fails
+# with "does not require grad" instead of silently giving no gradient).
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(*output)
+
+
+def _backward(ctx, grad_index, grad_value):
+    return (None,) * 8  # nothing flows back: the outputs are marked non-differentiable
+
+
+torch.library.register_autograd("ot_flow::gumbel_argmax", _backward, setup_context=_setup_context)

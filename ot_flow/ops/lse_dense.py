@@ -2,6 +2,8 @@
 
 import torch
 
+from ot_flow.ops import _args
+
 __all__ = ["lse_dense"]
 
 
@@ -12,13 +14,43 @@ def lse_dense(dots, h, scale, dim, shift=None):
     ``-inf`` in ``h`` drops that row or column. ``shift``, optional, is a guess of the result
     (a previous iterate's): the CPU kernel then skips its max pass where the guess is good
     enough; the result is the same either way. The Sinkhorn solver's cached-cost path: with
-    ``dots = x @ y.T`` held in memory, a half-iteration costs no GEMM. Not differentiable.
+    ``dots = x @ y.T`` held in memory, a half-iteration costs no GEMM. Differentiable in ``dots`` and
+    ``h`` (any order; ``shift`` only guides the computation and gets no gradient).
     """
-    return torch.ops.ot_flow.lse_dense.default(dots, h, float(scale), int(dim), shift)
+    op = "ot_flow.lse_dense"
+    return torch.ops.ot_flow.lse_dense.default(dots, h, _args.real(op, "scale", scale), _args.integer(op, "dim", dim), shift)
 
 
 @torch.library.register_fake("ot_flow::lse_dense")
 def _lse_dense_fake(dots, h, scale, dim, shift=None):
+    _args.same_device("ot_flow.lse_dense", dots=dots, h=h, shift=shift)
     torch._check(dots.dim() == 2, lambda: "ot_flow.lse_dense: 'dots' must be 2-D")
     torch._check(dim in (0, 1, -1, -2), lambda: "ot_flow.lse_dense: 'dim' must be 0 or 1")
     return dots.new_empty(dots.shape[1 if dim in (0, -2) else 0])
+
+
+# Autograd: with L = scale * dots + h (h along dim 1 - dim) and w = exp(L - out) the softmax
+# along dim, grad dots = scale * grad * w and grad h = the sum of grad * w along the other dim.
+# Dense n x m tensors, like dots itself; plain torch ops, so differentiable again.
+
+
+def _setup_context(ctx, inputs, output):
+    dots, h, scale, dim, _ = inputs
+    ctx.scale = scale
+    ctx.dim = dim % 2
+    ctx.save_for_backward(dots, h, output)
+
+
+def _backward(ctx, grad):
+    dots, h, out = ctx.saved_tensors
+    along = ctx.dim
+    h_b, out_b, grad_b = (h[:, None], out[None, :], grad[None, :]) if along == 0 else (h[None, :], out[:, None], grad[:, None])
+    # A line whose every bias is -inf (out = -inf) has no mass and no gradient.
+    shift = torch.where(torch.isfinite(out_b), out_b, 0)
+    weighted = grad_b * torch.exp(ctx.scale * dots + h_b - shift)
+    grad_dots = ctx.scale * weighted if ctx.needs_input_grad[0] else None
+    grad_h = weighted.sum(1 - along) if ctx.needs_input_grad[1] else None
+    return grad_dots, grad_h, None, None, None
+
+
+torch.library.register_autograd("ot_flow::lse_dense", _backward, setup_context=_setup_context)

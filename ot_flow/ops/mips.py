@@ -2,6 +2,8 @@
 
 import torch
 
+from ot_flow.ops import _args
+
 __all__ = ["mips"]
 
 
@@ -20,13 +22,16 @@ def mips(x, y, bias=None, k=1):
         k: how many per query, 1 <= k <= m (at most 64 on CUDA).
 
     Returns:
-        ``(values, indices)``: (n, k) in x's dtype and (n, k) int64.
+        ``(values, indices)``: (n, k) in x's dtype and (n, k) int64. The values are differentiable
+        in ``x``, ``y`` and ``bias`` (the gradient of the selected scores; the selection itself is
+        piecewise constant).
     """
-    return torch.ops.ot_flow.mips.default(x, y, bias, int(k))
+    return torch.ops.ot_flow.mips.default(x, y, bias, _args.integer("ot_flow.mips", "k", k))
 
 
 @torch.library.register_fake("ot_flow::mips")
 def _mips_fake(x, y, bias=None, k=1):
+    _args.same_device("ot_flow.mips", x=x, y=y, bias=bias)
     torch._check(x.dim() == 2 and y.dim() == 2, lambda: "ot_flow.mips: 'x' and 'y' must be 2-D")
     torch._check(x.shape[1] == y.shape[1], lambda: "ot_flow.mips: 'x' and 'y' must have the same dimension")
     torch._check(x.dtype == y.dtype, lambda: "ot_flow.mips: 'x' and 'y' must have one dtype")
@@ -35,3 +40,36 @@ def _mips_fake(x, y, bias=None, k=1):
         torch._check(bias.shape == (y.shape[0],), lambda: "ot_flow.mips: 'bias' must have shape (m,)")
     n = x.shape[0]
     return x.new_empty(n, k), x.new_empty(n, k, dtype=torch.long)
+
+
+# Autograd of the values, values_ik = <x_i, y_j> + bias_j at j = indices_ik: the selection is
+# piecewise constant, so the gradient flows to the selected rows of y and entries of bias
+# (index_add, differentiable again). Empty slots (index -1, value -inf) carry none.
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, bias, _ = inputs
+    _, indices = output
+    ctx.mark_non_differentiable(indices)
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, y, indices)
+
+
+def _backward(ctx, grad_values, _):
+    x, y, indices = ctx.saved_tensors
+    # needs_input_grad omits trailing arguments left at their defaults (bias=None, k=1).
+    need_x, need_y, need_bias = (*ctx.needs_input_grad, False)[:3]
+    live = indices >= 0
+    j = torch.where(live, indices, 0).flatten()
+    g = torch.where(live, grad_values, 0)
+    grad_x = grad_y = grad_bias = None
+    if need_x:
+        grad_x = (g[:, :, None] * y[j].view(*indices.shape, -1)).sum(1)
+    if need_y:
+        grad_y = torch.zeros_like(y).index_add(0, j, (g[:, :, None] * x[:, None, :]).flatten(0, 1))
+    if need_bias and ctx.has_bias:
+        grad_bias = y.new_zeros(y.shape[0]).index_add(0, j, g.flatten())
+    return grad_x, grad_y, grad_bias, None
+
+
+torch.library.register_autograd("ot_flow::mips", _backward, setup_context=_setup_context)

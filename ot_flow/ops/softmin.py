@@ -2,6 +2,8 @@
 
 import torch
 
+from ot_flow.ops import _args
+
 __all__ = ["softmin"]
 
 
@@ -11,4 +13,4 @@ def softmin(x, y, g, eps, log_weights=None):
     This is the soft minimum over j of ``C_ij - g_j`` for the cost ``C = -<x, y>``: one Sinkhorn
     half-step. A composite of :func:`ot_flow.ops.lse` (same kernels, fake kernel and autograd).
     """
-    return torch.ops.ot_flow.softmin.default(x, y, g, float(eps), log_weights)
+    return torch.ops.ot_flow.softmin.default(x, y, g, _args.real("ot_flow.softmin", "eps", eps), log_weights)

@@ -23,7 +23,7 @@ void barycentric_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::Te
   std::vector<double> part_sum(plan.col_chunks * n, 0.0);
   at::Tensor part_acc = at::zeros({plan.col_chunks, n, k}, x.options());
 
-  at::parallel_for(0, plan.tasks(), 1, [&](int64_t task_begin, int64_t task_end) {
+  parallel_tasks(plan, [&](int64_t task_begin, int64_t task_end) {
     at::Tensor buffer = at::empty({kRowBlock * kColTile}, x.options());
     for (int64_t task = task_begin; task < task_end; ++task) {
       const int64_t r0 = plan.row_begin(task), rows = plan.rows(task), chunk = plan.chunk(task);

@@ -36,7 +36,7 @@ void gumbel_argmax_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::
   std::vector<int64_t> part_index(plan.col_chunks * n, -1);
 
   const NoiseKey noise = noise_key(key.seed, key.offset);
-  at::parallel_for(0, plan.tasks(), 1, [&](int64_t task_begin, int64_t task_end) {
+  parallel_tasks(plan, [&](int64_t task_begin, int64_t task_end) {
     at::Tensor buffer = at::empty({kRowBlock * kColTile}, x.options());
     std::vector<int64_t> candidates(kColTile);
     std::vector<double> draws(kColTile);

@@ -26,7 +26,7 @@ void mips_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& b
   std::vector<scalar_t> part_values(plan.col_chunks * n * k, kLowest);
   std::vector<int64_t> part_indices(plan.col_chunks * n * k, -1);
 
-  at::parallel_for(0, plan.tasks(), 1, [&](int64_t task_begin, int64_t task_end) {
+  parallel_tasks(plan, [&](int64_t task_begin, int64_t task_end) {
     at::Tensor buffer = at::empty({kRowBlock * kColTile}, x.options());
     for (int64_t task = task_begin; task < task_end; ++task) {
       const int64_t r0 = plan.row_begin(task), rows = plan.rows(task);

@@ -1,10 +1,12 @@
 // The tiling shared by the streaming CPU kernels: rows in blocks of kRowBlock, columns in
 // tiles of kColTile grouped into chunks. A (row block, column chunk) pair is one parallel
-// task; the cut depends only on (n, m), never on the thread count, so results are
-// bitwise reproducible for any number of threads.
+// task; the cut depends only on (n, m), never on the thread count, and every task's GEMMs
+// run single-threaded (parallel_tasks), so results are bitwise reproducible for any number
+// of threads.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -42,6 +44,21 @@ struct TilePlan {
   int64_t col_begin(int64_t tile) const { return tile * kColTile; }
   int64_t cols(int64_t tile) const { return std::min(kColTile, m - col_begin(tile)); }
 };
+
+// at::parallel_for over the plan's tasks: body(task_begin, task_end), a range that may be
+// empty. The BLAS (MKL, or OpenBLAS built with OpenMP) runs single-threaded when called inside
+// a parallel region, and with one torch thread it has one thread itself; but at::parallel_for
+// runs a range of one task inline on the calling thread, outside any region, where the GEMM
+// would use every thread and block its sums differently for each count (float32 results of a
+// 128 x 100 problem in d = 300 then moved by a few ulps between 1, 2, 3 and 4 threads). Asking
+// for at least two tasks keeps every GEMM on the single-threaded path.
+template <typename F>
+void parallel_tasks(const TilePlan& plan, const F& body) {
+  const int64_t tasks = plan.tasks();
+  at::parallel_for(0, std::max<int64_t>(tasks, 2), 1, [&](int64_t begin, int64_t end) {
+    if (begin < tasks) body(begin, std::min(end, tasks));
+  });
+}
 
 // logits = h[c0:c0+cols] + scale * x_block @ y[c0:c0+cols].T, written into `buffer`
 // (kRowBlock * kColTile elements) as a contiguous (rows, cols) matrix.
