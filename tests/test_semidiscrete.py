@@ -161,9 +161,14 @@ def test_cell_means_of_two_half_planes():
 
 
 def test_multiscale_start_beats_a_plain_fit_on_the_same_steps():
-    # 3000 points in d = 2 far from the noise: per-point steps spread the required long-range
-    # shift slowly, the coarse levels (375, then 47 points) carry it.
-    data = torch.randn(3000, 2, generator=torch.Generator().manual_seed(2)) * 0.7 + 2
+    # 3000 points in d = 2, nine tenths of them in one cluster: from the nearest-point start
+    # (g = 0 in the standardised frame) each cluster holds about half the noise, so mass must
+    # cross from one to the other. Per-point steps spread that long-range shift slowly, the
+    # coarse levels (375, then 47 points) carry it. (Data merely far from the noise no longer
+    # need it: the fit works in the data's standardised frame.)
+    gen = torch.Generator().manual_seed(2)
+    data = torch.cat([torch.randn(2700, 2, generator=gen), torch.randn(300, 2, generator=gen) + torch.tensor([8.0, 0])])
+    data = data * 0.5
     fit = dict(num_steps=300, batch_size=256, progress=False, log_every=300)
     plain = ot_flow.SemidiscreteSampler(data, seed=1).fit(**fit, warm_start=None)
     multi = ot_flow.SemidiscreteSampler(data, seed=1).fit(**fit)
@@ -439,13 +444,15 @@ def test_fit_of_moved_data_converges_to_the_same_assignments(scale, offset, dtyp
     assert chi2 < 2 * base_chi2 + 2e-3, (chi2, base_chi2)
     x = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(22), dtype=dtype)
     agree = (moved.assign(x) == base.assign(x)).double().mean()
-    assert agree > 0.99, agree
-    # The public potential is of the data as given: its own MIPS gives the same assignments
-    # (in float64, where the offset's |y|^2 / 2 cancels exactly enough).
-    y = (data * scale + offset).double()
-    h = moved.potential - 0.5 * (y * y).sum(1)
-    mips = (x.double() @ y.T + h).argmax(1)
-    assert (mips == moved.assign(x)).double().mean() > 0.99 if offset < 1e6 else True
+    # Exactly representable moves give the same fit up to rounding; float32 data offset by 100
+    # or 1e3 are themselves rounded (by up to 6e-5), which the stochastic fit follows about as
+    # far as another seed would (0.98 of the assignments agree between two seeds here).
+    exact = dtype == torch.float64 or offset == 0
+    assert agree > (0.999 if exact else 0.97), agree
+    if offset <= 1e3:  # the public potential is of the data as given: a MIPS with it agrees
+        y = (data * scale + offset).double()
+        mips = (x.double() @ y.T + moved.potential - 0.5 * (y * y).sum(1)).argmax(1)
+        assert (mips == moved.assign(x)).double().mean() > 0.999
 
 
 @pytest.mark.parametrize("scale,offset", [(1.0, 1e6), (1e6, 0.0), (1e-3, -1e3)])
@@ -488,24 +495,26 @@ def test_cell_means_and_chi2_of_far_data():
 
 
 def test_zero_weight_points_are_never_assigned():
-    gen = torch.Generator().manual_seed(23)
-    data = torch.randn(60, 2, generator=gen)
-    weights = torch.rand(60, generator=gen, dtype=torch.float64)
-    weights[::6] = 0  # ten points without mass
+    # Before: the Newton fit handed 4-33 of 50,000 noise points to the points without mass
+    # (chi2 = inf), whose potential it only pushed down.
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randn(50, 2, generator=gen)
+    weights = torch.ones(50, dtype=torch.float64)
+    weights[:5] = 0
     weights /= weights.sum()
     for optimizer in ("newton", "adam"):
-        sampler = ot_flow.SemidiscreteSampler(data, weights=weights, seed=2)
-        sampler.fit(300, batch_size=512, progress=False, optimizer=optimizer)
+        sampler = ot_flow.SemidiscreteSampler(data, weights=weights, seed=0)
+        sampler.fit(300, batch_size=256, progress=False, optimizer=optimizer)
         idx = sampler.assign(torch.randn(50_000, 2, generator=gen))
         assert (weights[idx] > 0).all()
-        assert torch.isinf(sampler.potential[::6]).all() and torch.isfinite(sampler.potential[weights > 0]).all()
-        assert sampler.marginal_error(100_000) < 0.05  # finite: no mass on the zero-weight points
-    soft = ot_flow.SemidiscreteSampler(data, eps=0.2, weights=weights).fit(50, batch_size=512, progress=False)
+        assert torch.isinf(sampler.potential[:5]).all() and torch.isfinite(sampler.potential[5:]).all()
+        assert sampler.marginal_error(100_000) < 0.01  # finite: no mass on the zero-weight points
+    soft = ot_flow.SemidiscreteSampler(data, eps=0.2, weights=weights).fit(50, batch_size=256, progress=False)
     assert (weights[soft.assign(torch.randn(20_000, 2, generator=gen), generator=gen)] > 0).all()
     # The solver itself never returns a point without mass, whatever its potential.
-    g = torch.zeros(60, dtype=torch.float64)
-    g[::6] = 1e3
-    assert (weights[semidiscrete.assign(data[:10] * 0 + data[::6][:1], data, g, weights, 0.0, "sqeuclidean")] > 0).all()
+    g = torch.zeros(50, dtype=torch.float64)
+    g[:5] = 1e3
+    assert (weights[semidiscrete.assign(data, data, g, weights, 0.0, "sqeuclidean")] > 0).all()
 
 
 def test_assign_and_pair_refuse_an_unfitted_potential():

@@ -398,7 +398,7 @@ class SemidiscreteSampler:
         """
         self._check_fit_args(num_steps, batch_size, lr, optimizer, schedule, ema, eps_start, anneal_fraction,
                              target_chi2, warm_start, log_every, eval_samples, checkpoint, checkpoint_every)
-        if checkpoint:
+        if checkpoint and self.group is not None:
             checkpoint = os.fspath(checkpoint).replace("{rank}", str(distributed.group_info(self.group)[0]))
         settings = dict(lr=lr, optimizer=optimizer, schedule=schedule, ema=ema, eps_start=eps_start,
                         anneal_fraction=anneal_fraction, target_chi2=target_chi2, log_every=log_every)
@@ -409,7 +409,9 @@ class SemidiscreteSampler:
             raise ValueError(f"argument 'optimizer': this fit was started with {self._optimizer_name!r}")
         if warm_start and self.step == 0 and not self.warm_started:
             self._multiscale_start(num_steps, batch_size, progress, settings)
-        unit = self._eps_unit()  # measures std(C) on a first fit
+        if self.spread is None:
+            self.spread = self._measure_spread()
+        unit = self._eps_unit()
         if optimizer == "newton":
             base_lr = _DEFAULT_NEWTON_STEP if lr is None else lr
         else:
