@@ -632,3 +632,15 @@ def test_fit_arguments_are_checked_before_any_work(kwargs, name):
 def test_target_chi2_needs_a_measured_chi2():
     with pytest.raises(ValueError, match="argument 'target_chi2'"):
         ot_flow.SemidiscreteSampler(torch.randn(20, 2), eps=0.1).fit(5, target_chi2=0.01, progress=False)
+
+
+@pytest.mark.parametrize("dim,dtype,offset", [(1, torch.float32, 1e4), (3, torch.float64, 1e5), (3, torch.float16, 100.0)])
+def test_far_data_in_one_dimension_and_every_dtype(dim, dtype, offset):
+    # Before: chi2 49 (d = 1, + 1e4), 99 (float64, + 1e5), 19.7 (float16, + 100).
+    centred = torch.randn(50, dim, generator=torch.Generator().manual_seed(27)).to(dtype)
+    data = centred + offset
+    base = ot_flow.SemidiscreteSampler(centred, seed=0).fit(200, batch_size=512, progress=False)
+    sampler = ot_flow.SemidiscreteSampler(data, seed=0).fit(200, batch_size=512, progress=False)
+    assert sampler.marginal_error(100_000) < 2 * base.marginal_error(100_000) + 0.01
+    x0, x1 = sampler.pair(torch.randn(8, dim).to(dtype))
+    assert x1.dtype == dtype and torch.equal(x1, data[sampler.assign(x0)])
