@@ -617,7 +617,8 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path,
     (dict(batch_size=0), "batch_size"), (dict(batch_size=-8), "batch_size"), (dict(log_every=0), "log_every"),
     (dict(eval_samples=0), "eval_samples"), (dict(ema=float("nan")), "ema"), (dict(ema=True), "ema"),
     (dict(eps_start=-1.0), "eps_start"), (dict(anneal_fraction="half"), "anneal_fraction"),
-    (dict(target_chi2=-1.0), "target_chi2"), (dict(checkpoint="/no/such/folder/fit.pt", checkpoint_every=5), "checkpoint"),
+    (dict(target_chi2=-1.0), "target_chi2"),
+    (dict(checkpoint="/no/such/folder/fit.pt", checkpoint_every=5), "checkpoint"),
     (dict(checkpoint="fit.pt", checkpoint_every=0), "checkpoint_every"),
 ])
 def test_fit_arguments_are_checked_before_any_work(kwargs, name):
@@ -634,7 +635,8 @@ def test_target_chi2_needs_a_measured_chi2():
         ot_flow.SemidiscreteSampler(torch.randn(20, 2), eps=0.1).fit(5, target_chi2=0.01, progress=False)
 
 
-@pytest.mark.parametrize("dim,dtype,offset", [(1, torch.float32, 1e4), (3, torch.float64, 1e5), (3, torch.float16, 100.0)])
+@pytest.mark.parametrize("dim,dtype,offset", [(1, torch.float32, 1e4), (3, torch.float64, 1e5),
+                                              (3, torch.float16, 100.0)])
 def test_far_data_in_one_dimension_and_every_dtype(dim, dtype, offset):
     # Before: chi2 49 (d = 1, + 1e4), 99 (float64, + 1e5), 19.7 (float16, + 100).
     centred = torch.randn(50, dim, generator=torch.Generator().manual_seed(27)).to(dtype)

@@ -673,7 +673,8 @@ class SemidiscreteSampler:
                 n = min(batch_size, num_samples - done)
                 x = self._noise(n, gen)
                 g_c, b_c = (g, self.weights) if index is None else (g[index], self.weights[index])
-                idx = semidiscrete.assign(x, self._points(index), g_c, b_c, 0.0, _FRAME_COST, chunk_size=self.chunk_size,
+                idx = semidiscrete.assign(x, self._points(index), g_c, b_c, 0.0, _FRAME_COST,
+                                          chunk_size=self.chunk_size,
                                           process_group=self.group, offset=self.offset).cpu()
                 local = idx - self.offset if index is None else index[idx]
                 mine = (local >= 0) & (local < self._flat.shape[0])
