@@ -32,6 +32,7 @@ class SemidiscretePairDataset(IterableDataset):
         super().__init__()
         if not isinstance(sampler, SemidiscreteSampler):
             raise ValueError(f"argument 'sampler' must be an ot_flow.SemidiscreteSampler, got {type(sampler).__name__}")
+        sampler._require_fitted("argument 'sampler'")  # here, not in a DataLoader worker later
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"argument 'batch_size' must be an int >= 1, got {batch_size!r}")
         if num_batches is not None and (not isinstance(num_batches, int) or num_batches < 1):

@@ -31,9 +31,16 @@ __all__ = ["assign", "semidual_gradient", "SemidualEstimate", "marginal_chi2", "
            "extend_potential"]
 
 
-def dot_bias(g, y, cost):
-    """h_j = g_j - beta_j: the bias of the MIPS that assigns x to argmin_j C(x, y_j) - g_j."""
-    return (g.double() - costs.cost_offsets(y.double(), cost)).to(y.dtype)
+def dot_bias(g, y, cost, b=None):
+    """h_j = g_j - beta_j: the bias of the MIPS that assigns x to argmin_j C(x, y_j) - g_j.
+
+    With the weights ``b``, h_j = -inf where b_j = 0: a point without mass is never assigned,
+    whatever its potential (the semi-dual's optimum has g_j = -inf there, which no finite
+    iterate reaches)."""
+    h = g.double() - costs.cost_offsets(y.double(), cost)
+    if b is not None:
+        h = torch.where(b.to(h.device) > 0, h, -math.inf)
+    return h.to(y.dtype)
 
 
 def _chunks(m, chunk_size):
@@ -53,7 +60,7 @@ def _best(x, y, g, b, eps, cost, chunk_size, seed, offset):
     best_index = torch.full((n,), -1, dtype=torch.long, device=x.device)
     for c0, c1 in _chunks(y.shape[0], chunk_size):
         y_c = _on(y[c0:c1], x.device, x.dtype)
-        h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost)
+        h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
         if eps == 0:
             values, index = mips(x, y_c, h_c, 1)
             values, index = values[:, 0].double(), index[:, 0]
@@ -76,14 +83,16 @@ def _merge_top_two(top, index, other_top, other_index):
     return torch.stack([first, second], 1), torch.where(lead, other_index, index)
 
 
-def _top_two(x, y, g, cost, chunk_size, process_group, offset):
+def _top_two(x, y, g, b, cost, chunk_size, process_group, offset):
     """(top two scores <x_i, y_j> + h_j per row, float64 (n, 2), global index of the best) over
-    every chunk and rank; a row with a single target has -inf as its second score."""
+    every chunk and rank (h = dot_bias(g, y, cost, b)); a row with a single target has -inf as
+    its second score."""
     top = torch.full((x.shape[0], 2), -math.inf, dtype=torch.float64, device=x.device)
     index = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
     for c0, c1 in _chunks(y.shape[0], chunk_size):
         y_c = _on(y[c0:c1], x.device, x.dtype)
-        values, idx = mips(x, y_c, dot_bias(_on(g[c0:c1], x.device), y_c, cost), min(2, c1 - c0))
+        h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
+        values, idx = mips(x, y_c, h_c, min(2, c1 - c0))
         values = torch.nn.functional.pad(values.double(), (0, 2 - values.shape[1]), value=-math.inf)
         top, index = _merge_top_two(top, index, values, idx[:, 0] + offset + c0)
     if process_group is not None:
@@ -113,8 +122,8 @@ def _merge_ranks(value, index, process_group):
 def assign(x, y, g, b, eps, cost, *, generator=None, chunk_size=None, process_group=None, offset=0):
     """LongTensor (n,): the target index of each source point x_i.
 
-    eps = 0: argmin_j C(x_i, y_j) - g_j (ties to the lowest j). eps > 0: a draw from
-    P(j | x_i) proportional to b_j exp((g_j - C(x_i, y_j)) / eps). With a `process_group`,
+    eps = 0: argmin_j C(x_i, y_j) - g_j over the points with b_j > 0 (ties to the lowest j).
+    eps > 0: a draw from P(j | x_i) proportional to b_j exp((g_j - C(x_i, y_j)) / eps). With a `process_group`,
     y, g and b are this rank's shard (global indices from `offset`), every rank passes the
     same x, and every rank gets the global indices.
     """
@@ -130,16 +139,16 @@ def _seed(generator, device, process_group):
     return seed if process_group is None else distributed.broadcast_int(seed, device, process_group)
 
 
-def score_gap(x, y, g, cost, *, chunk_size=None, process_group=None):
+def score_gap(x, y, g, cost, *, b=None, chunk_size=None, process_group=None):
     """Mean over the rows of x of the gap between the best and second-best score
-    <x_i, y_j> + h_j (h = dot_bias(g)).
+    <x_i, y_j> + h_j (h = dot_bias(g, y, cost, b): points of weight 0 take no part).
 
     It is the potential change that moves a typical source point from one target to its
     neighbour, so it is the natural unit of the fit's step size: it shrinks as the targets get
     denser (more points, lower dimension), where std(C) does not move. A single target has no
     second best: the gap is then taken as 0.
     """
-    top, _ = _top_two(x, y, g, cost, chunk_size, process_group, 0)
+    top, _ = _top_two(x, y, g, b, cost, chunk_size, process_group, 0)
     gap = top[:, 0] - top[:, 1]
     return float(gap[torch.isfinite(gap)].mean()) if torch.isfinite(gap).any() else 0.0
 
@@ -157,7 +166,7 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
     """SemidualEstimate of the semi-dual F at g on the source batch x.
 
     With ``gaps``, ``gap_sums[j]`` adds up, over the rows whose best score is j's, the gap
-    between their best and second-best score <x_i, y_j> + h_j (h = dot_bias(g)): the mean gap
+    between their best and second-best score <x_i, y_j> + h_j (h = dot_bias(g, y, cost, b)): the mean gap
     of j's rows is the change of g_j that moves about its whole mass, which scales a Newton
     step (the sampler's "newton" optimiser); the search is then a top-2 MIPS. With a
     `process_group` (every rank passing the same x), y, g and b are this rank's shard and the
@@ -168,7 +177,7 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
     counts = torch.zeros(m, dtype=torch.float64, device=g.device)
     gap_sums = gap_counts = None
     if gaps:  # the top-2 search also gives the hard assignment
-        top, best_index = _top_two(x, y, g, cost, chunk_size, process_group, offset)
+        top, best_index = _top_two(x, y, g, b, cost, chunk_size, process_group, offset)
         best = top[:, 0]
     elif eps == 0:
         best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset)
@@ -192,7 +201,8 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
         biases, row_lse = [], torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
         for c0, c1 in _chunks(m, chunk_size):
             y_c = _on(y[c0:c1], x.device, x.dtype)
-            h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost) / eps + _on(b[c0:c1], x.device).log().to(x.dtype)
+            b_c = _on(b[c0:c1], x.device)
+            h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, b_c) / eps + b_c.log().to(x.dtype)
             biases.append(h_c)
             row_lse = torch.logaddexp(row_lse, lse(x, y_c, h_c, 1.0 / eps).double())
         if process_group is not None:

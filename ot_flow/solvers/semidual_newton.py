@@ -52,7 +52,8 @@ class DiagonalNewton:
         self.param_groups = [{"lr": lr}]
         self.gap_sums = torch.zeros_like(g)
         self.gap_counts = torch.zeros_like(g)
-        # A zero-weight point is pushed down like the lightest real one.
+        # A zero-weight point is never assigned (semidiscrete.dot_bias), so its gradient is 0;
+        # the floor only keeps the scale finite.
         floor = torch.where(b > 0, b, torch.inf).min().reshape(1)
         if process_group is not None:
             dist.all_reduce(floor, op=dist.ReduceOp.MIN, group=process_group)
