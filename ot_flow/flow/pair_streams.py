@@ -143,7 +143,7 @@ class SemidiscretePairs(PairStream):
         check_source(source)
         if not isinstance(sampler, SemidiscreteSampler):
             raise ValueError(f"argument 'sampler' must be an ot_flow.SemidiscreteSampler, got {type(sampler).__name__}")
-        if sampler.step == 0:
+        if not sampler.fitted:  # one rule, the sampler's own (a loaded or a set potential counts)
             raise ValueError("argument 'sampler' has not been fitted: call sampler.fit(...) first")
         self.source, self.sampler, self.setup_seconds = source, sampler, float(setup_seconds)
 
