@@ -52,6 +52,8 @@ _ANNEAL_BELOW = 0.05  # auto-anneal when eps < this fraction of std(C)
 _CACHE_BUDGET_BYTES = 1 << 30
 _CACHE_MIN_DIM = 16
 _CACHE_SMALL_BYTES = 256 << 20
+# SinkhornResult.plan(): the dense matrix is for small problems; above this it asks first.
+_PLAN_MAX_BYTES = 1 << 30
 
 
 @dataclass
@@ -154,6 +156,35 @@ class SinkhornResult:
             return 0.0  # one point on each side: the only coupling is a permutation
         return min(1.0, max(0.0, 2 * h_p / h_ab - 1))
 
+    def plan(self, dtype=torch.float64, max_bytes=_PLAN_MAX_BYTES):
+        """The dense n x m coupling P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps), for small problems.
+
+        Computed in float64 in the working frame of the solve (no cancellation for clouds far
+        from the origin) and returned in ``dtype`` (default float64; pass ``self.x.dtype`` for
+        the points' dtype), on the points' device. ``max_bytes`` (default 1 GiB, None for no
+        limit) guards the float64 matrix: a larger one raises a ``ValueError`` naming the memory
+        it would take -- everything else (``sample``, ``barycentric_map``, the entropy) streams.
+        A sharded result refuses (each rank holds only its rows and columns; gathering them
+        would defeat sharding): solve replicated, or on one process, to look at the matrix.
+        """
+        if self.sharded:
+            raise ValueError("SinkhornResult.plan(): the coupling is sharded across ranks (sharded=True): each rank "
+                             "holds only its own rows and columns, so no rank can form the dense matrix; solve with "
+                             "sharded=False (or on one process) for plan()")
+        n, m = self.x.shape[0], self.y.shape[0]
+        need = n * m * max(8, torch.empty((), dtype=dtype).element_size())
+        if max_bytes is not None and need > max_bytes:
+            raise ValueError(f"SinkhornResult.plan(): the dense {n} x {m} coupling would take {_bytes(need)} "
+                             f"(limit max_bytes={_bytes(max_bytes)}); pass a larger max_bytes (or None) to build it "
+                             "anyway, or use sample() / barycentric_map(), which never build it")
+        w = self.working
+        xw, yw = w.x.double(), w.y.double()
+        # log P_ij = log a_i + f'_i / eps' + <x'_i, y'_j> / eps' + g'_j / eps' + log b_j (dot cost, frame units)
+        log_p = (xw @ yw.T) / w.eps
+        log_p += (self.a.double().log() + w.f.double() / w.eps)[:, None]
+        log_p += w.column_bias(self.b, torch.float64)[None, :]
+        return log_p.exp_().to(dtype)
+
     def sample(self, generator=None):
         """LongTensor (n,): for each row i one column j drawn from P(. | i), streamed (Gumbel-max).
 
@@ -244,6 +275,14 @@ def row_barycentres(x, y, g, b, eps, cost):
     w.g = w.frame.potential_in(g, w.beta)
     mean, _ = barycentric(w.x, w.y, w.column_bias(b, w.x.dtype), 1.0 / w.eps)
     return w.frame.point_out(mean)
+
+
+def _bytes(size):
+    """A byte count for messages: '1.5 GiB'."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.3g} {unit}"
+    return f"{size} bytes"
 
 
 def _xlogx(w):
