@@ -185,7 +185,12 @@ class SinkhornResult:
         log_p += w.column_bias(self.b, torch.float64)[None, :]
         return log_p.exp_().to(dtype)
 
-    def sample(self, generator=None):
+    def row_marginal(self):
+        """(n,) float64: the row masses P 1 of the coupling (a up to ``tol`` for a balanced solve;
+        what the marginal penalty left of a for an unbalanced one), streamed, computed once."""
+        return self._exact_row_pass()[0]
+
+    def sample(self, generator=None, rows=None):
         """LongTensor (n,): for each row i one column j drawn from P(. | i), streamed (Gumbel-max).
 
         The pairs (i, j_i) are distributed as P when ``a`` is uniform. The noise is keyed on a
@@ -194,12 +199,31 @@ class SinkhornResult:
         draws the rows it owns with the seed of rank 0, which gives the draw of one process:
         replicated, the rows are gathered (every rank gets all n); sharded, a rank gets its
         rows' columns (global indices) and the column shards pass round the ranks.
+
+        ``rows`` (a LongTensor (k,) of row indices, repeats allowed) draws one column for each
+        of its entries instead, independently (the noise is keyed on the entry's position k,
+        so a row listed twice gets two independent draws): with rows drawn from the row
+        marginal this is a joint draw of k pairs from P, with replacement. Not for sharded
+        results.
         """
         seed = seed_from(generator)
         if self.process_group is not None:
             seed = int(distributed.broadcast_int(seed, self.x.device, self.process_group))
         w = self.working
         bias, scale = w.column_bias(self.b, w.x.dtype), 1.0 / w.eps
+        if rows is not None:
+            if self.sharded:
+                raise ValueError("SinkhornResult.sample(rows=...): not for a sharded coupling (each rank holds "
+                                 "only its own rows); draw the rows on their owners with sample()")
+            if not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.is_floating_point():
+                raise ValueError("argument 'rows' must be a 1-D integer tensor of row indices")
+            n = w.x.shape[0]
+            if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n):
+                raise ValueError(f"argument 'rows' must hold row indices in [0, {n}), "
+                                 f"got values in [{int(rows.min())}, {int(rows.max())}]")
+            if rows.numel() == 0:
+                return torch.empty(0, dtype=torch.long, device=w.x.device)
+            return gumbel_argmax(w.x[rows.to(w.x.device)], w.y, bias, scale, seed=seed)
         if self.process_group is None:
             return gumbel_argmax(w.x, w.y, bias, scale, seed=seed)
         rank, world = distributed.group_info(self.process_group)
