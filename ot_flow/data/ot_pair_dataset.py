@@ -42,13 +42,23 @@ class OTPairDataset(IterableDataset):
             is initialised, else (0, 1).
         device: where the coupling is solved and the pairs are yielded (default: the
             target's device; "cuda" in the main process with ``num_workers=0``).
+        target_labels: class-conditional pairing (``OTSampler.pair(..., classes=(c0, c1))``,
+            pairs only within a class): a 1-D integer tensor of the target's labels, indexed
+            like ``target``, or an int k: the labels are field k of the target's extras (0 for
+            the label of ``(points, label)`` items).
+        source_labels: the source points' labels: a 1-D integer tensor indexed like a tensor
+            or Dataset ``source``, or "target" (the default with ``target_labels``): the
+            round's x0 take the labels of the round's x1 draw, so every class has equal counts
+            on both sides (the right thing for a noise source).
 
     Yields:
-        ``(x0, x1)`` or ``(x0, x1, *extras)`` minibatches.
+        ``(x0, x1)`` or ``(x0, x1, *extras)`` minibatches; with a tensor ``target_labels`` the
+        pairs' labels come last, ``(x0, x1, *extras, labels)`` (with an int they are already
+        among the extras).
     """
 
     def __init__(self, source, target, sampler, coupling_size, batch_size, *, rounds=None, seed=0,
-                 drop_last=True, rank=None, world_size=None, device=None):
+                 drop_last=True, rank=None, world_size=None, device=None, target_labels=None, source_labels=None):
         super().__init__()
         if not isinstance(sampler, OTSampler):
             raise ValueError(f"argument 'sampler' must be an ot_flow.OTSampler, got {type(sampler).__name__}")
@@ -72,6 +82,7 @@ class OTPairDataset(IterableDataset):
         self.coupling_size, self.batch_size = coupling_size, batch_size
         self.rounds, self.seed, self.drop_last = rounds, int(seed), drop_last
         self.device = torch.device(device) if device is not None else None
+        self.target_labels, self.source_labels = _check_labels(target_labels, source_labels, source, target)
         self.epoch = 0
 
     def set_epoch(self, epoch):
@@ -99,7 +110,8 @@ class OTPairDataset(IterableDataset):
         """This rank's minibatches of round ``round_index`` of the current epoch: a pure function
         of (seed, epoch, round), so a consumer can restart at any round."""
         gen = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch, round_index))
-        x1, *extras = _draw(self.target, self.coupling_size, gen)
+        target_index, (x1, *extras) = _draw(self.target, self.coupling_size, gen)
+        source_index = None
         if self.source is None:
             x0 = torch.randn(x1.shape, generator=gen, dtype=x1.dtype if x1.is_floating_point() else None)
         elif callable(self.source) and not isinstance(self.source, (torch.Tensor, Dataset)):
@@ -108,11 +120,24 @@ class OTPairDataset(IterableDataset):
                 raise ValueError(f"argument 'source': source(n, generator) must return a tensor with "
                                  f"n = {self.coupling_size} rows")
         else:
-            x0 = _draw(self.source, self.coupling_size, gen)[0]
+            source_index, (x0, *_) = _draw(self.source, self.coupling_size, gen)
         device = self.device if self.device is not None else x1.device
         x0, x1 = x0.to(device), x1.to(device)
         extras = [e.to(device) for e in extras]
-        pairs = self.sampler.pair(x0, x1, *extras, generator=gen)
+        if self.target_labels is None:
+            pairs = self.sampler.pair(x0, x1, *extras, generator=gen)
+        else:
+            if isinstance(self.target_labels, int):
+                if self.target_labels >= len(extras):
+                    raise ValueError(f"argument 'target_labels'={self.target_labels}: the target's items have only "
+                                     f"{len(extras)} extra field(s) after the points")
+                c1 = extras[self.target_labels]
+            else:
+                c1 = self.target_labels[target_index.to(self.target_labels.device)]
+            c0 = c1 if isinstance(self.source_labels, str) else self.source_labels[source_index.to(self.source_labels.device)]
+            pairs = self.sampler.pair(x0, x1, *extras, classes=(c0, c1), generator=gen)
+            if isinstance(self.target_labels, torch.Tensor):
+                pairs = (*pairs, c0.to(device))  # x1[j_i] has x0[i]'s class
         order = torch.randperm(self.coupling_size, generator=gen)[self.rank::self.world_size].to(device)
         stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
         for begin in range(0, stop, self.batch_size):
@@ -121,15 +146,50 @@ class OTPairDataset(IterableDataset):
 
 
 def _draw(points, n, gen):
-    """n items of a tensor or Dataset (without replacement when there are enough), as a list
-    of tensors: the points, then any extra fields of the items."""
+    """n items of a tensor or Dataset (without replacement when there are enough): (their
+    indices, a list of tensors: the points, then any extra fields of the items)."""
     size = len(points)
     index = torch.randperm(size, generator=gen)[:n] if n <= size else torch.randint(size, (n,), generator=gen)
     if isinstance(points, torch.Tensor):
-        return [points[index.to(points.device)]]
+        return index, [points[index.to(points.device)]]
     batch = default_collate([points[int(k)] for k in index])
     if isinstance(batch, torch.Tensor):
-        return [batch]
+        return index, [batch]
     if isinstance(batch, (list, tuple)) and batch and all(isinstance(t, torch.Tensor) for t in batch):
-        return list(batch)
+        return index, list(batch)
     raise ValueError("a Dataset's items must be tensors or tuples of tensors (points, label, ...)")
+
+
+def _check_labels(target_labels, source_labels, source, target):
+    """(target_labels, source_labels) checked: None, or a label tensor / field index and a label
+    tensor / "target"."""
+    if target_labels is None:
+        if source_labels is not None:
+            raise ValueError("argument 'source_labels' needs 'target_labels' (class-conditional pairing)")
+        return None, None
+    if isinstance(target_labels, bool) or not isinstance(target_labels, (int, torch.Tensor)):
+        raise ValueError(f"argument 'target_labels' must be a label tensor or a field index, got {target_labels!r}")
+    if isinstance(target_labels, int):
+        if target_labels < 0 or isinstance(target, torch.Tensor):
+            raise ValueError("argument 'target_labels' as an int is the index of a label field of a Dataset target's "
+                             "items (>= 0); for a tensor target pass the labels as a tensor")
+    else:
+        _check_label_tensor("target_labels", target_labels, len(target))
+    if source_labels is None:
+        source_labels = "target"
+    if isinstance(source_labels, str):
+        if source_labels != "target":
+            raise ValueError(f"argument 'source_labels' must be a label tensor or 'target', got {source_labels!r}")
+    else:
+        if not isinstance(source, (torch.Tensor, Dataset)):
+            raise ValueError("argument 'source_labels' as a tensor needs a tensor or Dataset 'source' to index; "
+                             "for a noise source use source_labels='target'")
+        _check_label_tensor("source_labels", source_labels, len(source))
+    return target_labels, source_labels
+
+
+def _check_label_tensor(name, labels, size):
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != size:
+        raise ValueError(f"argument '{name}' must be a 1-D tensor of {size} labels (one per item)")
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"argument '{name}' must hold integer class labels, got {labels.dtype}")

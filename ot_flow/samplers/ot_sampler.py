@@ -11,6 +11,8 @@ import warnings
 
 import torch
 
+from ot_flow.distributed import derived_seed
+from ot_flow.ops import seed_from
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.sinkhorn import sinkhorn
 
@@ -93,13 +95,21 @@ class OTSampler:
         """LongTensor (n,): for each x0[i] the index j_i of its partner in x1, j_i ~ P(. | i)."""
         return self.plan(x0, x1).sample(generator)
 
-    def pair(self, x0, x1, *aligned, generator=None):
+    def pair(self, x0, x1, *aligned, classes=None, generator=None):
         """``(x0, x1[j], *(t[j] for t in aligned))`` with j = :meth:`sample_indices`.
 
         ``aligned`` are tensors indexed like x1 (class labels, conditions) that travel with it.
         x0 keeps its order, so tensors indexed like x0 need no pairing: torchcfm's
         ``sample_plan_with_labels(x0, x1, y0, y1)`` order would permute y0 here, and a call of
         that shape (two 1-D integer tensors as long as both batches) warns.
+
+        ``classes=(c0, c1)``: integer labels of x0 (n,) and x1 (m,); one coupling per class,
+        pairs only where c0[i] == c1[j]. Every class must have as many points in x0 as in x1
+        (else a ``ValueError`` naming the class). Class k's pairing is that class solved alone
+        (``pair(x0[c0 == k], x1[c1 == k], generator=class_generator(seed, k))``) with ``seed``
+        one draw from ``generator``: :func:`class_generator` derives the class's generator
+        from (seed, k), so a class's pairs depend neither on the other classes nor on the
+        order they are solved in. ``last_plan`` is then the dict {label: SinkhornResult}.
         """
         for k, t in enumerate(aligned):
             if not isinstance(t, torch.Tensor) or t.shape[:1] != x1.shape[:1]:
@@ -109,8 +119,57 @@ class OTSampler:
             warnings.warn("OTSampler.pair(x0, x1, *aligned): every aligned tensor travels with x1, and x0 keeps "
                           "its order. If these are (y0, y1) in torchcfm's sample_plan_with_labels order, y0 is "
                           "being permuted: pass only x1's labels and keep y0 as it is.", UserWarning, stacklevel=2)
-        j = self.sample_indices(x0, x1, generator)
+        if classes is None:
+            j = self.sample_indices(x0, x1, generator)
+        else:
+            j = self.class_indices(x0, x1, classes, generator)
         return (x0, x1[j], *(t[j.to(t.device)] for t in aligned))
+
+    def class_indices(self, x0, x1, classes, generator=None):
+        """LongTensor (n,): for each x0[i] the index j_i of its partner in x1, drawn from the
+        coupling of x0[i]'s class (see :meth:`pair`)."""
+        groups = class_groups(classes, x0.shape[0], x1.shape[0])
+        seed = seed_from(generator)
+        problems = [(x0[rows.to(x0.device)], x1[cols.to(x1.device)]) for _, rows, cols in groups]
+        # One solve per class; a batched sinkhorn (classes padded to one size) replaces this line.
+        plans = [self.plan(a, b) for a, b in problems]
+        j = torch.empty(x0.shape[0], dtype=torch.long, device=x0.device)
+        for (label, rows, cols), plan in zip(groups, plans):
+            local = plan.sample(class_generator(seed, label))
+            j[rows.to(j.device)] = cols.to(j.device)[local.to(j.device)]
+        self.last_plan = {label: plan for (label, _, _), plan in zip(groups, plans)}
+        return j
+
+
+def class_groups(classes, n, m):
+    """[(label, rows of x0, columns of x1)] per class, labels ascending, each with as many rows
+    as columns; a ``ValueError`` names the first class whose counts differ."""
+    if not isinstance(classes, (tuple, list)) or len(classes) != 2:
+        raise ValueError("argument 'classes' must be a pair (c0, c1) of label tensors for x0 and x1")
+    c0, c1 = classes
+    for name, c, size in (("classes[0]", c0, n), ("classes[1]", c1, m)):
+        if not isinstance(c, torch.Tensor) or c.dim() != 1 or c.shape[0] != size:
+            raise ValueError(f"argument '{name}' must be a 1-D tensor of {size} labels, got "
+                             f"{tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__}")
+        if c.is_floating_point() or c.is_complex():
+            raise ValueError(f"argument '{name}' must hold integer class labels, got {c.dtype}")
+    c0, c1 = c0.detach().cpu().long(), c1.detach().cpu().long()
+    labels0, counts0 = torch.unique(c0, return_counts=True)
+    labels1, counts1 = torch.unique(c1, return_counts=True)
+    have0 = dict(zip(labels0.tolist(), counts0.tolist()))
+    have1 = dict(zip(labels1.tolist(), counts1.tolist()))
+    for label in sorted(set(have0) | set(have1)):
+        if have0.get(label, 0) != have1.get(label, 0):
+            raise ValueError(f"argument 'classes': class {label} has {have0.get(label, 0)} points in x0 but "
+                             f"{have1.get(label, 0)} in x1; every class needs equal counts on both sides")
+    return [(label, (c0 == label).nonzero()[:, 0], (c1 == label).nonzero()[:, 0]) for label in sorted(have0)]
+
+
+def class_generator(seed, label):
+    """The CPU generator of class ``label`` in a class-conditional pairing keyed on ``seed``
+    (SeedSequence of (seed, label), labels of any sign)."""
+    key = 2 * label if label >= 0 else -2 * label - 1
+    return torch.Generator().manual_seed(derived_seed(seed, key))
 
 
 def _flatten(name, points):
