@@ -24,7 +24,8 @@ def test_no_pair_crosses_classes_and_x0_keeps_its_order():
     x0, x1, c0, c1 = _labelled()
     sampler = ot_flow.OTSampler(eps=0.05)
     ids = torch.arange(len(c1)).double() + 1000
-    out0, out1, labels, out_ids = sampler.pair(x0, x1, c1, ids, classes=(c0, c1), generator=torch.Generator().manual_seed(0))
+    out0, out1, labels, out_ids = sampler.pair(x0, x1, c1, ids, classes=(c0, c1),
+                                               generator=torch.Generator().manual_seed(0))
     assert torch.equal(out0, x0)
     assert torch.equal(labels, c0)  # every partner has x0[i]'s class
     assert torch.equal(out1, x1[(out_ids - 1000).long()])
@@ -54,7 +55,8 @@ def test_class_pairing_does_not_depend_on_the_other_classes():
     keep0, keep1 = c0 != 10, c1 != 10
     sampler = ot_flow.OTSampler(eps=0.1)
     _, full = sampler.pair(x0, x1, classes=(c0, c1), generator=torch.Generator().manual_seed(5))
-    _, part = sampler.pair(x0[keep0], x1[keep1], classes=(c0[keep0], c1[keep1]), generator=torch.Generator().manual_seed(5))
+    _, part = sampler.pair(x0[keep0], x1[keep1], classes=(c0[keep0], c1[keep1]),
+                           generator=torch.Generator().manual_seed(5))
     assert torch.equal(full[keep0], part)
 
 

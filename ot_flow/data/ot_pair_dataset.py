@@ -134,7 +134,10 @@ class OTPairDataset(IterableDataset):
                 c1 = extras[self.target_labels]
             else:
                 c1 = self.target_labels[target_index.to(self.target_labels.device)]
-            c0 = c1 if isinstance(self.source_labels, str) else self.source_labels[source_index.to(self.source_labels.device)]
+            if isinstance(self.source_labels, str):
+                c0 = c1
+            else:
+                c0 = self.source_labels[source_index.to(self.source_labels.device)]
             pairs = self.sampler.pair(x0, x1, *extras, classes=(c0, c1), generator=gen)
             if isinstance(self.target_labels, torch.Tensor):
                 pairs = (*pairs, c0.to(device))  # x1[j_i] has x0[i]'s class

@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import torch
 
-from ot_flow.ops import mips, seed_from
+from ot_flow.ops import mips
 from ot_flow.samplers.ot_sampler import _flatten
 from ot_flow.solvers import validation
 
@@ -124,7 +124,8 @@ class OTPlanSampler:
                 kwargs = dict(zip(("tau_a", "tau_b"), (_tau(r, self.reg) for r in self._reg_m)))
             with warnings.catch_warnings():
                 if not self.warn:
-                    warnings.filterwarnings("ignore", message="ot_flow.sinkhorn: not converged", category=RuntimeWarning)
+                    warnings.filterwarnings("ignore", message="ot_flow.sinkhorn: not converged",
+                                            category=RuntimeWarning)
                 plan = sinkhorn(flat0, flat1, eps=self.eps(flat0, flat1), relative_eps=False, cost="sqeuclidean",
                                 tol=self.tol, max_iter=self.max_iter, progress=False, **kwargs)
         self.last_plan = plan
