@@ -22,10 +22,11 @@ test: pytest cpptest
 
 build: $(BUILD_STAMP)
 
-$(VENV_STAMP): requirements.txt
+$(VENV_STAMP): requirements.txt requirements-test-nodeps.txt
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-test-nodeps.txt
 	touch $@
 
 $(BUILD_STAMP): $(VENV_STAMP) $(SOURCES)
