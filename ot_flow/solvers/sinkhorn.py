@@ -389,7 +389,8 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     if cost_cache and process_group is not None:
         raise ValueError("argument 'cost_cache': the distributed solver streams; pass 'auto' or False")
     dots = work.x @ work.y.T if cost_cache else None  # working points: bounded by _check_range
-    init_w = None if init is None else _initial_potentials(init, work, process_group if sharded else None)
+    init_w = None if init is None else _initial_potentials(init, work, process_group if sharded else None,
+                                                           balanced=tau_a == 1.0 and tau_b == 1.0)
     solve = dict(x=x, y=y, a=a, b=b, work=work, tol=tol, max_iter=max_iter, momentum=momentum,
                  anneal=anneal, spread=spread, dots=dots, process_group=process_group, sharded=sharded,
                  progress=progress, tau_a=tau_a, tau_b=tau_b)
@@ -637,11 +638,13 @@ class _Relaxation:
         return self.w
 
 
-def _initial_potentials(init, work, process_group):
+def _initial_potentials(init, work, process_group, balanced=True):
     """The working dot-cost potentials of a warm start (f, g) of the user's cost. f and g may
     trade a constant without changing the coupling: it is chosen so that max f' = 0, which a
     start such as (f + 1e300, g - 1e300) needs so as not to drown in rounding (subtracting the
-    largest entry is exact for the entries near it, as a mean would not be)."""
+    largest entry is exact for the entries near it, as a mean would not be). Unbalanced, the
+    constant is no longer free (it moves mass between the KL terms, and an unbalanced solve
+    undoes it only at the slow rate tau_a tau_b per iteration): the start is taken as given."""
     if not (isinstance(init, (tuple, list)) and len(init) == 2):
         raise ValueError("argument 'init' must be a pair (f, g) of potentials")
     f, g = init
@@ -652,6 +655,10 @@ def _initial_potentials(init, work, process_group):
             raise ValueError(f"argument '{name}' contains NaN or Inf")
     fw = work.frame.potential_in(f.to(work.alpha.device), work.alpha)
     gw = work.frame.potential_in(g.to(work.beta.device), work.beta)
+    if not balanced:
+        if not (torch.isfinite(fw).all() and torch.isfinite(gw).all()):
+            raise ValueError("argument 'init': the potentials are out of float64's range in this problem's unit")
+        return fw.to(work.x.dtype), gw.to(work.x.dtype)
     level = fw.max().reshape(1)
     if process_group is not None:  # the largest entry over every rank's shard
         world = distributed.group_info(process_group)[1]
