@@ -492,6 +492,9 @@ def _solve(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spre
         f_update = _relaxed(f_update, tau_a, alpha_u.to(dtype))
         g_update = _relaxed(g_update, tau_b, beta_u.to(dtype))
         rho_a = validation.relaxation_rho(eps_w, tau_a)
+        balance = _MassBalance(halves, a, b, alpha_u, beta_u, tau_a, tau_b)
+    else:
+        balance = None
     bar = progress_bar(progress, max_iter, f"sinkhorn eps={eps:.3g}", process_group)
 
     n_iter = 0
@@ -501,6 +504,8 @@ def _solve(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spre
         level = spread_w
         while level > eps_w and n_iter < max_iter:
             fd = f_update(gd, level, fd)
+            if balance is not None:
+                fd = balance(fd, gd, level)
             gd = g_update(fd, level, gd)
             level *= _ANNEAL_DECAY
             n_iter += 1
@@ -544,6 +549,8 @@ def _solve(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spre
                 _raise_non_finite(n_iter, eps, dtype)
             step = 1.0 if finishing else w
             fd = f_new if step == 1.0 else fd + step * (f_new - fd)
+            if balance is not None:
+                fd = balance(fd, gd, eps_w)
             g_new = g_update(fd, eps_w, gd)
             if not halves.all_finite(g_new):  # f_new is checked through the error
                 _raise_non_finite(n_iter, eps, dtype)
@@ -560,6 +567,32 @@ def _solve(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spre
                           errors=errors, x=x, y=y, a=a, b=b, cost=work.frame.cost,
                           path="streamed" if dots is None else "cached", process_group=process_group,
                           sharded=sharded, spread=float(spread), tau_a=tau_a, tau_b=tau_b, working=solved)
+
+
+class _MassBalance:
+    """The translation step of Sejourne, Vialard and Peyre (2022, "Faster unbalanced optimal
+    transport"): unbalanced Sinkhorn moves the constant mode of (f, -g), which sets the plan's
+    mass, only at the rate tau_a tau_b per iteration (thousands of iterations as tau -> 1).
+    Before each g-update, f'' <- f'' + lam with the lam that maximises the dual along (1, -1):
+    m_a e^{-lam / rho_a} = m_b e^{lam / rho_b}, m_a = <a, e^{-f'' / rho_a}>, m_b = <b, e^{-g'' / rho_b}>
+    (1 for a balanced side), i.e. lam = log(m_a / m_b) / (1 / rho_a + 1 / rho_b). Two sums a step;
+    lam = 0 at the fixed point (both masses are m(P) there), which it therefore keeps."""
+
+    def __init__(self, halves, a, b, alpha, beta, tau_a, tau_b):
+        self.halves, self.a, self.b, self.alpha, self.beta = halves, a, b, alpha, beta
+        self.tau_a, self.tau_b = tau_a, tau_b
+
+    def _log_mass(self, w, p, offsets, tau, rho):
+        if tau == 1.0:
+            return 0.0
+        total = self.halves.total(w * torch.exp(-(p.double() + offsets) / rho))
+        return math.log(total) if 0.0 < total < math.inf else math.nan
+
+    def __call__(self, fd, gd, e):
+        rho_a, rho_b = validation.relaxation_rho(e, self.tau_a), validation.relaxation_rho(e, self.tau_b)
+        lam = (self._log_mass(self.a, fd, self.alpha, self.tau_a, rho_a)
+               - self._log_mass(self.b, gd, self.beta, self.tau_b, rho_b)) / (1.0 / rho_a + 1.0 / rho_b)
+        return fd + lam if math.isfinite(lam) else fd
 
 
 def _relaxed(update, tau, offsets):
