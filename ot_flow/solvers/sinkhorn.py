@@ -27,8 +27,9 @@ mass), so the frame's constant k (frame.py; k != 0 for "dot" far from the origin
 into the working cost, k / (2 s^2) on each side, rather than added to f and g on the way out.
 Convergence is measured on the row marginal: the 1-norm of P 1 - a exp(-f / rho_a), which for
 f_new = tau_a softmin(g - C) is sum_i a_i exp(-f_i / rho_a) |exp((f_i - f_new_i) / (tau_a eps)) - 1|
-(after a g-update the column condition holds exactly), and which is the balanced marginal error
-when tau_a = 1. tau_a = tau_b = 1 runs exactly the balanced code.
+(after a g-update the column condition holds exactly), relative to the mass of a exp(-f / rho_a)
+(an unbalanced plan may weigh 1e-6 or 1e12); with tau_a = 1 that is the balanced marginal error.
+tau_a = tau_b = 1 runs exactly the balanced code.
 """
 
 import dataclasses
@@ -303,7 +304,8 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
         eps: entropic regularisation; relative to std(C) when ``relative_eps`` (seed paper 002).
         cost: "sqeuclidean" (|x - y|^2 / 2) or "dot" (-<x, y>).
         tol: stop when the 1-norm marginal error |P 1 - a|_1 falls below it (unbalanced:
-            |P 1 - a exp(-f / rho_a)|_1, the row condition of the relaxed problem).
+            |P 1 - a exp(-f / rho_a)|_1 / |a exp(-f / rho_a)|_1, the row condition of the relaxed
+            problem relative to the mass it asks for).
         max_iter: at most this many iterations (annealing included); then a warning and
             ``converged=False``.
         momentum: over-relaxation that switches on by itself once the error decays steadily.
@@ -525,9 +527,10 @@ def _solve(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spre
                 if tau_a == 1.0:
                     ratio = torch.exp((fd.double() - f_new.double()) / eps_w)
                     error = halves.total(a * (ratio - 1).abs())
-                else:  # |P 1 - a exp(-f / rho_a)|_1 (module notes), in float64
+                else:  # |P 1 - a exp(-f / rho_a)|_1 / <a, exp(-f / rho_a)> (module notes), in float64
                     gap = torch.expm1((fd.double() - f_new.double()) / (tau_a * eps_w)).abs()
-                    error = halves.total(a * torch.exp(-(fd.double() + alpha_u) / rho_a) * gap)
+                    target = a * torch.exp(-(fd.double() + alpha_u) / rho_a)
+                    error = halves.total(target * gap) / halves.total(target)
                 if not math.isfinite(error):
                     if halves.all_finite(f_new) and (tau_a < 1.0 or tau_b < 1.0):
                         raise RuntimeError(f"ot_flow.sinkhorn: the unbalanced plan's mass overflows float64 at "

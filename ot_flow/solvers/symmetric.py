@@ -11,7 +11,8 @@ Unbalanced (``tau`` < 1, both sides relaxed alike, rho = eps tau / (1 - tau)): t
 p = tau T(p), reached by p <- (p + tau T(p)) / 2 (tau T is a tau-contraction in the sup norm, as
 T commutes with constants). The frame's constant k of the cost is then folded into the working
 cost (it changes the mass; see sinkhorn.py), and the error is the relaxed row-marginal error
-sum_i a_i exp(-p_i / rho) |exp((p_i - tau T(p)_i) / (tau eps)) - 1|.
+sum_i a_i exp(-p_i / rho) |exp((p_i - tau T(p)_i) / (tau eps)) - 1| relative to the mass
+sum_i a_i exp(-p_i / rho) (as in sinkhorn.py).
 """
 
 import math
@@ -124,7 +125,8 @@ def _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x):
     error = math.inf
     for n_iter in range(1, max_iter + 1):
         t = step(q)
-        error = float((a * torch.exp(-q / rho_w) * torch.expm1((q - t) / (tau * eps_w)).abs()).sum())
+        target = a * torch.exp(-q / rho_w)
+        error = float((target * torch.expm1((q - t) / (tau * eps_w)).abs()).sum() / target.sum())
         q = 0.5 * (q + t)
         if not (torch.isfinite(q).all() and math.isfinite(error)):
             raise RuntimeError(f"symmetric Sinkhorn: non-finite potential or mass at iteration {n_iter} "
