@@ -29,7 +29,10 @@ Convergence is measured on the row marginal: the 1-norm of P 1 - a exp(-f / rho_
 f_new = tau_a softmin(g - C) is sum_i a_i exp(-f_i / rho_a) |exp((f_i - f_new_i) / (tau_a eps)) - 1|
 (after a g-update the column condition holds exactly), relative to the mass of a exp(-f / rho_a)
 (an unbalanced plan may weigh 1e-6 or 1e12); with tau_a = 1 that is the balanced marginal error.
-tau_a = tau_b = 1 runs exactly the balanced code.
+tau_a = tau_b = 1 runs exactly the balanced code. Momentum stays on: the linearised iteration is
+the same 2-cyclic block scheme with its Jacobi eigenvalues scaled by sqrt(tau_a tau_b), so the
+over-relaxation theory (and the measured-ratio rule) carries over; a translation step
+(``_MassBalance``) keeps the mass mode from converging at the slow rate tau_a tau_b.
 """
 
 import dataclasses
