@@ -72,9 +72,9 @@ def sinkhorn_divergence(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, co
 
 @torch.library.custom_op("ot_flow::sinkhorn_divergence", mutates_args=())
 def _divergence(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, cost: str,
-                tol: float, max_iter: int, maps: bool = True, tau: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                        torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                        torch.Tensor]:
+                tol: float, max_iter: int, maps: bool = True,
+                tau: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                           torch.Tensor, torch.Tensor]:
     """(S, u_ab, v_ab, u_aa, v_bb, dS/dx, dS/dy): the value, the derivatives in the weights of the
     three dual values (float64; the potentials f_ab, g_ab, p_aa, p_bb when balanced, psi of them
     when not: grad_a S = u_ab - u_aa) and, with ``maps``, the gradients in the points (empty
