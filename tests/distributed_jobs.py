@@ -98,6 +98,24 @@ def missing_rank(rank, world):
     return {}
 
 
+UNBALANCED = [("sqeuclidean", 0.6, 1.0), ("dot", 0.7, 0.9)]  # (cost, tau_a, tau_b)
+
+
+def unbalanced(rank, world):
+    x, y = problem()
+    group, out = dist.group.WORLD, {}
+    r0, r1 = uneven(x.shape[0], world, rank)
+    c0, c1 = uneven(y.shape[0], world, rank, reverse=True)
+    for cost, tau_a, tau_b in UNBALANCED:
+        kw = dict(eps=0.05, cost=cost, tau_a=tau_a, tau_b=tau_b, process_group=group)
+        rep = ot_flow.sinkhorn(x, y, **kw)
+        sh = ot_flow.sinkhorn(x[r0:r1], y[c0:c1], sharded=True, **kw)
+        out[cost] = {name: dict(f=r.f, g=r.g, n_iter=r.n_iter, mass=r.mass(), cost=r.transport_cost(),
+                                entropy=r.renormalized_entropy())
+                     for name, r in (("replicated", rep), ("sharded", sh))}
+    return out
+
+
 def pair_dataset(rank, world):
     x, y = problem(torch.float32)
     sampler = ot_flow.OTSampler(eps=0.05, process_group=dist.group.WORLD)
@@ -114,7 +132,8 @@ def crash(rank, world):
 
 
 JOBS = {"solve": solve, "semidiscrete": semidiscrete, "semidiscrete_multiscale": semidiscrete_multiscale, "bad_shard": bad_shard, "crash": crash,
-        "mismatched_dim": mismatched_dim, "missing_rank": missing_rank, "pair_dataset": pair_dataset}
+        "mismatched_dim": mismatched_dim, "missing_rank": missing_rank, "pair_dataset": pair_dataset,
+        "unbalanced": unbalanced}
 
 
 def run(rank, world, job, init_file, out_dir, timeout_s):

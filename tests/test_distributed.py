@@ -89,6 +89,31 @@ def test_samples_equal_one_process(solved):
     assert torch.equal(torch.cat([r["sharded"]["sample"] for r in results]), expected)
 
 
+def test_unbalanced_replicated_and_sharded_equal_one_process(tmp_path):
+    from distributed_jobs import UNBALANCED
+
+    results = run_ranks("unbalanced", 3, tmp_path)
+    for r in results:
+        assert "error" not in r, r.get("traceback")
+    x, y = problem()
+    for cost, tau_a, tau_b in UNBALANCED:
+        single = ot_flow.sinkhorn(x, y, eps=0.05, cost=cost, tau_a=tau_a, tau_b=tau_b)
+        balanced = ot_flow.sinkhorn(x, y, eps=0.05, cost=cost)
+        assert abs(single.transport_cost() - balanced.transport_cost()) > 1e-3  # the relaxation is live
+        rep = results[0][cost]["replicated"]
+        close(rep["f"], single.f)
+        close(rep["g"], single.g)
+        close(torch.cat([r[cost]["sharded"]["f"] for r in results]), single.f)
+        close(torch.cat([r[cost]["sharded"]["g"] for r in results]), single.g)
+        for r in results:
+            for placement in ("replicated", "sharded"):
+                got = r[cost][placement]
+                assert got["n_iter"] == single.n_iter
+                assert got["mass"] == pytest.approx(single.mass(), rel=1e-9)
+                assert got["cost"] == pytest.approx(single.transport_cost(), rel=1e-9)
+                assert got["entropy"] == pytest.approx(single.renormalized_entropy(), abs=1e-9)
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_semidiscrete_equals_one_process(world, tmp_path):
     from distributed_jobs import SEMIDISCRETE_FITS, semidiscrete_data

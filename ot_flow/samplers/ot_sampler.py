@@ -38,6 +38,8 @@ class OTSampler:
             and draw the same pairs on every rank, equal to one process's draw.
         progress: passed to :func:`ot_flow.sinkhorn` ("auto": a bar only for solves that
             last over 2 seconds).
+        tau_a, tau_b: unbalanced couplings, passed to :func:`ot_flow.sinkhorn` (tau = rho / (rho +
+            eps) in (0, 1], 1 = that marginal exact); every x0 still gets one partner from P(. | i).
 
     Points of any shape are flattened to vectors for the cost (images included), after a check
     that x0 and x1 have the same shape per point; bf16 and fp16 points are solved in float32 and
@@ -46,7 +48,8 @@ class OTSampler:
     """
 
     def __init__(self, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3, max_iter=10_000,
-                 target_entropy=None, entropy_tol=0.01, momentum=True, cost_cache="auto", process_group=None, progress="auto"):
+                 target_entropy=None, entropy_tol=0.01, momentum=True, cost_cache="auto", process_group=None, progress="auto",
+                 tau_a=1.0, tau_b=1.0):
         self.eps = validation.positive("eps", eps)
         self.relative_eps = bool(relative_eps)
         costs.check_cost(cost)
@@ -63,6 +66,7 @@ class OTSampler:
         self.cost_cache = cost_cache if process_group is None else "auto"
         self.process_group = process_group
         self.progress = progress
+        self.tau_a, self.tau_b = validation.tau("tau_a", tau_a), validation.tau("tau_b", tau_b)
         self.last_plan = None
         self._entropy_eps = None
 
@@ -85,7 +89,8 @@ class OTSampler:
                           tol=self.tol, max_iter=self.max_iter, momentum=self.momentum,
                           target_entropy=self.target_entropy, entropy_tol=self.entropy_tol,
                           cost_cache=self.cost_cache,
-                          process_group=self.process_group, progress=self.progress)
+                          process_group=self.process_group, progress=self.progress,
+                          tau_a=self.tau_a, tau_b=self.tau_b)
         self.last_plan = result
         if self.target_entropy is not None:
             self._entropy_eps = result.eps / result.spread if self.relative_eps else result.eps

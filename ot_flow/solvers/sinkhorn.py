@@ -14,6 +14,25 @@ Potentials are iterated for the dot cost C_ij = -<x_i, y_j> and shifted by the c
 After a g-update the column marginals are exact; the row marginals of (f, g) are
 a_i exp((f_i - f_new_i) / eps), so the 1-norm marginal error is a by-product of the next
 f-update and costs no extra pass.
+
+Unbalanced (KL-relaxed marginals, OTT's convention tau = rho / (rho + eps) in (0, 1], 1 =
+balanced, each side on its own): the same half-steps scaled by tau,
+
+    f <- tau_a softmin_eps(g - C),   g <- tau_b softmin_eps(f - C),
+
+the fixed point of min <P, C> + eps KL(P | a x b) + rho_a KL(P 1 | a) + rho_b KL(P^T 1 | b).
+The plan keeps its form P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps), whose row sums at the
+fixed point are a_i exp(-f_i / rho_a). A constant added to C no longer cancels (it changes the
+mass), so the frame's constant k (frame.py; k != 0 for "dot" far from the origin) is folded
+into the working cost, k / (2 s^2) on each side, rather than added to f and g on the way out.
+Convergence is measured on the row marginal: the 1-norm of P 1 - a exp(-f / rho_a), which for
+f_new = tau_a softmin(g - C) is sum_i a_i exp(-f_i / rho_a) |exp((f_i - f_new_i) / (tau_a eps)) - 1|
+(after a g-update the column condition holds exactly), relative to the mass of a exp(-f / rho_a)
+(an unbalanced plan may weigh 1e-6 or 1e12); with tau_a = 1 that is the balanced marginal error.
+tau_a = tau_b = 1 runs exactly the balanced code. Momentum stays on: the linearised iteration is
+the same 2-cyclic block scheme with its Jacobi eigenvalues scaled by sqrt(tau_a tau_b), so the
+over-relaxation theory (and the measured-ratio rule) carries over; a translation step
+(``_MassBalance``) keeps the mass mode from converging at the slow rate tau_a tau_b.
 """
 
 import dataclasses
@@ -80,6 +99,8 @@ class SinkhornResult:
     process_group: object = field(default=None, repr=False)  # the ranks that solved it together
     sharded: bool = False  # whether x, y, f, g (and a, b) are this rank's shards
     spread: float = 1.0  # std(C), the unit of relative eps: eps / spread is the relative eps used
+    tau_a: float = 1.0  # marginal relaxations rho / (rho + eps); 1 = that marginal is exact
+    tau_b: float = 1.0
     working: "WorkingProblem" = field(default=None, repr=False, compare=False)
     _passes: dict = field(default_factory=dict, repr=False, compare=False)  # float64 row pass, once
 
@@ -135,8 +156,21 @@ class SinkhornResult:
         row_cost = r * (w.alpha - (w.x.double() * mean_y).sum(1) + mean_beta)
         return float(w.frame.unit * self._sum(row_cost) + w.frame.constant * self._sum(r))
 
+    @property
+    def unbalanced(self):
+        return self.tau_a < 1.0 or self.tau_b < 1.0
+
+    def mass(self):
+        """sum_ij P_ij, a float: 1 up to the tolerance for a balanced coupling; for an unbalanced one
+        the mass the relaxed marginals settle on (a float64 streaming pass, shared with the cost and
+        the entropy)."""
+        return float(self._sum(self._exact_row_pass()[0]))
+
     def renormalized_entropy(self):
-        """E(P) = 2 H(P) / (H(a) + H(b)) - 1 in [0, 1]: 0 a permutation, 1 the independent coupling."""
+        """E(P) = 2 H(P) / (H(a) + H(b)) - 1 in [0, 1]: 0 a permutation, 1 the independent coupling.
+
+        Unbalanced (mass m != 1): E of the normalised plan P / m, H(P / m) = H(P) / m + log m, against
+        the entropies of the given a and b; ``mass()`` gives m."""
         if "entropy" not in self._passes:
             self._passes["entropy"] = self._renormalized_entropy()
         return self._passes["entropy"]
@@ -151,6 +185,11 @@ class SinkhornResult:
         row_terms = torch.zeros_like(r)
         row_terms[live] = r[live] * (conditional[live] - r[live].log())
         h_p = float(self._sum(row_terms))
+        if self.unbalanced:
+            mass = float(self._sum(r))
+            if not mass > 0:
+                return 0.0
+            h_p = h_p / mass + math.log(mass)
         h_ab = -float(self._sum(_xlogx(self.a)) + self._sum(_xlogx(self.b)))
         if h_ab <= 0:
             return 0.0  # one point on each side: the only coupling is a permutation
@@ -267,6 +306,11 @@ class WorkingProblem:
         xw, yw = frame.points(x), frame.points(y)
         return WorkingProblem(frame, xw, yw, frame.offsets(xw), frame.offsets(yw))
 
+    def relaxed_offsets(self, offsets):
+        """alpha'' = alpha' + k / (2 s^2) (float64): the offsets of the working cost C'' = C / s^2
+        that the unbalanced update needs, the frame's constant k folded in (see the module notes)."""
+        return offsets + 0.5 * self.frame.constant / self.frame.unit
+
     def column_bias(self, b, dtype):
         """h_j = g'_j / eps' + log b_j: the softmax over j of <x'_i, y'_j> / eps' + h_j is P(j | i)."""
         return self.g.to(dtype) / self.eps + b.log().to(dtype)
@@ -318,14 +362,16 @@ def _xlogx(w):
 @autocast_off
 def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3,
              max_iter=10_000, momentum=True, init=None, process_group=None, sharded=False, anneal=None,
-             target_entropy=None, entropy_tol=0.01, cost_cache="auto", progress="auto"):
+             target_entropy=None, entropy_tol=0.01, cost_cache="auto", progress="auto", tau_a=1.0, tau_b=1.0):
     """Entropic optimal transport between point clouds x (n, d) and y (m, d), streamed.
 
     Args:
         a, b: weights (sum to 1); uniform when None.
         eps: entropic regularisation; relative to std(C) when ``relative_eps`` (seed paper 002).
         cost: "sqeuclidean" (|x - y|^2 / 2) or "dot" (-<x, y>).
-        tol: stop when the 1-norm marginal error |P 1 - a|_1 falls below it.
+        tol: stop when the 1-norm marginal error |P 1 - a|_1 falls below it (unbalanced:
+            |P 1 - a exp(-f / rho_a)|_1 / |a exp(-f / rho_a)|_1, the row condition of the relaxed
+            problem relative to the mass it asks for).
         max_iter: at most this many iterations (annealing included); then a warning and
             ``converged=False``.
         momentum: over-relaxation that switches on by itself once the error decays steadily.
@@ -343,6 +389,10 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
             rank passes only its own rows of x and y (and of a, b, which sum to 1 over all
             ranks) and gets its slices of f and g, the shards passing round the ranks.
         sharded: see ``process_group``.
+        tau_a, tau_b: unbalanced OT (OTT's convention): the row (column) marginal is relaxed by
+            rho KL(P 1 | a) with tau_a = rho_a / (rho_a + eps) in (0, 1]; 1 (default) keeps it
+            exact. Either side alone (semi-unbalanced) or both. tau is invariant under the frame's
+            change of unit (rho scales with eps). ``result.mass()`` is the plan's total mass.
         cost_cache: hold the n x m dot products in memory (one fused pass per half-iteration,
             no GEMM) -- "auto" does so on the CPU when they fit 1 GiB and either d >= 16 or
             they take at most 256 MiB; True forces it, False always streams (memory
@@ -365,7 +415,8 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
         distributed.group_info(process_group)
         distributed.checked_together(lambda: validation.check_pair(x, y), process_group)
         settings = dict(dim=x.shape[1], dtype=str(x.dtype), eps=eps, relative_eps=relative_eps, cost=cost,
-                        tol=tol, max_iter=max_iter, sharded=bool(sharded), target_entropy=target_entropy)
+                        tol=tol, max_iter=max_iter, sharded=bool(sharded), target_entropy=target_entropy,
+                        tau_a=tau_a, tau_b=tau_b)
         if not sharded:
             settings.update(n=x.shape[0], m=y.shape[0])
         distributed.same_on_all_ranks(settings, "ot_flow.sinkhorn", process_group)
@@ -374,6 +425,8 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     eps = validation.positive("eps", eps)
     tol = validation.positive("tol", tol)
     entropy_tol = validation.positive("entropy_tol", entropy_tol)
+    tau_a = validation.tau("tau_a", tau_a)
+    tau_b = validation.tau("tau_b", tau_b)
     if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
         raise ValueError(f"argument 'max_iter' must be an int >= 1, got {max_iter!r}")
     if target_entropy is not None:
@@ -404,10 +457,11 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     if cost_cache and process_group is not None:
         raise ValueError("argument 'cost_cache': the distributed solver streams; pass 'auto' or False")
     dots = work.x @ work.y.T if cost_cache else None  # working points: bounded by _check_range
-    init_w = None if init is None else _initial_potentials(init, work, process_group if sharded else None)
+    init_w = None if init is None else _initial_potentials(init, work, process_group if sharded else None,
+                                                           balanced=tau_a == 1.0 and tau_b == 1.0)
     solve = dict(x=x, y=y, a=a, b=b, work=work, tol=tol, max_iter=max_iter, momentum=momentum,
                  anneal=anneal, spread=spread, dots=dots, process_group=process_group, sharded=sharded,
-                 progress=progress)
+                 progress=progress, tau_a=tau_a, tau_b=tau_b)
     if target_entropy is not None:
         first = eps if relative_eps else eps / spread
         if costs.interaction_std(x, y, a, b, reduce) == 0.0:
@@ -481,7 +535,7 @@ def _solve_for_entropy(target, rel_eps, entropy_tol, init, solve, max_solves=12)
 
 @torch.no_grad()
 def _solve(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spread, dots, process_group, sharded,
-           progress):
+           progress, tau_a=1.0, tau_b=1.0):
     """One solve at absolute eps; ``init`` is a pair of working dot-cost potentials or None."""
     dtype = work.x.dtype
     unit = work.frame.unit  # the solve runs on C' = (C - k) / s^2
@@ -499,6 +553,16 @@ def _solve(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spre
     else:
         halves = ReplicatedHalves(work.x, work.y, log_a, log_b, process_group)
     f_update, g_update = halves.f_update, halves.g_update
+    if tau_a < 1.0 or tau_b < 1.0:
+        # Unbalanced: the working cost is C'' = C / s^2, offsets alpha'' = alpha' + k / (2 s^2),
+        # and f'' = fd + alpha'' <- tau_a (alpha'' + softmin) gives fd <- tau_a softmin - (1 - tau_a) alpha''.
+        alpha_u, beta_u = work.relaxed_offsets(work.alpha), work.relaxed_offsets(work.beta)
+        f_update = _relaxed(f_update, tau_a, alpha_u.to(dtype))
+        g_update = _relaxed(g_update, tau_b, beta_u.to(dtype))
+        rho_a = validation.relaxation_rho(eps_w, tau_a)
+        balance = _MassBalance(halves, a, b, alpha_u, beta_u, tau_a, tau_b)
+    else:
+        balance = None
     bar = progress_bar(progress, max_iter, f"sinkhorn eps={eps:.3g}", process_group)
 
     n_iter = 0
@@ -508,6 +572,8 @@ def _solve(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spre
         level = spread_w
         while level > eps_w and n_iter < max_iter:
             fd = f_update(gd, level, fd)
+            if balance is not None:
+                fd = balance(fd, gd, level)
             gd = g_update(fd, level, gd)
             level *= _ANNEAL_DECAY
             n_iter += 1
@@ -524,9 +590,19 @@ def _solve(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spre
         while n_iter < max_iter:
             f_new = f_update(gd, eps_w, fd)
             if measured:
-                ratio = torch.exp((fd.double() - f_new.double()) / eps_w)
-                error = halves.total(a * (ratio - 1).abs())
+                if tau_a == 1.0:
+                    ratio = torch.exp((fd.double() - f_new.double()) / eps_w)
+                    error = halves.total(a * (ratio - 1).abs())
+                else:  # |P 1 - a exp(-f / rho_a)|_1 / <a, exp(-f / rho_a)> (module notes), in float64
+                    gap = torch.expm1((fd.double() - f_new.double()) / (tau_a * eps_w)).abs()
+                    target = a * torch.exp(-(fd.double() + alpha_u) / rho_a)
+                    error = halves.total(target * gap) / halves.total(target)
                 if not math.isfinite(error):
+                    if halves.all_finite(f_new) and (tau_a < 1.0 or tau_b < 1.0):
+                        raise RuntimeError(f"ot_flow.sinkhorn: the unbalanced plan's mass overflows float64 at "
+                                           f"iteration {n_iter} (eps={eps:.3g}, tau_a={tau_a}, tau_b={tau_b}): "
+                                           "costs far below zero (a 'dot' cost far from the origin) make its "
+                                           "mass explode; centre the points, or raise tau towards 1")
                     _raise_non_finite(n_iter, eps, dtype)
                 errors.append(error)
                 bar.set_postfix(error=f"{error:.3g}", tol=f"{tol:.3g}", refresh=False)
@@ -542,6 +618,8 @@ def _solve(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spre
                 _raise_non_finite(n_iter, eps, dtype)
             step = 1.0 if finishing else w
             fd = f_new if step == 1.0 else fd + step * (f_new - fd)
+            if balance is not None:
+                fd = balance(fd, gd, eps_w)
             g_new = g_update(fd, eps_w, gd)
             if not halves.all_finite(g_new):  # f_new is checked through the error
                 _raise_non_finite(n_iter, eps, dtype)
@@ -557,7 +635,45 @@ def _solve(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spre
     return SinkhornResult(f=f, g=g, eps=float(eps), n_iter=n_iter, error=error, converged=converged,
                           errors=errors, x=x, y=y, a=a, b=b, cost=work.frame.cost,
                           path="streamed" if dots is None else "cached", process_group=process_group,
-                          sharded=sharded, spread=float(spread), working=solved)
+                          sharded=sharded, spread=float(spread), tau_a=tau_a, tau_b=tau_b, working=solved)
+
+
+class _MassBalance:
+    """The translation step of Sejourne, Vialard and Peyre (2022, "Faster unbalanced optimal
+    transport"): unbalanced Sinkhorn moves the constant mode of (f, -g), which sets the plan's
+    mass, only at the rate tau_a tau_b per iteration (thousands of iterations as tau -> 1).
+    Before each g-update, f'' <- f'' + lam with the lam that maximises the dual along (1, -1):
+    m_a e^{-lam / rho_a} = m_b e^{lam / rho_b}, m_a = <a, e^{-f'' / rho_a}>, m_b = <b, e^{-g'' / rho_b}>
+    (1 for a balanced side), i.e. lam = log(m_a / m_b) / (1 / rho_a + 1 / rho_b). Two sums a step;
+    lam = 0 at the fixed point (both masses are m(P) there), which it therefore keeps."""
+
+    def __init__(self, halves, a, b, alpha, beta, tau_a, tau_b):
+        self.halves, self.a, self.b, self.alpha, self.beta = halves, a, b, alpha, beta
+        self.tau_a, self.tau_b = tau_a, tau_b
+
+    def _log_mass(self, w, p, offsets, tau, rho):
+        if tau == 1.0:
+            return 0.0
+        total = self.halves.total(w * torch.exp(-(p.double() + offsets) / rho))
+        return math.log(total) if 0.0 < total < math.inf else math.nan
+
+    def __call__(self, fd, gd, e):
+        rho_a, rho_b = validation.relaxation_rho(e, self.tau_a), validation.relaxation_rho(e, self.tau_b)
+        lam = (self._log_mass(self.a, fd, self.alpha, self.tau_a, rho_a)
+               - self._log_mass(self.b, gd, self.beta, self.tau_b, rho_b)) / (1.0 / rho_a + 1.0 / rho_b)
+        return fd + lam if math.isfinite(lam) else fd
+
+
+def _relaxed(update, tau, offsets):
+    """The unbalanced half-step of a dot-cost half-step (see ``_solve``); ``update`` itself when tau = 1."""
+    if tau == 1.0:
+        return update
+    shift = (1.0 - tau) * offsets
+
+    def step(other, e, now):  # now: the current iterate, whose softmin is (now + shift) / tau
+        return tau * update(other, e, (now + shift) / tau) - shift
+
+    return step
 
 
 def _shard_weights(name, w, points, process_group):
@@ -624,11 +740,13 @@ class _Relaxation:
         return self.w
 
 
-def _initial_potentials(init, work, process_group):
+def _initial_potentials(init, work, process_group, balanced=True):
     """The working dot-cost potentials of a warm start (f, g) of the user's cost. f and g may
     trade a constant without changing the coupling: it is chosen so that max f' = 0, which a
     start such as (f + 1e300, g - 1e300) needs so as not to drown in rounding (subtracting the
-    largest entry is exact for the entries near it, as a mean would not be)."""
+    largest entry is exact for the entries near it, as a mean would not be). Unbalanced, the
+    constant is no longer free (it moves mass between the KL terms, and an unbalanced solve
+    undoes it only at the slow rate tau_a tau_b per iteration): the start is taken as given."""
     if not (isinstance(init, (tuple, list)) and len(init) == 2):
         raise ValueError("argument 'init' must be a pair (f, g) of potentials")
     f, g = init
@@ -639,6 +757,10 @@ def _initial_potentials(init, work, process_group):
             raise ValueError(f"argument '{name}' contains NaN or Inf")
     fw = work.frame.potential_in(f.to(work.alpha.device), work.alpha)
     gw = work.frame.potential_in(g.to(work.beta.device), work.beta)
+    if not balanced:
+        if not (torch.isfinite(fw).all() and torch.isfinite(gw).all()):
+            raise ValueError("argument 'init': the potentials are out of float64's range in this problem's unit")
+        return fw.to(work.x.dtype), gw.to(work.x.dtype)
     level = fw.max().reshape(1)
     if process_group is not None:  # the largest entry over every rank's shard
         world = distributed.group_info(process_group)[1]

@@ -6,7 +6,16 @@ p = T(p), T(p)_i = -eps log sum_j a_j exp((p_j - C_ij) / eps). Alternating Sinkh
 oscillates between two sides that should be equal and converges slowly at small eps; the
 averaged iteration p <- (p + T(p)) / 2 (Feydy et al., 2019) damps the oscillation and converges
 in tens of steps. Each step is one streaming softmin (one `lse` pass), no n x n matrix.
+
+Unbalanced (``tau`` < 1, both sides relaxed alike, rho = eps tau / (1 - tau)): the fixed point
+p = tau T(p), reached by p <- (p + tau T(p)) / 2 (tau T is a tau-contraction in the sup norm, as
+T commutes with constants). The frame's constant k of the cost is then folded into the working
+cost (it changes the mass; see sinkhorn.py), and the error is the relaxed row-marginal error
+sum_i a_i exp(-p_i / rho) |exp((p_i - tau T(p)_i) / (tau eps)) - 1| relative to the mass
+sum_i a_i exp(-p_i / rho) (as in sinkhorn.py).
 """
+
+import math
 
 import dataclasses
 
@@ -32,10 +41,29 @@ class SymmetricResult:
     cost: str
     n_iter: int
     error: float
+    tau: float = 1.0
+
+    @property
+    def rho(self):
+        return validation.relaxation_rho(self.eps, self.tau)
+
+    def row_mass(self):
+        """(n,) float64: the plan's row sums a_i exp(-p_i / rho) at the fixed point (a when balanced)."""
+        a = self.a.double()
+        return a if self.tau == 1.0 else a * torch.exp(-self.p / self.rho)
+
+    def dual_term(self):
+        """(n,) float64: -rho (exp(-p / rho) - 1), the term of the dual value per unit of a (p when balanced)."""
+        return self.p if self.tau == 1.0 else -self.rho * torch.expm1(-self.p / self.rho)
 
     @property
     def value(self):
-        return float(2 * (self.a.double() @ self.p))
+        """OT_eps(a, a) in the dual form: 2 <a, p> balanced; unbalanced (Sejourne et al. 2019)
+        2 <a, -rho (exp(-p / rho) - 1)> - eps (m - 1), m = sum_i a_i exp(-p_i / rho) the plan's mass."""
+        a = self.a.double()
+        if self.tau == 1.0:
+            return float(2 * (a @ self.p))
+        return float(2 * (a @ self.dual_term()) - self.eps * (self.row_mass().sum() - 1.0))
 
     def barycentric_map(self):
         """T_i = sum_j P_ij x_j / sum_j P_ij of the symmetric plan (the self-term of NSGF's velocity)."""
@@ -43,16 +71,18 @@ class SymmetricResult:
 
 
 @autocast_off
-def symmetric_potential(x, a=None, *, eps, cost="sqeuclidean", tol=1e-4, max_iter=1_000):
+def symmetric_potential(x, a=None, *, eps, cost="sqeuclidean", tol=1e-4, max_iter=1_000, tau=1.0):
     """Solves OT_eps(a, a) on the points x by the averaged fixed-point iteration.
 
     ``eps`` is absolute. Stops when the 1-norm marginal error sum_i a_i |exp((p_i - T(p)_i)/eps) - 1|
     is below ``tol``; raises RuntimeError when it is not reached within ``max_iter``. Runs in the
-    frame of x (frame.py): the same potential, up to rounding, wherever the points lie.
+    frame of x (frame.py): the same potential, up to rounding, wherever the points lie. ``tau`` < 1:
+    the unbalanced problem with both marginals relaxed by tau = rho / (rho + eps) (module notes).
     """
     validation.check_points("x", x)
     costs.check_cost(cost)
     eps = validation.positive("eps", eps)
+    tau = validation.tau("tau", tau)
     a = validation.weights("a", a, x.shape[0], x)
     x = x.detach()
     frame = Frame.of([(x, a)], cost)
@@ -64,6 +94,8 @@ def symmetric_potential(x, a=None, *, eps, cost="sqeuclidean", tol=1e-4, max_ite
     def softmin(q):
         return alpha - eps_w * lse(xw, xw, ((q - alpha) / eps_w + log_a).to(xw.dtype), 1.0 / eps_w).double()
 
+    if tau < 1.0:
+        return _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x)
     q = softmin(torch.zeros_like(alpha))
     error = float("inf")
     for n_iter in range(1, max_iter + 1):
@@ -76,5 +108,30 @@ def symmetric_potential(x, a=None, *, eps, cost="sqeuclidean", tol=1e-4, max_ite
         if error < tol:
             p = frame.potential_out(q - alpha, alpha)
             return SymmetricResult(p, x, a, eps, cost, n_iter, error)
+    raise RuntimeError(f"symmetric Sinkhorn did not reach tol = {tol:g} in {max_iter} iterations "
+                       f"(marginal error {error:.3g}); raise max_iter or eps")
+
+
+def _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x):
+    """The averaged iteration on q = p / s^2, the potential of the working cost C / s^2 =
+    C' + k / s^2 (softmin is that of C')."""
+    shift = frame.constant / frame.unit
+    rho_w = validation.relaxation_rho(eps_w, tau)
+
+    def step(q):
+        return tau * (shift + softmin(q))
+
+    q = step(torch.zeros_like(a))
+    error = math.inf
+    for n_iter in range(1, max_iter + 1):
+        t = step(q)
+        target = a * torch.exp(-q / rho_w)
+        error = float((target * torch.expm1((q - t) / (tau * eps_w)).abs()).sum() / target.sum())
+        q = 0.5 * (q + t)
+        if not (torch.isfinite(q).all() and math.isfinite(error)):
+            raise RuntimeError(f"symmetric Sinkhorn: non-finite potential or mass at iteration {n_iter} "
+                               f"(eps = {eps:.3g}, tau = {tau}); use float64 points, a larger eps or tau")
+        if error < tol:
+            return SymmetricResult(frame.unit * q, x, a, eps, cost, n_iter, error, tau)
     raise RuntimeError(f"symmetric Sinkhorn did not reach tol = {tol:g} in {max_iter} iterations "
                        f"(marginal error {error:.3g}); raise max_iter or eps")

@@ -60,3 +60,16 @@ def in_open_interval(name, value, low, high):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not low < value < high:
         raise ValueError(f"argument '{name}' must be a number in ({low:g}, {high:g}), got {value!r}")
     return float(value)
+
+
+def tau(name, value):
+    """A marginal relaxation tau = rho / (rho + eps) in (0, 1] (1: the marginal is kept exactly)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value <= 1.0:
+        raise ValueError(f"argument '{name}' must be a number in (0, 1] (tau = rho / (rho + eps), "
+                         f"1 = balanced), got {value!r}")
+    return float(value)
+
+
+def relaxation_rho(eps, tau):
+    """rho = eps tau / (1 - tau), the KL weight of a marginal relaxed by tau (inf when tau = 1)."""
+    return math.inf if tau == 1.0 else eps * tau / (1.0 - tau)
