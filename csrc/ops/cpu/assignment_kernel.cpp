@@ -1,4 +1,6 @@
-// CPU kernel of ot_flow::assignment_dense: Jonker-Volgenant (LAPJV) on a dense float64 matrix.
+// CPU kernel of ot_flow::assignment_dense on a dense float64 matrix: an eps-scaling auction
+// for the column potentials, then Jonker-Volgenant's exact phases (augmenting row reduction,
+// shortest augmenting paths) from them.
 //
 // Invariant of every phase (what makes the last one exact): v is any vector of column
 // potentials, and every assigned row i holds a column of least reduced cost C[i, j] - v[j].
@@ -8,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
@@ -20,41 +23,62 @@ namespace ot_flow {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+// Auction phases at eps = range / 8, range / 64, ... while eps >= range * 1e-5, range the
+// spread of the cost entries (benchmarks/results/assignment-cpu.txt: coarser ends leave long
+// shortest paths, finer ones spend more on bids than they save).
+constexpr double kAuctionFactor = 8.0;
+constexpr double kAuctionFinal = 1e-5;
 
 class Lapjv {
  public:
   Lapjv(const double* cost, int64_t n, double* v) : c_(cost), n_(n), v_(v), x_(n, -1), y_(n, -1) {}
 
-  // Column reduction (v[j] = min_i C[i, j], the argmin row takes the column when it has none
-  // yet), then reduction transfer: a row holding one column lowers that column's potential by
-  // its second-least reduced cost, so later bids see the true margin.
-  void column_reduction() {
-    std::vector<int64_t> argmin(n_, 0);
-    std::copy(c_, c_ + n_, v_);
-    for (int64_t i = 1; i < n_; ++i) {
-      const double* row = c_ + i * n_;
-      for (int64_t j = 0; j < n_; ++j) {
-        const bool lower = row[j] < v_[j];
-        v_[j] = lower ? row[j] : v_[j];
-        argmin[j] = lower ? i : argmin[j];
+  // Forward auction with eps-scaling (Bertsekas), from v: phases at eps = range / factor^k down
+  // to range * final, each bidding until every row holds a column. A bid lowers the price v of
+  // the bidder's best column by its margin to the second best plus eps, so each phase ends
+  // with eps-complementary slackness and the prices are within n eps of optimal duals. It is a
+  // warm start only: the assignment is dropped and the exact phases start from these v.
+  void auction(double final_fraction, double factor) {
+    double lo = kInf, hi = -kInf;
+    for (int64_t e = 0; e < n_ * n_; ++e) {
+      lo = std::min(lo, c_[e]);
+      hi = std::max(hi, c_[e]);
+    }
+    const double range = hi - lo;
+    if (!(range > 0)) {  // every permutation is optimal: the exact phases settle it at once
+      greedy();
+      return;
+    }
+    std::vector<int64_t> rows;
+    for (double eps = range / factor; eps >= range * final_fraction; eps /= factor) {
+      std::fill(x_.begin(), x_.end(), -1);
+      std::fill(y_.begin(), y_.end(), -1);
+      rows.resize(n_);
+      for (int64_t i = 0; i < n_; ++i) rows[i] = n_ - 1 - i;
+      while (!rows.empty()) {
+        const int64_t i = rows.back();
+        rows.pop_back();
+        int64_t j1;
+        double u2;
+        const double u1 = least_two(c_ + i * n_, &j1, &u2);
+        v_[j1] -= (u2 - u1) + eps;
+        const int64_t i0 = y_[j1];
+        assign(i, j1);
+        if (i0 >= 0) {
+          x_[i0] = -1;
+          rows.push_back(i0);
+        }
       }
     }
-    std::vector<int64_t> matches(n_, 0);
-    for (int64_t j = n_ - 1; j >= 0; --j) {
-      const int64_t i = argmin[j];
-      if (matches[i]++ == 0) assign(i, j);
-    }
+    // Keep each row that holds a column of least reduced cost (the exact phases' invariant).
     for (int64_t i = 0; i < n_; ++i) {
-      if (matches[i] == 0) {
+      int64_t j1;
+      const double least = least_two(c_ + i * n_, &j1);
+      const int64_t j = x_[i];
+      if (!(c_[i * n_ + j] - v_[j] <= least)) {
+        x_[i] = -1;
+        y_[j] = -1;
         free_.push_back(i);
-      } else if (matches[i] == 1) {
-        const int64_t j1 = x_[i];
-        const double* row = c_ + i * n_;
-        double least = kInf;
-        for (int64_t j = 0; j < n_; ++j) {
-          if (j != j1) least = std::min(least, row[j] - v_[j]);
-        }
-        v_[j1] -= least;
       }
     }
   }
@@ -63,13 +87,8 @@ class Lapjv {
   // no earlier row has it.
   void greedy() {
     for (int64_t i = 0; i < n_; ++i) {
-      const double* row = c_ + i * n_;
-      int64_t best = 0;
-      double least = row[0] - v_[0];
-      for (int64_t j = 1; j < n_; ++j) {
-        const double r = row[j] - v_[j];
-        if (r < least) least = r, best = j;
-      }
+      int64_t best;
+      least_two(c_ + i * n_, &best);
       if (y_[best] < 0) {
         assign(i, best);
       } else {
@@ -93,20 +112,9 @@ class Lapjv {
         free_.push_back(i);
         continue;
       }
-      const double* row = c_ + i * n_;
-      double u1 = row[0] - v_[0], u2 = kInf;
-      int64_t j1 = 0, j2 = -1;
-      for (int64_t j = 1; j < n_; ++j) {
-        const double r = row[j] - v_[j];
-        if (r < u2) {
-          if (r >= u1) {
-            u2 = r, j2 = j;
-          } else {
-            u2 = u1, j2 = j1;
-            u1 = r, j1 = j;
-          }
-        }
-      }
+      int64_t j1, j2 = -1;
+      double u2;
+      const double u1 = least_two(c_ + i * n_, &j1, &u2);
       int64_t i0 = y_[j1];
       const double lowered = v_[j1] - (u2 - u1);
       if (lowered < v_[j1]) {  // a strict margin that survives rounding: take j1 at the lower price
@@ -116,6 +124,7 @@ class Lapjv {
       } else if (i0 < 0) {
         assign(i, j1);  // j1 is free: no price change needed
       } else if (u1 == u2) {
+        least_two(c_ + i * n_, &j1, &u2, &j2);
         i0 = y_[j2];  // a tie: the second best is as good, take it
         assign(i, j2);
         if (i0 >= 0) free_.push_back(i0);
@@ -125,71 +134,51 @@ class Lapjv {
     }
   }
 
-  // One shortest augmenting path from free row `start` (Dijkstra over reduced costs, columns
-  // finalised a whole level of equal distance at a time), then the potentials and the path.
+  // One shortest augmenting path from free row `start`: Dijkstra over reduced costs on dense
+  // arrays, so that each scanned row is one vectorised pass (relax every open column and take
+  // the least key), then the potentials of the closed columns and the path. A closed column
+  // has key +inf and floor +inf (no relaxation can reach it); an open one floor -inf.
   void augment(int64_t start) {
-    std::vector<int64_t>& cols = cols_;
-    std::vector<double>& d = dist_;
-    std::vector<int64_t>& pred = pred_;
+    double* key = key_.data();
+    double* floor = floor_.data();
+    int64_t* pred = pred_.data();
+    const double* v = v_;
     const double* row0 = c_ + start * n_;
+    double least = kInf;
+#pragma omp simd reduction(min : least)
     for (int64_t j = 0; j < n_; ++j) {
-      cols[j] = j;
+      key[j] = row0[j] - v[j];
+      floor[j] = -kInf;
       pred[j] = start;
-      d[j] = row0[j] - v_[j];
+      least = std::min(least, key[j]);
     }
-    // cols[0, ready) finalised in earlier levels, [ready, lo) scanned in this level, [lo, hi)
-    // at the current least distance and not yet scanned, [hi, n) still to do.
-    int64_t lo = 0, hi = 0, ready = 0, end = -1;
-    double least = 0.0;
-    while (end < 0) {
-      if (lo == hi) {
-        ready = lo;
-        least = d[cols[hi]];
-        hi = lo + 1;
-        for (int64_t k = lo + 1; k < n_; ++k) {
-          const int64_t j = cols[k];
-          const double h = d[j];
-          if (h <= least) {
-            if (h < least) {
-              hi = lo;
-              least = h;
-            }
-            std::swap(cols[k], cols[hi++]);
-          }
-        }
-        for (int64_t k = lo; k < hi; ++k) {
-          if (y_[cols[k]] < 0) {
-            end = cols[k];
-            break;
-          }
-        }
-        if (end >= 0) break;
-      }
-      const int64_t j1 = cols[lo++];
+    closed_.clear();
+    int64_t j1;
+    while (true) {
+      j1 = 0;
+      while (!(key[j1] <= least)) ++j1;  // the first column at the least key
+      if (y_[j1] < 0) break;             // a free column: the path ends here
+      const double at = key[j1];
+      closed_.push_back(j1);
+      final_[j1] = at;
+      key[j1] = kInf;
+      floor[j1] = kInf;
       const int64_t i = y_[j1];
       const double* row = c_ + i * n_;
-      const double h = row[j1] - v_[j1] - least;
-      for (int64_t k = hi; k < n_; ++k) {
-        const int64_t j = cols[k];
-        const double r = row[j] - v_[j] - h;
-        if (r < d[j]) {
-          d[j] = r;
-          pred[j] = i;
-          if (r <= least) {  // at the current distance (below it only by rounding)
-            if (y_[j] < 0) {
-              end = j;
-              break;
-            }
-            std::swap(cols[k], cols[hi++]);
-          }
-        }
+      const double h = row[j1] - v[j1] - at;
+      least = kInf;
+#pragma omp simd reduction(min : least)
+      for (int64_t j = 0; j < n_; ++j) {
+        // Below `at` only by rounding (Dijkstra's distances never decrease): clamped.
+        const double r = std::max(std::max(row[j] - v[j] - h, floor[j]), at);
+        const bool better = r < key[j];
+        key[j] = better ? r : key[j];
+        pred[j] = better ? i : pred[j];
+        least = std::min(least, key[j]);
       }
     }
-    for (int64_t k = 0; k < ready; ++k) {
-      const int64_t j = cols[k];
-      v_[j] += d[j] - least;
-    }
-    int64_t j = end;
+    for (const int64_t j : closed_) v_[j] += final_[j] - least;
+    int64_t j = j1;
     while (true) {
       const int64_t i = pred[j];
       y_[j] = i;
@@ -204,11 +193,13 @@ class Lapjv {
     if (warm) {
       greedy();
     } else {
-      column_reduction();
+      std::fill(v_, v_ + n_, 0.0);
+      auction(kAuctionFinal, kAuctionFactor);
     }
-    for (int round = 0; round < 2 && !free_.empty(); ++round) augmenting_row_reduction(8 * n_);
-    cols_.resize(n_);
-    dist_.resize(n_);
+    if (!free_.empty()) augmenting_row_reduction(8 * n_);
+    key_.resize(n_);
+    floor_.resize(n_);
+    final_.resize(n_);
     pred_.resize(n_);
     const std::vector<int64_t> rows = std::move(free_);
     for (const int64_t i : rows) augment(i);
@@ -217,6 +208,49 @@ class Lapjv {
   const std::vector<int64_t>& rows_to_cols() const { return x_; }
 
  private:
+  // The least reduced cost u1 of a row and its first column j1; with u2, also the least over
+  // the other columns (ties count: u2 == u1 when two columns share the least); with j2, the
+  // first column at u2 other than j1. One vectorised pass keeps the two least per lane.
+  double least_two(const double* row, int64_t* j1, double* u2 = nullptr, int64_t* j2 = nullptr) const {
+    constexpr int kLanes = 8;
+    typedef double Lanes __attribute__((vector_size(kLanes * sizeof(double))));
+    const double* v = v_;
+    Lanes l1, l2;
+    for (int l = 0; l < kLanes; ++l) l1[l] = l2[l] = kInf;
+    int64_t j = 0;
+    for (; j + kLanes <= n_; j += kLanes) {
+      Lanes c, p;
+      std::memcpy(&c, row + j, sizeof(Lanes));
+      std::memcpy(&p, v + j, sizeof(Lanes));
+      const Lanes r = c - p;
+      const Lanes high = l1 < r ? r : l1;
+      l1 = r < l1 ? r : l1;
+      l2 = high < l2 ? high : l2;
+    }
+    double m1[kLanes], m2[kLanes];
+    for (int l = 0; l < kLanes; ++l) m1[l] = l1[l], m2[l] = l2[l];
+    for (int l = 0; j < n_; ++j, ++l) {
+      const double r = row[j] - v[j];
+      m2[l] = std::min(m2[l], std::max(m1[l], r));
+      m1[l] = std::min(m1[l], r);
+    }
+    int lane = 0;
+    for (int l = 1; l < kLanes; ++l) lane = m1[l] < m1[lane] ? l : lane;
+    const double u1 = m1[lane];
+    double second = m2[lane];
+    for (int l = 0; l < kLanes; ++l) second = l != lane ? std::min(second, m1[l]) : second;
+    int64_t a = 0;
+    while (!(row[a] - v[a] <= u1)) ++a;
+    *j1 = a;
+    if (u2 != nullptr) *u2 = second;
+    if (j2 != nullptr) {
+      int64_t b = 0;
+      while (b < n_ && (b == a || !(row[b] - v[b] <= second))) ++b;
+      *j2 = b < n_ ? b : -1;
+    }
+    return u1;
+  }
+
   void assign(int64_t i, int64_t j) {
     x_[i] = j;
     y_[j] = i;
@@ -225,8 +259,8 @@ class Lapjv {
   const double* c_;
   int64_t n_;
   double* v_;
-  std::vector<int64_t> x_, y_, free_, cols_, pred_;
-  std::vector<double> dist_;
+  std::vector<int64_t> x_, y_, free_, closed_, pred_;
+  std::vector<double> key_, floor_, final_;
 };
 
 }  // namespace
