@@ -98,8 +98,12 @@ def main():
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=list(DTYPES))
     parser.add_argument("--peers-max-n", type=int, default=4096, help="POT and torchcfm up to this n")
     parser.add_argument("--variants", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: every solver compared is sequential, and on a shared "
+                             "machine a 2-thread pool stalls small problems by tens of ms)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     lines = [header("Exact assignment benchmark (cpu, n = m, cost |x - y|^2 / 2)")]
     print("\n".join(lines), flush=True)

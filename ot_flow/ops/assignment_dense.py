@@ -11,8 +11,9 @@ def assignment_dense(cost, col_potential=None):
     """The permutation ``perm`` (n,) minimising ``sum_i cost[i, perm[i]]``, exactly, with dual
     potentials that certify it.
 
-    Jonker-Volgenant (LAPJV) in float64 on the host (CUDA inputs are copied over and the results
-    copied back): column reduction, augmenting row reduction, then shortest augmenting paths.
+    In float64 on the host (CUDA inputs are copied over and the results copied back): an
+    eps-scaling auction for the column potentials (skipped when ``col_potential`` is given),
+    then Jonker-Volgenant's augmenting row reduction and shortest augmenting paths, exact.
     Any optimal permutation may be returned when several are (ties).
 
     Args:

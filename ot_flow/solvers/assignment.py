@@ -9,9 +9,12 @@ x', y' the clouds moved to their common centre and measured in their own unit: n
 however far the clouds lie from the origin, and the optimum of the float64 cost matrix up to
 its rounding.
 
-The solve is Jonker-Volgenant's shortest augmenting path algorithm (LAPJV) in C++
-(csrc/ops/cpu/assignment_kernel.cpp); see benchmarks/results/assignment-cpu.txt for why it and
-not a Sinkhorn warm start or an auction.
+The solve is in C++ (csrc/ops/cpu/assignment_kernel.cpp): an eps-scaling auction finds
+near-optimal column potentials cheaply, and Jonker-Volgenant's exact phases (augmenting row
+reduction, then shortest augmenting paths) finish from them. The auction start is what makes it
+fast on low-dimensional clouds, where LAPJV's own column reduction leaves long augmenting paths;
+a Sinkhorn warm start gives the exact phases potentials as good, but the entropic solve costs
+more than the auction (benchmarks/results/assignment-cpu.txt, "Sinkhorn warm start" rows).
 """
 
 import torch
