@@ -6,11 +6,12 @@ _load()
 
 from ot_flow import ops  # noqa: E402  (the ops need _C loaded first)
 from ot_flow.samplers import OTPlanSampler, OTSampler, SemidiscreteSampler  # noqa: E402
+from ot_flow.solvers.assignment import assignment  # noqa: E402
 from ot_flow.solvers.divergence import sinkhorn_divergence  # noqa: E402
 from ot_flow.solvers.sinkhorn import SinkhornResult, sinkhorn  # noqa: E402
 from ot_flow import data  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ops", "data", "sinkhorn", "sinkhorn_divergence", "SinkhornResult", "OTSampler", "OTPlanSampler",
-           "SemidiscreteSampler",
+__all__ = ["ops", "data", "assignment", "sinkhorn", "sinkhorn_divergence", "SinkhornResult", "OTSampler",
+           "OTPlanSampler", "SemidiscreteSampler",
            "cuda_built", "__version__"]

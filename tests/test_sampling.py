@@ -108,7 +108,7 @@ def test_ot_sampler_target_entropy():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(eps=0), "argument 'eps'"),
+    (dict(eps=-0.5), "argument 'eps'"),
     (dict(cost="l1"), "argument 'cost'"),
     (dict(target_entropy=1.5), "argument 'target_entropy'"),
     (dict(max_iter=0), "argument 'max_iter'"),

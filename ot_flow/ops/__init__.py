@@ -1,5 +1,6 @@
 """Python entry points of the torch ops in namespace ``ot_flow`` (``torch.ops.ot_flow.*``)."""
 
+from ot_flow.ops.assignment_dense import assignment_dense
 from ot_flow.ops.barycentric import barycentric
 from ot_flow.ops.gumbel_argmax import gumbel_argmax, seed_from
 from ot_flow.ops.lse import lse
@@ -7,4 +8,4 @@ from ot_flow.ops.lse_dense import lse_dense
 from ot_flow.ops.mips import mips
 from ot_flow.ops.softmin import softmin
 
-__all__ = ["barycentric", "gumbel_argmax", "lse", "lse_dense", "mips", "seed_from", "softmin"]
+__all__ = ["assignment_dense", "barycentric", "gumbel_argmax", "lse", "lse_dense", "mips", "seed_from", "softmin"]

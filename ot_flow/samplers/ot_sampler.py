@@ -14,6 +14,7 @@ import torch
 from ot_flow.distributed import derived_seed
 from ot_flow.ops import seed_from
 from ot_flow.solvers import costs, validation
+from ot_flow.solvers.assignment import assignment
 from ot_flow.solvers.sinkhorn import sinkhorn
 
 __all__ = ["OTSampler"]
@@ -24,7 +25,8 @@ class OTSampler:
 
     Args:
         eps: entropic regularisation, relative to the spread std(C) of the costs when
-            ``relative_eps`` (seed paper 002: small values such as 0.01-0.1).
+            ``relative_eps`` (seed paper 002: small values such as 0.01-0.1). ``eps=0.0`` pairs
+            by the exact optimal permutation (:func:`ot_flow.assignment`; needs n == m).
         relative_eps: see ``eps``.
         cost: "sqeuclidean" or "dot".
         tol, max_iter, momentum, cost_cache: passed to :func:`ot_flow.sinkhorn`.
@@ -50,7 +52,8 @@ class OTSampler:
     def __init__(self, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3, max_iter=10_000,
                  target_entropy=None, entropy_tol=0.01, momentum=True, cost_cache="auto", process_group=None, progress="auto",
                  tau_a=1.0, tau_b=1.0):
-        self.eps = validation.positive("eps", eps)
+        exact = eps == 0 and not isinstance(eps, bool) and target_entropy is None
+        self.eps = 0.0 if exact else validation.positive("eps", eps)
         self.relative_eps = bool(relative_eps)
         costs.check_cost(cost)
         self.cost = cost
@@ -67,6 +70,9 @@ class OTSampler:
         self.process_group = process_group
         self.progress = progress
         self.tau_a, self.tau_b = validation.tau("tau_a", tau_a), validation.tau("tau_b", tau_b)
+        if exact and (self.tau_a < 1 or self.tau_b < 1):
+            raise ValueError("arguments 'tau_a' / 'tau_b': eps=0.0 pairs by the exact (balanced) assignment, "
+                             "which has no relaxed marginals; pass eps > 0 for an unbalanced coupling")
         self.last_plan = None
         self._entropy_eps = None
 
@@ -98,6 +104,12 @@ class OTSampler:
 
     def sample_indices(self, x0, x1, generator=None):
         """LongTensor (n,): for each x0[i] the index j_i of its partner in x1, j_i ~ P(. | i)."""
+        if self.eps == 0.0:  # the exact coupling: an optimal permutation
+            if x0.shape != x1.shape:
+                raise ValueError(f"arguments 'x0' and 'x1' must have the same number of points and shape per point "
+                                 f"for OTSampler(eps=0.0) (an exact assignment), got shapes {tuple(x0.shape)} "
+                                 f"and {tuple(x1.shape)}")
+            return assignment(_flatten("x0", x0), _flatten("x1", x1), cost=self.cost)
         return self.plan(x0, x1).sample(generator)
 
     def pair(self, x0, x1, *aligned, classes=None, generator=None):
