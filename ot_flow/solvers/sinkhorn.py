@@ -110,16 +110,19 @@ class SinkhornResult:
         w = self.working
         xw, yw = (w.x, w.y) if dtype is None else (w.x.to(dtype), w.y.to(dtype))
         bias = w.column_bias(self.b, xw.dtype)
-        columns = yw if values is None else torch.cat([yw, values.to(yw.dtype)], dim=1)
+        columns = None if values is None else torch.cat([yw, values.to(yw.dtype)], dim=1)
         if self.sharded:
-            payload = torch.cat([yw, bias[:, None], columns], dim=1)
+            # y' travels once, as the points and as the first columns of the averaged values
+            payload = torch.cat([bias[:, None], yw if columns is None else columns], dim=1)
             sizes = distributed.shard_sizes(yw.shape[0], yw.device, self.process_group)
             d = yw.shape[1]
-            parts = (barycentric(xw, shard[:, :d], shard[:, d], 1.0 / w.eps, shard[:, d + 1:])
+            parts = (barycentric(xw, shard[:, 1:d + 1], shard[:, 0], 1.0 / w.eps,
+                                 None if columns is None else shard[:, 1:])
                      for _, shard in distributed.ring(payload, sizes, self.process_group))
-            means, row_lse = merge_barycentres(parts, xw.new_zeros(xw.shape[0], columns.shape[1]))
+            width = d if columns is None else columns.shape[1]
+            means, row_lse = merge_barycentres(parts, xw.new_zeros(xw.shape[0], width))
         else:
-            means, row_lse = barycentric(xw, yw, bias, 1.0 / w.eps, None if values is None else columns)
+            means, row_lse = barycentric(xw, yw, bias, 1.0 / w.eps, columns)
         log_r = self.a.log() + w.f.double() / w.eps + row_lse.double()
         return log_r.exp(), means, row_lse
 
