@@ -191,7 +191,7 @@ class SemidiscreteSampler:
             rank, _ = distributed.group_info(process_group)
             sizes = distributed.shard_sizes(n, self._flat.device, process_group)
             self.offset, self.total = sum(sizes[:rank]), sum(sizes)
-            self.weights = _shard_weights(weights, n, self.total, self._flat.device, process_group).cpu()
+            self.weights = validation.shard_weights("weights", weights, self._flat, process_group).cpu()
             seed = distributed.broadcast_int(int(seed), self._flat.device, process_group)
         self.seed = int(seed)
         self.quasi_random = _resolve_quasi_random(quasi_random, source, self._flat.shape[1])
@@ -927,21 +927,3 @@ def _save_atomically(state, path):
     partial = f"{path}.partial"
     torch.save(state, partial)
     os.replace(partial, path)
-
-
-def _shard_weights(weights, n_local, n_total, device, process_group):
-    """This rank's slice of target weights summing to 1 over all ranks (uniform by default)."""
-    def local():
-        if weights is None:
-            return torch.full((n_local,), 1.0 / n_total, dtype=torch.float64, device=device)
-        if not isinstance(weights, torch.Tensor) or weights.shape != (n_local,) or not weights.is_floating_point():
-            raise ValueError(f"argument 'weights' must be a float tensor with this rank's {n_local} entries")
-        if not torch.isfinite(weights).all() or (weights < 0).any():
-            raise ValueError("argument 'weights' must be finite and non-negative")
-        return weights.detach().double().to(device)
-
-    w = distributed.checked_together(local, process_group)
-    total = float(_total(w.sum(), process_group))
-    if abs(total - 1.0) > 1e-5:
-        raise ValueError(f"argument 'weights' must sum to 1 over all ranks, sums to {total:.6g}")
-    return w / total

@@ -21,11 +21,10 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
-import torch.distributed as dist
 
 from ot_flow import distributed
 from ot_flow.ops import gumbel_argmax, lse, mips, seed_from
-from ot_flow.solvers import costs
+from ot_flow.solvers import costs, merge_rules
 
 __all__ = ["assign", "semidual_gradient", "SemidualEstimate", "marginal_chi2", "dot_bias", "score_gap", "nearest",
            "extend_potential"]
@@ -55,68 +54,37 @@ def _on(t, device, dtype=None):
 def _best(x, y, g, b, eps, cost, chunk_size, seed, offset):
     """(value float64, global index) of each row's winner over this process's target points,
     whose global indices start at `offset`: the MIPS (eps = 0) or the Gumbel-max draw."""
-    n = x.shape[0]
-    best_value = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
-    best_index = torch.full((n,), -1, dtype=torch.long, device=x.device)
-    for c0, c1 in _chunks(y.shape[0], chunk_size):
-        y_c = _on(y[c0:c1], x.device, x.dtype)
-        h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
-        if eps == 0:
-            values, index = mips(x, y_c, h_c, 1)
-            values, index = values[:, 0].double(), index[:, 0]
-        else:
-            h_c = h_c / eps + _on(b[c0:c1], x.device).log().to(x.dtype)
-            index, values = gumbel_argmax(x, y_c, h_c, 1.0 / eps, seed=seed, col_offset=offset + c0,
-                                          return_value=True)
-        better = values > best_value  # chunks in order: a tie keeps the earlier, lower index
-        best_value = torch.where(better, values, best_value)
-        best_index = torch.where(better, index + offset + c0, best_index)
-    return best_value, best_index
+    def chunks():
+        for c0, c1 in _chunks(y.shape[0], chunk_size):
+            y_c = _on(y[c0:c1], x.device, x.dtype)
+            h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
+            if eps == 0:
+                values, index = mips(x, y_c, h_c, 1)
+                yield values[:, 0], index[:, 0] + offset + c0
+            else:
+                h_c = h_c / eps + _on(b[c0:c1], x.device).log().to(x.dtype)
+                index, values = gumbel_argmax(x, y_c, h_c, 1.0 / eps, seed=seed, col_offset=offset + c0,
+                                              return_value=True)
+                yield values, index + offset + c0
 
-
-def _merge_top_two(top, index, other_top, other_index):
-    """Top two scores (n, 2) and the best's index over two sets of targets, `other` holding the
-    higher indices: it takes the lead only with a strictly larger score (ties to the lower index)."""
-    lead = other_top[:, 0] > top[:, 0]
-    second = torch.where(lead, torch.maximum(top[:, 0], other_top[:, 1]), torch.maximum(top[:, 1], other_top[:, 0]))
-    first = torch.where(lead, other_top[:, 0], top[:, 0])
-    return torch.stack([first, second], 1), torch.where(lead, other_index, index)
+    return merge_rules.best_of(chunks(), x.shape[0], x.device)
 
 
 def _top_two(x, y, g, b, cost, chunk_size, process_group, offset):
     """(top two scores <x_i, y_j> + h_j per row, float64 (n, 2), global index of the best) over
     every chunk and rank (h = dot_bias(g, y, cost, b)); a row with a single target has -inf as
     its second score."""
-    top = torch.full((x.shape[0], 2), -math.inf, dtype=torch.float64, device=x.device)
-    index = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
-    for c0, c1 in _chunks(y.shape[0], chunk_size):
-        y_c = _on(y[c0:c1], x.device, x.dtype)
-        h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
-        values, idx = mips(x, y_c, h_c, min(2, c1 - c0))
-        values = torch.nn.functional.pad(values.double(), (0, 2 - values.shape[1]), value=-math.inf)
-        top, index = _merge_top_two(top, index, values, idx[:, 0] + offset + c0)
+    def chunks():
+        for c0, c1 in _chunks(y.shape[0], chunk_size):
+            y_c = _on(y[c0:c1], x.device, x.dtype)
+            h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
+            values, idx = mips(x, y_c, h_c, min(2, c1 - c0))
+            yield values, idx[:, 0] + offset + c0
+
+    top, index = merge_rules.top_two_of(chunks(), x.shape[0], x.device)
     if process_group is not None:
-        world = dist.get_world_size(process_group)
-        tops, indices = [torch.empty_like(top) for _ in range(world)], [torch.empty_like(index) for _ in range(world)]
-        dist.all_gather(tops, top, group=process_group)
-        dist.all_gather(indices, index, group=process_group)
-        top, index = tops[0], indices[0]
-        for other_top, other_index in zip(tops[1:], indices[1:]):  # rank order is global index order
-            top, index = _merge_top_two(top, index, other_top, other_index)
+        top, index = merge_rules.top_two_over_ranks(top, index, process_group)
     return top, index
-
-
-def _merge_ranks(value, index, process_group):
-    """The winner over every rank's (value, index): the larger value, the lower index on ties."""
-    world = dist.get_world_size(process_group)
-    values = [torch.empty_like(value) for _ in range(world)]
-    indices = [torch.empty_like(index) for _ in range(world)]
-    dist.all_gather(values, value, group=process_group)
-    dist.all_gather(indices, index, group=process_group)
-    for v, j in zip(values, indices):  # rank order is global index order
-        better = v > value
-        value, index = torch.where(better, v, value), torch.where(better, j, index)
-    return value, index
 
 
 def assign(x, y, g, b, eps, cost, *, generator=None, chunk_size=None, process_group=None, offset=0):
@@ -130,7 +98,7 @@ def assign(x, y, g, b, eps, cost, *, generator=None, chunk_size=None, process_gr
     seed = None if eps == 0 else _seed(generator, x.device, process_group)
     value, index = _best(x, y, g, b, eps, cost, chunk_size, seed, offset)
     if process_group is not None:
-        value, index = _merge_ranks(value, index, process_group)
+        value, index = merge_rules.best_over_ranks(value, index, process_group)
     return index
 
 
@@ -182,7 +150,7 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
     elif eps == 0:
         best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset)
         if process_group is not None:
-            best, best_index = _merge_ranks(best, best_index, process_group)
+            best, best_index = merge_rules.best_over_ranks(best, best_index, process_group)
     if gaps or eps == 0:
         mine = (best_index >= offset) & (best_index < offset + m)
         hits = torch.bincount(best_index[mine] - offset, minlength=m).to(counts)
@@ -198,17 +166,19 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
     else:
         # Row log-sum-exps over the chunks (and ranks) first, then each chunk's column sums
         # of the row softmax: sum_i exp(<x_i, y_j> / eps + h_j - lse_i).
-        biases, row_lse = [], torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
-        for c0, c1 in _chunks(m, chunk_size):
-            y_c = _on(y[c0:c1], x.device, x.dtype)
-            b_c = _on(b[c0:c1], x.device)
-            h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, b_c) / eps + b_c.log().to(x.dtype)
-            biases.append(h_c)
-            row_lse = torch.logaddexp(row_lse, lse(x, y_c, h_c, 1.0 / eps).double())
+        biases = []
+
+        def chunk_lses():
+            for c0, c1 in _chunks(m, chunk_size):
+                y_c = _on(y[c0:c1], x.device, x.dtype)
+                b_c = _on(b[c0:c1], x.device)
+                h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, b_c) / eps + b_c.log().to(x.dtype)
+                biases.append(h_c)
+                yield lse(x, y_c, h_c, 1.0 / eps)
+
+        row_lse = merge_rules.lse_of(chunk_lses(), x.new_empty(n, dtype=torch.float64))
         if process_group is not None:
-            parts = [torch.empty_like(row_lse) for _ in range(dist.get_world_size(process_group))]
-            dist.all_gather(parts, row_lse, group=process_group)
-            row_lse = torch.logsumexp(torch.stack(parts), dim=0)
+            row_lse = merge_rules.lse_over_ranks(row_lse, process_group)
         for (c0, c1), h_c in zip(_chunks(m, chunk_size), biases):
             y_c = _on(y[c0:c1], x.device, x.dtype)
             col_lse = lse(y_c, x, (-row_lse).to(x.dtype), 1.0 / eps).double()

@@ -44,7 +44,7 @@ import torch
 
 from ot_flow import distributed
 from ot_flow.ops import barycentric, gumbel_argmax, seed_from
-from ot_flow.solvers import costs, validation
+from ot_flow.solvers import costs, merge_rules, validation
 from ot_flow.solvers.frame import Frame
 from ot_flow.solvers.full_precision import autocast_off
 from ot_flow.solvers.progress import progress_bar
@@ -120,7 +120,7 @@ class SinkhornResult:
                                  None if columns is None else shard[:, 1:])
                      for _, shard in distributed.ring(payload, sizes, self.process_group))
             width = d if columns is None else columns.shape[1]
-            means, row_lse = merge_barycentres(parts, xw.new_zeros(xw.shape[0], width))
+            means, row_lse = merge_rules.means_of(parts, xw.new_zeros(xw.shape[0], width))
         else:
             means, row_lse = barycentric(xw, yw, bias, 1.0 / w.eps, columns)
         log_r = self.a.log() + w.f.double() / w.eps + row_lse.double()
@@ -277,16 +277,14 @@ class SinkhornResult:
         x_sizes = distributed.shard_sizes(w.x.shape[0], w.x.device, self.process_group)
         y_sizes = distributed.shard_sizes(w.y.shape[0], w.y.device, self.process_group)
         row_offset, col_offsets = sum(x_sizes[:rank]), [sum(y_sizes[:r]) for r in range(world)]
-        best = torch.full((w.x.shape[0],), -math.inf, dtype=torch.float64, device=w.x.device)
-        best_j = torch.full((w.x.shape[0],), -1, dtype=torch.long, device=w.x.device)
-        payload = torch.cat([w.y, bias[:, None]], dim=1)
-        for owner, shard in distributed.ring(payload, y_sizes, self.process_group):
-            j, value = gumbel_argmax(w.x, shard[:, :-1], shard[:, -1], scale, seed=seed,
-                                     row_offset=row_offset, col_offset=col_offsets[owner], return_value=True)
-            j = j + col_offsets[owner]
-            better = (value > best) | ((value == best) & (j < best_j))  # ties to the lowest column
-            best, best_j = torch.where(better, value, best), torch.where(better, j, best_j)
-        return best_j
+        def shards():
+            payload = torch.cat([w.y, bias[:, None]], dim=1)
+            for owner, shard in distributed.ring(payload, y_sizes, self.process_group):
+                j, value = gumbel_argmax(w.x, shard[:, :-1], shard[:, -1], scale, seed=seed,
+                                         row_offset=row_offset, col_offset=col_offsets[owner], return_value=True)
+                yield value, j + col_offsets[owner]
+
+        return merge_rules.best_of(shards(), w.x.shape[0], w.x.device)[1]
 
 
 @dataclass
@@ -322,18 +320,6 @@ class WorkingProblem:
         """(f, g) of the user's cost, in ``dtype``."""
         frame = self.frame
         return frame.potential_out(self.f, self.alpha).to(dtype), frame.potential_out(self.g, self.beta).to(dtype)
-
-
-def merge_barycentres(parts, like):
-    """(mean, lse) of a softmax-weighted mean over column blocks, from each block's (mean, lse)."""
-    mean = torch.zeros_like(like)
-    total = torch.full((like.shape[0],), -math.inf, dtype=like.dtype, device=like.device)
-    for part_mean, part_lse in parts:
-        merged = torch.logaddexp(total, part_lse)
-        keep = torch.where(torch.isinf(merged), 0.0, torch.exp(total - merged))
-        mean = keep[:, None] * mean + (1 - keep)[:, None] * part_mean
-        total = merged
-    return mean, total
 
 
 def row_barycentres(x, y, g, b, eps, cost):
@@ -441,8 +427,8 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     sharded = bool(sharded) and process_group is not None
     reduce = (lambda t: distributed.all_sum(t, process_group)) if sharded else None
     if sharded:
-        a = _shard_weights("a", a, x, process_group)
-        b = _shard_weights("b", b, y, process_group)
+        a = validation.shard_weights("a", a, x, process_group)
+        b = validation.shard_weights("b", b, y, process_group)
     else:
         a = validation.weights("a", a, x.shape[0], x)
         b = validation.weights("b", b, y.shape[0], y)
@@ -677,30 +663,6 @@ def _relaxed(update, tau, offsets):
         return tau * update(other, e, (now + shift) / tau) - shift
 
     return step
-
-
-def _shard_weights(name, w, points, process_group):
-    """This rank's slice of weights that sum to 1 over all ranks (uniform over all points by
-    default). Every rank goes through the same collectives whatever it passed."""
-    n_local = points.shape[0]
-    n_total = sum(distributed.shard_sizes(n_local, points.device, process_group))
-
-    def local():
-        if w is None:
-            return torch.full((n_local,), 1.0 / n_total, dtype=torch.float64, device=points.device)
-        if not isinstance(w, torch.Tensor) or w.shape != (n_local,) or not w.is_floating_point():
-            raise ValueError(f"argument '{name}' must be a 1-D float tensor with this rank's {n_local} entries")
-        if w.device != points.device:
-            raise ValueError(f"argument '{name}' is on {w.device} but the points are on {points.device}")
-        if not torch.isfinite(w).all() or (w < 0).any():
-            raise ValueError(f"argument '{name}' must be finite and non-negative")
-        return w.detach().double()
-
-    w = distributed.checked_together(local, process_group)
-    total = float(distributed.all_sum(w.sum().reshape(1), process_group)[0])
-    if abs(total - 1.0) > 1e-5:
-        raise ValueError(f"argument '{name}' must sum to 1 over all ranks, sums to {total:.6g}")
-    return w / total
 
 
 def _raise_non_finite(n_iter, eps, dtype):

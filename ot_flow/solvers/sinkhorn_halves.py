@@ -13,12 +13,12 @@ all rows (the marginal error), all-reduced where the rows are sharded, so every 
 same decisions and stops at the same iteration.
 """
 
-import math
 
 import torch
 
 from ot_flow import distributed
 from ot_flow.ops import lse, lse_dense, softmin
+from ot_flow.solvers import merge_rules
 
 __all__ = ["LocalHalves", "ReplicatedHalves", "ShardedHalves"]
 
@@ -79,10 +79,9 @@ class ShardedHalves:
     def _softmin(self, rows, other, other_potential, other_log_w, other_sizes, e):
         """-e log sum over every rank's shard of `other` of exp((pot_j + <r_i, o_j>) / e + log w_j)."""
         payload = torch.cat([other, (other_potential / e + other_log_w)[:, None]], dim=1)
-        total = torch.full((rows.shape[0],), -math.inf, dtype=rows.dtype, device=rows.device)
-        for _, shard in distributed.ring(payload, other_sizes, self.group):
-            total = torch.logaddexp(total, lse(rows, shard[:, :-1], shard[:, -1], 1.0 / e))
-        return -e * total
+        parts = (lse(rows, shard[:, :-1], shard[:, -1], 1.0 / e)
+                 for _, shard in distributed.ring(payload, other_sizes, self.group))
+        return -e * merge_rules.lse_of(parts, rows)
 
     def f_update(self, g, e, f_now):
         return self._softmin(self.x, self.y, g, self.log_b, self.y_sizes, e)

@@ -4,6 +4,8 @@ import math
 
 import torch
 
+from ot_flow import distributed
+
 
 def check_points(name, t):
     if not isinstance(t, torch.Tensor):
@@ -46,6 +48,30 @@ def weights(name, w, size, like, atol=1e-5):
     total = float(w.sum())
     if abs(total - 1.0) > atol:
         raise ValueError(f"argument '{name}' must sum to 1, sums to {total:.6g}")
+    return w / total
+
+
+def shard_weights(name, w, points, process_group):
+    """This rank's slice of weights that sum to 1 over all ranks (uniform over all points by
+    default). Every rank goes through the same collectives whatever it passed."""
+    n_local = points.shape[0]
+    n_total = sum(distributed.shard_sizes(n_local, points.device, process_group))
+
+    def local():
+        if w is None:
+            return torch.full((n_local,), 1.0 / n_total, dtype=torch.float64, device=points.device)
+        if not isinstance(w, torch.Tensor) or w.shape != (n_local,) or not w.is_floating_point():
+            raise ValueError(f"argument '{name}' must be a 1-D float tensor with this rank's {n_local} entries")
+        if w.device != points.device:
+            raise ValueError(f"argument '{name}' is on {w.device} but the points are on {points.device}")
+        if not torch.isfinite(w).all() or (w < 0).any():
+            raise ValueError(f"argument '{name}' must be finite and non-negative")
+        return w.detach().double()
+
+    w = distributed.checked_together(local, process_group)
+    total = float(distributed.all_sum(w.sum().reshape(1), process_group)[0])
+    if abs(total - 1.0) > 1e-5:
+        raise ValueError(f"argument '{name}' must sum to 1 over all ranks, sums to {total:.6g}")
     return w / total
 
 
