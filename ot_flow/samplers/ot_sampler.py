@@ -58,8 +58,7 @@ class OTSampler:
         costs.check_cost(cost)
         self.cost = cost
         self.tol = validation.positive("tol", tol)
-        if not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"argument 'max_iter' must be an int >= 1, got {max_iter!r}")
+        validation.integer("max_iter", max_iter, 1)
         self.max_iter = max_iter
         if target_entropy is not None:
             target_entropy = validation.in_open_interval("target_entropy", target_entropy, 0.0, 1.0)
@@ -83,7 +82,7 @@ class OTSampler:
     @torch.compiler.disable
     def plan(self, x0, x1):
         """The Sinkhorn coupling between the flattened batches x0 (n, ...) and x1 (m, ...)."""
-        flat0, flat1 = _flatten("x0", x0), _flatten("x1", x1)
+        flat0, flat1 = validation.flat_points("x0", x0), validation.flat_points("x1", x1)
         if x0.shape[1:] != x1.shape[1:]:  # (3, 32, 32) and (1, 64, 48) flatten alike, yet do not pair
             raise ValueError(f"arguments 'x0' and 'x1' must have the same shape per point (the same number of "
                              f"features, laid out alike), "
@@ -109,7 +108,7 @@ class OTSampler:
                 raise ValueError(f"arguments 'x0' and 'x1' must have the same number of points and shape per point "
                                  f"for OTSampler(eps=0.0) (an exact assignment), got shapes {tuple(x0.shape)} "
                                  f"and {tuple(x1.shape)}")
-            return assignment(_flatten("x0", x0), _flatten("x1", x1), cost=self.cost)
+            return assignment(validation.flat_points("x0", x0), validation.flat_points("x1", x1), cost=self.cost)
         return self.plan(x0, x1).sample(generator)
 
     def pair(self, x0, x1, *aligned, classes=None, generator=None):
@@ -187,13 +186,3 @@ def class_generator(seed, label):
     (SeedSequence of (seed, label), labels of any sign)."""
     key = 2 * label if label >= 0 else -2 * label - 1
     return torch.Generator().manual_seed(derived_seed(seed, key))
-
-
-def _flatten(name, points):
-    if not isinstance(points, torch.Tensor):
-        raise ValueError(f"argument '{name}' must be a torch.Tensor, got {type(points).__name__}")
-    if points.dim() < 1 or points.shape[0] == 0:
-        raise ValueError(f"argument '{name}' must hold at least one point along dim 0, got shape {tuple(points.shape)}")
-    flat = points.detach().reshape(points.shape[0], -1)
-    validation.check_points(name, flat)
-    return flat

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from ot_flow.ops import mips
-from ot_flow.samplers.ot_sampler import _flatten
 from ot_flow.solvers import validation
 
 __all__ = ["OTPlanSampler"]
@@ -84,8 +83,7 @@ class OTPlanSampler:
         self.num_threads = num_threads
         self.warn = bool(warn)
         self.tol = validation.positive("tol", tol)
-        if not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"argument 'max_iter' must be an int >= 1, got {max_iter!r}")
+        validation.integer("max_iter", max_iter, 1)
         self.max_iter = max_iter
         if max_dense_bytes is not None and (not isinstance(max_dense_bytes, int) or max_dense_bytes < 1):
             raise ValueError(f"argument 'max_dense_bytes' must be None or an int >= 1, got {max_dense_bytes!r}")
@@ -226,7 +224,7 @@ class OTPlanSampler:
 
 
 def _points(x0, x1):
-    flat0, flat1 = _flatten("x0", x0), _flatten("x1", x1)
+    flat0, flat1 = validation.flat_points("x0", x0), validation.flat_points("x1", x1)
     if flat0.shape[1] != flat1.shape[1]:
         raise ValueError(f"arguments 'x0' and 'x1' must have the same number of features per point, "
                          f"got shapes {tuple(x0.shape)} and {tuple(x1.shape)}")
@@ -248,11 +246,9 @@ def max_squared_distance(x, y):
 
 
 def _check_dense(n, m, max_bytes):
-    from ot_flow.solvers.sinkhorn import _bytes
-
     if max_bytes is not None and n * m * 8 > max_bytes:
-        raise ValueError(f"OTPlanSampler: the dense {n} x {m} plan would take {_bytes(n * m * 8)} "
-                         f"(limit max_dense_bytes={_bytes(max_bytes)})")
+        raise ValueError(f"OTPlanSampler: the dense {n} x {m} plan would take {validation.byte_count(n * m * 8)} "
+                         f"(limit max_dense_bytes={validation.byte_count(max_bytes)})")
 
 
 def _draw_cells(weights, size, replace, generator):

@@ -23,7 +23,8 @@ import torch
 
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.full_precision import autocast_off
-from ot_flow.solvers.sinkhorn import row_barycentres, sinkhorn
+from ot_flow.solvers.sinkhorn import sinkhorn
+from ot_flow.solvers.working_problem import row_barycentres
 from ot_flow.solvers.symmetric import symmetric_potential
 
 __all__ = ["sinkhorn_divergence"]

@@ -25,7 +25,7 @@ from ot_flow.ops import lse
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.frame import Frame
 from ot_flow.solvers.full_precision import autocast_off
-from ot_flow.solvers.sinkhorn import row_barycentres
+from ot_flow.solvers.working_problem import row_barycentres
 
 __all__ = ["SymmetricResult", "symmetric_potential"]
 

@@ -75,6 +75,24 @@ def shard_weights(name, w, points, process_group):
     return w / total
 
 
+def integer(name, value, low):
+    """An int >= low (bools refused: True is not a count)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"argument '{name}' must be an int >= {low}, got {value!r}")
+    return value
+
+
+def flat_points(name, points):
+    """Points of any shape per point (N, ...) as a detached (N, D) matrix, checked like check_points."""
+    if not isinstance(points, torch.Tensor):
+        raise ValueError(f"argument '{name}' must be a torch.Tensor, got {type(points).__name__}")
+    if points.dim() < 1 or points.shape[0] == 0:
+        raise ValueError(f"argument '{name}' must hold at least one point along dim 0, got shape {tuple(points.shape)}")
+    flat = points.detach().reshape(points.shape[0], -1)
+    check_points(name, flat)
+    return flat
+
+
 def positive(name, value):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"argument '{name}' must be a finite number > 0, got {value!r}")
@@ -99,3 +117,11 @@ def tau(name, value):
 def relaxation_rho(eps, tau):
     """rho = eps tau / (1 - tau), the KL weight of a marginal relaxed by tau (inf when tau = 1)."""
     return math.inf if tau == 1.0 else eps * tau / (1.0 - tau)
+
+
+def byte_count(size):
+    """A byte count for messages: '1.5 GiB'."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.3g} {unit}"
+    return f"{size} bytes"
