@@ -35,10 +35,10 @@ def demo_config_paths():
 
 
 def _experiment(args, *, train, evaluate):
-    from ot_flow.flow import config as flow_config, experiment
+    from ot_flow.experiments import config as experiment_config, runner
 
     paths = args.config or demo_config_paths()
-    configs = [flow_config.load_config(path) for path in paths]  # every config checked before any training
+    configs = [experiment_config.load_config(path) for path in paths]  # every config checked before any training
     # The demo is re-run as is: it continues its runs unless told to start afresh.
     resume = args.resume or (args.command == "demo" and not args.overwrite)
     for config in configs:
@@ -47,26 +47,26 @@ def _experiment(args, *, train, evaluate):
         if args.device:
             config.train.device = args.device
         if train:  # before anything trains: no run is replaced unasked
-            experiment.check_not_replacing(config, flow_config.select_methods(config, args.method), resume=resume,
-                                           overwrite=args.overwrite)
+            runner.check_not_replacing(config, experiment_config.select_methods(config, args.method), resume=resume,
+                                       overwrite=args.overwrite)
     for config in configs:
         start = time.perf_counter()
         print(f"== {config.name}: task {config.task.name}, {len(config.methods)} methods, "
               f"{config.train.steps} steps each, run directory {config.run_dir}", flush=True)
         if train and not evaluate:
-            task = experiment.build_task(config)
-            for method in flow_config.select_methods(config, args.method):
-                _, pairs, trainers = experiment.train_method(config, method, task, progress=not args.quiet,
-                                                             resume=resume, overwrite=args.overwrite)
+            task = runner.build_task(config)
+            for method in experiment_config.select_methods(config, args.method):
+                _, pairs, trainers = runner.train_method(config, method, task, progress=not args.quiet,
+                                                         resume=resume, overwrite=args.overwrite)
                 losses = ", ".join(f"{tr.history[-1]['loss']:.4f}" for tr in trainers)
                 print(f"{method.name}: {trainers[0].step} steps, loss {losses}, "
                       f"{sum(tr.train_seconds for tr in trainers):.0f} s, coupling {1e6 * pairs.seconds_per_pair:.1f} "
                       f"us/pair, setup {pairs.setup_seconds:.1f} s", flush=True)
             continue
-        rows = experiment.run_experiment(config, methods=args.method, progress=not args.quiet, resume=resume,
-                                         overwrite=args.overwrite, evaluate_only=not train)
+        rows = runner.run_experiment(config, methods=args.method, progress=not args.quiet, resume=resume,
+                                     overwrite=args.overwrite, evaluate_only=not train)
         print(f"\n{config.name} ({time.perf_counter() - start:.0f} s; lower is better except E(P)):")
-        print(experiment.format_table(rows, config), flush=True)
+        print(runner.format_table(rows, config), flush=True)
         print(f"results, table and plots in {config.run_dir}/", flush=True)
 
 

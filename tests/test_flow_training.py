@@ -12,7 +12,7 @@ import yaml
 
 import ot_flow
 from ot_flow import cli
-from ot_flow.flow import config as flow_config
+from ot_flow.experiments import config as flow_config
 from ot_flow.flow.networks import VelocityMLP, VelocityUNet
 from ot_flow.flow.pair_streams import IndependentPairs, OTPairs, SemidiscretePairs
 from ot_flow.flow.trainer import CheckpointError, FlowMatchingTrainer

@@ -2,79 +2,23 @@
 set a run trains on, held-out points, and the true OT map where one is known (seed 002, section 4.2),
 so that reconstruction error can be measured.
 
-Every draw goes through a torch.Generator: the tasks' own data come from streams keyed on `seed`, and
-the samplers take the caller's generator, so that runs repeat exactly and never touch the global RNG.
+Here the synthetic tasks, whose targets have an unlimited supply (the piecewise-affine benchmark and
+the Gaussian, both with their exact OT map; the 2-D toys), and the registry of every task by name
+(``TASKS``, ``make_task``); the tasks over finite data sets (scikit-learn's digits, user files, image
+folders) are in ``ot_flow.flow.datasets`` and importable from here too. The base class and the
+seeded random streams are in ``ot_flow.flow.task_base``.
 """
 
 import functools
 import math
-import os
 
-import numpy as np
 import torch
 
-# One independent random stream per purpose, so that e.g. changing num_train does not move the test set.
-_STREAMS = ("params", "fit", "train", "test", "split")
+from ot_flow.flow.datasets import DatasetTask, DigitsTask, ImageFolderTask, TensorFileTask
+from ot_flow.flow.task_base import Task, _check_generator, _count, _generator
 
-
-def _generator(seed, stream):
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"argument 'seed' must be a non-negative int, got {seed!r}")
-    state = np.random.SeedSequence([seed, _STREAMS.index(stream)]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
-def _count(name, value, minimum=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"argument '{name}' must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_generator(generator):
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"argument 'generator' must be a torch.Generator, got {type(generator).__name__}")
-    return generator
-
-
-class Task:
-    """One experiment's data. Subclasses set `train_data` and `test_data` (tensors (N, *shape)) and,
-    where the OT map from the source is known, `test_source` with test_data = true_map(test_source)."""
-
-    is_image = False
-    # Nats added to the mean -log p(x) before dividing by dim * log 2, so that bits per dimension come
-    # out in the data's own units rather than the model's.
-    log_scale = 0.0
-    test_source = None
-
-    def __init__(self, name, shape):
-        self.name = name
-        self.shape = tuple(shape)
-
-    @property
-    def dim(self):
-        return math.prod(self.shape)
-
-    def sample_source(self, n, generator):
-        """n draws of N(0, I), float32, shape (n, *shape)."""
-        n = _count("n", n)
-        return torch.randn((n, *self.shape), generator=_check_generator(generator))
-
-    def sample_target(self, n, generator):
-        """n fresh target points, float32, shape (n, *shape)."""
-        raise NotImplementedError
-
-    def true_map(self, x0):
-        """The OT map from the source applied to x0, or None where none is known."""
-        return None
-
-    def _check_points(self, name, x):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            kind = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"argument '{name}' must be a floating-point torch.Tensor, got {kind}")
-        if x.dim() != 1 + len(self.shape) or tuple(x.shape[1:]) != self.shape:
-            raise ValueError(f"argument '{name}' must have shape (n, {', '.join(map(str, self.shape))}), "
-                             f"got {tuple(x.shape)}")
-        return x
+__all__ = ["Task", "PiecewiseAffineTask", "GaussianTask", "ToyTask", "DatasetTask", "DigitsTask", "TensorFileTask",
+           "ImageFolderTask", "TASKS", "task_class", "make_task"]
 
 
 class _SyntheticTask(Task):
@@ -229,149 +173,6 @@ class ToyTask(_SyntheticTask):
         x = 4 * torch.rand(n, generator=generator) - 2
         y = torch.rand(n, generator=generator) - 2 * torch.randint(2, (n,), generator=generator)
         return 2 * torch.stack([x, y + x.floor().remainder(2)], 1)
-
-
-class DatasetTask(Task):
-    """A finite data set (N, *shape), split at random into train and test by `seed`; targets are
-    draws from the training split with replacement. Source N(0, I); no known map.
-
-    The model works in units x related to the data's own units y by y = shift + scale * x:
-    - `levels` (int): the data are integers v in [0, levels); y = v + u with u ~ U[0, 1) uniform
-      dequantisation, fresh at every draw, mapped onto [-1, 1] (shift = scale = levels / 2).
-      `train_data` holds the cell centres (u = 1/2), `test_data` is dequantised once.
-    - `standardize`: each feature is centred and divided by its standard deviation on the train split.
-    - neither: x = y.
-    `log_scale` = sum over dims of log(scale) converts densities of x into densities of y.
-    """
-
-    def __init__(self, name, data, *, levels=None, standardize=False, seed=0, test_fraction=0.1):
-        _check_data("argument 'data'", data)
-        super().__init__(name, data.shape[1:])
-        self.is_image = len(self.shape) == 3  # (channels, height, width)
-        self.seed = seed
-        num_test = round(test_fraction * data.shape[0]) if isinstance(test_fraction, (int, float)) else 0
-        if not 0 < num_test < data.shape[0]:
-            raise ValueError(f"argument 'test_fraction' must leave at least one point in each split of "
-                             f"{data.shape[0]}, got {test_fraction!r}")
-        order = torch.randperm(data.shape[0], generator=_generator(seed, "split"))
-        train, test = data[order[num_test:]].float(), data[order[:num_test]].float()
-        self.levels = levels
-        if levels is not None:
-            if standardize:
-                raise ValueError("argument 'standardize' cannot be combined with 'levels': "
-                                 "discrete data are mapped onto [-1, 1]")
-            _count("levels", levels, minimum=2)
-            values = data.double()
-            if (values < 0).any() or (values >= levels).any() or (values != values.round()).any():
-                raise ValueError(f"argument 'levels' is {levels} but the data are not integers in [0, {levels})")
-            self.shift = self.scale = levels / 2
-            self.train_data = self._encode(train + 0.5)
-            self.test_data = self._dequantise(self._encode(test + 0.5), _generator(seed, "test"))
-        else:
-            if standardize:
-                std = train.std(0)
-                # A constant feature would divide by zero; left unscaled it stays constant.
-                self.shift, self.scale = train.mean(0), torch.where(std > 0, std, torch.ones_like(std))
-            else:
-                self.shift, self.scale = 0.0, 1.0
-            self.train_data, self.test_data = self._encode(train), self._encode(test)
-        self.log_scale = float(torch.as_tensor(self.scale, dtype=torch.float64).log().expand(self.shape).sum())
-
-    def _encode(self, y):
-        return (y - self.shift) / self.scale
-
-    def _dequantise(self, centres, generator):
-        # Moves each cell centre uniformly within its cell of width 1 (1 / scale in model units).
-        return centres + (torch.rand(centres.shape, generator=generator) - 0.5) / self.scale
-
-    def sample_target(self, n, generator):
-        n = _count("n", n)
-        rows = torch.randint(self.train_data.shape[0], (n,), generator=_check_generator(generator))
-        points = self.train_data[rows]
-        return points if self.levels is None else self._dequantise(points, generator)
-
-
-class DigitsTask(DatasetTask):
-    """scikit-learn's handwritten digits: 1797 grey images (1, 8, 8) with 17 levels 0..16, shipped
-    inside the package (no download). Bits per dimension with `log_scale` are in grey-level units, so
-    that a uniform density over the 17 levels scores log2(17)."""
-
-    def __init__(self, seed=0, test_fraction=0.2):
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError as err:
-            raise ImportError("DigitsTask needs scikit-learn: pip install scikit-learn") from err
-        images = torch.from_numpy(load_digits().images).unsqueeze(1)
-        super().__init__("digits", images, levels=17, seed=seed, test_fraction=test_fraction)
-
-
-def _check_data(what, data):
-    if not isinstance(data, torch.Tensor):
-        raise ValueError(f"{what} must be a torch.Tensor, got {type(data).__name__}")
-    if data.dim() < 2 or data.shape[0] < 2 or data[0].numel() == 0:
-        raise ValueError(f"{what} must have shape (N, ...) with N >= 2 points of at least one feature "
-                         f"(use (N, 1) for scalars), got {tuple(data.shape)}")
-    if data.dtype == torch.bool or data.is_complex():
-        raise ValueError(f"{what} must be real numbers, got {data.dtype}")
-    if data.is_floating_point() and not torch.isfinite(data).all():
-        raise ValueError(f"{what} contains NaN or Inf")
-
-
-def _load_tensor_file(path):
-    if not os.path.isfile(path):
-        raise ValueError(f"argument 'path': no such file {os.fspath(path)!r}")
-    suffix = os.path.splitext(path)[1]
-    if suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
-        if array.dtype.kind not in "iuf":
-            raise ValueError(f"data in {os.fspath(path)!r} must be numeric, got dtype {array.dtype}")
-        data = torch.from_numpy(np.ascontiguousarray(array))
-    elif suffix in (".pt", ".pth"):
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(data, dict):
-            if "data" not in data:
-                raise ValueError(f"{os.fspath(path)!r} holds a dict without the key 'data' (keys: {sorted(data)})")
-            data = data["data"]
-    else:
-        raise ValueError(f"argument 'path' must name a .pt, .pth or .npy file, got {os.fspath(path)!r}")
-    _check_data(f"data in {os.fspath(path)!r}", data)
-    return data
-
-
-class TensorFileTask(DatasetTask):
-    """User data (N, ...) from a .npy file or a .pt file (torch.save of a tensor, or of a dict with
-    the key "data"). uint8 data are read as 8-bit images (levels=256, onto [-1, 1]) unless `levels`
-    says otherwise; see DatasetTask for `levels` and `standardize`."""
-
-    def __init__(self, path, *, levels=None, standardize=False, seed=0, test_fraction=0.1):
-        data = _load_tensor_file(path)
-        if levels is None and data.dtype == torch.uint8 and not standardize:
-            levels = 256
-        super().__init__("tensor_file", data, levels=levels, standardize=standardize, seed=seed,
-                         test_fraction=test_fraction)
-
-
-class ImageFolderTask(DatasetTask):
-    """Images under root/<class>/<file> (torchvision's ImageFolder layout), resized and centre-cropped
-    to image_size x image_size RGB, read into memory as 8-bit levels mapped onto [-1, 1]."""
-
-    def __init__(self, root, image_size=32, *, seed=0, test_fraction=0.1):
-        if not os.path.isdir(root):
-            raise ValueError(f"argument 'root': no such folder {os.fspath(root)!r}")
-        image_size = _count("image_size", image_size)
-        try:
-            from torchvision import datasets, transforms
-        except ImportError as err:
-            raise ImportError("ImageFolderTask needs torchvision, which is not installed: "
-                              "pip install torchvision (matching your torch version)") from err
-        resize = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
-                                     transforms.PILToTensor()])
-        try:
-            folder = datasets.ImageFolder(os.fspath(root), transform=resize)
-        except FileNotFoundError as err:
-            raise ValueError(f"argument 'root': {err}") from err
-        images = torch.stack([image for image, _ in folder])
-        super().__init__("image_folder", images, levels=256, seed=seed, test_fraction=test_fraction)
 
 
 _FACTORIES = {

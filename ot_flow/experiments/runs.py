@@ -1,7 +1,7 @@
 """A method's run directory: the networks a config describes, trained to a checkpoint there
 (resumable), and loaded back with their evaluated (EMA) weights. Shared by the flow-matching
-methods (experiment.py) and NSGF / NSGF++ (ot_flow/nsgf/training.py), which keeps one trainer
-per network in a subdirectory.
+methods (runner.py) and NSGF / NSGF++ (nsgf_training.py), which keeps one trainer per network
+in a subdirectory.
 
 A method's directory holds a run once any of its files exists: training then either resumes it or,
 asked to, starts afresh (``clear_run``); nothing replaces it silently."""
@@ -14,7 +14,7 @@ from ot_flow.flow.trainer import CheckpointError, FlowMatchingTrainer, load_chec
 
 __all__ = ["build_model", "method_dir", "clear_run", "run_files", "train_in", "load_weights", "trained_step"]
 
-# semidiscrete-fit.pt: the potential's fit in progress (experiment.build_pairs); .tmp: a save cut short.
+# semidiscrete-fit.pt: the potential's fit in progress (runner.build_pairs); .tmp: a save cut short.
 _RUN_FILES = ("checkpoint.pt", "checkpoint.pt.tmp", "metrics.csv", "semidiscrete.pt", "semidiscrete.pt.tmp",
               "semidiscrete-fit.pt")
 

@@ -9,7 +9,7 @@ Layout of a run directory (``runs/<name>`` by default)::
     <method>/semidiscrete-fit.pt its fit in progress, saved every tenth of the fit (``--resume`` continues it)
     <method>/metrics.csv         training log
     results.json, table.md       the evaluation of every method
-    *.png                        plots (ot_flow.flow.plots)
+    *.png                        plots (ot_flow.experiments.plots)
 """
 
 import dataclasses
@@ -21,14 +21,15 @@ import time
 import torch
 import yaml
 
-from ot_flow.flow import metrics, plots, tasks
-from ot_flow.flow.config import select_methods
+from ot_flow.experiments import plots
+from ot_flow.experiments.config import select_methods
+from ot_flow.experiments.nsgf_training import NSGF_METHODS, load_nsgf, part_dirs, train_nsgf
+from ot_flow.experiments.runs import build_model, clear_run, load_weights, method_dir, run_files, train_in, trained_step
+from ot_flow.flow import metrics, tasks
 from ot_flow.flow.ode import odeint
 from ot_flow.flow.pair_streams import IndependentPairs, OTPairs, SemidiscretePairs
-from ot_flow.flow.runs import build_model, clear_run, load_weights, method_dir, run_files, train_in, trained_step
 from ot_flow.flow.trainer import CheckpointError, load_checkpoint, save_checkpoint
 from ot_flow.nsgf.plus_plus import NSGFPlusPlus
-from ot_flow.nsgf.training import NSGF_METHODS, load_nsgf, part_dirs, train_nsgf
 from ot_flow.samplers.ot_sampler import OTSampler
 from ot_flow.samplers.semidiscrete_sampler import SemidiscreteSampler
 

@@ -8,8 +8,8 @@ predictor, each with its own checkpoint in the method's run directory.
 
 import os
 
+from ot_flow.experiments.runs import build_model, load_weights, train_in
 from ot_flow.flow.pair_streams import IndependentPairs
-from ot_flow.flow.runs import build_model, load_weights, train_in
 from ot_flow.nsgf.plus_plus import NSGFPlusPlus, TimePredictor
 from ot_flow.nsgf.pool import SinkhornFlowPool
 
