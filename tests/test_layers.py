@@ -48,3 +48,38 @@ def test_libraries_import_nothing_above_themselves():
             offending += [f"{path.relative_to(ROOT)}:{line} imports {name}" for name in names
                           if any(_within(name, above) for above in _forbidden(module))]
     assert not offending, "\n".join(offending)
+
+
+# The floors, bottom up: a module may import its own floor and those below, never one above.
+# ``ot_flow/__init__.py`` gathers the public names of every floor and is no floor itself.
+FLOORS = [("ot_flow._extension", "ot_flow.distributed"), ("ot_flow.ops",), ("ot_flow.solvers",),
+          ("ot_flow.samplers",), ("ot_flow.data",), ("ot_flow.flow",), ("ot_flow.nsgf",),
+          ("ot_flow.experiments",), ("ot_flow.cli", "ot_flow.__main__")]
+LONGEST_FILE = 400
+
+
+def _floor(name):
+    for level, packages in enumerate(FLOORS):
+        if any(_within(name, p) for p in packages):
+            return level
+    return None
+
+
+def test_every_import_goes_down_the_floors():
+    offending = []
+    for path in sorted((ROOT / "ot_flow").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        own = _floor(module)
+        if own is None:
+            continue
+        for line, names in _imports(path, module):
+            above = [n for n in names if (_floor(n) or 0) > own]
+            offending += [f"{path.relative_to(ROOT)}:{line} imports {name}" for name in above]
+    assert not offending, "\n".join(offending)
+
+
+def test_no_file_is_longer_than_the_limit():
+    long = [f"{path.relative_to(ROOT)}: {n} lines" for path in sorted((ROOT / "ot_flow").rglob("*.py"))
+            if (n := len(path.read_text().splitlines())) > LONGEST_FILE]
+    assert not long, "\n".join(long)
