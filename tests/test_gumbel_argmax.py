@@ -173,29 +173,6 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(compiled(x, y, h), pair(x, y, h))
 
 
-BAD_INPUTS = [
-    ("mismatched d", dict(y=lambda y: y[:, :2]), "same dimension"),
-    ("integer x", dict(x=lambda x: x.long()), "argument 'x' must be float32 or float64"),
-    ("nan in y", dict(y=lambda y: y.index_fill(0, torch.tensor([3]), float("nan"))), "argument 'y' contains NaN"),
-    ("short h", dict(h=lambda h: h[:-1]), "argument 'h' must be a 1-D tensor"),
-    ("+inf in h", dict(h=lambda h: h.index_fill(0, torch.tensor([0]), float("inf"))), "argument 'h' contains NaN or \\+Inf"),
-    ("empty x", dict(x=lambda x: x[:0]), "argument 'x' is empty"),
-    ("nan scale", dict(scale=float("nan")), "argument 'scale' must be finite"),
-    ("negative row_offset", dict(row_offset=-1), "argument 'row_offset' must be >= 0"),
-]
-
-
-@pytest.mark.parametrize("name,change,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_input(name, change, message):
-    x, y, h = random_problem(10, 20, 4, torch.float32)
-    args = dict(x=x, y=y, h=h, scale=1.0, seed=0, row_offset=0)
-    for key, value in change.items():
-        args[key] = value(args[key]) if callable(value) else value
-    with pytest.raises(ValueError, match=message):
-        ot_flow.ops.gumbel_argmax(args["x"], args["y"], args["h"], args["scale"], seed=args["seed"],
-                                  row_offset=args["row_offset"])
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n,m,d", [(1, 1, 1), (7, 513, 3), (1000, 2053, 64), (64, 100_003, 16)])

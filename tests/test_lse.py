@@ -88,32 +88,6 @@ def test_fake_kernel_gives_shape_dtype_and_device():
     assert out.shape == (11,) and out.dtype == torch.float64 and out.device.type == "cpu"
 
 
-BAD_INPUTS = [
-    ("mismatched d", lambda x, y, h: (x, y[:, :2], h), "same dimension"),
-    ("integer x", lambda x, y, h: (x.long(), y, h), "argument 'x' must be float32 or float64"),
-    ("integer y", lambda x, y, h: (x, y.int(), h), "argument 'y' must be float32 or float64"),
-    ("mixed dtypes", lambda x, y, h: (x, y.double(), h), "one dtype"),
-    ("empty x", lambda x, y, h: (x[:0], y, h), "argument 'x' is empty"),
-    ("empty y", lambda x, y, h: (x, y[:0], h[:0]), "argument 'y' is empty"),
-    ("zero-dim points", lambda x, y, h: (x[:, :0], y[:, :0], h), "argument 'x' is empty"),
-    ("1-D x", lambda x, y, h: (x[0], y, h), "argument 'x' must be a 2-D tensor"),
-    ("NaN in x", lambda x, y, h: (x.index_fill(0, torch.tensor([1]), float("nan")), y, h), "argument 'x' contains NaN"),
-    ("Inf in y", lambda x, y, h: (x, y.index_fill(0, torch.tensor([2]), float("inf")), h), "argument 'y' contains NaN or Inf"),
-    ("NaN in h", lambda x, y, h: (x, y, h.index_fill(0, torch.tensor([0]), float("nan"))), "argument 'h' contains NaN"),
-    ("+Inf in h", lambda x, y, h: (x, y, h.index_fill(0, torch.tensor([0]), float("inf"))), "argument 'h' contains NaN"),
-    ("h wrong length", lambda x, y, h: (x, y, h[:-1]), "argument 'h' must be a 1-D tensor of length 6"),
-    ("h wrong dtype", lambda x, y, h: (x, y, h.double()), "argument 'h' must have the points' dtype"),
-]
-
-
-@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_bad_input_raises_value_error_naming_the_argument(case):
-    _, corrupt, message = case
-    x, y, h = random_problem(4, 6, 3, torch.float32)
-    with pytest.raises(ValueError, match=message):
-        ot_flow.ops.lse(*corrupt(x, y, h), 1.0)
-
-
 @pytest.mark.parametrize("scale", [float("nan"), float("inf")])
 def test_non_finite_scale_raises(scale):
     x, y, h = random_problem(4, 6, 3, torch.float32)

@@ -112,27 +112,6 @@ def test_opcheck_fake_and_compile():
         torch.testing.assert_close(compiled(x, y, bias), nearest(x, y, bias))
 
 
-BAD_INPUTS = [
-    ("mismatched d", dict(y=lambda y: y[:, :2]), "same dimension"),
-    ("integer x", dict(x=lambda x: x.long()), "argument 'x' must be float32 or float64"),
-    ("nan in x", dict(x=lambda x: x.index_fill(0, torch.tensor([0]), float("nan"))), "argument 'x' contains NaN"),
-    ("short bias", dict(bias=lambda b: b[:-1]), "argument 'bias' must be a 1-D tensor"),
-    ("k = 0", dict(k=0), "argument 'k' must lie in \\[1, m\\]"),
-    ("k > m", dict(k=21), "argument 'k' must lie in \\[1, m\\]"),
-    ("empty y", dict(y=lambda y: y[:0], bias=lambda b: b[:0]), "argument 'y' is empty"),
-]
-
-
-@pytest.mark.parametrize("name,change,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_input(name, change, message):
-    x, y, bias = random_problem(10, 20, 4, torch.float32)
-    args = dict(x=x, y=y, bias=bias, k=1)
-    for key, value in change.items():
-        args[key] = value(args[key]) if callable(value) else value
-    with pytest.raises(ValueError, match=message):
-        ot_flow.ops.mips(args["x"], args["y"], args["bias"], args["k"])
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("k", [1, 5, 64])

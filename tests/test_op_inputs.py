@@ -262,3 +262,66 @@ def test_wrong_type_of_number_raises_value_error_naming_it(case):
     x, y, h = random_problem(5, 7, 2, torch.float32, seed=0)
     with pytest.raises(ValueError, match=message):
         call(x, y, h)
+
+
+# --- Bad tensors: one table, every streaming op -------------------------------------------------
+# The point and bias checks are one function in C++ (csrc/ops/checks.cpp) shared by the ops, so
+# they are one table here, run against each op; the rows after it are what only one op takes.
+
+# op -> (call with points x, y and column bias b, the bias argument's name, the name its values are
+# checked under). softmin checks g's shape and dtype itself, but it is a composite that
+# torch.compile traces with fake tensors: its values are checked by lse, on h = g / eps.
+STREAMING_OPS = {
+    "lse": (lambda x, y, b: OPS.lse(x, y, b, 1.0), "h", "h"),
+    "softmin": (lambda x, y, b: OPS.softmin(x, y, b, 1.0), "g", "h"),
+    "barycentric": (lambda x, y, b: OPS.barycentric(x, y, b, 1.0), "h", "h"),
+    "mips": (lambda x, y, b: OPS.mips(x, y, b, 1), "bias", "bias"),
+    "gumbel_argmax": (lambda x, y, b: OPS.gumbel_argmax(x, y, b, 1.0, seed=0), "h", "h"),
+}
+
+BAD_TENSORS = [  # (case, corrupt(x, y, b), message; {b} / {v} name the bias for its shape / values)
+    ("mismatched d", lambda x, y, b: (x, y[:, :2], b), "same dimension"),
+    ("integer x", lambda x, y, b: (x.long(), y, b), "argument 'x' must be float32 or float64"),
+    ("integer y", lambda x, y, b: (x, y.int(), b), "argument 'y' must be float32 or float64"),
+    ("mixed dtypes", lambda x, y, b: (x, y.double(), b), "one dtype"),
+    ("empty x", lambda x, y, b: (x[:0], y, b), "argument 'x' is empty"),
+    ("empty y", lambda x, y, b: (x, y[:0], b[:0]), "argument 'y' is empty"),
+    ("zero-dim points", lambda x, y, b: (x[:, :0], y[:, :0], b), "argument 'x' is empty"),
+    ("1-D x", lambda x, y, b: (x[0], y, b), "argument 'x' must be a 2-D tensor"),
+    ("NaN in x", lambda x, y, b: (x.index_fill(0, torch.tensor([1]), float("nan")), y, b), "argument 'x' contains NaN"),
+    ("Inf in y", lambda x, y, b: (x, y.index_fill(0, torch.tensor([2]), float("inf")), b),
+     "argument 'y' contains NaN or Inf"),
+    ("NaN in bias", lambda x, y, b: (x, y, b.index_fill(0, torch.tensor([0]), float("nan"))), "argument '{v}' contains NaN"),
+    ("+Inf in bias", lambda x, y, b: (x, y, b.index_fill(0, torch.tensor([0]), float("inf"))),
+     "argument '{v}' contains NaN or \\+Inf"),
+    ("bias wrong length", lambda x, y, b: (x, y, b[:-1]), "argument '{b}' must be a 1-D tensor of length 6"),
+    ("bias wrong dtype", lambda x, y, b: (x, y, b.double()), "argument '{b}' must have the points' dtype"),
+]
+
+
+@pytest.mark.parametrize("op", list(STREAMING_OPS))
+@pytest.mark.parametrize("case", BAD_TENSORS, ids=[c[0] for c in BAD_TENSORS])
+def test_bad_tensor_raises_value_error_naming_the_argument(op, case):
+    call, bias_name, value_name = STREAMING_OPS[op]
+    _, corrupt, message = case
+    x, y, b = random_problem(4, 6, 3, torch.float32)
+    with pytest.raises(ValueError, match=message.format(b=bias_name, v=value_name)):
+        call(*corrupt(x, y, b))
+
+
+ONE_OP_BAD_ARGUMENTS = [  # (case, call(x, y, b), message)
+    ("mips k = 0", lambda x, y, b: OPS.mips(x, y, b, 0), "argument 'k' must lie in \\[1, m\\]"),
+    ("mips k > m", lambda x, y, b: OPS.mips(x, y, b, 7), "argument 'k' must lie in \\[1, m\\]"),
+    ("gumbel nan scale", lambda x, y, b: OPS.gumbel_argmax(x, y, b, float("nan"), seed=0),
+     "argument 'scale' must be finite"),
+    ("gumbel negative row_offset", lambda x, y, b: OPS.gumbel_argmax(x, y, b, 1.0, seed=0, row_offset=-1),
+     "argument 'row_offset' must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("case", ONE_OP_BAD_ARGUMENTS, ids=[c[0] for c in ONE_OP_BAD_ARGUMENTS])
+def test_bad_argument_of_one_op_raises_value_error_naming_it(case):
+    _, call, message = case
+    x, y, b = random_problem(4, 6, 3, torch.float32)
+    with pytest.raises(ValueError, match=message):
+        call(x, y, b)
