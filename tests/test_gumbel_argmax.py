@@ -18,7 +18,7 @@ def assert_same_draw(index, ref_index, perturbed, min_gap=1e-4):
     gap = top2[:, 0] - top2[:, -1] if perturbed.shape[1] > 1 else torch.full_like(top2[:, 0], float("inf"))
     decided = gap > min_gap * (1 + top2[:, 0].abs())
     assert torch.equal(index.cpu()[decided], ref_index[decided])
-    assert decided.float().mean() > 0.99
+    assert (~decided).sum() <= max(1, 0.01 * decided.numel())  # a near-tie is rare: one row of 7 is 14%
 
 
 def test_reference_philox_matches_the_published_known_answers():

@@ -50,6 +50,18 @@ def same_device(op, **tensors):
             )
 
 
+def streaming_inputs(op, x, y, bias=None, bias_name="h", **others):
+    """The fake kernels' checks of a streaming op's points x (n, d), y (m, d) and column bias
+    (m,): one device (``others`` included), shapes and dtypes. The values cannot be checked on
+    fake tensors; the C++ kernels check them (csrc/ops/checks.cpp)."""
+    same_device(op, x=x, y=y, **{bias_name: bias}, **others)
+    torch._check(x.dim() == 2 and y.dim() == 2, lambda: f"{op}: 'x' and 'y' must be 2-D")
+    torch._check(x.shape[1] == y.shape[1], lambda: f"{op}: 'x' and 'y' must have the same dimension")
+    torch._check(x.dtype == y.dtype, lambda: f"{op}: 'x' and 'y' must have one dtype")
+    if bias is not None:
+        torch._check(bias.shape == (y.shape[0],), lambda: f"{op}: '{bias_name}' must have shape (m,)")
+
+
 def _describe(value):
     if isinstance(value, torch.Tensor):
         grad = ", requires_grad=True" if value.requires_grad else ""

@@ -25,9 +25,7 @@ def barycentric(x, y, h=None, scale=1.0, values=None):
 
 @torch.library.register_fake("ot_flow::barycentric")
 def _barycentric_fake(x, y, h=None, scale=1.0, values=None):
-    _args.same_device("ot_flow.barycentric", x=x, y=y, h=h, values=values)
-    torch._check(x.dim() == 2 and y.dim() == 2, lambda: "ot_flow.barycentric: 'x' and 'y' must be 2-D")
-    torch._check(x.shape[1] == y.shape[1], lambda: "ot_flow.barycentric: 'x' and 'y' must have the same dimension")
+    _args.streaming_inputs("ot_flow.barycentric", x, y, h, values=values)
     k = y.shape[1] if values is None else values.shape[1]
     if values is not None:
         torch._check(values.shape[0] == y.shape[0], lambda: "ot_flow.barycentric: 'values' must have m rows")

@@ -60,12 +60,7 @@ def gumbel_argmax(x, y, h=None, scale=1.0, *, generator=None, seed=None, offset=
 
 @torch.library.register_fake("ot_flow::gumbel_argmax")
 def _gumbel_argmax_fake(x, y, h=None, scale=1.0, seed=0, offset=0, row_offset=0, col_offset=0):
-    _args.same_device("ot_flow.gumbel_argmax", x=x, y=y, h=h)
-    torch._check(x.dim() == 2 and y.dim() == 2, lambda: "ot_flow.gumbel_argmax: 'x' and 'y' must be 2-D")
-    torch._check(x.shape[1] == y.shape[1], lambda: "ot_flow.gumbel_argmax: 'x' and 'y' must have the same dimension")
-    torch._check(x.dtype == y.dtype, lambda: "ot_flow.gumbel_argmax: 'x' and 'y' must have one dtype")
-    if h is not None:
-        torch._check(h.shape == (y.shape[0],), lambda: "ot_flow.gumbel_argmax: 'h' must have shape (m,)")
+    _args.streaming_inputs("ot_flow.gumbel_argmax", x, y, h)
     n = x.shape[0]
     return x.new_empty(n, dtype=torch.long), x.new_empty(n, dtype=torch.float64)
 

@@ -29,12 +29,7 @@ def lse(x, y, h=None, scale=1.0):
 
 @torch.library.register_fake("ot_flow::lse")
 def _lse_fake(x, y, h=None, scale=1.0):
-    _args.same_device("ot_flow.lse", x=x, y=y, h=h)
-    torch._check(x.dim() == 2 and y.dim() == 2, lambda: "ot_flow.lse: 'x' and 'y' must be 2-D")
-    torch._check(x.shape[1] == y.shape[1], lambda: "ot_flow.lse: 'x' and 'y' must have the same dimension")
-    torch._check(x.dtype == y.dtype, lambda: "ot_flow.lse: 'x' and 'y' must have one dtype")
-    if h is not None:
-        torch._check(h.shape == (y.shape[0],), lambda: "ot_flow.lse: 'h' must have shape (m,)")
+    _args.streaming_inputs("ot_flow.lse", x, y, h)
     return x.new_empty(x.shape[0])
 
 

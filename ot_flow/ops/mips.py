@@ -31,13 +31,8 @@ def mips(x, y, bias=None, k=1):
 
 @torch.library.register_fake("ot_flow::mips")
 def _mips_fake(x, y, bias=None, k=1):
-    _args.same_device("ot_flow.mips", x=x, y=y, bias=bias)
-    torch._check(x.dim() == 2 and y.dim() == 2, lambda: "ot_flow.mips: 'x' and 'y' must be 2-D")
-    torch._check(x.shape[1] == y.shape[1], lambda: "ot_flow.mips: 'x' and 'y' must have the same dimension")
-    torch._check(x.dtype == y.dtype, lambda: "ot_flow.mips: 'x' and 'y' must have one dtype")
+    _args.streaming_inputs("ot_flow.mips", x, y, bias, "bias")
     torch._check(1 <= k <= y.shape[0], lambda: "ot_flow.mips: argument 'k' must lie in [1, m]")
-    if bias is not None:
-        torch._check(bias.shape == (y.shape[0],), lambda: "ot_flow.mips: 'bias' must have shape (m,)")
     n = x.shape[0]
     return x.new_empty(n, k), x.new_empty(n, k, dtype=torch.long)
 
