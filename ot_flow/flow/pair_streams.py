@@ -18,6 +18,7 @@ import torch
 
 from ot_flow.data.ot_pair_dataset import OTPairDataset
 from ot_flow.distributed import derived_seed
+from ot_flow.flow.checks import check_data, check_source
 from ot_flow.samplers.ot_sampler import OTSampler
 from ot_flow.samplers.semidiscrete_sampler import SemidiscreteSampler
 
@@ -49,16 +50,6 @@ class PairStream:
     def describe(self):
         """A short dict of what this coupling is, for tables and logs."""
         return {"coupling": type(self).__name__}
-
-
-def check_source(source):
-    if not callable(source):
-        raise ValueError(f"argument 'source' must be a callable (n, generator) -> Tensor, got {type(source).__name__}")
-
-
-def check_data(data):
-    if not isinstance(data, torch.Tensor) or data.dim() < 2 or data.shape[0] == 0 or not data.is_floating_point():
-        raise ValueError("argument 'data' must be a non-empty floating-point tensor (N, ...) of points")
 
 
 class IndependentPairs(PairStream):

@@ -14,7 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ot_flow.distributed import derived_seed
-from ot_flow.flow.pair_streams import PairStream, check_data, check_source
+from ot_flow.flow.checks import check_data, check_source
+from ot_flow.flow.pair_streams import PairStream
 from ot_flow.solvers.flow_velocity import sinkhorn_flow_velocity
 
 __all__ = ["SinkhornFlowPool"]
