@@ -1,5 +1,5 @@
 """SemidiscreteSampler's public surface: states saved by earlier code, ``noise``, and the pair
-dataset, which uses nothing else."""
+dataset and stream, which use nothing else."""
 
 import os
 
@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 import ot_flow
 from ot_flow.data import SemidiscretePairDataset
+from ot_flow.flow.pair_streams import SemidiscretePairs
 
 # Saved by the sampler of commit b33f719 (before fit, frame, noise and state had files of their
 # own): for each case, SemidiscreteSampler(data, seed=2, **kwargs).fit(20, batch_size=64,
@@ -102,3 +103,20 @@ def test_pair_dataset_of_a_conditional_sampler_yields_labels():
     assert torch.equal(x1, sampler.data[sampler.assign(x0, batch_labels)])
     assert torch.equal(labels[sampler.assign(x0, batch_labels)], batch_labels)
 
+
+def test_semidiscrete_pairs_are_the_dataset_batches():
+    sampler = fitted_sampler()
+
+    def source(n, generator):
+        return torch.randn(n, 3, generator=generator)
+
+    stream = SemidiscretePairs(source, sampler, 16, seed=4)
+    dataset = SemidiscretePairDataset(sampler, 16, seed=4, source=source)
+    for step, (x0, x1) in zip(range(3, 6), stream.batches(3)):
+        expected = dataset.batch(step)
+        assert torch.equal(x0, expected[0]) and torch.equal(x1, expected[1])
+    # The source above draws as the sampler's own standard normal noise does.
+    assert torch.equal(SemidiscretePairDataset(sampler, 16, seed=4).batch(3)[0], dataset.batch(3)[0])
+    assert stream.pairs == 3 * 16 and stream.pairing_seconds > 0
+    with pytest.raises(ValueError, match="class labels"):
+        SemidiscretePairs(source, fitted_sampler(labels=torch.arange(100) % 2), 16)
