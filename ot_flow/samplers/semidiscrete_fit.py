@@ -99,6 +99,9 @@ class SemidiscreteFit:
         self.eval_samples, self.log_every = eval_samples, log_every
 
     def run(self):
+        """The multiscale start (of a fresh fit), the units of eps and lr (measured once per
+        sampler), then the steps. g, its average and the optimiser's moments live on the device
+        while the fit runs; the sampler gets copies of them after every step."""
         s = self.sampler
         if self.warm_start and s.step == 0 and not s.warm_started:
             multiscale_start(s, self.num_steps, self.batch_size, self.progress, self.coarse_settings)

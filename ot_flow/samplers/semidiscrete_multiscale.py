@@ -56,7 +56,7 @@ def multiscale_start(sampler, num_steps, batch_size, progress, settings):
     labels = None
     if sampler.conditional:  # the weights sum to 1 per class: to 1 over all, for the constructor
         labels, weights = torch.cat(center_labels)[order], weights / len(sampler.groups)
-    coarse = type(sampler)(
+    coarse = type(sampler)(  # a SemidiscreteSampler, whose module imports this one
         flat[centers.to(flat.device)], sampler.eps, sampler.cost,
         weights=weights.to(flat.device), labels=labels, relative_eps=sampler.relative_eps,
         source=sampler.source, quasi_random=sampler.quasi_random, device=sampler.device,
