@@ -15,6 +15,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ot_flow.distributed import derived_seed, rank_and_world
 from ot_flow.samplers.semidiscrete_sampler import SemidiscreteSampler
+from ot_flow.solvers import validation
 
 __all__ = ["SemidiscretePairDataset"]
 
@@ -42,10 +43,8 @@ class SemidiscretePairDataset(IterableDataset):
         if not isinstance(sampler, SemidiscreteSampler):
             raise ValueError(f"argument 'sampler' must be an ot_flow.SemidiscreteSampler, got {type(sampler).__name__}")
         sampler.require_fitted("argument 'sampler'")  # here, not in a DataLoader worker later
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"argument 'batch_size' must be an int >= 1, got {batch_size!r}")
-        if num_batches is not None and (not isinstance(num_batches, int) or num_batches < 1):
-            raise ValueError(f"argument 'num_batches' must be None or an int >= 1, got {num_batches!r}")
+        validation.integer("batch_size", batch_size, 1)
+        validation.integer("num_batches", num_batches, 1, optional=True)
         if source is not None and not callable(source):
             raise ValueError(f"argument 'source' must be None or a callable (n, generator) -> Tensor, "
                              f"got {type(source).__name__}")

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ot_flow.solvers import validation
+
 __all__ = ["check_batch", "check_callable", "check_choice", "check_data", "check_int", "check_module", "check_number",
            "check_output", "check_points", "check_source"]
 
@@ -39,9 +41,8 @@ def check_points(name, x):
         raise ValueError(f"argument '{name}' must be a tensor of points (n, *event_shape), got {shape}")
 
 
-def check_int(name, value, low):
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"argument '{name}' must be an int >= {low}, got {value!r}")
+def check_int(name, value, low, optional=False):
+    return validation.integer(name, value, low, optional)
 
 
 def check_number(name, value, *, above=None, at_least=None, below=None):

@@ -20,7 +20,7 @@ import torch
 from ot_flow.data.ot_pair_dataset import OTPairDataset
 from ot_flow.data.semidiscrete_pair_dataset import SemidiscretePairDataset
 from ot_flow.distributed import derived_seed
-from ot_flow.flow.checks import check_data, check_source
+from ot_flow.flow.checks import check_data, check_int, check_source
 from ot_flow.samplers.ot_sampler import OTSampler
 from ot_flow.samplers.semidiscrete_sampler import SemidiscreteSampler
 
@@ -37,8 +37,7 @@ class PairStream:
     """
 
     def __init__(self, batch_size, seed):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"argument 'batch_size' must be an int >= 1, got {batch_size!r}")
+        check_int("batch_size", batch_size, 1)
         self.batch_size, self.seed = batch_size, int(seed)
         self.pairing_seconds, self.setup_seconds, self.pairs = 0.0, 0.0, 0
 

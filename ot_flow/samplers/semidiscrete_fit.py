@@ -253,8 +253,7 @@ def _check_arguments(sampler, num_steps, batch_size, lr, optimizer, schedule, em
     counts = (("num_steps", num_steps), ("batch_size", batch_size), ("log_every", log_every),
               ("eval_samples", eval_samples), ("checkpoint_every", checkpoint_every if checkpoint else 1))
     for name, value in counts:
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"argument '{name}' must be an int >= 1, got {value!r}")
+        validation.integer(name, value, 1, optional=True)
     if lr is not None:
         validation.positive("lr", lr)
     if optimizer not in _OPTIMIZERS:

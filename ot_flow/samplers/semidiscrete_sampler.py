@@ -83,8 +83,7 @@ class SemidiscreteSampler:
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
             raise ValueError(f"argument 'eps' must be a finite number >= 0, got {eps!r}")
         costs.check_cost(cost)
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"argument 'chunk_size' must be None or an int >= 1, got {chunk_size!r}")
+        validation.integer("chunk_size", chunk_size, 1, optional=True)
         self.eps, self.cost, self.relative_eps, self.chunk_size = float(eps), cost, bool(relative_eps), chunk_size
         self.device = torch.device(device) if device is not None else data.device
         n, dim = self._flat.shape
