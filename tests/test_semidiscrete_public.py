@@ -120,3 +120,20 @@ def test_semidiscrete_pairs_are_the_dataset_batches():
     assert stream.pairs == 3 * 16 and stream.pairing_seconds > 0
     with pytest.raises(ValueError, match="class labels"):
         SemidiscretePairs(source, fitted_sampler(labels=torch.arange(100) % 2), 16)
+
+
+def test_semidiscrete_pairs_draw_what_the_stream_drew_before_it_wrapped_the_dataset():
+    # Before the stream wrapped SemidiscretePairDataset, step k drew its noise and its pairing from
+    # one generator keyed (seed, k): a seeded run (the demo's SD-FM row) must train on the same pairs.
+    from ot_flow.distributed import derived_seed
+
+    sampler = fitted_sampler()
+
+    def source(n, generator):
+        return torch.randn(n, 3, generator=generator)
+
+    stream = SemidiscretePairs(source, sampler, 16, seed=7)
+    for step, (x0, x1) in zip(range(2, 5), stream.batches(2)):
+        gen = torch.Generator().manual_seed(derived_seed(7, step))
+        old_x0, old_x1 = sampler.pair(source(16, gen).to(sampler.data.dtype), generator=gen)
+        assert torch.equal(x0, old_x0) and torch.equal(x1, old_x1)

@@ -70,7 +70,10 @@ class SemidiscretePairDataset(IterableDataset):
 
     def batch(self, index):
         """Minibatch ``index`` of the current epoch on this rank."""
-        gen = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch, self.rank, index))
+        # Keyed (seed, index, epoch, rank): SeedSequence pads an entropy shorter than its pool (4
+        # words) with zeros, so epoch 0 on rank 0 draws what the key (seed, index) drew, the key of
+        # SemidiscretePairs' steps before the stream wrapped this dataset (same pairs, same runs).
+        gen = torch.Generator().manual_seed(derived_seed(self.seed, index, self.epoch, self.rank))
         sampler = self.sampler
         labels = None
         if sampler.conditional:
