@@ -46,6 +46,14 @@ _CACHE_MIN_DIM = 16
 _CACHE_SMALL_BYTES = 256 << 20
 
 
+def caches_costs(x, y, process_group=None):
+    """Whether ``cost_cache="auto"`` holds the dot products of a 2-D solve of x (n, d), y (m, d)
+    (float32/float64 points; see the constants above)."""
+    size = x.shape[0] * y.shape[0] * x.element_size()
+    return process_group is None and x.device.type == "cpu" and size <= _CACHE_BUDGET_BYTES and (
+        x.shape[1] >= _CACHE_MIN_DIM or size <= _CACHE_SMALL_BYTES)
+
+
 @torch.compiler.disable
 @autocast_off
 def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3,
@@ -154,9 +162,7 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     spread = costs.cost_std(x, y, a, b, cost, reduce=reduce) or work.frame.unit  # 0: any eps is fine
     check_range(work, eps * spread if relative_eps else eps, process_group)
     if cost_cache == "auto":
-        size = x.shape[0] * y.shape[0] * x.element_size()
-        cost_cache = process_group is None and x.device.type == "cpu" and size <= _CACHE_BUDGET_BYTES and (
-            x.shape[1] >= _CACHE_MIN_DIM or size <= _CACHE_SMALL_BYTES)
+        cost_cache = caches_costs(x, y, process_group)
     if cost_cache and process_group is not None:
         raise ValueError("argument 'cost_cache': the distributed solver streams; pass 'auto' or False")
     dots = work.x @ work.y.T if cost_cache else None  # working points: bounded by check_range
