@@ -35,7 +35,7 @@ at::Tensor checked_values(const at::Tensor& v, const at::Tensor& x, int64_t m, b
   TORCH_CHECK_VALUE(static_cast<double>(m) * v_max <= limit, op, ": argument 'values' is too large: ",
                     "m * max|values| = ", static_cast<double>(m) * v_max, " is above half the largest ",
                     float_name(v.scalar_type()), " (", limit, "), so its weighted sums can overflow; pass float64 or rescale it");
-  return v.contiguous();
+  return batched ? problems_contiguous(v) : v.contiguous();
 }
 
 // Validates the arguments; returns contiguous (x, y, h, values), h = zeros and values = y

@@ -34,6 +34,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
 
 bool is_batched(const at::Tensor& x, const at::Tensor& y) { return x.dim() == 3 || y.dim() == 3; }
 
+at::Tensor problems_contiguous(const at::Tensor& t) {
+  // Each problem t[b] contiguous is all the kernels need; the stride between problems is free,
+  // so a caller may start every problem on its own aligned address (ops/layout.py).
+  int64_t expected = 1;
+  for (int64_t dim = t.dim() - 1; dim >= 1; --dim) {
+    if (t.size(dim) != 1 && t.stride(dim) != expected) return t.contiguous();
+    expected *= t.size(dim);
+  }
+  return t.stride(0) >= expected || t.size(0) == 1 ? t : t.contiguous();
+}
+
 void refuse_scales_unbatched(const char* op, const std::optional<c10::ArrayRef<double>>& scales,
                              const char* name) {
   TORCH_CHECK_VALUE(!scales.has_value(), op, ": argument '", name,
@@ -59,14 +70,14 @@ BatchedLseArgs prepare_batched_lse_args(const at::Tensor& x, const at::Tensor& y
   std::vector<double> h_max(batch, 0.0);
   if (h.has_value()) {
     h_max = check_batched_log_weights(op, h_name, *h, batch, y.size(1), x);
-    bias = h->contiguous();
+    bias = problems_contiguous(*h);
   } else {
     bias = at::zeros({batch, y.size(1)}, x.options());
   }
   for (int64_t b = 0; b < batch; ++b) {
     check_logit_range(op, x.scalar_type(), x.size(2), x_max[b], y_max[b], all_scales[b], h_name, h_max[b]);
   }
-  return {x.contiguous(), y.contiguous(), bias, std::move(all_scales)};
+  return {problems_contiguous(x), problems_contiguous(y), bias, std::move(all_scales)};
 }
 
 at::Tensor run_lse(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,

@@ -22,12 +22,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
     const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
     const char* op = "ot_flow.lse", const char* h_name = "h");
 
-// The validated, contiguous inputs of a batched call: x (B, n, d), y (B, m, d), h (B, m)
+// The validated inputs of a batched call, each problem contiguous: x (B, n, d), y (B, m, d), h (B, m)
 // (zeros when absent) and the B scales.
 struct BatchedLseArgs {
   at::Tensor x, y, h;
   std::vector<double> scales;
 };
+
+// t (B, ...) itself when every problem t[b] is contiguous (the stride between problems is
+// free: ops/layout.py starts each problem on an aligned address), else t.contiguous().
+at::Tensor problems_contiguous(const at::Tensor& t);
 
 // Whether a call is batched (x or y 3-D; check_batched_pair then insists on both).
 bool is_batched(const at::Tensor& x, const at::Tensor& y);

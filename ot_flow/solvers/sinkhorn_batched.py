@@ -12,6 +12,7 @@ import warnings
 
 import torch
 
+from ot_flow.ops.layout import stack_aligned
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.progress import progress_bar
 from ot_flow.solvers.sinkhorn_batched_iterations import solve_batched_at
@@ -74,7 +75,7 @@ def _solve(ids, eps, init_w, problem):
     """Problems ``ids`` of the batch solved together at absolute eps (one per id)."""
     x, y, a, b, works = problem["x"], problem["y"], problem["a"], problem["b"], problem["works"]
     sub = [works[k] for k in ids]
-    xw, yw = torch.stack([w.x for w in sub]), torch.stack([w.y for w in sub])
+    xw, yw = stack_aligned([w.x for w in sub]), stack_aligned([w.y for w in sub])
     fd, gd, states = solve_batched_at(
         eps, init_w, a=a[ids], b=b[ids], works=sub, xw=xw, yw=yw, tol=problem["tol"], max_iter=problem["max_iter"],
         momentum=problem["momentum"], anneal=problem["anneal"], spreads=[problem["spreads"][k] for k in ids],
@@ -143,8 +144,8 @@ def _solve_for_entropy(target, rel_eps, entropy_tol, init_w, problem, max_solves
         warnings.warn(f"ot_flow.sinkhorn: problem {k} of the batch: target_entropy={target} not reached within "
                       f"{max_solves} solves; returning eps={final[k].eps:.4g} with entropy "
                       f"{final[k].renormalized_entropy():.3f}", RuntimeWarning, stacklevel=4)
-    xw = torch.stack([p.working.x for p in final])
-    yw = torch.stack([p.working.y for p in final])
+    xw = stack_aligned([p.working.x for p in final])
+    yw = stack_aligned([p.working.y for p in final])
     return BatchedSinkhornResult.of(final, xw, yw)
 
 

@@ -18,6 +18,7 @@ import warnings
 import torch
 
 from ot_flow.ops import lse
+from ot_flow.ops.layout import stack_aligned
 from ot_flow.solvers import validation
 from ot_flow.solvers.progress import progress_bar
 from ot_flow.solvers.sinkhorn_iterations import _ANNEAL_BELOW, _ANNEAL_DECAY, _Relaxation
@@ -37,10 +38,20 @@ def _take(t, idx):
 
 class BatchedHalves:
     """The two half-steps of B problems, one batched ``lse`` call each (the softmin of
-    sinkhorn_halves.LocalHalves per problem: bias g / e + log b, scale 1 / e, times -e)."""
+    sinkhorn_halves.LocalHalves per problem: bias g / e + log b, scale 1 / e, times -e). The
+    points of the running problems are kept with every problem 64-byte aligned (ops/layout.py),
+    as a separate solve's are, so that the GEMMs round alike."""
 
     def __init__(self, x, y, log_a, log_b):
         self.x, self.y, self.log_a, self.log_b = x, y, log_a, log_b
+        self._points = (None, x, y)  # (problems, x, y) of the last selection
+
+    def _selected(self, idx):
+        if idx is None:
+            return self.x, self.y
+        if self._points[0] != idx:
+            self._points = (list(idx), stack_aligned([self.x[k] for k in idx]), stack_aligned([self.y[k] for k in idx]))
+        return self._points[1], self._points[2]
 
     @staticmethod
     def _softmin(rows, cols, other, log_w, es):
@@ -48,10 +59,12 @@ class BatchedHalves:
         return lse(rows, cols, other / e + log_w, [1.0 / v for v in es]) * (-e)
 
     def f_update(self, idx, g, es, f_now):
-        return self._softmin(_take(self.x, idx), _take(self.y, idx), g, _take(self.log_b, idx), es)
+        x, y = self._selected(idx)
+        return self._softmin(x, y, g, _take(self.log_b, idx), es)
 
     def g_update(self, idx, f, es, g_now):
-        return self._softmin(_take(self.y, idx), _take(self.x, idx), f, _take(self.log_a, idx), es)
+        x, y = self._selected(idx)
+        return self._softmin(y, x, f, _take(self.log_a, idx), es)
 
 
 def _relaxed(update, tau, offsets):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ot_flow.ops import barycentric, gumbel_argmax, seed_from
+from ot_flow.ops.layout import stack_aligned
 from ot_flow.solvers import validation
 from ot_flow.solvers.sinkhorn_result import _PLAN_MAX_BYTES, SinkhornResult
 
@@ -92,10 +93,12 @@ class BatchedSinkhornResult:
         each problem's cache, where its cost, entropy, mass and row marginal find it."""
         if all("exact" in p._passes for p in self.problems):
             return
-        xw, yw = self.xw.double(), self.yw.double()
+        # the 2-D pass's operands per problem, each problem 64-byte aligned (ops/layout.py)
+        ws = [p.working for p in self.problems]
+        xw, yw = stack_aligned([w.x.double() for w in ws]), stack_aligned([w.y.double() for w in ws])
         bias = self._column_bias(torch.float64)
-        beta = torch.stack([p.working.beta.double() for p in self.problems])
-        values = torch.cat([yw, torch.stack([bias, beta], dim=2)], dim=2)
+        values = stack_aligned([torch.cat([yw[k], torch.stack([bias[k], w.beta.double()], dim=1)], dim=1)
+                                for k, w in enumerate(ws)])
         means, row_lse = barycentric(xw, yw, bias, self._scales(), values)
         d = xw.shape[2]
         for k, p in enumerate(self.problems):

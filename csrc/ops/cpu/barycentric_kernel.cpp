@@ -25,7 +25,13 @@ void barycentric_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::Te
   const int64_t n = plan.n, k = values.size(2), slots = plan.batch * plan.col_chunks;
   std::vector<double> part_max(slots * n, kNegInf);
   std::vector<double> part_sum(slots * n, 0.0);
-  at::Tensor part_acc = at::zeros({slots, n, k}, x.options());
+  // Problem b's accumulators start on a 64-byte boundary, laid out as in the 2-D call (chunk c
+  // at c * n * k): the BLAS rounds by its operands' alignment, and problem b must get the bits
+  // of the 2-D call on it.
+  const int64_t align = std::max<int64_t>(1, 64 / static_cast<int64_t>(sizeof(scalar_t)));
+  const int64_t problem_stride = (plan.col_chunks * n * k + align - 1) / align * align;
+  at::Tensor part_acc = at::zeros({plan.batch * problem_stride}, x.options());
+  const auto acc_offset = [&](int64_t b, int64_t chunk) { return b * problem_stride + chunk * n * k; };
 
   parallel_tasks(plan, [&](int64_t task_begin, int64_t task_end) {
     at::Tensor buffer = at::empty({kRowBlock * kColTile}, x.options());
@@ -34,7 +40,7 @@ void barycentric_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::Te
       const int64_t slot = plan.slot(task);
       const at::Tensor x_block = x[b].narrow(0, r0, rows);
       const at::Tensor yb = y[b], hb = h[b], vb = values[b];
-      at::Tensor acc = part_acc[slot].narrow(0, r0, rows);
+      at::Tensor acc = part_acc.narrow(0, acc_offset(b, plan.chunk(task)), n * k).view({n, k}).narrow(0, r0, rows);
       scalar_t* acc_data = acc.data_ptr<scalar_t>();
       double* run_max = part_max.data() + slot * n + r0;
       double* run_sum = part_sum.data() + slot * n + r0;
@@ -84,7 +90,7 @@ void barycentric_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::Te
         if (part_max[at] == kNegInf) continue;
         const double factor = std::exp(part_max[at] - max);
         sum += part_sum[at] * factor;
-        const scalar_t* a = pa + at * k;
+        const scalar_t* a = pa + acc_offset(r / n, c) + (r % n) * k;
         for (int64_t j = 0; j < k; ++j) row[j] += a[j] * factor;
       }
       l[r] = static_cast<scalar_t>(max + std::log(sum));
