@@ -6,7 +6,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-export OT_FLOW_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONPATH=$PWD
+# Pure-Python requirements the device image lacks (torchdiffeq) travel as wheels in .whl/, fetched
+# here with `pip download --no-deps -d .whl torchdiffeq==0.2.5` (see requirements.txt).
+if compgen -G ".whl/*.whl" > /dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export OT_FLOW_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 # The GPU at hand only: a faster build than the default list.
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
 stamp=$(date -u +%Y%m%d)

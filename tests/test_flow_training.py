@@ -415,16 +415,17 @@ def test_cli_resume_continues_an_interrupted_semidiscrete_fit(tmp_path, monkeypa
     whole = torch.load(tmp_path / "whole" / "SD-FM" / "semidiscrete.pt", weights_only=False)["sampler"]
 
     steps = []  # the steps of the fit over all 2048 points (the multiscale start fits fewer first)
-    gradient = ot_flow.SemidiscreteSampler._gradient
+    fit_class = ot_flow.samplers.semidiscrete_fit.SemidiscreteFit
+    gradient = fit_class._gradient
 
     def interrupted_gradient(self, *args, **kwargs):
-        if self.total == 2048:
-            if self.step == 32 and interrupt:
+        if self.sampler.total == 2048:
+            if self.sampler.step == 32 and interrupt:
                 raise KeyboardInterrupt
-            steps.append(self.step)
+            steps.append(self.sampler.step)
         return gradient(self, *args, **kwargs)
 
-    monkeypatch.setattr(ot_flow.SemidiscreteSampler, "_gradient", interrupted_gradient)
+    monkeypatch.setattr(fit_class, "_gradient", interrupted_gradient)
     run = str(tmp_path / "run")
     interrupt = True
     with pytest.raises(KeyboardInterrupt):

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torchdiffeq
 
 from ot_flow.flow.ode import METHODS, odeint
 
@@ -154,6 +155,7 @@ def test_dopri5_gives_up_after_max_steps():
     (dict(steps=4, t1=float("nan")), "t1"),
     (dict(method="dopri5", rtol=0.0), "rtol"),
     (dict(method="dopri5", max_steps=0), "max_steps"),
+    (dict(steps=4, convention="ts"), "convention"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, name):
     x0 = torch.zeros(2, 3)
@@ -173,3 +175,49 @@ def test_bad_velocity_and_state_name_the_argument():
         odeint(lambda x, t: x, torch.zeros(2, 3, dtype=torch.long), steps=2)
     with pytest.raises(ValueError, match="'x0'"):
         odeint(lambda x, t: x, torch.full((2, 3), float("inf")), steps=2)
+
+
+class TorchCFMWrapper(torch.nn.Module):
+    """A field written for torchdiffeq (as torchcfm's torch_wrapper): f(t, x), t a 0-dim tensor."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, t, x):
+        return self.model(torch.cat([x, t.repeat(x.shape[0])[:, None]], 1))
+
+
+@pytest.mark.parametrize("method, steps", [("euler", 6), ("midpoint", 6), ("rk4", 6), ("dopri5", None)])
+def test_a_torchdiffeq_style_field_integrates_like_the_same_velocity(method, steps):
+    torch.manual_seed(8)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).double()
+    x0 = torch.randn(10, 3, dtype=torch.float64)
+    options = dict(method=method, steps=steps, t0=1.0, t1=0.25, return_path=True)
+    xt = odeint(lambda x, t: net(torch.cat([x, t[:, None]], 1)), x0, **options)
+    tx = odeint(TorchCFMWrapper(net), x0, convention="tx", **options)
+    assert torch.equal(tx.x, xt.x) and torch.equal(tx.path, xt.path) and tx.nfe == xt.nfe
+    with pytest.raises(RuntimeError):  # the same field in the default order: x and t swapped
+        odeint(TorchCFMWrapper(net), x0, **options)
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint"])
+def test_fixed_steps_are_torchdiffeqs(method):
+    velocity, x0, _ = linear_problem(seed=9)
+    f = lambda t, x: velocity(x, t.repeat(x.shape[0]))  # noqa: E731
+    grid = torch.linspace(1.0, -0.5, 9, dtype=torch.float64)
+    ours = odeint(f, x0, method=method, steps=8, t0=1.0, t1=-0.5, return_path=True, convention="tx")
+    assert torch.equal(ours.path, torchdiffeq.odeint(f, x0, grid, method=method))
+
+
+def test_rk4_is_the_classical_method_and_dopri5_agrees_with_torchdiffeqs():
+    seen = []
+    odeint(lambda x, t: seen.append(t[0].item()) or -x, torch.ones(1, 1), method="rk4", steps=1, t1=2.0)
+    assert seen == [0.0, 1.0, 1.0, 2.0]  # not torchdiffeq's 3/8 rule (stage times 0, 2/3, 4/3, 2)
+    velocity, x0, exact = linear_problem(seed=10)
+    ours = odeint(velocity, x0, method="dopri5", rtol=1e-9, atol=1e-9).x
+    span = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    theirs = torchdiffeq.odeint(lambda t, x: velocity(x, t.repeat(x.shape[0])), x0, span, method="dopri5",
+                                rtol=1e-9, atol=1e-9)[-1]
+    assert (ours - exact(x0, 0.0, 1.0)).abs().max().item() < 1e-8
+    assert (ours - theirs).abs().max().item() < 1e-8

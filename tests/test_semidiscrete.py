@@ -205,7 +205,7 @@ def test_interrupted_fit_resumes_to_the_same_potential(tmp_path, monkeypatch, qu
     gen = torch.Generator().manual_seed(9)
     data = torch.randn(300, 4, generator=gen)
     interrupt_at = {"call": None, "n": 0}
-    noise = ot_flow.SemidiscreteSampler._noise
+    noise = ot_flow.SemidiscreteSampler._frame_noise
 
     def interrupting_noise(self, n, generator=None):
         out = noise(self, n, generator)  # drawn first: the interrupted step must roll it back
@@ -214,7 +214,7 @@ def test_interrupted_fit_resumes_to_the_same_potential(tmp_path, monkeypatch, qu
             raise KeyboardInterrupt
         return out
 
-    monkeypatch.setattr(ot_flow.SemidiscreteSampler, "_noise", interrupting_noise)
+    monkeypatch.setattr(ot_flow.SemidiscreteSampler, "_frame_noise", interrupting_noise)
 
     def sampler(interrupt_call=None):
         interrupt_at.update(call=interrupt_call, n=0)
@@ -291,7 +291,7 @@ def test_quasi_random_choice():
     old["generator"] = old.pop("noise")[0]
     loaded = ot_flow.SemidiscreteSampler(data, quasi_random=False)
     loaded.load_state_dict(old)
-    assert torch.equal(loaded._generator.get_state(), iid._generator.get_state()) and loaded.step == 3
+    assert torch.equal(loaded.state_dict()["noise"][0], iid.state_dict()["noise"][0]) and loaded.step == 3
 
 
 def test_chi2_checks_default_to_a_tenth_of_the_fit():

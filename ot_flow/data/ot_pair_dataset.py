@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, IterableDataset, default_collate, get_work
 
 from ot_flow.distributed import derived_seed, rank_and_world
 from ot_flow.samplers.ot_sampler import OTSampler
+from ot_flow.solvers import validation
 
 __all__ = ["OTPairDataset"]
 
@@ -67,11 +68,9 @@ class OTPairDataset(IterableDataset):
         if not (source is None or callable(source) or isinstance(source, (torch.Tensor, Dataset))):
             raise ValueError("argument 'source' must be None, a callable (n, generator) -> Tensor, "
                              f"a tensor or a map-style Dataset, got {type(source).__name__}")
-        for name, value in (("coupling_size", coupling_size), ("batch_size", batch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"argument '{name}' must be an int >= 1, got {value!r}")
-        if rounds is not None and (not isinstance(rounds, int) or rounds < 1):
-            raise ValueError(f"argument 'rounds' must be None or an int >= 1, got {rounds!r}")
+        validation.integer("coupling_size", coupling_size, 1)
+        validation.integer("batch_size", batch_size, 1)
+        validation.integer("rounds", rounds, 1, optional=True)
         if len(target) == 0:
             raise ValueError("argument 'target' is empty")
         self.rank, self.world_size = rank_and_world(rank, world_size)

@@ -12,7 +12,9 @@ import math
 
 import torch
 
-from ot_flow.flow.ode import check_batch, check_callable, check_int, check_number, check_output, odeint
+from ot_flow.flow.checks import (check_batch, check_callable, check_choice, check_int, check_number, check_output,
+                                 check_points)
+from ot_flow.flow.ode import odeint
 from ot_flow.solvers import validation
 from ot_flow.solvers.divergence import sinkhorn_divergence
 
@@ -83,8 +85,7 @@ def reconstruction_error(velocity, x0, true_map, *, steps=50, method="euler", rt
 def _probes(estimator, probes, x, generator):
     """None for the exact trace; else Rademacher probes (probes, B, d), drawn once so that a
     likelihood integrates one smooth ODE instead of fresh noise at every stage."""
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"argument 'estimator' must be one of {ESTIMATORS}, got {estimator!r}")
+    check_choice("estimator", estimator, ESTIMATORS)
     check_int("probes", probes, 1)
     if estimator == "exact":
         return None
@@ -190,9 +191,7 @@ def standard_normal_log_prob(x):
 
 
 def _points(name, x):
-    if not isinstance(x, torch.Tensor) or x.dim() < 2:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"argument '{name}' must be a tensor of points (n, *event_shape), got {shape}")
+    check_points(name, x)
     return _flat(x)
 
 

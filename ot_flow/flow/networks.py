@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ot_flow.flow.checks import check_int
+
 __all__ = ["FourierTimeFeatures", "VelocityMLP", "VelocityUNet", "make_velocity_model"]
 
 
@@ -19,8 +21,7 @@ class FourierTimeFeatures(nn.Module):
 
     def __init__(self, num_frequencies):
         super().__init__()
-        if not isinstance(num_frequencies, int) or num_frequencies < 1:
-            raise ValueError(f"argument 'num_frequencies' must be an int >= 1, got {num_frequencies!r}")
+        check_int("num_frequencies", num_frequencies, 1)
         self.register_buffer("frequencies", math.pi * torch.arange(1, num_frequencies + 1, dtype=torch.float32))
         self.out_features = 2 * num_frequencies + 1
 
@@ -44,9 +45,8 @@ class VelocityMLP(nn.Module):
         super().__init__()
         self.shape = _event_shape(shape)
         dim = math.prod(self.shape)
-        for name, value in (("width", width), ("depth", depth)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"argument '{name}' must be an int >= 1, got {value!r}")
+        check_int("width", width, 1)
+        check_int("depth", depth, 1)
         self.time = FourierTimeFeatures(time_frequencies or max(1, dim // 8))
         layers, features = [], dim + self.time.out_features
         for _ in range(depth):
@@ -90,8 +90,7 @@ class VelocityUNet(nn.Module):
         self.shape = _event_shape(shape)
         if len(self.shape) != 3 or self.shape[1] % 2 or self.shape[2] % 2:
             raise ValueError(f"argument 'shape' must be (C, H, W) with even H and W for the UNet, got {self.shape}")
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"argument 'channels' must be an int >= 1, got {channels!r}")
+        check_int("channels", channels, 1)
         c_in, c = self.shape[0], channels
         self.time = FourierTimeFeatures(time_frequencies)
         time_dim = 4 * c

@@ -6,7 +6,8 @@ batches an uninterrupted one would have seen.
 * ``OTPairs``: one Sinkhorn coupling of ``coupling_size`` points per side per round, served as
   many minibatches (OT-FM, seed paper 002) through :class:`ot_flow.data.OTPairDataset`.
 * ``SemidiscretePairs``: fresh noise paired with the data set by a fitted
-  :class:`ot_flow.SemidiscreteSampler` (SD-FM, seeds 001/003).
+  :class:`ot_flow.SemidiscreteSampler` (SD-FM, seeds 001/003) through
+  :class:`ot_flow.data.SemidiscretePairDataset`.
 
 Each stream counts the seconds it spends pairing, so that runs can report the coupling's cost
 per pair beside the quality it buys.
@@ -17,7 +18,9 @@ import time
 import torch
 
 from ot_flow.data.ot_pair_dataset import OTPairDataset
+from ot_flow.data.semidiscrete_pair_dataset import SemidiscretePairDataset
 from ot_flow.distributed import derived_seed
+from ot_flow.flow.checks import check_data, check_int, check_source
 from ot_flow.samplers.ot_sampler import OTSampler
 from ot_flow.samplers.semidiscrete_sampler import SemidiscreteSampler
 
@@ -34,8 +37,7 @@ class PairStream:
     """
 
     def __init__(self, batch_size, seed):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"argument 'batch_size' must be an int >= 1, got {batch_size!r}")
+        check_int("batch_size", batch_size, 1)
         self.batch_size, self.seed = batch_size, int(seed)
         self.pairing_seconds, self.setup_seconds, self.pairs = 0.0, 0.0, 0
 
@@ -49,16 +51,6 @@ class PairStream:
     def describe(self):
         """A short dict of what this coupling is, for tables and logs."""
         return {"coupling": type(self).__name__}
-
-
-def check_source(source):
-    if not callable(source):
-        raise ValueError(f"argument 'source' must be a callable (n, generator) -> Tensor, got {type(source).__name__}")
-
-
-def check_data(data):
-    if not isinstance(data, torch.Tensor) or data.dim() < 2 or data.shape[0] == 0 or not data.is_floating_point():
-        raise ValueError("argument 'data' must be a non-empty floating-point tensor (N, ...) of points")
 
 
 class IndependentPairs(PairStream):
@@ -134,8 +126,9 @@ class OTPairs(PairStream):
 
 
 class SemidiscretePairs(PairStream):
-    """SD-FM: each minibatch of fresh noise is paired with the data set by ``sampler.pair``
-    (one MIPS, or a Gumbel draw when the sampler's eps > 0). The sampler must be fitted;
+    """SD-FM: each minibatch of fresh noise from ``source`` is paired with the data set by a
+    fitted ``sampler`` (one MIPS, or a Gumbel draw when its eps > 0), through
+    :class:`ot_flow.data.SemidiscretePairDataset`: step k is the dataset's batch k.
     ``setup_seconds`` is where the caller records the fit."""
 
     def __init__(self, source, sampler, batch_size, seed=0, setup_seconds=0.0):
@@ -143,18 +136,17 @@ class SemidiscretePairs(PairStream):
         check_source(source)
         if not isinstance(sampler, SemidiscreteSampler):
             raise ValueError(f"argument 'sampler' must be an ot_flow.SemidiscreteSampler, got {type(sampler).__name__}")
-        if not sampler.fitted:  # one rule, the sampler's own (a loaded or a set potential counts)
-            raise ValueError("argument 'sampler' has not been fitted: call sampler.fit(...) first")
-        self.source, self.sampler, self.setup_seconds = source, sampler, float(setup_seconds)
+        if sampler.conditional:
+            raise ValueError("argument 'sampler' has class labels: its pairs need the noise's labels, which this "
+                             "stream of (x0, x1) does not draw; use SemidiscretePairDataset")
+        self.sampler, self.setup_seconds = sampler, float(setup_seconds)
+        self.dataset = SemidiscretePairDataset(sampler, batch_size, seed=seed, source=source)
 
     def batches(self, start_step=0):
         step = start_step
-        data = self.sampler.data
         while True:
-            gen = torch.Generator().manual_seed(derived_seed(self.seed, step))
-            x0 = self.source(self.batch_size, gen).to(data.dtype)
             start = time.perf_counter()
-            x0, x1 = self.sampler.pair(x0, generator=gen)
+            x0, x1 = self.dataset.batch(step)
             self.pairing_seconds += time.perf_counter() - start
             self.pairs += self.batch_size
             yield x0, x1

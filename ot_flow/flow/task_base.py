@@ -11,6 +11,8 @@ import math
 import numpy as np
 import torch
 
+from ot_flow.flow.checks import check_int
+
 __all__ = ["Task"]
 
 # One independent random stream per purpose, so that e.g. changing num_train does not move the test set.
@@ -25,9 +27,7 @@ def _generator(seed, stream):
 
 
 def _count(name, value, minimum=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"argument '{name}' must be an int >= {minimum}, got {value!r}")
-    return value
+    return check_int(name, value, minimum)
 
 
 def _check_generator(generator):

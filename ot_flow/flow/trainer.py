@@ -8,17 +8,17 @@ coupling only decides which x1 goes with which x0: independent (I-FM), a Sinkhor
 matching on (x, t, v) triples (NSGF's pool of Sinkhorn-flow velocities) and the prediction of t
 from x_t (NSGF++'s phase-transition time).
 
-AdamW, an exponential moving average of the weights (what is evaluated), gradient clipping,
-a warm-up then constant or cosine learning rate, a progress bar, metrics to CSV (and to
-TensorBoard when it is installed), and checkpoints: a run resumed from its checkpoint ends with
-the same weights as an uninterrupted one, because the batches and the times t are functions of
-(seed, step) alone. A checkpoint is never overwritten silently: ``train(checkpoint=path)`` resumes
+AdamW, an exponential moving average of the weights (what is evaluated; torch.optim.swa_utils),
+gradient clipping, a warm-up then constant or cosine learning rate (torch.optim.lr_scheduler), a
+progress bar, metrics to CSV (and to TensorBoard when it is installed), and checkpoints: a run
+resumed from its checkpoint ends with the same weights as an uninterrupted one, because the
+batches and the times t are functions of (seed, step) alone. A checkpoint is never overwritten silently: ``train(checkpoint=path)`` resumes
 the run that ``path`` holds, refuses one of another recipe, and replaces it only when told to.
 """
 
-import copy
 import csv
 import errno
+import functools
 import math
 import os
 import pickle
@@ -26,9 +26,12 @@ import sys
 import time
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ot_flow.distributed import derived_seed
+from ot_flow.flow.checks import check_choice, check_int, check_module, check_number
 from ot_flow.flow.pair_streams import PairStream
 
 __all__ = ["FlowMatchingTrainer", "OBJECTIVES", "CheckpointError", "load_checkpoint", "save_checkpoint"]
@@ -118,31 +121,31 @@ class FlowMatchingTrainer:
 
     def __init__(self, model, pairs, *, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), ema=0.999, grad_clip=1.0,
                  warmup_steps=0, schedule="constant", device=None, seed=0, log_dir=None, objective="flow_matching"):
-        if not isinstance(model, torch.nn.Module):
-            raise ValueError(f"argument 'model' must be a torch.nn.Module, got {type(model).__name__}")
+        check_module("model", model)
         if not isinstance(pairs, PairStream) and not hasattr(pairs, "__iter__"):
             raise ValueError(f"argument 'pairs' must be a PairStream or an iterable of (x0, x1), got {type(pairs).__name__}")
-        if not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
-            raise ValueError(f"argument 'lr' must be > 0 and finite, got {lr!r}")
-        if not isinstance(weight_decay, (int, float)) or not 0 <= weight_decay < math.inf:
-            raise ValueError(f"argument 'weight_decay' must be >= 0 and finite, got {weight_decay!r}")
-        if not isinstance(ema, (int, float)) or not 0 <= ema < 1:
-            raise ValueError(f"argument 'ema' must lie in [0, 1), got {ema!r}")
-        if grad_clip is not None and not 0 < grad_clip < math.inf:
-            raise ValueError(f"argument 'grad_clip' must be None or > 0 and finite, got {grad_clip!r}")
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"argument 'seed' must be an int >= 0, got {seed!r}")
-        if not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"argument 'warmup_steps' must be an int >= 0, got {warmup_steps!r}")
-        if schedule not in _SCHEDULES:
-            raise ValueError(f"argument 'schedule' must be one of {_SCHEDULES}, got {schedule!r}")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"argument 'objective' must be one of {tuple(OBJECTIVES)}, got {objective!r}")
+        check_number("lr", lr, above=0)
+        check_number("weight_decay", weight_decay, at_least=0)
+        check_number("ema", ema, at_least=0, below=1)
+        if grad_clip is not None:
+            check_number("grad_clip", grad_clip, above=0)
+        check_int("seed", seed, 0)
+        check_int("warmup_steps", warmup_steps, 0)
+        check_choice("schedule", schedule, _SCHEDULES)
+        check_choice("objective", objective, OBJECTIVES)
         self.objective = objective
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device)
-        self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if ema else None
         self.ema_decay = float(ema)
+        self._ema = None
+        if ema:
+            # use_buffers=False: buffers (BatchNorm statistics) are copied from the model, not averaged.
+            self._ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay),
+                                      use_buffers=False).requires_grad_(False)
+            # Its first update copies the weights instead of averaging; spent here, on the initial
+            # weights, the average starts from them and every training step is an EMA step.
+            self._ema.update_parameters(self.model)
+        self._scheduler = None
         self.pairs = pairs
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
         self.base_lr, self.grad_clip, self.warmup_steps, self.schedule = float(lr), grad_clip, warmup_steps, schedule
@@ -156,6 +159,11 @@ class FlowMatchingTrainer:
         self._writer = None
         self._num_steps = None       # the length of the run being trained (its schedule's)
         self._own_checkpoint = None  # the file this trainer last saved or loaded: its own to replace
+
+    @property
+    def ema_model(self):
+        """The moving average of the weights (a copy of the model), or None without one."""
+        return None if self._ema is None else self._ema.module
 
     @property
     def velocity(self):
@@ -176,15 +184,14 @@ class FlowMatchingTrainer:
         run with new settings on purpose, :meth:`load` it first.
         ``overwrite``: train from this trainer's own state and replace the file.
         """
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"argument 'num_steps' must be an int >= 1, got {num_steps!r}")
-        if not isinstance(log_every, int) or log_every < 1:
-            raise ValueError(f"argument 'log_every' must be an int >= 1, got {log_every!r}")
+        check_int("num_steps", num_steps, 1)
+        check_int("log_every", log_every, 1)
         if checkpoint and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
             raise ValueError("argument 'checkpoint_every' must be an int >= 1 when 'checkpoint' is given")
         if checkpoint and not overwrite:
             self._resume_from(checkpoint, num_steps, progress)
         self._num_steps = num_steps
+        self._start_schedule(num_steps)
         if self._stream is None:
             self._stream = iter(self.pairs.batches(self.step) if isinstance(self.pairs, PairStream) else self.pairs)
         self.model.train()
@@ -196,7 +203,7 @@ class FlowMatchingTrainer:
             while self.step < num_steps:
                 start = time.perf_counter()
                 batch = [t.to(self.device) for t in next(self._stream)]
-                loss, grad_norm = self._train_step(batch, num_steps)
+                loss, grad_norm, lr = self._train_step(batch)
                 self.train_seconds += time.perf_counter() - start
                 self.step += 1
                 loss_sum, loss_count = loss_sum + loss, loss_count + 1
@@ -210,7 +217,7 @@ class FlowMatchingTrainer:
                                            "lower 'lr' or set 'grad_clip'")
                 if log:
                     self._log({"step": self.step, "loss": mean_loss, "grad_norm": float(grad_norm),
-                               "lr": self.optimizer.param_groups[0]["lr"], "seconds": self.train_seconds,
+                               "lr": lr, "seconds": self.train_seconds,
                                "pairing_seconds": getattr(self.pairs, "pairing_seconds", 0.0)})
                     bar.set_postfix(loss=f"{mean_loss:.4f}")
                     loss_sum, loss_count = 0.0, 0
@@ -260,30 +267,44 @@ class FlowMatchingTrainer:
             found.append(f"a cosine schedule over {state['num_steps']} steps there, {num_steps} here")
         return found
 
-    def _train_step(self, batch, num_steps):
-        """One optimiser step; returns the loss and the gradient norm as device tensors."""
+    def _train_step(self, batch):
+        """One optimiser step; returns the loss and the gradient norm as device tensors, and the
+        learning rate of the step."""
         gen = torch.Generator().manual_seed(derived_seed(self.seed, self.step, 7))
         loss = OBJECTIVES[self.objective](self.model, batch, gen, self.device)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._lr_at(self.step, num_steps)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip else math.inf)
+        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
-        if self.ema_model is not None:
-            with torch.no_grad():
-                for p_ema, p in zip(self.ema_model.parameters(), self.model.parameters()):
-                    p_ema.lerp_(p, 1 - self.ema_decay)
-                for b_ema, b in zip(self.ema_model.buffers(), self.model.buffers()):
-                    b_ema.copy_(b)
-        return loss.detach().double(), norm
+        self._scheduler.step()
+        if self._ema is not None:
+            self._ema.update_parameters(self.model)
+        return loss.detach().double(), norm, lr
 
-    def _lr_at(self, step, num_steps):
+    def _start_schedule(self, num_steps):
+        """The learning rates of a run of ``num_steps`` from ``self.step`` on.
+
+        A LambdaLR of `_lr_scale`, made at each train() since a cosine schedule depends on the
+        run's length. Its position is ``self.step``, so checkpoints keep no scheduler state, and
+        those written before the trainer had schedulers load as they are. Its base rate is this
+        trainer's ``lr``, whatever a loaded optimizer brings ('initial_lr', or none in older files).
+        """
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.base_lr
+        self._scheduler = LambdaLR(self.optimizer, functools.partial(self._lr_scale, num_steps=num_steps),
+                                   last_epoch=self.step - 1)
+
+    def _lr_scale(self, step, num_steps):
+        """Factor of ``lr`` at (0-based) ``step``: a linear warm-up over ``warmup_steps`` times,
+        for "cosine", a half cosine to 0 at ``num_steps``. Both at once during the warm-up, hence
+        one LambdaLR rather than SequentialLR(LinearLR, CosineAnnealingLR), whose recursive
+        cosine would not give these rates to the bit either."""
         scale = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         if self.schedule == "cosine":
             scale *= 0.5 * (1 + math.cos(math.pi * min(step / num_steps, 1.0)))
-        return self.base_lr * scale
+        return scale
 
     def _log(self, row):
         self.history.append(row)

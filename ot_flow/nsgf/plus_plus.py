@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from ot_flow.flow.checks import check_int
 from ot_flow.flow.ode import odeint
 
 __all__ = ["TimePredictor", "NSGFPlusPlus"]
@@ -47,8 +48,7 @@ class NSGFPlusPlus(nn.Module):
 
     def __init__(self, nsgf, straight, predictor, nsgf_steps):
         super().__init__()
-        if not isinstance(nsgf_steps, int) or not 1 <= nsgf_steps:
-            raise ValueError(f"argument 'nsgf_steps' must be an int >= 1, got {nsgf_steps!r}")
+        check_int("nsgf_steps", nsgf_steps, 1)
         self.nsgf, self.straight, self.predictor, self.nsgf_steps = nsgf, straight, predictor, nsgf_steps
 
     @torch.no_grad()
@@ -56,8 +56,7 @@ class NSGFPlusPlus(nn.Module):
         """(x, nfe): samples from noise x0 with ``straight_steps`` Euler steps of the straight flow
         after the NSGF phase; nfe counts the velocity evaluations of both phases (the predictor's
         single call is counted as one)."""
-        if not isinstance(straight_steps, int) or straight_steps < 1:
-            raise ValueError(f"argument 'straight_steps' must be an int >= 1, got {straight_steps!r}")
+        check_int("straight_steps", straight_steps, 1)
         x = odeint(self.nsgf, x0, method="euler", steps=self.nsgf_steps).x
         t0 = self.predictor(x).clamp(0.0, 1.0)
         # Each particle continues from its own predicted time: Euler on the straight flow with

@@ -14,7 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ot_flow.distributed import derived_seed
-from ot_flow.flow.pair_streams import PairStream, check_data, check_source
+from ot_flow.flow.checks import check_data, check_int, check_source
+from ot_flow.flow.pair_streams import PairStream
 from ot_flow.solvers.flow_velocity import sinkhorn_flow_velocity
 
 __all__ = ["SinkhornFlowPool"]
@@ -42,8 +43,7 @@ class SinkhornFlowPool(PairStream):
         check_source(source)
         check_data(data)
         for name, value in (("num_steps", num_steps), ("particles", particles), ("trajectories", trajectories)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"argument '{name}' must be an int >= 1, got {value!r}")
+            check_int(name, value, 1)
         if not isinstance(step_size, (int, float)) or not step_size > 0:
             raise ValueError(f"argument 'step_size' must be > 0, got {step_size!r}")
         self.num_steps, self.step_size, self.eps = num_steps, float(step_size), float(eps)

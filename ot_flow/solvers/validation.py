@@ -103,10 +103,14 @@ def shard_weights(name, w, points, process_group):
     return w / total
 
 
-def integer(name, value, low):
-    """An int >= low (bools refused: True is not a count)."""
+def integer(name, value, low, optional=False):
+    """An int >= low (bools refused: True is not a count); None too when ``optional``. The one
+    check of counts and sizes for every floor from the solvers up."""
+    if optional and value is None:
+        return None
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"argument '{name}' must be an int >= {low}, got {value!r}")
+        either = "None or " if optional else ""
+        raise ValueError(f"argument '{name}' must be {either}an int >= {low}, got {value!r}")
     return value
 
 
