@@ -62,12 +62,12 @@ def run(batch, n, d, reps):
     x, y = problems(batch, n, d)
 
     def separate(cache):
-        res = [ot_flow.sinkhorn(x[k], y[k], eps=EPS, tol=TOL, cost_cache=cache) for k in range(batch)]
+        res = [ot_flow.sinkhorn(x[k], y[k], eps=EPS, tol=TOL, cost_cache=cache, progress=False) for k in range(batch)]
         js = [r.sample(torch.Generator().manual_seed(0)) for r in res]
         return sum(r.n_iter for r in res), js, res[0].path
 
     def batched():
-        res = ot_flow.sinkhorn(x, y, eps=EPS, tol=TOL)
+        res = ot_flow.sinkhorn(x, y, eps=EPS, tol=TOL, progress=False)
         j = res.sample(torch.Generator().manual_seed(0))
         return int(res.n_iter.sum()), list(j), "streamed"
 
