@@ -140,6 +140,30 @@ def test_bitwise_the_same_for_one_to_four_threads(n, m, d):
             assert torch.equal(a, b), f"output {k} differs between 1 and {t} threads"
 
 
+@pytest.mark.parametrize("batch,n,m,d", [(3, 128, 100, 300), (2, 7, 512, 64), (1, 300, 1031, 17)])
+def test_batched_bitwise_the_same_for_one_to_four_threads(batch, n, m, d):
+    """Batched calls (the batch is the outer task dimension) are thread-invariant too."""
+    g = torch.Generator().manual_seed(batch + n + m + d)
+    x, y, h = torch.randn(batch, n, d, generator=g), torch.randn(batch, m, d, generator=g), torch.randn(batch, m, generator=g)
+    scales = [0.1 * (k + 1) for k in range(batch)]
+
+    def run():
+        return [OPS.lse(x, y, h, scales), *OPS.barycentric(x, y, h, scales),
+                *OPS.gumbel_argmax(x, y, h, scales, seed=list(range(batch)), return_value=True)]
+
+    threads = torch.get_num_threads()
+    try:
+        results = {}
+        for t in (1, 2, 3, 4):
+            torch.set_num_threads(t)
+            results[t] = run()
+    finally:
+        torch.set_num_threads(threads)
+    for t in (2, 3, 4):
+        for k, (a, b) in enumerate(zip(results[1], results[t])):
+            assert torch.equal(a, b), f"batched output {k} differs between 1 and {t} threads"
+
+
 # --- Gradients of any order ------------------------------------------------------------------
 # lse's backward is built from barycentric, which had no autograd: a gradient penalty
 # (create_graph=True) silently missed every term through it.

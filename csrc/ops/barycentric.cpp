@@ -11,29 +11,42 @@
 namespace ot_flow {
 namespace {
 
-// Validates the arguments; returns contiguous (x, y, h, values), h = zeros and values = y
-// when absent.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prepare_barycentric_args(
-    const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
-    const std::optional<at::Tensor>& values) {
-  constexpr const char* op = "ot_flow.barycentric";
-  if (values.has_value()) check_same_device(op, "values", *values, "x", x);
-  auto [xc, yc, hc] = prepare_lse_args(x, y, h, scale, op);
-  if (!values.has_value()) return {xc, yc, hc, yc};
-  const at::Tensor& v = *values;
-  TORCH_CHECK_VALUE(v.dim() == 2 && v.size(0) == y.size(0) && v.size(1) > 0, op,
-                    ": argument 'values' must be a 2-D tensor (m, k) with m = ", y.size(0),
-                    " and k >= 1, got shape ", v.sizes());
+constexpr const char* kOp = "ot_flow.barycentric";
+
+// Checks `values` against points x (batched: a leading problem dimension on both) and y with
+// m = y's number of points; returns it contiguous.
+at::Tensor checked_values(const at::Tensor& v, const at::Tensor& x, int64_t m, bool batched) {
+  const char* op = kOp;
+  if (batched) {
+    TORCH_CHECK_VALUE(v.dim() == 3 && v.size(0) == x.size(0) && v.size(1) == m && v.size(2) > 0, op,
+                      ": argument 'values' of a batched call must be a 3-D tensor (B, m, k) with B = ", x.size(0),
+                      ", m = ", m, " and k >= 1, got shape ", v.sizes());
+  } else {
+    TORCH_CHECK_VALUE(v.dim() == 2 && v.size(0) == m && v.size(1) > 0, op,
+                      ": argument 'values' must be a 2-D tensor (m, k) with m = ", m,
+                      " and k >= 1, got shape ", v.sizes());
+  }
   TORCH_CHECK_VALUE(v.scalar_type() == x.scalar_type(), op, ": argument 'values' must have the points' dtype ",
                     x.scalar_type(), ", got ", v.scalar_type());
   const double v_max = at::linalg_vector_norm(v, INFINITY).item<double>();
   TORCH_CHECK_VALUE(std::isfinite(v_max), op, ": argument 'values' contains NaN or Inf");
   // The kernels accumulate sum_j w_ij values_j with weights w_ij <= 1 before normalising.
   const double limit = overflow_ceiling(v.scalar_type());
-  TORCH_CHECK_VALUE(static_cast<double>(y.size(0)) * v_max <= limit, op, ": argument 'values' is too large: ",
-                    "m * max|values| = ", static_cast<double>(y.size(0)) * v_max, " is above half the largest ",
+  TORCH_CHECK_VALUE(static_cast<double>(m) * v_max <= limit, op, ": argument 'values' is too large: ",
+                    "m * max|values| = ", static_cast<double>(m) * v_max, " is above half the largest ",
                     float_name(v.scalar_type()), " (", limit, "), so its weighted sums can overflow; pass float64 or rescale it");
-  return {xc, yc, hc, v.contiguous()};
+  return batched ? problems_contiguous(v) : v.contiguous();
+}
+
+// Validates the arguments; returns contiguous (x, y, h, values), h = zeros and values = y
+// when absent.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prepare_barycentric_args(
+    const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
+    const std::optional<at::Tensor>& values) {
+  if (values.has_value()) check_same_device(kOp, "values", *values, "x", x);
+  auto [xc, yc, hc] = prepare_lse_args(x, y, h, scale, kOp);
+  if (!values.has_value()) return {xc, yc, hc, yc};
+  return {xc, yc, hc, checked_values(*values, x, y.size(0), false)};
 }
 
 }  // namespace
@@ -41,23 +54,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> prepare_barycentric_a
 std::tuple<at::Tensor, at::Tensor> run_barycentric(const at::Tensor& x, const at::Tensor& y,
                                                    const std::optional<at::Tensor>& h, double scale,
                                                    const std::optional<at::Tensor>& values,
-                                                   BarycentricKernel kernel) {
-  auto [xc, yc, hc, vc] = prepare_barycentric_args(x, y, h, scale, values);
-  return kernel(xc, yc, hc, scale, vc);
+                                                   const std::optional<c10::ArrayRef<double>>& scales,
+                                                   BarycentricKernel kernel, BarycentricBatchedKernel batched) {
+  if (!is_batched(x, y)) {
+    refuse_scales_unbatched(kOp, scales);
+    auto [xc, yc, hc, vc] = prepare_barycentric_args(x, y, h, scale, values);
+    return kernel(xc, yc, hc, scale, vc);
+  }
+  if (values.has_value()) check_same_device(kOp, "values", *values, "x", x);
+  const BatchedLseArgs args = prepare_batched_lse_args(x, y, h, scale, scales, kOp);
+  const at::Tensor vc = values.has_value() ? checked_values(*values, x, y.size(1), true) : args.y;
+  if (batched != nullptr) return batched(args.x, args.y, args.h, args.scales, vc);
+  const int64_t count = args.x.size(0), n = args.x.size(1);
+  at::Tensor out = at::empty({count, n, vc.size(2)}, args.x.options());
+  at::Tensor lse = at::empty({count, n}, args.x.options());
+  for (int64_t b = 0; b < count; ++b) {
+    auto [out_b, lse_b] = kernel(args.x[b], args.y[b], args.h[b], args.scales[b], vc[b]);
+    out[b].copy_(out_b);
+    lse[b].copy_(lse_b);
+  }
+  return {out, lse};
 }
 
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> barycentric_cpu(const at::Tensor& x, const at::Tensor& y,
                                                    const std::optional<at::Tensor>& h, double scale,
-                                                   const std::optional<at::Tensor>& values) {
-  return run_barycentric(x, y, h, scale, values, &barycentric_cpu_kernel);
+                                                   const std::optional<at::Tensor>& values,
+                                                   std::optional<c10::ArrayRef<double>> scales) {
+  return run_barycentric(x, y, h, scale, values, scales, &barycentric_cpu_kernel, &barycentric_cpu_batched_kernel);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
-  m.def("barycentric(Tensor x, Tensor y, Tensor? h=None, float scale=1.0, Tensor? values=None) -> (Tensor, Tensor)");
+  m.def(
+      "barycentric(Tensor x, Tensor y, Tensor? h=None, float scale=1.0, Tensor? values=None, "
+      "float[]? scales=None) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(ot_flow, CPU, m) { m.impl("barycentric", &barycentric_cpu); }

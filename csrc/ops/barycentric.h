@@ -5,12 +5,16 @@
 // With values = y this is the barycentric projection (entropic map) of a Sinkhorn coupling;
 // with other values it gives the gradients of lse. Same shape as attention, and like
 // flash attention it never forms the n x m weights.
+//
+// Batched (see lse.h): x (B, n, d), y (B, m, d), h (B, m), values (B, m, k), one scale per
+// problem; out (B, n, k) and lse (B, n), problem b bitwise the 2-D call on it.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace ot_flow {
 
@@ -26,10 +30,21 @@ std::tuple<at::Tensor, at::Tensor> barycentric_cuda_kernel(const at::Tensor& x, 
                                                            const at::Tensor& h, double scale,
                                                            const at::Tensor& values);
 
-// The op for one device: checks, then `kernel`.
+using BarycentricBatchedKernel = std::tuple<at::Tensor, at::Tensor> (*)(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, const std::vector<double>& scales,
+    const at::Tensor& values);
+std::tuple<at::Tensor, at::Tensor> barycentric_cpu_batched_kernel(const at::Tensor& x, const at::Tensor& y,
+                                                                  const at::Tensor& h,
+                                                                  const std::vector<double>& scales,
+                                                                  const at::Tensor& values);
+
+// The op for one device: checks, then `kernel`; batched inputs go to `batched` when given, else
+// to `kernel` once per problem on the current stream (the CUDA fallback, see lse.h).
 std::tuple<at::Tensor, at::Tensor> run_barycentric(const at::Tensor& x, const at::Tensor& y,
                                                    const std::optional<at::Tensor>& h, double scale,
                                                    const std::optional<at::Tensor>& values,
-                                                   BarycentricKernel kernel);
+                                                   const std::optional<c10::ArrayRef<double>>& scales,
+                                                   BarycentricKernel kernel,
+                                                   BarycentricBatchedKernel batched = nullptr);
 
 }  // namespace ot_flow

@@ -44,6 +44,70 @@ void check_finite_scalar(const char* op, const char* name, double value) {
   TORCH_CHECK_VALUE(std::isfinite(value), op, ": argument '", name, "' must be finite, got ", value);
 }
 
+namespace {
+
+// max |entry| of every problem of a (B, ...) tensor, on the host (one synchronisation).
+std::vector<double> per_problem_max_abs(const at::Tensor& t) {
+  const at::Tensor norms = at::linalg_vector_norm(t.reshape({t.size(0), -1}), INFINITY, {1}, false, at::kDouble);
+  const at::Tensor host = norms.to(at::kCPU).contiguous();
+  const double* p = host.const_data_ptr<double>();
+  return std::vector<double>(p, p + host.numel());
+}
+
+}  // namespace
+
+std::vector<double> check_batched_points(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.dim() == 3, op, ": argument '", name,
+                    "' of a batched call must be a 3-D tensor (num_problems, num_points, dim), got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
+                    ": argument '", name, "' must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.size(0) > 0 && t.size(1) > 0 && t.size(2) > 0, op, ": argument '", name,
+                    "' is empty (shape ", t.sizes(), "); a batched call needs at least one problem of at least ",
+                    "one point of dimension >= 1");
+  std::vector<double> max_abs = per_problem_max_abs(t);
+  for (size_t b = 0; b < max_abs.size(); ++b) {
+    TORCH_CHECK_VALUE(std::isfinite(max_abs[b]), op, ": argument '", name, "' contains NaN or Inf (problem ", b, ")");
+  }
+  return max_abs;
+}
+
+std::vector<double> check_batched_log_weights(const char* op, const char* name, const at::Tensor& t,
+                                              int64_t batch, int64_t size, const at::Tensor& like) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == batch && t.size(1) == size, op, ": argument '", name,
+                    "' of a batched call must be a 2-D tensor (num_problems, ", size, ") = (", batch, ", ", size,
+                    "), got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.scalar_type() == like.scalar_type(), op, ": argument '", name,
+                    "' must have the points' dtype ", like.scalar_type(), ", got ", t.scalar_type());
+  std::vector<double> max_abs = per_problem_max_abs(t.masked_fill(at::isneginf(t), 0));
+  for (size_t b = 0; b < max_abs.size(); ++b) {
+    TORCH_CHECK_VALUE(std::isfinite(max_abs[b]), op, ": argument '", name, "' contains NaN or +Inf (problem ", b,
+                      "; -Inf is allowed and means zero mass)");
+  }
+  return max_abs;
+}
+
+std::vector<double> batched_scales(const char* op, const char* scales_name, double scale,
+                                   const std::optional<c10::ArrayRef<double>>& scales, int64_t batch) {
+  if (!scales.has_value()) {
+    check_finite_scalar(op, "scale", scale);
+    return std::vector<double>(batch, scale);
+  }
+  TORCH_CHECK_VALUE(static_cast<int64_t>(scales->size()) == batch, op, ": argument '", scales_name,
+                    "' must hold one value per problem (", batch, "), got ", scales->size());
+  for (size_t b = 0; b < scales->size(); ++b) {
+    TORCH_CHECK_VALUE(std::isfinite((*scales)[b]), op, ": argument '", scales_name, "' must be finite, got ",
+                      (*scales)[b], " for problem ", b);
+  }
+  return scales->vec();
+}
+
+void check_batched_pair(const char* op, const at::Tensor& x, const at::Tensor& y) {
+  TORCH_CHECK_VALUE(x.dim() == 3 && y.dim() == 3, op, ": arguments 'x' and 'y' must both be batched (3-D: ",
+                    "num_problems, num_points, dim) or both 2-D, got shapes ", x.sizes(), " and ", y.sizes());
+  TORCH_CHECK_VALUE(x.size(0) == y.size(0), op, ": arguments 'x' and 'y' must hold the same number of problems, ",
+                    "got ", x.size(0), " and ", y.size(0), " (shapes ", x.sizes(), " and ", y.sizes(), ")");
+}
+
 const char* float_name(at::ScalarType dtype) { return dtype == at::kFloat ? "float32" : "float64"; }
 
 double overflow_ceiling(at::ScalarType dtype) {

@@ -4,6 +4,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+#include <vector>
+
 namespace ot_flow {
 
 // A point cloud: a 2-D, non-empty float32/float64 tensor with finite entries. Returns
@@ -22,6 +25,20 @@ void check_same_device(const char* op, const char* name, const at::Tensor& t,
                        const char* ref_name, const at::Tensor& ref);
 
 void check_finite_scalar(const char* op, const char* name, double value);
+
+// Batched inputs (B independent problems of equal sizes): the checks above per problem.
+// A (B, num_points, dim) point cloud, B >= 1; returns max |entry| of each problem.
+std::vector<double> check_batched_points(const char* op, const char* name, const at::Tensor& t);
+// A (B, size) tensor of log-weights per problem (rules of check_log_weights); returns the
+// largest finite |entry| of each problem.
+std::vector<double> check_batched_log_weights(const char* op, const char* name, const at::Tensor& t,
+                                              int64_t batch, int64_t size, const at::Tensor& like);
+// The per-problem scales of a batched call: `scales` (B finite values) when given, else
+// `scale` for every problem. `scales_name` names the list in errors.
+std::vector<double> batched_scales(const char* op, const char* scales_name, double scale,
+                                   const std::optional<c10::ArrayRef<double>>& scales, int64_t batch);
+// Raises unless x and y are both batched (3-D) with one B: the shared shape rule of batched calls.
+void check_batched_pair(const char* op, const at::Tensor& x, const at::Tensor& y);
 
 // "float32" or "float64", as users write the dtypes in Python.
 const char* float_name(at::ScalarType dtype);

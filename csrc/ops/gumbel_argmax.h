@@ -7,12 +7,18 @@
 // scale = 1 / eps, index_i is a draw from P(. | i) of a Sinkhorn coupling. The offsets make a
 // shard's draw equal to the same rows and columns of the unsharded one, and the float64 value
 // lets shards of columns be merged exactly: the larger value wins, the lower index on ties.
+//
+// Batched (see lse.h): x (B, n, d), y (B, m, d), h (B, m), one scale and one seed per problem
+// (`scales`, `seeds`: B values each when given, else `scale` and `seed` for all); index and
+// value are (B, n). Problem b draws what the 2-D call on it with seed seeds[b] (the same offsets)
+// draws: the noise is keyed on (seed, offset, row, column) only, not on the problem.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace ot_flow {
 
@@ -33,10 +39,22 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cuda_kernel(const at::Tensor& x
                                                              const at::Tensor& h, double scale,
                                                              const GumbelKey& key);
 
-// The op for one device: checks, then `kernel`.
+using GumbelArgmaxBatchedKernel = std::tuple<at::Tensor, at::Tensor> (*)(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, const std::vector<double>& scales,
+    const std::vector<GumbelKey>& keys);
+std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cpu_batched_kernel(const at::Tensor& x, const at::Tensor& y,
+                                                                    const at::Tensor& h,
+                                                                    const std::vector<double>& scales,
+                                                                    const std::vector<GumbelKey>& keys);
+
+// The op for one device: checks, then `kernel`; batched inputs go to `batched` when given, else
+// to `kernel` once per problem on the current stream (the CUDA fallback, see lse.h).
 std::tuple<at::Tensor, at::Tensor> run_gumbel_argmax(const at::Tensor& x, const at::Tensor& y,
                                                      const std::optional<at::Tensor>& h, double scale,
                                                      int64_t seed, int64_t offset, int64_t row_offset,
-                                                     int64_t col_offset, GumbelArgmaxKernel kernel);
+                                                     int64_t col_offset,
+                                                     const std::optional<c10::ArrayRef<double>>& scales,
+                                                     at::OptionalIntArrayRef seeds, GumbelArgmaxKernel kernel,
+                                                     GumbelArgmaxBatchedKernel batched = nullptr);
 
 }  // namespace ot_flow

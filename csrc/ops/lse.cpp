@@ -32,23 +32,82 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
   return {x.contiguous(), y.contiguous(), bias};
 }
 
+bool is_batched(const at::Tensor& x, const at::Tensor& y) { return x.dim() == 3 || y.dim() == 3; }
+
+at::Tensor problems_contiguous(const at::Tensor& t) {
+  // Each problem t[b] contiguous is all the kernels need; the stride between problems is free,
+  // so a caller may start every problem on its own aligned address (ops/layout.py).
+  int64_t expected = 1;
+  for (int64_t dim = t.dim() - 1; dim >= 1; --dim) {
+    if (t.size(dim) != 1 && t.stride(dim) != expected) return t.contiguous();
+    expected *= t.size(dim);
+  }
+  return t.stride(0) >= expected || t.size(0) == 1 ? t : t.contiguous();
+}
+
+void refuse_scales_unbatched(const char* op, const std::optional<c10::ArrayRef<double>>& scales,
+                             const char* name) {
+  TORCH_CHECK_VALUE(!scales.has_value(), op, ": argument '", name,
+                    "' is for batched inputs (x (B, n, d), y (B, m, d)); a 2-D call takes one scale");
+}
+
+BatchedLseArgs prepare_batched_lse_args(const at::Tensor& x, const at::Tensor& y,
+                                        const std::optional<at::Tensor>& h, double scale,
+                                        const std::optional<c10::ArrayRef<double>>& scales,
+                                        const char* op, const char* h_name) {
+  check_same_device(op, "y", y, "x", x);
+  if (h.has_value()) check_same_device(op, h_name, *h, "x", x);
+  check_batched_pair(op, x, y);
+  const std::vector<double> x_max = check_batched_points(op, "x", x);
+  const std::vector<double> y_max = check_batched_points(op, "y", y);
+  TORCH_CHECK_VALUE(x.scalar_type() == y.scalar_type(), op, ": arguments 'x' and 'y' must have one dtype, got ",
+                    x.scalar_type(), " and ", y.scalar_type());
+  TORCH_CHECK_VALUE(x.size(2) == y.size(2), op, ": arguments 'x' and 'y' must have the same dimension, got x ",
+                    x.sizes(), " and y ", y.sizes());
+  const int64_t batch = x.size(0);
+  std::vector<double> all_scales = batched_scales(op, "scales", scale, scales, batch);
+  at::Tensor bias;
+  std::vector<double> h_max(batch, 0.0);
+  if (h.has_value()) {
+    h_max = check_batched_log_weights(op, h_name, *h, batch, y.size(1), x);
+    bias = problems_contiguous(*h);
+  } else {
+    bias = at::zeros({batch, y.size(1)}, x.options());
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    check_logit_range(op, x.scalar_type(), x.size(2), x_max[b], y_max[b], all_scales[b], h_name, h_max[b]);
+  }
+  return {problems_contiguous(x), problems_contiguous(y), bias, std::move(all_scales)};
+}
+
 at::Tensor run_lse(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
-                   double scale, LseKernel kernel) {
-  auto [xc, yc, hc] = prepare_lse_args(x, y, h, scale);
-  return kernel(xc, yc, hc, scale);
+                   double scale, const std::optional<c10::ArrayRef<double>>& scales, LseKernel kernel,
+                   LseBatchedKernel batched) {
+  if (!is_batched(x, y)) {
+    refuse_scales_unbatched("ot_flow.lse", scales);
+    auto [xc, yc, hc] = prepare_lse_args(x, y, h, scale);
+    return kernel(xc, yc, hc, scale);
+  }
+  const BatchedLseArgs args = prepare_batched_lse_args(x, y, h, scale, scales);
+  if (batched != nullptr) return batched(args.x, args.y, args.h, args.scales);
+  at::Tensor out = at::empty({args.x.size(0), args.x.size(1)}, args.x.options());
+  for (int64_t b = 0; b < args.x.size(0); ++b) {
+    out[b].copy_(kernel(args.x[b], args.y[b], args.h[b], args.scales[b]));
+  }
+  return out;
 }
 
 namespace {
 
 at::Tensor lse_cpu(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
-                   double scale) {
-  return run_lse(x, y, h, scale, &lse_cpu_kernel);
+                   double scale, std::optional<c10::ArrayRef<double>> scales) {
+  return run_lse(x, y, h, scale, scales, &lse_cpu_kernel, &lse_cpu_batched_kernel);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
-  m.def("lse(Tensor x, Tensor y, Tensor? h=None, float scale=1.0) -> Tensor");
+  m.def("lse(Tensor x, Tensor y, Tensor? h=None, float scale=1.0, float[]? scales=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ot_flow, CPU, m) { m.impl("lse", &lse_cpu); }

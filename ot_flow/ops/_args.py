@@ -31,6 +31,33 @@ def integer(op, name, value, low=INT64_MIN, end=INT64_END):
     return result
 
 
+def per_problem(op, name, value, x, kind=None, unused=1.0):
+    """The (scalar, list) pair an op takes for an argument that batched calls may give per
+    problem (``scale`` -> ``scales``, ``eps`` -> ``epsilons``, ``seed`` -> ``seeds``): a scalar
+    stays the scalar (every problem uses it) with the list None; a sequence or 1-D tensor of
+    values, allowed only when ``x`` is batched (3-D), becomes the list (its length is checked
+    by the op against B), and the scalar ``unused``. ``kind(name, v)`` converts one value
+    (default: :func:`real`)."""
+    kind = kind or (lambda n, v: real(op, n, v))
+    many = isinstance(value, (list, tuple)) or isinstance(value, torch.Tensor) and value.dim() == 1
+    if not many:
+        return kind(name, value), None
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"{op}: argument '{name}' holds {len(value)} values (one per problem), which only a "
+                         "batched call (x of shape (B, n, d)) takes; pass one number")
+    if isinstance(value, torch.Tensor):
+        if value.requires_grad:
+            raise ValueError(f"{op}: argument '{name}' must be real numbers, got {_describe(value)}")
+        value = value.detach().cpu().tolist()
+    return unused, [kind(name, v) for v in value]
+
+
+def padded(inputs, defaults):
+    """An autograd ``setup_context``'s ``inputs`` with the trailing arguments that were left at
+    their defaults (and may be missing from it) filled in from ``defaults``."""
+    return tuple(inputs) + tuple(defaults[len(inputs):])
+
+
 def same_device(op, **tensors):
     """Raise unless every tensor given (None skipped) is on the device of the first one.
 
@@ -50,16 +77,33 @@ def same_device(op, **tensors):
             )
 
 
-def streaming_inputs(op, x, y, bias=None, bias_name="h", **others):
+def streaming_inputs(op, x, y, bias=None, bias_name="h", scales=None, **others):
     """The fake kernels' checks of a streaming op's points x (n, d), y (m, d) and column bias
-    (m,): one device (``others`` included), shapes and dtypes. The values cannot be checked on
-    fake tensors; the C++ kernels check them (csrc/ops/checks.cpp)."""
+    (m,), or of a batched call's x (B, n, d), y (B, m, d), bias (B, m) and ``scales`` (None or
+    B values): one device (``others`` included), shapes and dtypes. The values cannot be checked
+    on fake tensors; the C++ kernels check them (csrc/ops/checks.cpp)."""
     same_device(op, x=x, y=y, **{bias_name: bias}, **others)
-    torch._check(x.dim() == 2 and y.dim() == 2, lambda: f"{op}: 'x' and 'y' must be 2-D")
-    torch._check(x.shape[1] == y.shape[1], lambda: f"{op}: 'x' and 'y' must have the same dimension")
+    if x.dim() == 3 or y.dim() == 3:
+        torch._check(x.dim() == 3 and y.dim() == 3, lambda: f"{op}: 'x' and 'y' must both be batched (3-D)")
+        torch._check(x.shape[0] == y.shape[0], lambda: f"{op}: 'x' and 'y' must hold the same number of problems")
+        torch._check(scales is None or len(scales) == x.shape[0],
+                     lambda: f"{op}: 'scales' must hold one value per problem")
+    else:
+        torch._check(x.dim() == 2 and y.dim() == 2, lambda: f"{op}: 'x' and 'y' must be 2-D")
+        torch._check(scales is None, lambda: f"{op}: 'scales' is for batched inputs")
+    torch._check(x.shape[-1] == y.shape[-1], lambda: f"{op}: 'x' and 'y' must have the same dimension")
     torch._check(x.dtype == y.dtype, lambda: f"{op}: 'x' and 'y' must have one dtype")
     if bias is not None:
-        torch._check(bias.shape == (y.shape[0],), lambda: f"{op}: '{bias_name}' must have shape (m,)")
+        torch._check(bias.shape == y.shape[:-1], lambda: f"{op}: '{bias_name}' must have shape (m,) (batched: (B, m))")
+
+
+def scaled(t, scale, scales):
+    """``scale * t``, or with per-problem ``scales`` (batched, t of shape (B, ...)) problem b's
+    rows times scales[b], in t's dtype: the same products as the 2-D ``scale * t`` per problem."""
+    if scales is None:
+        return scale * t
+    s = torch.tensor(scales, dtype=t.dtype, device=t.device)
+    return s.view(-1, *[1] * (t.dim() - 1)) * t
 
 
 def _describe(value):

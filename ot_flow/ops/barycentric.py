@@ -14,22 +14,28 @@ def barycentric(x, y, h=None, scale=1.0, values=None):
     With ``values=None`` (meaning ``y``) and ``h = g / eps + log b``, ``scale = 1 / eps``, this is
     the barycentric projection of a Sinkhorn coupling: ``out_i = sum_j P_ij y_j / sum_j P_ij``.
 
+    Batched: x (B, n, d), y (B, m, d), h (B, m), values (B, m, k) and ``scale`` one number or B
+    numbers (list, tuple or 1-D tensor; the op's ``scales``), as for :func:`ot_flow.ops.lse`;
+    out (B, n, k) and lse (B, n), problem b bitwise the 2-D call on it (CPU).
+
     Returns:
         ``(out, lse)``: (n, k) and (n,) tensors with the dtype and device of ``x``. A row whose
         every bias is ``-inf`` gets ``out = 0`` and ``lse = -inf``.
 
-    Differentiable in ``x``, ``y``, ``h`` and ``values``, to any order (see the autograd below).
+    Differentiable in ``x``, ``y``, ``h`` and ``values``, to any order, batched too (see the
+    autograd below).
     """
-    return torch.ops.ot_flow.barycentric.default(x, y, h, _args.real("ot_flow.barycentric", "scale", scale), values)
+    scale, scales = _args.per_problem("ot_flow.barycentric", "scale", scale, x)
+    return torch.ops.ot_flow.barycentric.default(x, y, h, scale, values, scales)
 
 
 @torch.library.register_fake("ot_flow::barycentric")
-def _barycentric_fake(x, y, h=None, scale=1.0, values=None):
-    _args.streaming_inputs("ot_flow.barycentric", x, y, h, values=values)
-    k = y.shape[1] if values is None else values.shape[1]
+def _barycentric_fake(x, y, h=None, scale=1.0, values=None, scales=None):
+    _args.streaming_inputs("ot_flow.barycentric", x, y, h, scales=scales, values=values)
+    k = y.shape[-1] if values is None else values.shape[-1]
     if values is not None:
-        torch._check(values.shape[0] == y.shape[0], lambda: "ot_flow.barycentric: 'values' must have m rows")
-    return x.new_empty(x.shape[0], k), x.new_empty(x.shape[0])
+        torch._check(values.shape[:-1] == y.shape[:-1], lambda: "ot_flow.barycentric: 'values' must have m rows")
+    return x.new_empty(*x.shape[:-1], k), x.new_empty(x.shape[:-1])
 
 
 # Autograd. With L_ij = scale <x_i, y_j> + h_j, w_ij = exp(L_ij - lse_i), v = values (y when
@@ -41,51 +47,59 @@ def _barycentric_fake(x, y, h=None, scale=1.0, values=None):
 # Every weighted sum is itself a barycentric call (the outer products y_j v_j^T and x_i G_i^T as
 # values, d * k columns), so the backward is differentiable again: double backward through
 # barycentric, lse and softmin is exact, at d times the memory and work of a first-order pass.
+# Batched calls run the same formulas with a leading problem dimension (the ``...`` below) and
+# each problem's own scale (``_args.scaled``); the passes are batched calls.
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, h, scale, values = inputs
+    x, y, h, scale, values, scales = _args.padded(inputs, (None, None, None, 1.0, None, None))
     out, lse = output
-    ctx.scale = scale
+    ctx.scale, ctx.scales, ctx.n_inputs = scale, scales, len(inputs)
     ctx.has_h = h is not None
     ctx.has_values = values is not None
-    ctx.save_for_backward(x, y, h if h is not None else y.new_zeros(y.shape[0]),
+    ctx.save_for_backward(x, y, h if h is not None else y.new_zeros(y.shape[:-1]),
                           values if values is not None else y, out, lse)
 
 
 def _backward(ctx, grad_out, grad_lse):
     x, y, h, v, out, lse = ctx.saved_tensors
-    s = ctx.scale
+    s, ss = ctx.scale, ctx.scales
+    scale = s if ss is None else ss  # what the passes below take as their scale
+
+    def scaled(t):
+        return _args.scaled(t, s, ss)
+
     # needs_input_grad omits trailing arguments left at their defaults (values=None, scale=1.0).
     need_x, need_y, need_h, _, need_v = (*ctx.needs_input_grad, False, False, False)[:5]
     need_h = need_h and ctx.has_h
     need_v = need_v and ctx.has_values
-    (n, d), m, k = x.shape, y.shape[0], v.shape[1]
-    beta = grad_lse - (grad_out * out).sum(1)
+    lead, (n, d), m, k = x.shape[:-2], x.shape[-2:], y.shape[-2], v.shape[-1]
+    beta = grad_lse - (grad_out * out).sum(-1)
     grad_x = grad_y = grad_h = grad_v = None
     if need_x:
-        pairs = (y[:, :, None] * v[:, None, :]).reshape(m, d * k)
-        mean, _ = barycentric(x, y, h, s, torch.cat([pairs, y], 1) if ctx.has_values else pairs)
-        mean_y = mean[:, d * k:] if ctx.has_values else out
-        grad_x = s * (torch.bmm(mean[:, : d * k].view(n, d, k), grad_out[:, :, None])[:, :, 0] + beta[:, None] * mean_y)
+        pairs = (y[..., :, None] * v[..., None, :]).reshape(*lead, m, d * k)
+        mean, _ = barycentric(x, y, h, scale, torch.cat([pairs, y], -1) if ctx.has_values else pairs)
+        mean_y = mean[..., d * k:] if ctx.has_values else out
+        grad_x = scaled(torch.matmul(mean[..., : d * k].reshape(*lead, n, d, k), grad_out[..., None])[..., 0]
+                        + beta[..., None] * mean_y)
     if need_y or need_h or need_v:
         # Column sums sum_i w_ij u_i: a barycentric pass from y's side with bias -lse_i, rescaled
         # by exp(h_j + its own lse_j) (as in lse's backward). Rows without mass carry no weight.
         row_bias = torch.where(torch.isfinite(lse), -lse, torch.full_like(lse, float("-inf")))
-        u = torch.cat([(x[:, :, None] * grad_out[:, None, :]).reshape(n, d * k), beta[:, None] * x,
-                       grad_out, beta[:, None]], 1)
-        mean_u, col_lse = barycentric(y, x, row_bias, s, u)
-        sums = torch.exp(h + col_lse)[:, None] * mean_u
-        xg, bx, wg, wb = sums.split([d * k, d, k, 1], 1)
+        u = torch.cat([(x[..., :, None] * grad_out[..., None, :]).reshape(*lead, n, d * k), beta[..., None] * x,
+                       grad_out, beta[..., None]], -1)
+        mean_u, col_lse = barycentric(y, x, row_bias, scale, u)
+        sums = torch.exp(h + col_lse)[..., None] * mean_u
+        xg, bx, wg, wb = sums.split([d * k, d, k, 1], -1)
         if need_y:
-            grad_y = s * (torch.bmm(xg.view(m, d, k), v[:, :, None])[:, :, 0] + bx)
+            grad_y = scaled(torch.matmul(xg.reshape(*lead, m, d, k), v[..., None])[..., 0] + bx)
             if not ctx.has_values:
                 grad_y = grad_y + wg
         if need_h:
-            grad_h = (wg * v).sum(1) + wb[:, 0]
+            grad_h = (wg * v).sum(-1) + wb[..., 0]
         if need_v:
             grad_v = wg
-    return grad_x, grad_y, grad_h, None, grad_v
+    return (grad_x, grad_y, grad_h, None, grad_v, None)[:ctx.n_inputs]
 
 
 torch.library.register_autograd("ot_flow::barycentric", _backward, setup_context=_setup_context)

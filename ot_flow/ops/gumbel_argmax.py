@@ -44,25 +44,40 @@ def gumbel_argmax(x, y, h=None, scale=1.0, *, generator=None, seed=None, offset=
         return_value: also return the winning perturbed logits (float64), with which draws
             over shards of columns merge exactly (larger value wins, lower index on ties).
 
+    Batched: x (B, n, d), y (B, m, d), h (B, m); ``scale`` one number or B numbers (the op's
+    ``scales``); ``seed`` one integer or B integers (the op's ``seeds``), and with ``seed=None``
+    ``generator`` one generator (one seed drawn, used by every problem) or a sequence of B
+    generators (problem b's seed drawn from generator b). The noise is keyed on (seed, offset,
+    row, column) only, so problem b draws exactly what the 2-D call on (x[b], y[b], h[b]) draws
+    with its seed. Outputs are (B, n).
+
     Returns:
         LongTensor (n,) of column indices (-1 for a row whose every bias is -inf), and with
         ``return_value`` the (n,) float64 values. Neither is differentiable.
     """
     op = "ot_flow.gumbel_argmax"
     if seed is None:
-        seed = seed_from(generator)
+        if isinstance(generator, (list, tuple)):
+            seed = [seed_from(g) for g in generator]
+        else:
+            seed = seed_from(generator)
+    scale, scales = _args.per_problem(op, "scale", scale, x)
+    seed, seeds = _args.per_problem(op, "seed", seed, x, kind=lambda name, v: _args.integer(op, name, v), unused=0)
     index, value = torch.ops.ot_flow.gumbel_argmax.default(
-        x, y, h, _args.real(op, "scale", scale), _args.integer(op, "seed", seed), _args.integer(op, "offset", offset),
-        _args.integer(op, "row_offset", row_offset), _args.integer(op, "col_offset", col_offset)
+        x, y, h, scale, seed, _args.integer(op, "offset", offset),
+        _args.integer(op, "row_offset", row_offset), _args.integer(op, "col_offset", col_offset), scales, seeds
     )
     return (index, value) if return_value else index
 
 
 @torch.library.register_fake("ot_flow::gumbel_argmax")
-def _gumbel_argmax_fake(x, y, h=None, scale=1.0, seed=0, offset=0, row_offset=0, col_offset=0):
-    _args.streaming_inputs("ot_flow.gumbel_argmax", x, y, h)
-    n = x.shape[0]
-    return x.new_empty(n, dtype=torch.long), x.new_empty(n, dtype=torch.float64)
+def _gumbel_argmax_fake(x, y, h=None, scale=1.0, seed=0, offset=0, row_offset=0, col_offset=0, scales=None,
+                        seeds=None):
+    _args.streaming_inputs("ot_flow.gumbel_argmax", x, y, h, scales=scales)
+    torch._check(seeds is None or (x.dim() == 3 and len(seeds) == x.shape[0]),
+                 lambda: "ot_flow.gumbel_argmax: 'seeds' must hold one seed per problem of a batched call")
+    shape = x.shape[:-1]
+    return x.new_empty(shape, dtype=torch.long), x.new_empty(shape, dtype=torch.float64)
 
 
 # The draw is piecewise constant in the inputs and the value a merge key: neither output is
@@ -75,7 +90,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_index, grad_value):
-    return (None,) * 8  # nothing flows back: the outputs are marked non-differentiable
+    return (None,) * 10  # nothing flows back: the outputs are marked non-differentiable
 
 
 torch.library.register_autograd("ot_flow::gumbel_argmax", _backward, setup_context=_setup_context)

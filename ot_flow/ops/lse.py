@@ -11,56 +11,64 @@ def lse(x, y, h=None, scale=1.0):
     """Row log-sum-exp ``out_i = log sum_j exp(scale * <x_i, y_j> + h_j)``, without an n x m matrix.
 
     Args:
-        x: (n, d) float32/float64 points.
-        y: (m, d) points, same dtype and device as ``x``.
-        h: optional (m,) bias; ``-inf`` entries drop their column. Default zeros.
-        scale: the factor ``s`` on the dot products (``1/eps`` in Sinkhorn).
+        x: (n, d) float32/float64 points, or (B, n, d): B independent problems (batched).
+        y: (m, d) points, same dtype and device as ``x``; batched (B, m, d).
+        h: optional (m,) bias (batched (B, m)); ``-inf`` entries drop their column. Default zeros.
+        scale: the factor ``s`` on the dot products (``1/eps`` in Sinkhorn). Batched: one number
+            for every problem, or B numbers (a list, tuple or 1-D tensor), one per problem; the op
+            receives them as its ``scales`` argument (``float[]``, host values).
 
     Returns:
-        (n,) tensor, dtype and device of ``x``. A row whose every bias is ``-inf`` gives ``-inf``.
+        (n,) tensor (batched (B, n)), dtype and device of ``x``. A row whose every bias is
+        ``-inf`` gives ``-inf``. Problem b of a batched call is bitwise the 2-D call on
+        ``(x[b], y[b], h[b], scale[b])`` on the CPU (the batch is the outer task dimension of the
+        tiling); on CUDA the problems run as a loop of 2-D launches on the current stream.
 
-    Differentiable in ``x``, ``y`` and ``h``, to any order: the gradients are softmax-weighted
-    sums, computed by two streaming ``barycentric`` passes, one along rows and one along columns;
-    ``barycentric`` is differentiable itself, so ``create_graph=True`` (a gradient penalty) gives
-    exact second derivatives, at about d times the work and memory of the first-order pass.
+    Differentiable in ``x``, ``y`` and ``h`` (batched too), to any order: the gradients are
+    softmax-weighted sums, computed by two streaming ``barycentric`` passes, one along rows and
+    one along columns; ``barycentric`` is differentiable itself, so ``create_graph=True`` (a
+    gradient penalty) gives exact second derivatives, at about d times the work and memory of
+    the first-order pass.
     """
-    return torch.ops.ot_flow.lse.default(x, y, h, _args.real("ot_flow.lse", "scale", scale))
+    scale, scales = _args.per_problem("ot_flow.lse", "scale", scale, x)
+    return torch.ops.ot_flow.lse.default(x, y, h, scale, scales)
 
 
 @torch.library.register_fake("ot_flow::lse")
-def _lse_fake(x, y, h=None, scale=1.0):
-    _args.streaming_inputs("ot_flow.lse", x, y, h)
-    return x.new_empty(x.shape[0])
+def _lse_fake(x, y, h=None, scale=1.0, scales=None):
+    _args.streaming_inputs("ot_flow.lse", x, y, h, scales=scales)
+    return x.new_empty(x.shape[:-1])
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, h, scale = inputs
-    ctx.scale = scale
+    x, y, h, scale, scales = _args.padded(inputs, (None, None, None, 1.0, None))
+    ctx.scale, ctx.scales, ctx.n_inputs = scale, scales, len(inputs)
     ctx.has_h = h is not None
-    ctx.save_for_backward(x, y, h if h is not None else y.new_zeros(y.shape[0]), output)
+    ctx.save_for_backward(x, y, h if h is not None else y.new_zeros(y.shape[:-1]), output)
 
 
 def _backward(ctx, grad):
-    """d lse_i = sum_j w_ij (scale <dx_i, y_j> + scale <x_i, dy_j> + dh_j), w the row softmax."""
+    """d lse_i = sum_j w_ij (scale <dx_i, y_j> + scale <x_i, dy_j> + dh_j), w the row softmax.
+    Batched: the same per problem, with its own scale (``_args.scaled``)."""
     x, y, h, out = ctx.saved_tensors
-    s = ctx.scale
+    s, ss = ctx.scale, ctx.scales
     need_x, need_y, need_h = ctx.needs_input_grad[:3]
     grad_x = grad_y = grad_h = None
     if need_x:
-        mean_y, _ = torch.ops.ot_flow.barycentric.default(x, y, h, s, None)
-        grad_x = (s * grad)[:, None] * mean_y
+        mean_y, _ = torch.ops.ot_flow.barycentric.default(x, y, h, s, None, ss)
+        grad_x = _args.scaled(grad, s, ss)[..., None] * mean_y
     if need_y or (need_h and ctx.has_h):
         # Column sums sum_i grad_i w_ij [x_i, 1]: a barycentric pass from y's side with bias
         # -lse_i, rescaled by exp(h_j + its own lse_j). Rows without mass carry no weight.
         row_bias = torch.where(torch.isfinite(out), -out, torch.full_like(out, float("-inf")))
-        values = torch.cat([grad[:, None] * x, grad[:, None]], dim=1)
-        mean_v, col_lse = torch.ops.ot_flow.barycentric.default(y, x, row_bias, s, values)
-        total = torch.exp(h + col_lse)[:, None] * mean_v
+        values = torch.cat([grad[..., None] * x, grad[..., None]], dim=-1)
+        mean_v, col_lse = torch.ops.ot_flow.barycentric.default(y, x, row_bias, s, values, ss)
+        total = torch.exp(h + col_lse)[..., None] * mean_v
         if need_y:
-            grad_y = s * total[:, :-1]
+            grad_y = _args.scaled(total[..., :-1], s, ss)
         if need_h and ctx.has_h:
-            grad_h = total[:, -1]
-    return grad_x, grad_y, grad_h, None
+            grad_h = total[..., -1]
+    return (grad_x, grad_y, grad_h, None, None)[:ctx.n_inputs]
 
 
 torch.library.register_autograd("ot_flow::lse", _backward, setup_context=_setup_context)

@@ -12,5 +12,10 @@ def softmin(x, y, g, eps, log_weights=None):
 
     This is the soft minimum over j of ``C_ij - g_j`` for the cost ``C = -<x, y>``: one Sinkhorn
     half-step. A composite of :func:`ot_flow.ops.lse` (same kernels, fake kernel and autograd).
+
+    Batched: x (B, n, d), y (B, m, d), g and log_weights (B, m), and ``eps`` one number or B
+    numbers (list, tuple or 1-D tensor; the op's ``epsilons``): one batched lse call, out (B, n),
+    problem b bitwise the 2-D call on it (CPU).
     """
-    return torch.ops.ot_flow.softmin.default(x, y, g, _args.real("ot_flow.softmin", "eps", eps), log_weights)
+    eps, epsilons = _args.per_problem("ot_flow.softmin", "eps", eps, x)
+    return torch.ops.ot_flow.softmin.default(x, y, g, eps, log_weights, epsilons)

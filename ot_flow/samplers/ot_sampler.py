@@ -15,7 +15,7 @@ from ot_flow.distributed import derived_seed
 from ot_flow.ops import seed_from
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.assignment import assignment
-from ot_flow.solvers.sinkhorn import sinkhorn
+from ot_flow.solvers.sinkhorn import caches_costs, sinkhorn
 
 __all__ = ["OTSampler"]
 
@@ -125,7 +125,9 @@ class OTSampler:
         (``pair(x0[c0 == k], x1[c1 == k], generator=class_generator(seed, k))``) with ``seed``
         one draw from ``generator``: :func:`class_generator` derives the class's generator
         from (seed, k), so a class's pairs depend neither on the other classes nor on the
-        order they are solved in. ``last_plan`` is then the dict {label: SinkhornResult}.
+        order they are solved in. ``last_plan`` is then the dict {label: SinkhornResult}. Classes
+        of equal sizes are solved together in one batched call where that runs the steps of
+        the separate solves exactly (see ``_batches``): the pairs are the same either way.
         """
         for k, t in enumerate(aligned):
             if not isinstance(t, torch.Tensor) or t.shape[:1] != x1.shape[:1]:
@@ -147,14 +149,48 @@ class OTSampler:
         groups = class_groups(classes, x0.shape[0], x1.shape[0])
         seed = seed_from(generator)
         problems = [(x0[rows.to(x0.device)], x1[cols.to(x1.device)]) for _, rows, cols in groups]
-        # One solve per class; a batched sinkhorn (classes padded to one size) replaces this line.
-        plans = [self.plan(a, b) for a, b in problems]
+        plans, draws = [None] * len(groups), [None] * len(groups)
+        for members in self._batches(problems):
+            if len(members) == 1:
+                (k,) = members
+                plans[k] = self.plan(*problems[k])
+                draws[k] = plans[k].sample(class_generator(seed, groups[k][0]))
+                continue
+            batch = self._batched_plan([problems[k] for k in members])
+            local = batch.sample([class_generator(seed, groups[k][0]) for k in members])
+            for p, k in enumerate(members):
+                plans[k], draws[k] = batch[p], local[p]
         j = torch.empty(x0.shape[0], dtype=torch.long, device=x0.device)
-        for (label, rows, cols), plan in zip(groups, plans):
-            local = plan.sample(class_generator(seed, label))
+        for (label, rows, cols), local in zip(groups, draws):
             j[rows.to(j.device)] = cols.to(j.device)[local.to(j.device)]
         self.last_plan = {label: plan for (label, _, _), plan in zip(groups, plans)}
         return j
+
+    def _batched_plan(self, problems):
+        """The couplings of problems [(x0_k, x1_k)] of equal shapes, in one batched sinkhorn call."""
+        flat0 = torch.stack([validation.flat_points("x0", a) for a, _ in problems])
+        flat1 = torch.stack([validation.flat_points("x1", b) for _, b in problems])
+        return sinkhorn(flat0, flat1, eps=self.eps, relative_eps=self.relative_eps, cost=self.cost, tol=self.tol,
+                        max_iter=self.max_iter, momentum=self.momentum, cost_cache=self.cost_cache,
+                        progress=self.progress, tau_a=self.tau_a, tau_b=self.tau_b)
+
+    def _batches(self, problems):
+        """The classes solved together: those of equal sizes (n, m) and shape, as one batched solve
+        (ot_flow.sinkhorn on (B, n, d)), where it runs the very steps of the separate solves: a
+        streamed solve (``cost_cache=False``, or "auto" where it would not hold the n x m matrix:
+        the cached path rounds differently), one process, a fixed eps (a ``target_entropy`` search
+        starts each class from the eps the previous class found). Others one by one, in order."""
+        can = self.target_entropy is None and self.process_group is None and self.eps > 0
+        groups = {}
+        for k, (a, b) in enumerate(problems):
+            key = (tuple(a.shape), tuple(b.shape), a.dtype, b.dtype)
+            flat0 = a.reshape(a.shape[0], -1)
+            if flat0.dtype not in (torch.float32, torch.float64):
+                flat0 = flat0.float()  # what sinkhorn solves half points in
+            streams = self.cost_cache is False or (self.cost_cache == "auto"
+                                                   and not caches_costs(flat0, b.reshape(b.shape[0], -1)))
+            groups.setdefault(key if can and streams else ("alone", k), []).append(k)
+        return list(groups.values())
 
 
 def class_groups(classes, n, m):

@@ -4,6 +4,9 @@
   its half-steps per placement (``sinkhorn_halves``), the result and what is read off it
   (``sinkhorn_result``), where a result's rows and columns live (``placement``), the problem in
   its working frame (``working_problem``, ``frame``); costs and their spread (``costs``).
+- Batched Sinkhorn (B problems of equal sizes in one call, x (B, n, d)): the branch of
+  ``sinkhorn`` (``sinkhorn_batched``), its loop (``sinkhorn_batched_iterations``) and result
+  (``sinkhorn_batched_result``).
 - Built on it: symmetric OT(a, a) (``symmetric``), the Sinkhorn divergence (``divergence``), the
   Sinkhorn-flow velocity (``flow_velocity``); the exact assignment (``assignment``).
 - Semidiscrete: the semi-dual, its gradient and the hard or soft assignment (``semidiscrete``),

@@ -28,9 +28,10 @@ from ot_flow import distributed
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.full_precision import autocast_off
 from ot_flow.solvers.progress import progress_bar
+from ot_flow.solvers.sinkhorn_batched import sinkhorn_batched
 from ot_flow.solvers.sinkhorn_iterations import solve_at
 from ot_flow.solvers.sinkhorn_result import SinkhornResult
-from ot_flow.solvers.working_problem import WorkingProblem, row_barycentres, warm_start
+from ot_flow.solvers.working_problem import WorkingProblem, check_range, row_barycentres, warm_start
 
 __all__ = ["SinkhornResult", "sinkhorn", "row_barycentres"]
 
@@ -43,6 +44,14 @@ __all__ = ["SinkhornResult", "sinkhorn", "row_barycentres"]
 _CACHE_BUDGET_BYTES = 1 << 30
 _CACHE_MIN_DIM = 16
 _CACHE_SMALL_BYTES = 256 << 20
+
+
+def caches_costs(x, y, process_group=None):
+    """Whether ``cost_cache="auto"`` holds the dot products of a 2-D solve of x (n, d), y (m, d)
+    (float32/float64 points; see the constants above)."""
+    size = x.shape[0] * y.shape[0] * x.element_size()
+    return process_group is None and x.device.type == "cpu" and size <= _CACHE_BUDGET_BYTES and (
+        x.shape[1] >= _CACHE_MIN_DIM or size <= _CACHE_SMALL_BYTES)
 
 
 @torch.compiler.disable
@@ -94,10 +103,26 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     the solve runs in the points' own precision. Not differentiable: the result holds the points
     detached (see :func:`ot_flow.sinkhorn_divergence` for gradients).
 
+    Batched: x (B, n, d) and y (B, m, d) (a (B, n), b (B, m) optional) are B independent
+    problems of equal sizes, solved together: each in its own working frame, with its own eps
+    (relative to its own std(C)), annealing, momentum and stopping, exactly as B separate solves
+    (cost_cache=False) would run them, while every half-step is one batched kernel call over the
+    problems still running. Returns a :class:`BatchedSinkhornResult`: ``f`` (B, n), ``g`` (B, m),
+    per-problem ``eps``, ``error``, ``n_iter``, ``converged`` (tensors (B,)), and ``result[k]``,
+    problem k's SinkhornResult. ``tau_a``, ``tau_b`` apply to every problem; ``init`` is a pair
+    of (B, n), (B, m) potentials; ``target_entropy`` searches eps per problem. A batched solve
+    streams (``cost_cache=True`` raises a ValueError) and runs on one process
+    (``process_group`` raises a ValueError).
+
     Returns:
-        SinkhornResult. Under ``torch.compile`` this function runs eagerly (one graph break:
-        its loop stops on a data-dependent error).
+        SinkhornResult (BatchedSinkhornResult for batched inputs). Under ``torch.compile`` this
+        function runs eagerly (one graph break: its loop stops on a data-dependent error).
     """
+    if any(isinstance(t, torch.Tensor) and t.dim() == 3 for t in (x, y)):
+        return sinkhorn_batched(x, y, a, b, eps=eps, relative_eps=relative_eps, cost=cost, tol=tol, max_iter=max_iter,
+                                momentum=momentum, init=init, process_group=process_group, sharded=sharded,
+                                anneal=anneal, target_entropy=target_entropy, entropy_tol=entropy_tol,
+                                cost_cache=cost_cache, progress=progress, tau_a=tau_a, tau_b=tau_b)
     if process_group is not None:  # a bad shard on one rank must not leave the others waiting
         distributed.group_info(process_group)
         distributed.checked_together(lambda: validation.check_pair(x, y), process_group)
@@ -135,14 +160,12 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     y = y.to(x.dtype)
     work = WorkingProblem.of(x, y, a, b, cost, reduce)
     spread = costs.cost_std(x, y, a, b, cost, reduce=reduce) or work.frame.unit  # 0: any eps is fine
-    _check_range(work, eps * spread if relative_eps else eps, process_group)
+    check_range(work, eps * spread if relative_eps else eps, process_group)
     if cost_cache == "auto":
-        size = x.shape[0] * y.shape[0] * x.element_size()
-        cost_cache = process_group is None and x.device.type == "cpu" and size <= _CACHE_BUDGET_BYTES and (
-            x.shape[1] >= _CACHE_MIN_DIM or size <= _CACHE_SMALL_BYTES)
+        cost_cache = caches_costs(x, y, process_group)
     if cost_cache and process_group is not None:
         raise ValueError("argument 'cost_cache': the distributed solver streams; pass 'auto' or False")
-    dots = work.x @ work.y.T if cost_cache else None  # working points: bounded by _check_range
+    dots = work.x @ work.y.T if cost_cache else None  # working points: bounded by check_range
     init_w = None if init is None else warm_start(init, work, process_group if sharded else None,
                                                            balanced=tau_a == 1.0 and tau_b == 1.0)
     solve = dict(x=x, y=y, a=a, b=b, work=work, tol=tol, max_iter=max_iter, momentum=momentum,
@@ -159,34 +182,6 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
             return result
         return _solve_for_entropy(target_entropy, first, entropy_tol, init_w, solve)
     return solve_at(eps * spread if relative_eps else eps, init_w, **solve)
-
-
-def _check_range(work, eps, process_group):
-    """Refuses problems whose costs or potentials the points' dtype cannot hold, on every rank."""
-    dtype = work.x.dtype
-    top = torch.finfo(dtype).max / 8  # room for the potentials' log-sum-exp terms
-
-    def check():
-        frame = work.frame
-        reach = (float(work.alpha.abs().max()) + float(work.beta.abs().max())
-                 + float(work.x.double().norm(dim=1).max() * work.y.double().norm(dim=1).max()))
-        cost_reach = frame.unit * reach + abs(frame.constant)
-        if not cost_reach < top:
-            raise ValueError(f"arguments 'x' and 'y': their costs reach {cost_reach:.3g}, beyond what {dtype} "
-                             "potentials can hold; pass float64 points or rescale them")
-        logs = math.log(work.x.shape[0]) + math.log(work.y.shape[0]) + 1.0
-        working_eps = eps / frame.unit
-        reach_w = reach + 1.0  # the working logits are <x', y'> / eps', with |x'|, |y'| about 1
-        if not (eps * logs < top and 0 < working_eps and reach_w / working_eps < top):
-            raise ValueError(f"argument 'eps': the absolute eps {eps:.3g} is out of {dtype}'s range for these "
-                             f"points (their costs reach {cost_reach:.3g}); eps above about 1e6 x std(C) already "
-                             "gives the independent coupling, and eps below about 1e-30 x std(C) exceeds what "
-                             "float32 resolves: pass an eps in between, or float64 points")
-
-    if process_group is None:
-        check()
-    else:
-        distributed.checked_together(check, process_group)
 
 
 def _solve_for_entropy(target, rel_eps, entropy_tol, init, solve, max_solves=12):

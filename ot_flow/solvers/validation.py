@@ -31,6 +31,34 @@ def check_pair(x, y, x_name="x", y_name="y"):
         raise ValueError(f"arguments '{x_name}' and '{y_name}' must have the same dimension, got {tuple(x.shape)} and {tuple(y.shape)}")
 
 
+def check_batched_pair(x, y):
+    """x (B, n, d) and y (B, m, d): B independent problems of equal sizes, each checked as
+    ``check_pair`` checks one (its errors name the problem: 'x[k]')."""
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"argument '{name}' of a batched solve must be a 3-D tensor (num_problems, num_points, "
+                             f"dim), got {shape}; pass 2-D x and y for one problem")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"arguments 'x' and 'y' must hold the same number of problems, got shapes "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"arguments 'x' and 'y' hold no problem (shapes {tuple(x.shape)} and {tuple(y.shape)})")
+    for k in range(x.shape[0]):
+        check_pair(x[k], y[k], f"x[{k}]", f"y[{k}]")
+
+
+def batched_weights(name, w, batch, size, like):
+    """(B, size) float64 weights, each problem's row as ``weights`` checks it (uniform when None)."""
+    if w is None:
+        return torch.full((batch, size), 1.0 / size, dtype=torch.float64, device=like.device)
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or tuple(w.shape) != (batch, size):
+        shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+        raise ValueError(f"argument '{name}' of a batched solve must be a 2-D tensor of shape ({batch}, {size}), "
+                         f"got {shape}")
+    return torch.stack([weights(f"{name}[{k}]", w[k], size, like) for k in range(batch)])
+
+
 def weights(name, w, size, like, atol=1e-5):
     """Probability weights of length `size` (uniform when None), float64 on like's device."""
     if w is None:

@@ -2,6 +2,7 @@
 cost offsets and eps in the frame's unit, and the conversions of potentials in and out of it
 (warm starts, column biases, row barycentres of any column potential)."""
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +11,7 @@ from ot_flow import distributed
 from ot_flow.ops import barycentric
 from ot_flow.solvers.frame import Frame
 
-__all__ = ["WorkingProblem", "row_barycentres", "warm_start"]
+__all__ = ["WorkingProblem", "check_range", "row_barycentres", "warm_start"]
 
 
 @dataclass
@@ -91,3 +92,31 @@ def warm_start(init, work, process_group, balanced=True):
                          "pass the potentials of an earlier solve")
     dtype = work.x.dtype
     return fw.to(dtype), gw.to(dtype)
+
+
+def check_range(work, eps, process_group=None):
+    """Refuses problems whose costs or potentials the points' dtype cannot hold, on every rank."""
+    dtype = work.x.dtype
+    top = torch.finfo(dtype).max / 8  # room for the potentials' log-sum-exp terms
+
+    def check():
+        frame = work.frame
+        reach = (float(work.alpha.abs().max()) + float(work.beta.abs().max())
+                 + float(work.x.double().norm(dim=1).max() * work.y.double().norm(dim=1).max()))
+        cost_reach = frame.unit * reach + abs(frame.constant)
+        if not cost_reach < top:
+            raise ValueError(f"arguments 'x' and 'y': their costs reach {cost_reach:.3g}, beyond what {dtype} "
+                             "potentials can hold; pass float64 points or rescale them")
+        logs = math.log(work.x.shape[0]) + math.log(work.y.shape[0]) + 1.0
+        working_eps = eps / frame.unit
+        reach_w = reach + 1.0  # the working logits are <x', y'> / eps', with |x'|, |y'| about 1
+        if not (eps * logs < top and 0 < working_eps and reach_w / working_eps < top):
+            raise ValueError(f"argument 'eps': the absolute eps {eps:.3g} is out of {dtype}'s range for these "
+                             f"points (their costs reach {cost_reach:.3g}); eps above about 1e6 x std(C) already "
+                             "gives the independent coupling, and eps below about 1e-30 x std(C) exceeds what "
+                             "float32 resolves: pass an eps in between, or float64 points")
+
+    if process_group is None:
+        check()
+    else:
+        distributed.checked_together(check, process_group)

@@ -87,3 +87,20 @@ TEST(LseKernel, SameBitsForAnyThreadCount) {
 }
 
 }  // namespace
+
+// Batched kernel (the problems as the outer task dimension): problem b gets the bits of the 2-D
+// kernel on (x[b], y[b], h[b], scales[b]) -- the same tiles and GEMMs on the same memory.
+TEST(LseKernel, BatchedEqualsTwoDimensionalPerProblem) {
+  for (const auto dtype : {at::kFloat, at::kDouble}) {
+    const auto opts = at::TensorOptions().dtype(dtype);
+    const at::Tensor x = at::randn({3, 131, 5}, opts);
+    const at::Tensor y = at::randn({3, 1031, 5}, opts);
+    const at::Tensor h = at::randn({3, 1031}, opts);
+    const std::vector<double> scales = {0.5, 1.0, 2.5};
+    const at::Tensor out = ot_flow::lse_cpu_batched_kernel(x, y, h, scales);
+    ASSERT_EQ(out.dim(), 2);
+    for (int64_t b = 0; b < 3; ++b) {
+      EXPECT_TRUE(at::equal(out[b], ot_flow::lse_cpu_kernel(x[b], y[b], h[b], scales[b]))) << "problem " << b;
+    }
+  }
+}

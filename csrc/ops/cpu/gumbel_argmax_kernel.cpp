@@ -3,7 +3,8 @@
 // plus the largest possible noise reaches both the row's running best and the tile's best
 // logit plus the smallest possible noise (gumbel_noise.h); only candidates draw their noise,
 // a handful per row at low entropy, a third of the row at E = 0.2, in one vectorised batch. The column chunks' (value, index) pairs are then
-// merged in chunk order, so ties go to the lowest column whatever the thread count.
+// merged in chunk order, so ties go to the lowest column whatever the thread count. Batched
+// calls run the problems as the outer task dimension (tiling.h), each with its own key.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -26,28 +27,34 @@ void draw_noise(NoiseKey key, int64_t row, int64_t col0, const int64_t* candidat
   }
 }
 
+// x (B, n, d), y (B, m, d), h (B, m); index, value (B, n); problem b with scales[b], keys[b].
 template <typename scalar_t>
-void gumbel_argmax_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, double scale,
-                            const GumbelKey& key, at::Tensor& index, at::Tensor& value) {
+void gumbel_argmax_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
+                            const std::vector<double>& scales, const std::vector<GumbelKey>& keys,
+                            at::Tensor& index, at::Tensor& value) {
   using namespace cpu;
-  const TilePlan plan = TilePlan::make(x.size(0), y.size(0));
-  const int64_t n = plan.n;
-  std::vector<double> part_value(plan.col_chunks * n, kNegInf);
-  std::vector<int64_t> part_index(plan.col_chunks * n, -1);
+  const TilePlan plan = TilePlan::make(x.size(1), y.size(1), x.size(0));
+  const int64_t n = plan.n, slots = plan.batch * plan.col_chunks;
+  std::vector<double> part_value(slots * n, kNegInf);
+  std::vector<int64_t> part_index(slots * n, -1);
 
-  const NoiseKey noise = noise_key(key.seed, key.offset);
+  std::vector<NoiseKey> noises;
+  for (const GumbelKey& key : keys) noises.push_back(noise_key(key.seed, key.offset));
   parallel_tasks(plan, [&](int64_t task_begin, int64_t task_end) {
     at::Tensor buffer = at::empty({kRowBlock * kColTile}, x.options());
     std::vector<int64_t> candidates(kColTile);
     std::vector<double> draws(kColTile);
     for (int64_t task = task_begin; task < task_end; ++task) {
-      const int64_t r0 = plan.row_begin(task), rows = plan.rows(task);
-      const at::Tensor x_block = x.narrow(0, r0, rows);
-      double* best = part_value.data() + plan.chunk(task) * n + r0;
-      int64_t* best_j = part_index.data() + plan.chunk(task) * n + r0;
+      const int64_t b = plan.problem(task), r0 = plan.row_begin(task), rows = plan.rows(task);
+      const GumbelKey& key = keys[b];
+      const NoiseKey noise = noises[b];
+      const at::Tensor x_block = x[b].narrow(0, r0, rows);
+      const at::Tensor yb = y[b], hb = h[b];
+      double* best = part_value.data() + plan.slot(task) * n + r0;
+      int64_t* best_j = part_index.data() + plan.slot(task) * n + r0;
       for (int64_t tile = plan.tile_begin(task); tile < plan.tile_end(task); ++tile) {
         const int64_t c0 = plan.col_begin(tile), cols = plan.cols(tile);
-        const at::Tensor logits = logits_tile(buffer, x_block, y, h, scale, c0, cols);
+        const at::Tensor logits = logits_tile(buffer, x_block, yb, hb, scales[b], c0, cols);
         const scalar_t* v = logits.const_data_ptr<scalar_t>();
         for (int64_t i = 0; i < rows; ++i, v += cols) {
           const double tile_max = row_max(v, cols);
@@ -73,34 +80,44 @@ void gumbel_argmax_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::
 
   int64_t* out_index = index.data_ptr<int64_t>();
   double* out_value = value.data_ptr<double>();
-  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
+  at::parallel_for(0, plan.batch * n, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t first = r / n * plan.col_chunks * n + r % n;  // chunk 0 of row r
       double v = kNegInf;
       int64_t j = -1;
       for (int64_t c = 0; c < plan.col_chunks; ++c) {
-        if (part_value[c * n + i] > v) {
-          v = part_value[c * n + i];
-          j = part_index[c * n + i];
+        if (part_value[first + c * n] > v) {
+          v = part_value[first + c * n];
+          j = part_index[first + c * n];
         }
       }
-      out_value[i] = v;
-      out_index[i] = j;
+      out_value[r] = v;
+      out_index[r] = j;
     }
   });
 }
 
 }  // namespace
 
+std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cpu_batched_kernel(const at::Tensor& x, const at::Tensor& y,
+                                                                    const at::Tensor& h,
+                                                                    const std::vector<double>& scales,
+                                                                    const std::vector<GumbelKey>& keys) {
+  at::Tensor index = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kLong));
+  at::Tensor value = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kDouble));
+  // Detached for the same reason as lse: the tiles run on worker threads.
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ot_flow_gumbel_argmax_cpu", [&] {
+    gumbel_argmax_cpu_impl<scalar_t>(x.detach(), y.detach(), h.detach(), scales, keys, index, value);
+  });
+  return {index, value};
+}
+
 std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cpu_kernel(const at::Tensor& x, const at::Tensor& y,
                                                             const at::Tensor& h, double scale,
                                                             const GumbelKey& key) {
-  at::Tensor index = at::empty({x.size(0)}, x.options().dtype(at::kLong));
-  at::Tensor value = at::empty({x.size(0)}, x.options().dtype(at::kDouble));
-  // Detached for the same reason as lse: the tiles run on worker threads.
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ot_flow_gumbel_argmax_cpu", [&] {
-    gumbel_argmax_cpu_impl<scalar_t>(x.detach(), y.detach(), h.detach(), scale, key, index, value);
-  });
-  return {index, value};
+  auto [index, value] = gumbel_argmax_cpu_batched_kernel(x.unsqueeze(0), y.unsqueeze(0), h.unsqueeze(0), {scale},
+                                                         {key});
+  return {index[0], value[0]};
 }
 
 }  // namespace ot_flow

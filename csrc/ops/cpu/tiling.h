@@ -1,8 +1,10 @@
 // The tiling shared by the streaming CPU kernels: rows in blocks of kRowBlock, columns in
-// tiles of kColTile grouped into chunks. A (row block, column chunk) pair is one parallel
-// task; the cut depends only on (n, m), never on the thread count, and every task's GEMMs
-// run single-threaded (parallel_tasks), so results are bitwise reproducible for any number
-// of threads.
+// tiles of kColTile grouped into chunks. A (problem, row block, column chunk) triple is one
+// parallel task, the problem outermost (batched calls: B independent problems of equal sizes;
+// a 2-D call is the batch of one); the cut of each problem depends only on (n, m), never on
+// the thread count nor on B, so problem b of a batch runs the very tiles and GEMMs of the 2-D
+// call on that problem, and every task's GEMMs run single-threaded (parallel_tasks): results
+// are bitwise reproducible for any number of threads, and batched equals one-by-one.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -25,9 +27,10 @@ constexpr int64_t kMinTasks = 64;
 struct TilePlan {
   int64_t n, m;
   int64_t row_blocks, col_tiles, col_chunks, tiles_per_chunk;
+  int64_t batch = 1;  // problems; task t belongs to problem t / tasks_per_problem()
 
-  static TilePlan make(int64_t n, int64_t m) {
-    TilePlan p{n, m, (n + kRowBlock - 1) / kRowBlock, (m + kColTile - 1) / kColTile, 1, 1};
+  static TilePlan make(int64_t n, int64_t m, int64_t batch = 1) {
+    TilePlan p{n, m, (n + kRowBlock - 1) / kRowBlock, (m + kColTile - 1) / kColTile, 1, 1, batch};
     p.col_chunks = p.row_blocks >= kMinTasks
                        ? 1
                        : std::min(p.col_tiles, (kMinTasks + p.row_blocks - 1) / p.row_blocks);
@@ -35,10 +38,15 @@ struct TilePlan {
     p.col_chunks = (p.col_tiles + p.tiles_per_chunk - 1) / p.tiles_per_chunk;
     return p;
   }
-  int64_t tasks() const { return row_blocks * col_chunks; }
-  int64_t row_begin(int64_t task) const { return task / col_chunks * kRowBlock; }
+  // The chunking of one problem (above) is that of the 2-D call: it ignores `batch`.
+  int64_t tasks_per_problem() const { return row_blocks * col_chunks; }
+  int64_t tasks() const { return batch * tasks_per_problem(); }
+  int64_t problem(int64_t task) const { return task / tasks_per_problem(); }
+  int64_t row_begin(int64_t task) const { return task % tasks_per_problem() / col_chunks * kRowBlock; }
   int64_t rows(int64_t task) const { return std::min(kRowBlock, n - row_begin(task)); }
   int64_t chunk(int64_t task) const { return task % col_chunks; }
+  // Index of (problem, chunk) in the partial buffers: part[slot(task) * n + row].
+  int64_t slot(int64_t task) const { return problem(task) * col_chunks + chunk(task); }
   int64_t tile_begin(int64_t task) const { return chunk(task) * tiles_per_chunk; }
   int64_t tile_end(int64_t task) const { return std::min(col_tiles, (chunk(task) + 1) * tiles_per_chunk); }
   int64_t col_begin(int64_t tile) const { return tile * kColTile; }

@@ -92,10 +92,13 @@ __global__ void __launch_bounds__(kThreads) barycentric_weighted_sum_kernel(
   }
 }
 
+// Batched inputs: a C++ loop of the 2-D launches on the current stream (run_barycentric); the
+// batch as a grid dimension belongs with the CUDA engine of #16.
 std::tuple<at::Tensor, at::Tensor> barycentric_cuda(const at::Tensor& x, const at::Tensor& y,
                                                     const std::optional<at::Tensor>& h, double scale,
-                                                    const std::optional<at::Tensor>& values) {
-  return run_barycentric(x, y, h, scale, values, &barycentric_cuda_kernel);
+                                                    const std::optional<at::Tensor>& values,
+                                                    std::optional<c10::ArrayRef<double>> scales) {
+  return run_barycentric(x, y, h, scale, values, scales, &barycentric_cuda_kernel);
 }
 
 }  // namespace

@@ -110,11 +110,15 @@ __global__ void gumbel_merge_chunks_kernel(const double* __restrict__ part_value
   index[row] = best_j;
 }
 
+// Batched inputs: a C++ loop of the 2-D launches on the current stream (run_gumbel_argmax); the
+// batch as a grid dimension belongs with the CUDA engine of #16.
 std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cuda(const at::Tensor& x, const at::Tensor& y,
                                                       const std::optional<at::Tensor>& h, double scale,
                                                       int64_t seed, int64_t offset, int64_t row_offset,
-                                                      int64_t col_offset) {
-  return run_gumbel_argmax(x, y, h, scale, seed, offset, row_offset, col_offset, &gumbel_argmax_cuda_kernel);
+                                                      int64_t col_offset, std::optional<c10::ArrayRef<double>> scales,
+                                                      at::OptionalIntArrayRef seeds) {
+  return run_gumbel_argmax(x, y, h, scale, seed, offset, row_offset, col_offset, scales, seeds,
+                           &gumbel_argmax_cuda_kernel);
 }
 
 }  // namespace

@@ -75,9 +75,11 @@ __global__ void __launch_bounds__(kThreads) lse_tiles_kernel(
   }
 }
 
+// Batched inputs run as a C++ loop of this 2-D kernel's launches on the current stream (run_lse,
+// no host synchronisation); the batch as a grid dimension belongs with the CUDA engine of #16.
 at::Tensor lse_cuda(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
-                    double scale) {
-  return run_lse(x, y, h, scale, &lse_cuda_kernel);
+                    double scale, std::optional<c10::ArrayRef<double>> scales) {
+  return run_lse(x, y, h, scale, scales, &lse_cuda_kernel);
 }
 
 }  // namespace

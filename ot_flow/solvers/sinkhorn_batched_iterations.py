@@ -1,0 +1,269 @@
+"""The Sinkhorn loop of a batched solve: B independent problems (x (B, n, d), y (B, m, d)), each
+at its own eps, iterated together. Every half-step is ONE batched kernel call over the problems
+still running (``ot_flow.ops.lse`` with one scale per problem: the batch is the outer task
+dimension of the CPU tiling); what sinkhorn_iterations.py keeps as scalars (annealing level,
+momentum, ``finishing``, error history, convergence) is kept per problem, so that each problem
+runs the very steps of its separate solve and stops where that solve stops. Per problem the
+arithmetic is the 2-D solve's (elementwise ops with a per-problem scalar as a (B, 1) tensor of
+the same dtype give the same bits as the scalar), so a batched solve gives the potentials,
+iteration counts and convergence of B separate streamed solves (cost_cache=False).
+
+One host synchronisation per iteration reads the B marginal errors (and one the finiteness of
+the g-update); a problem that converges drops out of the next kernel call.
+"""
+
+import math
+import warnings
+
+import torch
+
+from ot_flow.ops import lse
+from ot_flow.ops.layout import stack_aligned
+from ot_flow.solvers import validation
+from ot_flow.solvers.progress import progress_bar
+from ot_flow.solvers.sinkhorn_iterations import _ANNEAL_BELOW, _ANNEAL_DECAY, _Relaxation
+
+__all__ = ["solve_batched_at"]
+
+
+def _per_problem(values, like, dtype=None):
+    """A (k, 1) tensor of per-problem scalars (the points' dtype by default) on like's device."""
+    return torch.tensor(values, dtype=dtype or like.dtype, device=like.device)[:, None]
+
+
+def _take(t, idx):
+    """Rows idx (a list of problem indices) of a per-problem tensor; t itself when idx is all of them."""
+    return t if idx is None else t[idx]
+
+
+class BatchedHalves:
+    """The two half-steps of B problems, one batched ``lse`` call each (the softmin of
+    sinkhorn_halves.LocalHalves per problem: bias g / e + log b, scale 1 / e, times -e). The
+    points of the running problems are kept with every problem 64-byte aligned (ops/layout.py),
+    as a separate solve's are, so that the GEMMs round alike."""
+
+    def __init__(self, x, y, log_a, log_b):
+        self.x, self.y, self.log_a, self.log_b = x, y, log_a, log_b
+        self._points = (None, x, y)  # (problems, x, y) of the last selection
+
+    def _selected(self, idx):
+        if idx is None:
+            return self.x, self.y
+        if self._points[0] != idx:
+            self._points = (list(idx), stack_aligned([self.x[k] for k in idx]), stack_aligned([self.y[k] for k in idx]))
+        return self._points[1], self._points[2]
+
+    @staticmethod
+    def _softmin(rows, cols, other, log_w, es):
+        e = _per_problem(es, other)
+        return lse(rows, cols, other / e + log_w, [1.0 / v for v in es]) * (-e)
+
+    def f_update(self, idx, g, es, f_now):
+        x, y = self._selected(idx)
+        return self._softmin(x, y, g, _take(self.log_b, idx), es)
+
+    def g_update(self, idx, f, es, g_now):
+        x, y = self._selected(idx)
+        return self._softmin(y, x, f, _take(self.log_a, idx), es)
+
+
+def _relaxed(update, tau, offsets):
+    """The unbalanced half-step (sinkhorn_iterations._relaxed) per problem: offsets (B, n)."""
+    if tau == 1.0:
+        return update
+    shift = (1.0 - tau) * offsets
+
+    def step(idx, other, es, now):
+        s = _take(shift, idx)
+        return tau * update(idx, other, es, (now + s) / tau) - s
+
+    return step
+
+
+class _MassBalance:
+    """sinkhorn_iterations._MassBalance per problem (one host synchronisation for the B masses)."""
+
+    def __init__(self, a, b, alpha, beta, tau_a, tau_b):
+        self.a, self.b, self.alpha, self.beta, self.tau_a, self.tau_b = a, b, alpha, beta, tau_a, tau_b
+
+    @staticmethod
+    def _log_masses(w, p, offsets, tau, rhos):
+        if tau == 1.0:
+            return [0.0] * len(rhos)
+        rho = _per_problem(rhos, w, torch.float64)
+        totals = (w * torch.exp(-(p.double() + offsets) / rho)).sum(1).tolist()
+        return [math.log(t) if 0.0 < t < math.inf else math.nan for t in totals]
+
+    def __call__(self, idx, fd, gd, es):
+        rho_a = [validation.relaxation_rho(e, self.tau_a) for e in es]
+        rho_b = [validation.relaxation_rho(e, self.tau_b) for e in es]
+        ma = self._log_masses(_take(self.a, idx), fd, _take(self.alpha, idx), self.tau_a, rho_a)
+        mb = self._log_masses(_take(self.b, idx), gd, _take(self.beta, idx), self.tau_b, rho_b)
+        lams = [(p - q) / (1.0 / ra + 1.0 / rb) for p, q, ra, rb in zip(ma, mb, rho_a, rho_b)]
+        keep = [not math.isfinite(v) for v in lams]
+        moved = fd + _per_problem([0.0 if k else v for k, v in zip(keep, lams)], fd)
+        return torch.where(_per_problem(keep, fd, torch.bool), fd, moved)
+
+
+class _Problem:
+    """The scalar state of one problem's loop (the locals of sinkhorn_iterations.solve_at)."""
+
+    def __init__(self, eps_w, spread_w, anneal, momentum, max_iter):
+        self.eps_w = eps_w
+        self.level = spread_w
+        self.annealing = anneal and spread_w > eps_w and max_iter > 0
+        self.errors, self.relaxation = [], _Relaxation(momentum)
+        self.w, self.finishing, self.converged, self.measured = 1.0, False, False, False
+        self.error, self.n_iter = math.inf, 0
+        self.done = not self.annealing and max_iter <= 0
+
+    @property
+    def e(self):
+        return self.level if self.annealing else self.eps_w
+
+
+@torch.no_grad()
+def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum, anneal, spreads, progress,
+                     tau_a=1.0, tau_b=1.0):
+    """B solves at absolute eps (a list); ``init`` a pair of working potentials (B, n), (B, m) or None.
+
+    ``works`` are the problems' WorkingProblems, ``xw``, ``yw`` their stacked working points.
+    Returns (fd, gd, [problem states]) in the working frames."""
+    count, dtype, device = xw.shape[0], xw.dtype, xw.device
+    eps_w = [e / w.frame.unit for e, w in zip(eps, works)]
+    spread_w = [s / w.frame.unit for s, w in zip(spreads, works)]
+    log_a, log_b = a.log().to(dtype), b.log().to(dtype)
+    if init is not None:
+        fd, gd = init[0].clone(), init[1].clone()
+    else:
+        fd = torch.zeros(xw.shape[:2], dtype=dtype, device=device)
+        gd = torch.zeros(yw.shape[:2], dtype=dtype, device=device)
+    halves = BatchedHalves(xw, yw, log_a, log_b)
+    f_update, g_update = halves.f_update, halves.g_update
+    unbalanced = tau_a < 1.0 or tau_b < 1.0
+    if unbalanced:
+        alpha_u = torch.stack([w.relaxed_offsets(w.alpha) for w in works])
+        beta_u = torch.stack([w.relaxed_offsets(w.beta) for w in works])
+        f_update = _relaxed(f_update, tau_a, alpha_u.to(dtype))
+        g_update = _relaxed(g_update, tau_b, beta_u.to(dtype))
+        balance = _MassBalance(a, b, alpha_u, beta_u, tau_a, tau_b)
+    else:
+        balance = None
+    states = []
+    for k in range(count):
+        auto = init is None and eps_w[k] < _ANNEAL_BELOW * spread_w[k]
+        states.append(_Problem(eps_w[k], spread_w[k], auto if anneal is None else anneal, momentum, max_iter))
+
+    bar = progress_bar(progress, max_iter, f"sinkhorn batched B={count}", None)
+    with bar:
+        while True:
+            active = [k for k in range(count) if not states[k].done]
+            if not active:
+                break
+            idx = None if len(active) == count else active
+            es = [states[k].e for k in active]
+            f_new = f_update(idx, _take(gd, idx), es, _take(fd, idx))
+            go = _measure(active, states, f_new, _take(fd, idx), _take(a, idx), alpha_u if unbalanced else None,
+                          tau_a, tol, dtype, idx)
+            if not any(go):
+                continue
+            keep = [p for p, g in enumerate(go) if g]  # positions in `active` that take the step
+            sub = [active[p] for p in keep]
+            sub_idx = None if len(sub) == count else sub
+            f_new, fd_now = f_new[keep] if len(keep) < len(active) else f_new, _take(fd, sub_idx)
+            steps = [1.0 if (states[k].finishing or states[k].annealing) else states[k].w for k in sub]
+            plain = _per_problem([s == 1.0 for s in steps], fd, torch.bool)
+            fd_next = torch.where(plain, f_new, fd_now + _per_problem(steps, fd) * (f_new - fd_now))
+            es = [states[k].e for k in sub]
+            gd_now = _take(gd, sub_idx)
+            if balance is not None:
+                fd_next = balance(sub_idx, fd_next, gd_now, es)
+            g_new = g_update(sub_idx, fd_next, es, gd_now)
+            if not bool(torch.isfinite(g_new).all()):  # f_new is checked through the error
+                bad = [k for k, ok in zip(sub, torch.isfinite(g_new).all(1).tolist()) if not ok][0]
+                _raise_non_finite(bad, states[bad].n_iter, eps[bad], dtype)
+            gd_next = torch.where(plain, g_new, gd_now + _per_problem(steps, gd) * (g_new - gd_now))
+            if sub_idx is None:
+                fd, gd = fd_next, gd_next
+            else:
+                fd[sub], gd[sub] = fd_next, gd_next
+            for k in sub:
+                _advance(states[k], max_iter)
+            bar.update(1)
+    late = [k for k in range(count) if not states[k].converged]
+    if late:
+        warnings.warn(f"ot_flow.sinkhorn: problems {late} of the batch not converged after max_iter={max_iter} "
+                      f"iterations (marginal errors {[f'{states[k].error:.3g}' for k in late]} > tol {tol:.3g}); "
+                      "raise max_iter or eps", RuntimeWarning, stacklevel=4)
+    return fd, gd, states
+
+
+def _advance(state, max_iter):
+    """One iteration done: annealing moves down a level (and ends at eps'), the loop counts it."""
+    state.n_iter += 1
+    if state.annealing:
+        state.level *= _ANNEAL_DECAY
+        if not (state.level > state.eps_w and state.n_iter < max_iter):
+            state.annealing = False
+            state.done = state.n_iter >= max_iter
+        return
+    state.measured = True
+    state.done = state.n_iter >= max_iter
+
+
+def _measure(active, states, f_new, fd, a, alpha_u, tau_a, tol, dtype, idx):
+    """The marginal errors of the problems with a pending measurement (one synchronisation), and
+    each one's decision (sinkhorn_iterations.solve_at): whether it takes this iteration's step
+    (False: converged now). Raises on non-finite potentials, naming the problem."""
+    measured = [p for p, k in enumerate(active) if states[k].measured and not states[k].annealing]
+    errors = [None] * len(active)
+    if measured:
+        sel = measured if len(measured) < len(active) else slice(None)
+        e64 = _per_problem([states[active[p]].eps_w for p in measured], fd, torch.float64)
+        fd64, fn64, w = fd[sel].double(), f_new[sel].double(), a[sel]
+        if tau_a == 1.0:
+            errs = (w * (torch.exp((fd64 - fn64) / e64) - 1).abs()).sum(1)
+        else:
+            rho = _per_problem([validation.relaxation_rho(states[active[p]].eps_w, tau_a) for p in measured],
+                               fd, torch.float64)
+            gap = torch.expm1((fd64 - fn64) / _per_problem(
+                [tau_a * states[active[p]].eps_w for p in measured], fd, torch.float64)).abs()
+            target = w * torch.exp(-(fd64 + _take(alpha_u, idx)[sel]) / rho)
+            errs = (target * gap).sum(1) / target.sum(1)
+        for p, v in zip(measured, errs.tolist()):
+            errors[p] = v
+    unmeasured = [p for p in range(len(active)) if errors[p] is None and not states[active[p]].annealing]
+    unmeasured += [p for p in range(len(active)) if states[active[p]].annealing]
+    if unmeasured:
+        finite = torch.isfinite(f_new[unmeasured]).all(1).tolist()
+        for p, ok in zip(unmeasured, finite):
+            if not ok:
+                k = active[p]
+                _raise_non_finite(k, states[k].n_iter, states[k].e * 1.0, dtype)
+    go = [True] * len(active)
+    for p in measured:
+        state, error = states[active[p]], errors[p]
+        state.error = error
+        if not math.isfinite(error):
+            if tau_a < 1.0:
+                raise RuntimeError(f"ot_flow.sinkhorn: problem {active[p]} of the batch: the unbalanced plan's mass "
+                                   f"overflows float64 at iteration {state.n_iter}, or its potentials became "
+                                   "non-finite; centre the points, or raise tau towards 1, or use float64 inputs")
+            _raise_non_finite(active[p], state.n_iter, state.eps_w, dtype)
+        state.errors.append(error)
+        if error < tol:
+            if state.w == 1.0 or state.finishing:
+                state.converged, state.done = True, True
+                go[p] = False
+                continue
+            state.finishing = True
+        else:
+            state.finishing = False
+            state.w = state.relaxation.update(state.errors)
+    return go
+
+
+def _raise_non_finite(problem, n_iter, eps_w, dtype):
+    raise RuntimeError(f"ot_flow.sinkhorn: the potentials of problem {problem} of the batch became non-finite at "
+                       f"iteration {n_iter} (working eps={eps_w:.3g}, dtype={dtype}); use float64 inputs or a "
+                       "larger eps")
