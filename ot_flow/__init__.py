@@ -9,9 +9,10 @@ from ot_flow.samplers import OTPlanSampler, OTSampler, SemidiscreteSampler  # no
 from ot_flow.solvers.assignment import assignment  # noqa: E402
 from ot_flow.solvers.divergence import sinkhorn_divergence  # noqa: E402
 from ot_flow.solvers.sinkhorn import SinkhornResult, sinkhorn  # noqa: E402
+from ot_flow.solvers.sinkhorn_batched_result import BatchedSinkhornResult  # noqa: E402
 from ot_flow import data  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ops", "data", "assignment", "sinkhorn", "sinkhorn_divergence", "SinkhornResult", "OTSampler",
+__all__ = ["ops", "data", "assignment", "sinkhorn", "sinkhorn_divergence", "SinkhornResult", "BatchedSinkhornResult", "OTSampler",
            "OTPlanSampler", "SemidiscreteSampler",
            "cuda_built", "__version__"]
