@@ -21,7 +21,7 @@ from ot_flow.ops import lse
 from ot_flow.ops.layout import stack_aligned
 from ot_flow.solvers import validation
 from ot_flow.solvers.progress import progress_bar
-from ot_flow.solvers.sinkhorn_iterations import _ANNEAL_BELOW, _ANNEAL_DECAY, _Relaxation
+from ot_flow.solvers.sinkhorn_iterations import _ANNEAL_BELOW, _ANNEAL_DECAY, _Relaxation, log_mass, translation
 
 __all__ = ["solve_batched_at"]
 
@@ -92,14 +92,14 @@ class _MassBalance:
             return [0.0] * len(rhos)
         rho = _per_problem(rhos, w, torch.float64)
         totals = (w * torch.exp(-(p.double() + offsets) / rho)).sum(1).tolist()
-        return [math.log(t) if 0.0 < t < math.inf else math.nan for t in totals]
+        return [log_mass(t) for t in totals]
 
     def __call__(self, idx, fd, gd, es):
         rho_a = [validation.relaxation_rho(e, self.tau_a) for e in es]
         rho_b = [validation.relaxation_rho(e, self.tau_b) for e in es]
         ma = self._log_masses(_take(self.a, idx), fd, _take(self.alpha, idx), self.tau_a, rho_a)
         mb = self._log_masses(_take(self.b, idx), gd, _take(self.beta, idx), self.tau_b, rho_b)
-        lams = [(p - q) / (1.0 / ra + 1.0 / rb) for p, q, ra, rb in zip(ma, mb, rho_a, rho_b)]
+        lams = [translation(p, q, ra, rb) for p, q, ra, rb in zip(ma, mb, rho_a, rho_b)]
         keep = [not math.isfinite(v) for v in lams]
         moved = fd + _per_problem([0.0 if k else v for k, v in zip(keep, lams)], fd)
         return torch.where(_per_problem(keep, fd, torch.bool), fd, moved)

@@ -169,14 +169,25 @@ class _MassBalance:
     def _log_mass(self, w, p, offsets, tau, rho):
         if tau == 1.0:
             return 0.0
-        total = self.halves.total(w * torch.exp(-(p.double() + offsets) / rho))
-        return math.log(total) if 0.0 < total < math.inf else math.nan
+        return log_mass(self.halves.total(w * torch.exp(-(p.double() + offsets) / rho)))
 
     def __call__(self, fd, gd, e):
         rho_a, rho_b = validation.relaxation_rho(e, self.tau_a), validation.relaxation_rho(e, self.tau_b)
-        lam = (self._log_mass(self.a, fd, self.alpha, self.tau_a, rho_a)
-               - self._log_mass(self.b, gd, self.beta, self.tau_b, rho_b)) / (1.0 / rho_a + 1.0 / rho_b)
+        lam = translation(self._log_mass(self.a, fd, self.alpha, self.tau_a, rho_a),
+                          self._log_mass(self.b, gd, self.beta, self.tau_b, rho_b), rho_a, rho_b)
         return fd + lam if math.isfinite(lam) else fd
+
+
+def log_mass(total):
+    """log of a side's mass <w, exp(-p / rho)> for the translation step; nan when it is 0 or
+    overflowed (the step is then skipped)."""
+    return math.log(total) if 0.0 < total < math.inf else math.nan
+
+
+def translation(log_mass_a, log_mass_b, rho_a, rho_b):
+    """The shift lam of f'' (and -lam of g'') that balances the two sides' masses (``_MassBalance``):
+    m_a e^{-lam / rho_a} = m_b e^{lam / rho_b}."""
+    return (log_mass_a - log_mass_b) / (1.0 / rho_a + 1.0 / rho_b)
 
 
 def _relaxed(update, tau, offsets):
