@@ -27,8 +27,8 @@ def _problems(batch, n, m, d, dtype=torch.float32, seed=0, far=True):
 @pytest.mark.parametrize("batch,n,m,d", [(1, 5, 7, 3), (3, 1, 1, 1), (2, 131, 1031, 5), (4, 129, 513, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_ops_each_problem_bitwise_equals_the_2d_call(batch, n, m, d, dtype):
-    """Bitwise against the 2-D call on the same memory (views of the batch), and, with every
-    problem 64-byte aligned (stack_aligned), on fresh copies (MKL's GEMMs round by alignment)."""
+    """Bitwise against the 2-D call on a fresh copy of each problem: the op lays a packed batch out
+    with every problem 64-byte aligned (MKL's GEMMs round by alignment), as stack_aligned does."""
     g = torch.Generator().manual_seed(n + m)
     x = stack_aligned(list(torch.randn(batch, n, d, generator=g).to(dtype)))
     y = stack_aligned(list(torch.randn(batch, m, d, generator=g).to(dtype)))
@@ -45,7 +45,7 @@ def test_ops_each_problem_bitwise_equals_the_2d_call(batch, n, m, d, dtype):
     assert out.shape == (batch, n) and mean.shape == (batch, n, 2) and j.shape == (batch, n)
     for k in range(batch):
         xc, yc = x.contiguous(), y.contiguous()
-        assert torch.equal(packed[k], lse(xc[k], yc[k], h[k], scales[k]))  # views: same memory
+        assert torch.equal(packed[k], lse(xc[k].clone(), yc[k].clone(), h[k].clone(), scales[k]))
         xk, yk, hk = x[k].clone(), y[k].clone(), h[k].clone()  # other memory than the batch's
         assert torch.equal(out[k], lse(xk, yk, hk, scales[k]))
         m2, l2 = barycentric(xk, yk, hk, scales[k], values[k].clone())

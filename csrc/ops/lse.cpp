@@ -3,6 +3,10 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
 #include "checks.h"
 
 namespace ot_flow {
@@ -35,14 +39,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
 bool is_batched(const at::Tensor& x, const at::Tensor& y) { return x.dim() == 3 || y.dim() == 3; }
 
 at::Tensor problems_contiguous(const at::Tensor& t) {
-  // Each problem t[b] contiguous is all the kernels need; the stride between problems is free,
-  // so a caller may start every problem on its own aligned address (ops/layout.py).
-  int64_t expected = 1;
+  // Each problem t[b] contiguous is all the kernels need; the stride between problems is free.
+  // On the CPU every problem must also start on a 64-byte boundary: MKL picks its GEMM code path
+  // by the operands' alignment, and a problem at an odd offset of a packed batch would round an
+  // ulp away from the same problem in a tensor of its own (which the allocator aligns), so the
+  // batched call would no longer be the 2-D call problem by problem. Inputs that miss either are
+  // copied into such a layout once per call; the solvers lay their batches out so already
+  // (ops/layout.py, the same rule) and pay no copy.
+  constexpr int64_t kAlignBytes = 64;
+  const int64_t item = t.element_size();
+  const bool on_cpu = t.device().is_cpu();
+  int64_t per = 1;
+  bool fits = true;
   for (int64_t dim = t.dim() - 1; dim >= 1; --dim) {
-    if (t.size(dim) != 1 && t.stride(dim) != expected) return t.contiguous();
-    expected *= t.size(dim);
+    if (t.size(dim) != 1 && t.stride(dim) != per) fits = false;
+    per *= t.size(dim);
   }
-  return t.stride(0) >= expected || t.size(0) == 1 ? t : t.contiguous();
+  if (t.size(0) > 1 && t.stride(0) < per) fits = false;
+  if (fits && on_cpu) {
+    fits = reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % kAlignBytes == 0 &&
+           (t.size(0) == 1 || (t.stride(0) * item) % kAlignBytes == 0);
+  }
+  if (fits) return t;
+  const int64_t items = on_cpu ? std::max<int64_t>(1, kAlignBytes / item) : 1;
+  const int64_t stride = (per + items - 1) / items * items;
+  std::vector<int64_t> sizes(t.sizes().begin(), t.sizes().end()), strides(t.dim());
+  strides[0] = stride;
+  for (int64_t dim = t.dim() - 1, step = 1; dim >= 1; --dim) {
+    strides[dim] = step;
+    step *= t.size(dim);
+  }
+  at::Tensor out = at::empty({t.size(0) * stride}, t.options()).as_strided(sizes, strides);
+  out.copy_(t);
+  return out;
 }
 
 void refuse_scales_unbatched(const char* op, const std::optional<c10::ArrayRef<double>>& scales,

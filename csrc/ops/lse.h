@@ -29,8 +29,8 @@ struct BatchedLseArgs {
   std::vector<double> scales;
 };
 
-// t (B, ...) itself when every problem t[b] is contiguous (the stride between problems is
-// free: ops/layout.py starts each problem on an aligned address), else t.contiguous().
+// t (B, ...) itself when every problem t[b] is contiguous and, on the CPU, starts on a 64-byte
+// boundary (so that problem b rounds as the 2-D call on its own tensor); else a copy laid out so.
 at::Tensor problems_contiguous(const at::Tensor& t);
 
 // Whether a call is batched (x or y 3-D; check_batched_pair then insists on both).

@@ -4,8 +4,10 @@ The batched ops need each problem t[b] contiguous, not the whole (B, ...) tensor
 between problems is free. The CPU BLAS (MKL) picks its GEMM code path by the operands'
 alignment, which moves float results by an ulp, so a problem that starts at an odd offset of a
 packed batch can round differently from the same problem in a tensor of its own (which the
-allocator aligns to 64 bytes). ``stack_aligned`` starts every problem on a 64-byte boundary:
-then problem b of a batched call is bitwise the 2-D call on a fresh copy of it."""
+allocator aligns to 64 bytes). The ops therefore copy a batch whose problems are not 64-byte
+aligned into such a layout (csrc/ops/lse.cpp, problems_contiguous: the same rule), so problem b
+of a batched call is bitwise the 2-D call on a fresh copy of it; ``stack_aligned`` builds that
+layout once, so that a solver calling the ops every half-step pays no copy."""
 
 import torch
 
