@@ -54,7 +54,7 @@ def extension():
         print(f"ot_flow: building CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
         return CUDAExtension(
             "ot_flow._C",
-            srcs + sources("ops/cuda/*.cu"),
+            srcs + sources("ops/cuda/**/*.cu") + sources("ops/cuda/**/*.cpp"),
             define_macros=defines,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
             **kwargs,

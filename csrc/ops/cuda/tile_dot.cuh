@@ -6,6 +6,7 @@
 // of one half-warp, so row reductions are shuffles.
 #pragma once
 
+#include "chunk_plan.cuh"
 #include "online_lse.cuh"
 
 namespace ot_flow::cuda {
@@ -92,22 +93,8 @@ __device__ __forceinline__ BlockSpan block_span(int64_t m, int64_t cols_per_chun
           static_cast<int64_t>(blockIdx.x) * kBlockRows, col_begin, min(m, col_begin + cols_per_chunk)};
 }
 
-// Column chunks so that row blocks x chunks fill the GPU about twice; each chunk covers
-// whole column tiles.
-struct ChunkPlan {
-  int64_t row_blocks, chunks, cols_per_chunk;
-};
-
 inline ChunkPlan plan_chunks(int64_t n, int64_t m, int multiprocessors) {
-  const int64_t row_blocks = (n + kBlockRows - 1) / kBlockRows;
-  const int64_t col_tiles = (m + kBlockCols - 1) / kBlockCols;
-  const int64_t target_blocks = 2 * static_cast<int64_t>(multiprocessors);
-  int64_t chunks = (target_blocks + row_blocks - 1) / row_blocks;
-  chunks = chunks < 1 ? 1 : (chunks > col_tiles ? col_tiles : chunks);
-  chunks = chunks > 65535 ? 65535 : chunks;
-  const int64_t tiles_per_chunk = (col_tiles + chunks - 1) / chunks;
-  chunks = (col_tiles + tiles_per_chunk - 1) / tiles_per_chunk;
-  return {row_blocks, chunks, tiles_per_chunk * kBlockCols};
+  return plan_chunks(n, m, multiprocessors, kBlockRows, kBlockCols);
 }
 
 }  // namespace ot_flow::cuda

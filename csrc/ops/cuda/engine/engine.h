@@ -1,0 +1,25 @@
+// Entry points of the tensor-core streaming engine (csrc/ops/cuda/engine/), for the ops' CUDA
+// dispatchers. The engine has not run on a GPU yet: it is opt-in (OT_FLOW_CUDA_ENGINE), and the
+// FMA kernels beside it stay the default until its tests pass on one.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "kernel_traits.cuh"
+
+namespace ot_flow::cuda::engine {
+
+// True when the environment variable OT_FLOW_CUDA_ENGINE is "tensor_cores" (read on each call,
+// so tests and scripts can switch it); "fma" or unset selects the FMA kernels. Anything else
+// raises, naming the variable.
+bool tensor_cores_selected();
+
+// Whether the engine computes this call: float32 inputs (float64 keeps the exact FMA path).
+bool engine_handles(const at::Tensor& x);
+
+// out_i = log sum_j exp(scale <x_i, y_j> + h_j); x (n, d), y (m, d), h (m) float32, contiguous,
+// validated, on one CUDA device. Runs on the current stream.
+at::Tensor lse_tensor_cores(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, double scale,
+                            DotMode mode);
+
+}  // namespace ot_flow::cuda::engine

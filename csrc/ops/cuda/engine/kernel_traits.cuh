@@ -1,0 +1,38 @@
+// Shapes of the tensor-core streaming engine, chosen at compile time per launch.
+//
+// A block of kWarps warps owns kBlockRows rows of x; each warp owns 16 of them (one m16 MMA row
+// block) and all kBlockCols columns of the current tile of y, so a row's scores stay inside one
+// warp and its reductions are quad shuffles (the 4 lanes that share a fragment row). The dot
+// products are summed over d in slices of kSliceK, each slice staged in shared memory by
+// asynchronous copies kStages steps ahead of the MMAs that read it.
+#pragma once
+
+namespace ot_flow::cuda::engine {
+
+// How a dot-product tile is computed on the tensor cores (the ops' `precision=`):
+//   kSplitTF32 "highest": x = hi + lo with hi, lo TF32 (11 + 11 significant bits); the tile is
+//              hi*hi + hi*lo + lo*hi on the tensor cores, float32-accurate (the dropped lo*lo is
+//              below 2^-22 of each product);
+//   kTF32      "tf32": one TF32 product, about 2^-11 relative per product;
+//   kBF16      "bf16": bfloat16 operands (8 significant bits), float32 accumulation.
+enum class DotMode { kSplitTF32, kTF32, kBF16 };
+
+template <DotMode Mode, int SliceK>
+struct KernelTraits {
+  static constexpr DotMode kMode = Mode;
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kWarpRows = 16;
+  static constexpr int kBlockRows = kWarps * kWarpRows;  // 64
+  static constexpr int kBlockCols = 64;
+  static constexpr int kColFrags = kBlockCols / 8;  // n8 MMA column blocks per tile
+  static constexpr int kMmaK = Mode == DotMode::kBF16 ? 16 : 8;
+  static constexpr int kSliceK = SliceK;
+  // Row stride of the staged slices in floats: 4 words of padding put the 8 rows x 4 columns
+  // that a warp's fragment load touches in 32 different banks.
+  static constexpr int kStride = kSliceK + 4;
+  static constexpr int kStages = 3;
+  static_assert(kSliceK % kMmaK == 0, "a slice holds whole MMA k-steps");
+};
+
+}  // namespace ot_flow::cuda::engine

@@ -1,0 +1,107 @@
+// The engine's log-sum-exp epilogue (lse, and softmin through lse): an online (max, sum) per
+// row in base 2. The scores arrive as dot products; s * <x, y> + h is formed in log2 units
+// (scale and bias pre-multiplied by log2 e) so each term costs one FMA and one exp2, the
+// hardware's native exponential.
+#pragma once
+
+#include <cuda/std/limits>
+
+#include <cstdint>
+
+#include "kernel_traits.cuh"
+
+namespace ot_flow::cuda::engine {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ float neg_inf_f() { return -::cuda::std::numeric_limits<float>::infinity(); }
+
+// Folds (other_max, other_sum) into a running (max, sum of 2^(. - max)).
+__device__ __forceinline__ void merge_lse2(float& max, float& sum, float other_max, float other_sum) {
+  if (other_max == neg_inf_f()) return;
+  if (other_max > max) {
+    sum = sum * exp2f(max - other_max) + other_sum;
+    max = other_max;
+  } else {
+    sum += other_sum * exp2f(other_max - max);
+  }
+}
+
+template <class Traits>
+struct LseEpilogue {
+  float scale2;              // scale * log2 e
+  const float* __restrict__ h;  // the column bias, natural units
+  float run_max[2], run_sum[2];  // rows g and g + 8 of the warp's 16 (lane = 4 g + t)
+
+  __device__ __forceinline__ LseEpilogue(float scale, const float* bias) : scale2(scale * kLog2e), h(bias) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      run_max[r] = neg_inf_f();
+      run_sum[r] = 0.0f;
+    }
+  }
+
+  __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
+                                       int lane) {
+    const int t = lane & 3;
+    float bias2[Traits::kColFrags][2];
+#pragma unroll
+    for (int j = 0; j < Traits::kColFrags; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t c = col0 + 8 * j + 2 * t + e;
+        bias2[j][e] = c < col_end ? h[c] * kLog2e : neg_inf_f();
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float v[Traits::kColFrags][2];
+      float tile_max = neg_inf_f();
+#pragma unroll
+      for (int j = 0; j < Traits::kColFrags; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          v[j][e] = fmaf(acc[j][2 * r + e], scale2, bias2[j][e]);
+          tile_max = fmaxf(tile_max, v[j][e]);
+        }
+      if (tile_max == neg_inf_f()) continue;  // every column of the tile dropped for this row
+      if (tile_max > run_max[r]) {
+        run_sum[r] *= exp2f(run_max[r] - tile_max);  // 0 while run_max is still -inf
+        run_max[r] = tile_max;
+      }
+      float tile_sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < Traits::kColFrags; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) tile_sum += exp2f(v[j][e] - run_max[r]);
+      run_sum[r] += tile_sum;
+    }
+  }
+
+  // Merges the 4 lanes of each row (quad shuffles) and writes row r's result: max + log(sum)
+  // into out when the block saw every column, else the natural-log partial pair of its chunk.
+  __device__ __forceinline__ void finish(int64_t warp_row0, int64_t n, int lane, float* __restrict__ out,
+                                         float* __restrict__ part_max, float* __restrict__ part_sum,
+                                         int64_t chunk) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+#pragma unroll
+      for (int offset = 1; offset < 4; offset *= 2) {
+        const float other_max = __shfl_xor_sync(0xffffffffu, run_max[r], offset);
+        const float other_sum = __shfl_xor_sync(0xffffffffu, run_sum[r], offset);
+        merge_lse2(run_max[r], run_sum[r], other_max, other_sum);
+      }
+      const int64_t row = warp_row0 + (lane >> 2) + 8 * r;
+      if ((lane & 3) != 0 || row >= n) continue;
+      const bool empty = run_max[r] == neg_inf_f();
+      if (out != nullptr) {
+        out[row] = empty ? neg_inf_f() : (run_max[r] + log2f(run_sum[r])) * kLn2;
+      } else {
+        part_max[chunk * n + row] = empty ? neg_inf_f() : run_max[r] * kLn2;
+        part_sum[chunk * n + row] = run_sum[r];
+      }
+    }
+  }
+};
+
+}  // namespace ot_flow::cuda::engine

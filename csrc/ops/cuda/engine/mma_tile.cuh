@@ -1,0 +1,94 @@
+// One warp's tile of dot products on the tensor cores: acc[j][.] += <x_r, y_c> over one staged
+// slice of d, for the warp's 16 rows r and the tile's kBlockCols columns c (mma.sync, sm_80+).
+//
+// Fragment layout (PTX ISA, m16n8k8 and m16n8k16 with .row.col): lane = 4 g + t. The
+// accumulator of column block j holds, per lane, rows g and g + 8 and columns 8 j + 2 t + {0, 1}:
+//   acc[j][0] = (g, 8j+2t)    acc[j][1] = (g, 8j+2t+1)
+//   acc[j][2] = (g+8, 8j+2t)  acc[j][3] = (g+8, 8j+2t+1)
+// The epilogues read the scores in this layout.
+#pragma once
+
+#include <cstdint>
+
+#include "kernel_traits.cuh"
+
+namespace ot_flow::cuda::engine {
+
+__device__ __forceinline__ uint32_t to_tf32(float v) {
+  uint32_t out;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(out) : "f"(v));
+  return out;
+}
+
+// v = hi + lo + O(2^-22 |v|), hi and lo TF32 values.
+__device__ __forceinline__ void split_tf32(float v, uint32_t& hi, uint32_t& lo) {
+  hi = to_tf32(v);
+  lo = to_tf32(v - __uint_as_float(hi));
+}
+
+// Two floats as bfloat16x2, `first` in the low half (the lower k index of a fragment register).
+__device__ __forceinline__ uint32_t to_bf16x2(float first, float second) {
+  uint32_t out;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(out) : "f"(second), "f"(first));
+  return out;
+}
+
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// acc += x_slice[warp rows] . y_slice^T for one staged slice. xs points at the warp's first row
+// of the staged x slice, ys at the tile's first column of the staged y slice (both [.][kStride]).
+template <class Traits>
+__device__ __forceinline__ void mma_slice(const float* xs, const float* ys, int lane,
+                                          float (&acc)[Traits::kColFrags][4]) {
+  constexpr int S = Traits::kStride;
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int kk = 0; kk < Traits::kSliceK; kk += Traits::kMmaK) {
+    if constexpr (Traits::kMode == DotMode::kBF16) {
+      const float* x0 = xs + g * S + kk + 2 * t;
+      const float* x1 = x0 + 8 * S;
+      const uint32_t a[4] = {to_bf16x2(x0[0], x0[1]), to_bf16x2(x1[0], x1[1]), to_bf16x2(x0[8], x0[9]),
+                             to_bf16x2(x1[8], x1[9])};
+#pragma unroll
+      for (int j = 0; j < Traits::kColFrags; ++j) {
+        const float* y0 = ys + (8 * j + g) * S + kk + 2 * t;
+        const uint32_t b[2] = {to_bf16x2(y0[0], y0[1]), to_bf16x2(y0[8], y0[9])};
+        mma_bf16(acc[j], a, b);
+      }
+    } else {
+      const float av[4] = {xs[g * S + kk + t], xs[(g + 8) * S + kk + t], xs[g * S + kk + t + 4],
+                           xs[(g + 8) * S + kk + t + 4]};
+      uint32_t a_hi[4], a_lo[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) split_tf32(av[i], a_hi[i], a_lo[i]);
+#pragma unroll
+      for (int j = 0; j < Traits::kColFrags; ++j) {
+        const float* y0 = ys + (8 * j + g) * S + kk + t;
+        uint32_t b_hi[2], b_lo[2];
+        split_tf32(y0[0], b_hi[0], b_lo[0]);
+        split_tf32(y0[4], b_hi[1], b_lo[1]);
+        if constexpr (Traits::kMode == DotMode::kSplitTF32) {
+          mma_tf32(acc[j], a_lo, b_hi);
+          mma_tf32(acc[j], a_hi, b_lo);
+        }
+        mma_tf32(acc[j], a_hi, b_hi);
+      }
+    }
+  }
+}
+
+}  // namespace ot_flow::cuda::engine

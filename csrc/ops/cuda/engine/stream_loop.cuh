@@ -1,0 +1,87 @@
+// The engine's one streaming loop: a block walks the column tiles of its chunk of y, and each
+// warp hands every finished 16 x kBlockCols tile of scores <x_r, y_c> to the op's epilogue.
+//
+// Pipeline: the (tile, slice) steps are numbered; the slices of step s + kStages - 1 are copied
+// (cp.async) while the MMAs of step s run, so kStages - 1 copies are in flight behind the math.
+// When d fits one slice, the block's x slice is staged once and only y streams.
+//
+// Epilogue contract (lse_epilogue.cuh is one):
+//   epi.tile(acc, col0, col_end, lane)  once per column tile, acc in mma_tile.cuh's layout,
+//                                       columns >= col_end do not exist;
+// called by every lane of every warp between two block barriers (it may not touch the staging
+// buffers).
+#pragma once
+
+#include <cstdint>
+
+#include "async_copy.cuh"
+#include "kernel_traits.cuh"
+#include "mma_tile.cuh"
+
+namespace ot_flow::cuda::engine {
+
+template <class Traits>
+struct StagingBuffers {
+  float x[Traits::kStages][Traits::kBlockRows][Traits::kStride];
+  float y[Traits::kStages][Traits::kBlockCols][Traits::kStride];
+};
+
+// x (n, d) and y (m, d) row-major float32; the block owns rows [row0, row0 + kBlockRows) and
+// columns [col_begin, col_end). Every thread of the block must call it.
+template <class Traits, int Width, class Epilogue>
+__device__ __forceinline__ void stream_column_tiles(const float* __restrict__ x, const float* __restrict__ y,
+                                                    int64_t n, int64_t d, int64_t row0, int64_t col_begin,
+                                                    int64_t col_end, StagingBuffers<Traits>& smem,
+                                                    Epilogue& epi) {
+  constexpr int kStages = Traits::kStages;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t slices = (d + Traits::kSliceK - 1) / Traits::kSliceK;
+  const int64_t tiles = (col_end - col_begin + Traits::kBlockCols - 1) / Traits::kBlockCols;
+  const int64_t steps = tiles * slices;
+  const bool x_once = slices == 1;
+
+  auto stage = [&](int64_t step) {
+    const int buffer = static_cast<int>(step % kStages);
+    const int64_t k0 = (step % slices) * Traits::kSliceK;
+    const int64_t col0 = col_begin + (step / slices) * Traits::kBlockCols;
+    if (!x_once || step == 0) {
+      stage_rows<Traits::kBlockRows, Traits::kSliceK, Traits::kStride, Traits::kThreads, Width>(
+          &smem.x[buffer][0][0], x, row0, n, k0, d);
+    }
+    stage_rows<Traits::kBlockCols, Traits::kSliceK, Traits::kStride, Traits::kThreads, Width>(
+        &smem.y[buffer][0][0], y, col0, col_end, k0, d);
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < steps) stage(s);
+    commit_async_copies();  // empty groups keep the group count in step with the step count
+  }
+
+  float acc[Traits::kColFrags][4];
+  for (int64_t step = 0; step < steps; ++step) {
+    // The buffer refilled here was read at step - 1, which every warp left at the barrier below.
+    if (step + kStages - 1 < steps) stage(step + kStages - 1);
+    commit_async_copies();
+    wait_async_copies<kStages - 1>();  // this step's group has landed (for this thread) ...
+    __syncthreads();                   // ... and for every thread
+
+    const int64_t slice = step % slices;
+    if (slice == 0) {
+#pragma unroll
+      for (int j = 0; j < Traits::kColFrags; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
+    }
+    const int buffer = static_cast<int>(step % kStages);
+    mma_slice<Traits>(&smem.x[x_once ? 0 : buffer][warp * Traits::kWarpRows][0], &smem.y[buffer][0][0], lane,
+                      acc);
+    if (slice == slices - 1) {
+      epi.tile(acc, col_begin + (step / slices) * Traits::kBlockCols, col_end, lane);
+    }
+    __syncthreads();
+  }
+  wait_async_copies<0>();
+}
+
+}  // namespace ot_flow::cuda::engine

@@ -1,0 +1,64 @@
+"""The built extension's tensor-core kernels really use the tensor cores.
+
+Runs on the CPU-only CI whenever the CUDA kernels are built: it reads the SASS of ot_flow._C
+(``cuobjdump --dump-sass``) and fails if a streaming kernel of the engine
+(csrc/ops/cuda/engine/) has no tensor-core instruction (HMMA, or HGMMA for wgmma), so that a
+silent fall-back to FMA loops cannot pass.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+import ot_flow
+from ot_flow import _extension
+
+pytestmark = pytest.mark.skipif(not ot_flow.cuda_built(), reason="ot_flow was built without CUDA")
+
+# Engine kernels by name (templates over KernelTraits<DotMode, slice>, copy width); DotMode 0, 1, 2
+# are split TF32 ("highest"), TF32 and BF16.
+ENGINE_KERNEL = re.compile(r"engine.*_kernel.*KernelTraitsILNS\d+_7DotModeE(\d)E")
+TENSOR_CORE = re.compile(r"\b(HMMA|HGMMA)\.")
+MMA_SHAPE = {"0": "HMMA.1688.F32.TF32", "1": "HMMA.1688.F32.TF32", "2": "HMMA.16816.F32.BF16"}
+
+
+def cuobjdump():
+    """The toolkit's cuobjdump, else the copy that ships with triton (a torch dependency)."""
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    for candidate in (os.path.join(cuda_home, "bin", "cuobjdump"), shutil.which("cuobjdump")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    try:
+        import triton.backends.nvidia as triton_nvidia
+    except ImportError:
+        return None
+    bundled = os.path.join(os.path.dirname(triton_nvidia.__file__), "bin", "cuobjdump")
+    return bundled if os.path.exists(bundled) else None
+
+
+def kernels_sass():
+    """{mangled kernel name: its SASS text} of every kernel in the extension."""
+    tool = cuobjdump()
+    if tool is None:
+        pytest.fail("cuobjdump not found (CUDA toolkit or triton's bundled copy): cannot check the SASS")
+    text = subprocess.run([tool, "--dump-sass", _extension.load().__file__], check=True,
+                          capture_output=True, text=True).stdout
+    kernels = {}
+    for block in re.split(r"\n\s*Function : ", text)[1:]:
+        name, _, body = block.partition("\n")
+        kernels[name.strip()] = kernels.get(name.strip(), "") + body
+    return kernels
+
+
+def test_engine_kernels_use_tensor_cores():
+    engine = {name: sass for name, sass in kernels_sass().items() if ENGINE_KERNEL.search(name)}
+    modes = {ENGINE_KERNEL.search(name).group(1) for name in engine}
+    assert modes == {"0", "1", "2"}, f"engine kernels for every precision mode, found modes {sorted(modes)}"
+    for name, sass in engine.items():
+        mode = ENGINE_KERNEL.search(name).group(1)
+        assert TENSOR_CORE.search(sass), f"{name}: no tensor-core instruction in its SASS"
+        assert MMA_SHAPE[mode] in sass, f"{name}: expected {MMA_SHAPE[mode]} for precision mode {mode}"
+        assert not re.search(r"\b(LDL|STL)\b", sass), f"{name}: registers spill to local memory"
