@@ -5,6 +5,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <tuple>
+
 #include "kernel_traits.cuh"
 
 namespace ot_flow::cuda::engine {
@@ -21,5 +23,11 @@ bool engine_handles(const at::Tensor& x);
 // validated, on one CUDA device. Runs on the current stream.
 at::Tensor lse_tensor_cores(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, double scale,
                             DotMode mode);
+
+// (mean, lse): mean_i = sum_j w_ij values_j with w_ij = exp(scale <x_i, y_j> + h_j - lse_i), in one
+// pass; values (m, k) float32 contiguous. Rows without mass get mean 0 and lse -inf.
+std::tuple<at::Tensor, at::Tensor> barycentric_tensor_cores(const at::Tensor& x, const at::Tensor& y,
+                                                            const at::Tensor& h, double scale,
+                                                            const at::Tensor& values, DotMode mode);
 
 }  // namespace ot_flow::cuda::engine
