@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU and a preinstalled PyTorch (no .venv, no network): build
-# ot_flow._C against that PyTorch with the CUDA kernels, run the whole test suite (CUDA tests
-# included) and the GPU benchmarks, and keep what they print under benchmarks/results/.
+# ot_flow._C against that PyTorch with the CUDA kernels, run the CUDA tests (the CPU ones are
+# CI's), on the default kernels and on the tensor-core engine, a compute-sanitizer subset and the
+# GPU benchmarks, and keep what they print under benchmarks/results/.
 #   bash scripts/gpu-check.sh            (or: make gpu-check)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,16 +27,33 @@ mkdir -p benchmarks/results
   nvcc --version | tail -1
 } | tee "$out"
 $PY setup.py build_ext --inplace > build-gpu.log 2>&1 || { tail -50 build-gpu.log; exit 1; }
-echo "## tests" | tee -a "$out"
-$PY -m pytest tests -q -x -p no:cacheprovider 2>&1 | tail -15 | tee -a "$out"
+# In order of what matters most, so that a run cut short by its time limit has done the first:
+# the CUDA tests on the verified FMA kernels (the default), the same and the engine's own tests
+# on the tensor-core engine (opt-in until they pass here), a small subset under
+# compute-sanitizer, then the benchmarks.
+echo "## CUDA tests, default kernels (pytest -m cuda)" | tee -a "$out"
+$PY -m pytest tests -m cuda -q -p no:cacheprovider 2>&1 | tail -15 | tee -a "$out"
 tests_rc=${PIPESTATUS[0]}
+echo "## CUDA tests, OT_FLOW_CUDA_ENGINE=tensor_cores" | tee -a "$out"
+OT_FLOW_CUDA_ENGINE=tensor_cores $PY -m pytest tests/test_cuda_engine.py tests/test_cuda_sass.py tests/test_lse.py \
+  tests/test_barycentric.py tests/test_sinkhorn.py -m cuda -q -p no:cacheprovider 2>&1 | tail -25 | tee -a "$out"
+engine_rc=${PIPESTATUS[0]}
+if command -v compute-sanitizer > /dev/null; then
+  echo "## compute-sanitizer (memcheck) on small engine and mips cases" | tee -a "$out"
+  OT_FLOW_CUDA_ENGINE=tensor_cores compute-sanitizer --tool memcheck --error-exitcode 9 \
+    $PY -m pytest tests/test_cuda_engine.py -q -p no:cacheprovider -k "65-129-17 or large_scale" 2>&1 | tail -8 | tee -a "$out"
+  compute-sanitizer --tool memcheck --error-exitcode 9 \
+    $PY -m pytest tests/test_mips.py -q -p no:cacheprovider -k "cuda_ties" 2>&1 | tail -8 | tee -a "$out"
+fi
 # Each benchmark with a size list that fits one device call (10 minutes).
 run_bench() {
   echo "## $* --device cuda" | tee -a "$out"
   $PY "$@" --device cuda 2>&1 | tail -40 | tee -a "$out"
 }
+echo "## benchmarks/bench_engine.py" | tee -a "$out"
+$PY benchmarks/bench_engine.py 2>&1 | tail -60 | tee -a "$out"
 run_bench benchmarks/bench_lse.py
 run_bench benchmarks/bench_sinkhorn.py --sizes 4096 65536 --dims 64 --methods ot_flow "ot_flow streamed" "torch dense" OTT-JAX
 run_bench benchmarks/bench_sampling.py --sizes 4096 16384 65536 262144 --methods ot_flow "torch dense + multinomial"
 run_bench benchmarks/bench_mips.py --methods ot_flow torch --fit-sizes 10000 100000
-exit "$tests_rc"
+[ "$tests_rc" -eq 0 ] && exit "$engine_rc"

@@ -1,0 +1,97 @@
+"""The CUDA tensor-core engine against the FMA kernels, op by op, with each precision mode's error.
+
+    python benchmarks/bench_engine.py [--sizes 16384 65536] [--dims 2 64 512] [--out FILE]
+
+For lse and barycentric at n = m, each row times one call on one engine
+(OT_FLOW_CUDA_ENGINE=fma: the verified FMA kernels; tensor_cores: csrc/ops/cuda/engine/) and
+one precision, and reports the largest error over the first 256 rows against float64 (relative
+to the row's largest |logit|, the scale a float32 logit is exact to) and the share of the floor
+reached: the larger of n m exps at the measured exp rate and 2 n m d (lse; + 2 n m k for
+barycentric) tensor-core FLOPs at the measured TF32 GEMM rate (x3 for split TF32).
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
+import ot_flow  # noqa: E402
+from common import header, publish, table, timeit  # noqa: E402
+
+CHECK_ROWS = 256
+RUNS = [("fma", "highest"), ("tensor_cores", "highest"), ("tensor_cores", "tf32"), ("tensor_cores", "bf16")]
+
+
+def rates(device):
+    n = 8192
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        tf32 = 2 * n**3 / timeit(lambda: a @ b, device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    big = torch.randn(2**26, device=device)
+    out = torch.empty_like(big)
+    exp = big.numel() / timeit(lambda: torch.exp2(big, out=out), device)
+    return tf32, exp
+
+
+def reference(x, y, h, s, values):
+    logits = s * (x[:CHECK_ROWS].double() @ y.double().T) + h.double()
+    lse = torch.logsumexp(logits, dim=1)
+    mean = torch.softmax(logits, dim=1) @ values.double()
+    return lse, mean, logits.abs().amax(dim=1)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16384, 65536])
+    parser.add_argument("--dims", type=int, nargs="+", default=[2, 64, 512])
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if not (torch.cuda.is_available() and ot_flow.cuda_built()):
+        sys.exit("bench_engine: needs a CUDA GPU and an ot_flow build with CUDA")
+    device = "cuda"
+    tf32_rate, exp_rate = rates(device)
+    report = [header("CUDA engine benchmark (float32 inputs, one call, n = m)"),
+              f"measured rates: TF32 GEMM {tf32_rate / 1e12:.0f} TFLOP/s, exp2 {exp_rate / 1e9:.0f} G/s"]
+    rows = []
+    saved = os.environ.get("OT_FLOW_CUDA_ENGINE")
+    try:
+        for n in args.sizes:
+            for d in args.dims:
+                g = torch.Generator(device=device).manual_seed(n + d)
+                x = torch.randn(n, d, device=device, generator=g)
+                y = torch.randn(n, d, device=device, generator=g)
+                h = torch.randn(n, device=device, generator=g)
+                s = 1.0 / d**0.5
+                ref_lse, ref_mean, logit_scale = reference(x, y, h, s, y)
+                for op in ("lse", "barycentric"):
+                    flops = 2 * n * n * d + (2 * n * n * d if op == "barycentric" else 0)
+                    for engine, precision in RUNS:
+                        os.environ["OT_FLOW_CUDA_ENGINE"] = engine
+                        if op == "lse":
+                            call = lambda: ot_flow.ops.lse(x, y, h, s, precision=precision)  # noqa: E731
+                            err = ((call()[:CHECK_ROWS].double() - ref_lse).abs() / logit_scale).max().item()
+                        else:
+                            call = lambda: ot_flow.ops.barycentric(x, y, h, s, precision=precision)  # noqa: E731
+                            mean = call()[0][:CHECK_ROWS].double()
+                            err = ((mean - ref_mean).abs().amax(1) / ref_mean.abs().amax(1).clamp_min(1e-30)).max().item()
+                        t = timeit(call, device)
+                        floor = max(n * n / exp_rate, flops * (3 if precision == "highest" else 1) / tf32_rate)
+                        rows.append({"op": op, "n=m": n, "d": d, "engine": engine, "precision": precision,
+                                     "ms": f"{t * 1e3:.3f}", "error": f"{err:.1e}", "of floor": f"{floor / t:.0%}"})
+    finally:
+        if saved is None:
+            os.environ.pop("OT_FLOW_CUDA_ENGINE", None)
+        else:
+            os.environ["OT_FLOW_CUDA_ENGINE"] = saved
+    report.append(table(rows, ["op", "n=m", "d", "engine", "precision", "ms", "error", "of floor"]))
+    publish("\n".join(report), args.out)
+
+
+if __name__ == "__main__":
+    main()

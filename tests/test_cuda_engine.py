@@ -1,0 +1,128 @@
+"""The CUDA tensor-core engine (csrc/ops/cuda/engine/, opt-in OT_FLOW_CUDA_ENGINE=tensor_cores)
+against float64 references, in every precision mode, on awkward sizes.
+
+Error bounds (|error| of a logit scale * <x_i, y_j> + h_j, which is what lse and the weights
+see): "highest" (split TF32) is float32-accurate, within ~2e-6 of the row's largest |logit|;
+"tf32" rounds each operand to 11 significant bits, so |error| <= 2^-10 scale |x_i| |y_j|;
+"bf16" to 8 bits, |error| <= 2^-7 scale |x_i| |y_j|. The tests check lse against these bounds
+and the barycentric means against the float64 means within the same relative error of the
+values' scale.
+"""
+
+import pytest
+import torch
+
+import ot_flow
+from problems import random_problem
+
+pytestmark = pytest.mark.cuda
+
+SIZES = [(1, 1, 1), (7, 13, 3), (64, 64, 16), (65, 129, 17), (300, 1000, 64), (97, 4099, 100), (5, 20_011, 8),
+         (130, 300, 1000)]
+MODES = ["highest", "tf32", "bf16"]
+# Relative to scale * max|x_i| * max|y_j| (tf32, bf16) or to the largest |logit| (highest).
+BOUND = {"highest": 2e-6, "tf32": 2.0**-10, "bf16": 2.0**-7}
+
+
+@pytest.fixture(autouse=True)
+def tensor_cores(monkeypatch):
+    monkeypatch.setenv("OT_FLOW_CUDA_ENGINE", "tensor_cores")
+
+
+def logit_scale(x, y, h, scale, precision):
+    """The size an error in row i's logits is measured against (see the module docstring)."""
+    x64, y64 = x.double().cpu(), y.double().cpu()
+    if precision == "highest":
+        return (scale * x64 @ y64.T + h.double().cpu()).abs().amax(1).clamp_min(1.0)
+    return scale * x64.norm(dim=1) * y64.norm(dim=1).max()
+
+
+def reference(x, y, h, scale, values):
+    logits = scale * (x.double().cpu() @ y.double().cpu().T) + h.double().cpu()
+    return torch.logsumexp(logits, 1), torch.softmax(logits, 1) @ values.double().cpu()
+
+
+@pytest.mark.parametrize("precision", MODES)
+@pytest.mark.parametrize("n,m,d", SIZES)
+def test_lse_within_the_modes_bound(n, m, d, precision):
+    x, y, h = random_problem(n, m, d, torch.float32, device="cuda")
+    scale = 1.0 / d**0.5
+    out = ot_flow.ops.lse(x, y, h, scale, precision=precision)
+    assert out.shape == (n,) and out.dtype == torch.float32 and out.device.type == "cuda"
+    lse, _ = reference(x, y, h, scale, y)
+    err = (out.double().cpu() - lse).abs()
+    assert (err <= BOUND[precision] * logit_scale(x, y, h, scale, precision) + 1e-6).all(), err.max()
+
+
+@pytest.mark.parametrize("precision", MODES)
+@pytest.mark.parametrize("n,m,d", SIZES)
+def test_barycentric_in_one_pass_within_the_modes_bound(n, m, d, precision):
+    x, y, h = random_problem(n, m, d, torch.float32, device="cuda")
+    values = torch.randn(m, d + 5, device="cuda")  # k = d + 5: value blocks of 16 and 64, partial ones
+    scale = 1.0 / d**0.5
+    mean, lse = ot_flow.ops.barycentric(x, y, h, scale, values, precision=precision)
+    ref_lse, ref_mean = reference(x, y, h, scale, values)
+    rows = logit_scale(x, y, h, scale, precision)
+    assert (lse.double().cpu() - ref_lse).abs().le(BOUND[precision] * rows + 1e-6).all()
+    # A logit error e moves a weight by about e relative: the mean moves by <= 2 e max|v|.
+    vmax = values.abs().max().item()
+    err = (mean.double().cpu() - ref_mean).abs().amax(1)
+    assert (err <= 4 * BOUND[precision] * rows * vmax + 1e-5 * vmax).all(), err.max()
+
+
+def test_large_scale_dropped_columns_and_empty_rows():
+    x, y, h = random_problem(70, 3001, 5, torch.float32, device="cuda")
+    h[::3] = float("-inf")
+    out = ot_flow.ops.lse(x, y, h, 40.0)
+    lse, _ = reference(x, y, h, 40.0, y)
+    torch.testing.assert_close(out.double().cpu(), lse, rtol=2e-6, atol=2e-5)
+    h[:] = float("-inf")
+    assert torch.isneginf(ot_flow.ops.lse(x, y, h, 1.0)).all()
+    mean, lse = ot_flow.ops.barycentric(x, y, h, 1.0)
+    assert torch.isneginf(lse).all() and (mean == 0).all()
+
+
+def test_non_contiguous_half_inputs_and_side_stream():
+    x, y, h = random_problem(300, 700, 20, torch.float32, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        out = ot_flow.ops.lse(x.T.contiguous().T, y[:, :], h, 0.5)
+        half = ot_flow.ops.lse(x.half(), y.half(), h.half(), 0.5)
+    stream.synchronize()
+    lse, _ = reference(x, y, h, 0.5, y)
+    torch.testing.assert_close(out.double().cpu(), lse, rtol=2e-6, atol=2e-6)
+    assert half.dtype == torch.float32
+    ref_half, _ = reference(x.half(), y.half(), h.half(), 0.5, y)
+    torch.testing.assert_close(half.double().cpu(), ref_half, rtol=2e-6, atol=2e-6)
+
+
+def test_agrees_with_the_fma_kernels_and_float64_is_exact(monkeypatch):
+    x, y, h = random_problem(513, 2049, 33, torch.float32, device="cuda")
+    engine = ot_flow.ops.lse(x, y, h, 0.3)
+    monkeypatch.setenv("OT_FLOW_CUDA_ENGINE", "fma")
+    fma = ot_flow.ops.lse(x, y, h, 0.3)
+    torch.testing.assert_close(engine, fma, rtol=2e-6, atol=2e-6)
+    monkeypatch.setenv("OT_FLOW_CUDA_ENGINE", "tensor_cores")
+    x64, y64, h64 = x.double(), y.double(), h.double()
+    lse, _ = reference(x64, y64, h64, 0.3, y64)
+    torch.testing.assert_close(ot_flow.ops.lse(x64, y64, h64, 0.3, precision="bf16").cpu(), lse,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_sinkhorn_on_the_engine_matches_the_cpu():
+    x, y, _ = random_problem(1000, 1200, 8, torch.float32)
+    cpu = ot_flow.sinkhorn(x, y, eps=0.1, cost_cache=False)
+    gpu = ot_flow.sinkhorn(x.cuda(), y.cuda(), eps=0.1, cost_cache=False)
+    assert gpu.path == "streamed" and gpu.converged
+    assert abs(gpu.n_iter - cpu.n_iter) <= 10  # the GPU reads its error back every few iterations
+    torch.testing.assert_close(gpu.transport_cost().cpu(), cpu.transport_cost(), rtol=1e-4, atol=1e-5)
+
+
+def test_opcheck_and_bad_switch(monkeypatch):
+    x, y, h = random_problem(9, 70, 5, torch.float32, device="cuda")
+    for precision in MODES:
+        torch.library.opcheck(torch.ops.ot_flow.lse.default, (x, y, h, 0.5, None, precision))
+        torch.library.opcheck(torch.ops.ot_flow.barycentric.default, (x, y, h, 0.5, None, None, precision))
+    monkeypatch.setenv("OT_FLOW_CUDA_ENGINE", "tensorcores")
+    with pytest.raises(ValueError, match="OT_FLOW_CUDA_ENGINE"):
+        ot_flow.ops.lse(x, y, h, 0.5)
