@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <tuple>
+#include <vector>
 
 #include "kernel_traits.cuh"
 
@@ -23,6 +24,11 @@ bool engine_handles(const at::Tensor& x);
 // validated, on one CUDA device. Runs on the current stream.
 at::Tensor lse_tensor_cores(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, double scale,
                             DotMode mode);
+
+// Batched: x (B, n, d), y (B, m, d), h (B, m), each problem contiguous; out (B, n), problem b
+// with scales[b]. One launch per 256 problems (the batch is the grid's z dimension).
+at::Tensor lse_tensor_cores_batched(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
+                                    const std::vector<double>& scales, DotMode mode);
 
 // (mean, lse): mean_i = sum_j w_ij values_j with w_ij = exp(scale <x_i, y_j> + h_j - lse_i), in one
 // pass; values (m, k) float32 contiguous. Rows without mass get mean 0 and lse -inf.

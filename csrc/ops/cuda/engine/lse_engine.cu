@@ -1,75 +1,118 @@
 // ot_flow::lse on the tensor-core engine: the streaming loop with the log-sum-exp epilogue,
-// and the merge of column chunks when the rows alone do not fill the GPU.
+// the merge of column chunks when the rows alone do not fill the GPU, and batched problems as
+// the grid's z dimension (a 2-D call is a batch of one).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "../online_lse.cuh"
 #include "engine.h"
 #include "launch.cuh"
 #include "lse_epilogue.cuh"
+#include "problem_batch.cuh"
 #include "stream_loop.cuh"
 
 namespace ot_flow::cuda::engine {
 namespace {
 
-// One chunk of columns per blockIdx.y: writes out[row] when there is one chunk, else the
-// chunk's partial (max, sum) pair.
+// Problem blockIdx.z, rows of blockIdx.x, one chunk of columns per blockIdx.y: writes out[row]
+// when there is one chunk, else the chunk's partial (max, sum) pair at [chunk][problem][row].
 template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads)
     lse_engine_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h,
-                      int64_t n, int64_t m, int64_t d, float scale, int64_t cols_per_chunk,
-                      float* __restrict__ out, float* __restrict__ part_max, float* __restrict__ part_sum) {
+                      int64_t n, int64_t m, int64_t d, const ProblemBatch batch, int64_t cols_per_chunk,
+                      float* __restrict__ out, float* __restrict__ part_max, float* __restrict__ part_sum,
+                      int64_t chunk_stride) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
+  const int64_t problem = blockIdx.z;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * Traits::kBlockRows;
   const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
   const int64_t col_end = min(m, col_begin + cols_per_chunk);
-  LseEpilogue<Traits> epi(scale, h);
-  stream_column_tiles<Traits, Width>(x, y, n, d, row0, col_begin, col_end, smem, epi);
+  LseEpilogue<Traits> epi(batch.scale[problem], h + problem * batch.h_stride);
+  stream_column_tiles<Traits, Width>(x + problem * batch.x_stride, y + problem * batch.y_stride, n, d, row0,
+                                     col_begin, col_end, smem, epi);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  epi.finish(row0 + warp * Traits::kWarpRows, n, lane, out, part_max, part_sum, blockIdx.y);
+  const int64_t offset = problem * n;
+  epi.finish(row0 + warp * Traits::kWarpRows, n, lane, out == nullptr ? nullptr : out + offset,
+             part_max == nullptr ? nullptr : part_max + offset, part_sum == nullptr ? nullptr : part_sum + offset,
+             blockIdx.y, chunk_stride);
+}
+
+// out (B, n) for x (B, n, d), y (B, m, d), h (B, m), each problem contiguous (problems_contiguous).
+void launch_lse(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, const std::vector<double>& scales,
+                DotMode mode, at::Tensor& out) {
+  const int64_t problems = x.size(0), n = x.size(1), m = y.size(1), d = x.size(2);
+  if (problems == 0 || n == 0) return;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  with_traits(mode, d, rows_aligned16(x, y) && x.stride(0) % 4 == 0 && y.stride(0) % 4 == 0,
+              [&](auto traits, auto width) {
+    using Traits = decltype(traits);
+    constexpr int kWidth = decltype(width)::value;
+    // The column split aims at the whole batch's blocks, not one problem's.
+    const ChunkPlan plan = plan_launch<Traits>(n * problems, m);
+    const int64_t row_blocks = (n + Traits::kBlockRows - 1) / Traits::kBlockRows;
+    TORCH_CHECK(row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.lse: too many rows");
+    at::Tensor partials;
+    if (plan.chunks > 1) partials = at::empty({2, plan.chunks, problems, n}, x.options());
+    for (int64_t first = 0; first < problems; first += ProblemBatch::kMaxProblems) {
+      const int64_t count = std::min<int64_t>(ProblemBatch::kMaxProblems, problems - first);
+      ProblemBatch batch;
+      batch.x_stride = x.stride(0);
+      batch.y_stride = y.stride(0);
+      batch.h_stride = h.stride(0);
+      for (int64_t b = 0; b < count; ++b) batch.scale[b] = static_cast<float>(scales[first + b]);
+      const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(plan.chunks),
+                      static_cast<unsigned>(count));
+      const float* xp = x.const_data_ptr<float>() + first * x.stride(0);
+      const float* yp = y.const_data_ptr<float>() + first * y.stride(0);
+      const float* hp = h.const_data_ptr<float>() + first * h.stride(0);
+      if (plan.chunks == 1) {
+        lse_engine_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
+            xp, yp, hp, n, m, d, batch, plan.cols_per_chunk, out.data_ptr<float>() + first * n, nullptr, nullptr, 0);
+      } else {
+        lse_engine_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
+            xp, yp, hp, n, m, d, batch, plan.cols_per_chunk, nullptr, partials[0].data_ptr<float>() + first * n,
+            partials[1].data_ptr<float>() + first * n, problems * n);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (plan.chunks > 1) {
+      // Rows of all problems are one (B n)-long axis of the partials: one merge for the batch.
+      constexpr int kMergeThreads = 256;
+      const int64_t rows = problems * n;
+      const unsigned merge_blocks = static_cast<unsigned>((rows + kMergeThreads - 1) / kMergeThreads);
+      lse_merge_chunks_kernel<float><<<merge_blocks, kMergeThreads, 0, stream>>>(
+          partials[0].data_ptr<float>(), partials[1].data_ptr<float>(), rows, plan.chunks, out.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+}
+
+void check_float32(const at::Tensor& x) {
+  TORCH_CHECK(engine_handles(x), "ot_flow.lse: the tensor-core engine takes float32 inputs, got ",
+              x.scalar_type());
 }
 
 }  // namespace
 
 at::Tensor lse_tensor_cores(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, double scale,
                             DotMode mode) {
-  TORCH_CHECK(engine_handles(x), "ot_flow.lse: the tensor-core engine takes float32 inputs, got ",
-              x.scalar_type());
+  check_float32(x);
   const c10::cuda::CUDAGuard device_guard(x.device());
-  const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
-  at::Tensor out = at::empty({n}, x.options());
-  if (n == 0) return out;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  with_traits(mode, d, rows_aligned16(x, y), [&](auto traits, auto width) {
-    using Traits = decltype(traits);
-    constexpr int kWidth = decltype(width)::value;
-    const ChunkPlan plan = plan_launch<Traits>(n, m);
-    TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.lse: too many rows");
-    const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
-    const float s = static_cast<float>(scale);
-    if (plan.chunks == 1) {
-      lse_engine_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
-          x.const_data_ptr<float>(), y.const_data_ptr<float>(), h.const_data_ptr<float>(), n, m, d, s,
-          plan.cols_per_chunk, out.data_ptr<float>(), nullptr, nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      return;
-    }
-    at::Tensor partials = at::empty({2, plan.chunks, n}, x.options());
-    float* part_max = partials[0].data_ptr<float>();
-    float* part_sum = partials[1].data_ptr<float>();
-    lse_engine_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
-        x.const_data_ptr<float>(), y.const_data_ptr<float>(), h.const_data_ptr<float>(), n, m, d, s,
-        plan.cols_per_chunk, nullptr, part_max, part_sum);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    constexpr int kMergeThreads = 256;
-    const unsigned merge_blocks = static_cast<unsigned>((n + kMergeThreads - 1) / kMergeThreads);
-    lse_merge_chunks_kernel<float><<<merge_blocks, kMergeThreads, 0, stream>>>(part_max, part_sum, n, plan.chunks,
-                                                                              out.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  at::Tensor out = at::empty({1, x.size(0)}, x.options());
+  launch_lse(x.unsqueeze(0), y.unsqueeze(0), h.unsqueeze(0), {scale}, mode, out);
+  return out.squeeze(0);
+}
+
+at::Tensor lse_tensor_cores_batched(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
+                                    const std::vector<double>& scales, DotMode mode) {
+  check_float32(x);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  at::Tensor out = at::empty({x.size(0), x.size(1)}, x.options());
+  launch_lse(x, y, h, scales, mode, out);
   return out;
 }
 

@@ -79,10 +79,11 @@ struct LseEpilogue {
   }
 
   // Merges the 4 lanes of each row (quad shuffles) and writes row r's result: max + log(sum)
-  // into out when the block saw every column, else the natural-log partial pair of its chunk.
+  // into out when the block saw every column, else the natural-log partial pair of its chunk at
+  // part_*[chunk * chunk_stride + row].
   __device__ __forceinline__ void finish(int64_t warp_row0, int64_t n, int lane, float* __restrict__ out,
                                          float* __restrict__ part_max, float* __restrict__ part_sum,
-                                         int64_t chunk) {
+                                         int64_t chunk, int64_t chunk_stride) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
 #pragma unroll
@@ -97,8 +98,8 @@ struct LseEpilogue {
       if (out != nullptr) {
         out[row] = empty ? neg_inf_f() : (run_max[r] + log2f(run_sum[r])) * kLn2;
       } else {
-        part_max[chunk * n + row] = empty ? neg_inf_f() : run_max[r] * kLn2;
-        part_sum[chunk * n + row] = run_sum[r];
+        part_max[chunk * chunk_stride + row] = empty ? neg_inf_f() : run_max[r] * kLn2;
+        part_sum[chunk * chunk_stride + row] = run_sum[r];
       }
     }
   }
