@@ -272,6 +272,9 @@ BAD_NUMBERS = [
     ("mips k float", lambda x, y, h: OPS.mips(x, y, h, 1.5), "ot_flow.mips: argument 'k' must be an integer, got float 1.5"),
     ("lse_dense dim", lambda x, y, h: OPS.lse_dense(x @ y.T, h, 1.0, 1.0), "ot_flow.lse_dense: argument 'dim' must be an integer"),
     ("lse_dense scale", lambda x, y, h: OPS.lse_dense(x @ y.T, h, "1", 1), "ot_flow.lse_dense: argument 'scale'"),
+    *[(f"{op} precision {bad!r}", lambda x, y, h, op=op, bad=bad: getattr(OPS, op)(x, y, h, 1, precision=bad),
+       f"ot_flow.{op}: argument 'precision' must be one of 'highest', 'tf32', 'bf16', got {bad!r}")
+      for op in ("lse", "softmin", "barycentric", "mips", "gumbel_argmax") for bad in ("fp8", "HIGHEST", None)],
 ]
 
 
@@ -300,8 +303,8 @@ STREAMING_OPS = {
 
 BAD_TENSORS = [  # (case, corrupt(x, y, b), message; {b} / {v} name the bias for its shape / values)
     ("mismatched d", lambda x, y, b: (x, y[:, :2], b), "same dimension"),
-    ("integer x", lambda x, y, b: (x.long(), y, b), "argument 'x' must be float32 or float64"),
-    ("integer y", lambda x, y, b: (x, y.int(), b), "argument 'y' must be float32 or float64"),
+    ("integer x", lambda x, y, b: (x.long(), y, b), "argument 'x' must be float16, bfloat16, float32 or float64"),
+    ("integer y", lambda x, y, b: (x, y.int(), b), "argument 'y' must be float16, bfloat16, float32 or float64"),
     ("mixed dtypes", lambda x, y, b: (x, y.double(), b), "one dtype"),
     ("empty x", lambda x, y, b: (x[:0], y, b), "argument 'x' is empty"),
     ("empty y", lambda x, y, b: (x, y[:0], b[:0]), "argument 'y' is empty"),

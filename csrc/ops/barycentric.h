@@ -16,23 +16,26 @@
 #include <tuple>
 #include <vector>
 
+#include "precision.h"
+
 namespace ot_flow {
 
-// Kernels on validated, contiguous inputs; return (out (n, k), lse (n)). A row whose every
-// bias is -inf gets out = 0 and lse = -inf.
+// Kernels on validated, contiguous inputs in compute_dtype (float32/float64); return (out (n, k),
+// lse (n)). A row whose every bias is -inf gets out = 0 and lse = -inf. The CPU kernels take
+// no precision: they compute every mode exactly.
 using BarycentricKernel = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& x, const at::Tensor& y,
                                                                  const at::Tensor& h, double scale,
-                                                                 const at::Tensor& values);
+                                                                 const at::Tensor& values, Precision precision);
 std::tuple<at::Tensor, at::Tensor> barycentric_cpu_kernel(const at::Tensor& x, const at::Tensor& y,
                                                           const at::Tensor& h, double scale,
                                                           const at::Tensor& values);
 std::tuple<at::Tensor, at::Tensor> barycentric_cuda_kernel(const at::Tensor& x, const at::Tensor& y,
                                                            const at::Tensor& h, double scale,
-                                                           const at::Tensor& values);
+                                                           const at::Tensor& values, Precision precision);
 
 using BarycentricBatchedKernel = std::tuple<at::Tensor, at::Tensor> (*)(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, const std::vector<double>& scales,
-    const at::Tensor& values);
+    const at::Tensor& values, Precision precision);
 std::tuple<at::Tensor, at::Tensor> barycentric_cpu_batched_kernel(const at::Tensor& x, const at::Tensor& y,
                                                                   const at::Tensor& h,
                                                                   const std::vector<double>& scales,
@@ -44,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor> run_barycentric(const at::Tensor& x, const at
                                                    const std::optional<at::Tensor>& h, double scale,
                                                    const std::optional<at::Tensor>& values,
                                                    const std::optional<c10::ArrayRef<double>>& scales,
-                                                   BarycentricKernel kernel,
+                                                   c10::string_view precision, BarycentricKernel kernel,
                                                    BarycentricBatchedKernel batched = nullptr);
 
 }  // namespace ot_flow

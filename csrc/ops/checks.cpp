@@ -5,14 +5,28 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
+
+#include "precision.h"
 
 namespace ot_flow {
+
+void check_point_dtype(const char* op, const char* name, const at::Tensor& t) {
+  const at::ScalarType dtype = t.scalar_type();
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
+                    ": argument '", name, "' must be float16, bfloat16, float32 or float64, got ", dtype);
+}
+
+at::ScalarType compute_dtype(at::ScalarType dtype) {
+  return dtype == at::kHalf || dtype == at::kBFloat16 ? at::kFloat : dtype;
+}
+
+at::Tensor computed(const at::Tensor& t) { return t.to(compute_dtype(t.scalar_type())).contiguous(); }
 
 double check_points(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.dim() == 2, op, ": argument '", name,
                     "' must be a 2-D tensor of points (num_points, dim), got shape ", t.sizes());
-  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
-                    ": argument '", name, "' must be float32 or float64, got ", t.scalar_type());
+  check_point_dtype(op, name, t);
   TORCH_CHECK_VALUE(t.size(0) > 0 && t.size(1) > 0, op, ": argument '", name,
                     "' is empty (shape ", t.sizes(), "); it needs at least one point of dimension >= 1");
   // max |entry| is NaN or Inf exactly when an entry is.
@@ -59,8 +73,7 @@ std::vector<double> per_problem_max_abs(const at::Tensor& t) {
 std::vector<double> check_batched_points(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.dim() == 3, op, ": argument '", name,
                     "' of a batched call must be a 3-D tensor (num_problems, num_points, dim), got shape ", t.sizes());
-  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
-                    ": argument '", name, "' must be float32 or float64, got ", t.scalar_type());
+  check_point_dtype(op, name, t);
   TORCH_CHECK_VALUE(t.size(0) > 0 && t.size(1) > 0 && t.size(2) > 0, op, ": argument '", name,
                     "' is empty (shape ", t.sizes(), "); a batched call needs at least one problem of at least ",
                     "one point of dimension >= 1");
@@ -108,7 +121,26 @@ void check_batched_pair(const char* op, const at::Tensor& x, const at::Tensor& y
                     "got ", x.size(0), " and ", y.size(0), " (shapes ", x.sizes(), " and ", y.sizes(), ")");
 }
 
-const char* float_name(at::ScalarType dtype) { return dtype == at::kFloat ? "float32" : "float64"; }
+const char* float_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kHalf:
+      return "float16";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kFloat:
+      return "float32";
+    default:
+      return "float64";
+  }
+}
+
+Precision parse_precision(const char* op, c10::string_view precision) {
+  if (precision == "highest") return Precision::Highest;
+  if (precision == "tf32") return Precision::TF32;
+  TORCH_CHECK_VALUE(precision == "bf16", op, ": argument 'precision' must be one of 'highest', 'tf32', 'bf16', got '",
+                    std::string(precision), "'");
+  return Precision::BF16;
+}
 
 double overflow_ceiling(at::ScalarType dtype) {
   return 0.5 * (dtype == at::kFloat ? std::numeric_limits<float>::max() : std::numeric_limits<double>::max());

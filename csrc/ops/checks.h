@@ -9,8 +9,18 @@
 
 namespace ot_flow {
 
-// A point cloud: a 2-D, non-empty float32/float64 tensor with finite entries. Returns
-// max |entry|, for check_logit_range (the same reduction finds NaN and Inf).
+// Raises unless `t` has a dtype the streaming ops take: float16, bfloat16, float32 or float64.
+void check_point_dtype(const char* op, const char* name, const at::Tensor& t);
+
+// The dtype the streaming ops compute and return in for inputs of `dtype`: float32 for float16
+// and bfloat16 (torch autocast's rule for reductions such as logsumexp and softmax, whose sums
+// over m terms would lose too much in 16 bits), else `dtype` itself.
+at::ScalarType compute_dtype(at::ScalarType dtype);
+// `t` in compute_dtype, contiguous: the kernels' view of an input (the one upcast of the ops).
+at::Tensor computed(const at::Tensor& t);
+
+// A point cloud: a 2-D, non-empty tensor of a dtype check_point_dtype takes, with finite
+// entries. Returns max |entry|, for check_logit_range (the same reduction finds NaN and Inf).
 double check_points(const char* op, const char* name, const at::Tensor& t);
 
 // A per-point vector of log-weights or potentials of length `size`, same dtype as the
@@ -40,7 +50,7 @@ std::vector<double> batched_scales(const char* op, const char* scales_name, doub
 // Raises unless x and y are both batched (3-D) with one B: the shared shape rule of batched calls.
 void check_batched_pair(const char* op, const at::Tensor& x, const at::Tensor& y);
 
-// "float32" or "float64", as users write the dtypes in Python.
+// "float16", "bfloat16", "float32" or "float64", as users write the dtypes in Python.
 const char* float_name(at::ScalarType dtype);
 
 // Half the largest finite value of a float32/float64 dtype: the ceiling of the overflow checks,

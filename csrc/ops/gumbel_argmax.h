@@ -20,6 +20,8 @@
 #include <tuple>
 #include <vector>
 
+#include "precision.h"
+
 namespace ot_flow {
 
 // Where the noise of one call comes from: the key (seed, offset) and the global index of
@@ -28,20 +30,21 @@ struct GumbelKey {
   int64_t seed, offset, row_offset, col_offset;
 };
 
-// Kernels on validated, contiguous inputs; return (index int64 (n), value float64 (n)).
+// Kernels on validated, contiguous inputs in compute_dtype (float32/float64); return (index int64
+// (n), value float64 (n)). The CPU kernels take no precision: they compute every mode exactly.
 using GumbelArgmaxKernel = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& x, const at::Tensor& y,
                                                                   const at::Tensor& h, double scale,
-                                                                  const GumbelKey& key);
+                                                                  const GumbelKey& key, Precision precision);
 std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cpu_kernel(const at::Tensor& x, const at::Tensor& y,
                                                             const at::Tensor& h, double scale,
                                                             const GumbelKey& key);
 std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cuda_kernel(const at::Tensor& x, const at::Tensor& y,
                                                              const at::Tensor& h, double scale,
-                                                             const GumbelKey& key);
+                                                             const GumbelKey& key, Precision precision);
 
 using GumbelArgmaxBatchedKernel = std::tuple<at::Tensor, at::Tensor> (*)(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, const std::vector<double>& scales,
-    const std::vector<GumbelKey>& keys);
+    const std::vector<GumbelKey>& keys, Precision precision);
 std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cpu_batched_kernel(const at::Tensor& x, const at::Tensor& y,
                                                                     const at::Tensor& h,
                                                                     const std::vector<double>& scales,
@@ -54,7 +57,8 @@ std::tuple<at::Tensor, at::Tensor> run_gumbel_argmax(const at::Tensor& x, const 
                                                      int64_t seed, int64_t offset, int64_t row_offset,
                                                      int64_t col_offset,
                                                      const std::optional<c10::ArrayRef<double>>& scales,
-                                                     at::OptionalIntArrayRef seeds, GumbelArgmaxKernel kernel,
+                                                     at::OptionalIntArrayRef seeds, c10::string_view precision,
+                                                     GumbelArgmaxKernel kernel,
                                                      GumbelArgmaxBatchedKernel batched = nullptr);
 
 }  // namespace ot_flow

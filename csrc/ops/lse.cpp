@@ -11,9 +11,18 @@
 
 namespace ot_flow {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
-    const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
-    const char* op, const char* h_name) {
+namespace {
+
+// The mode the kernels run for inputs of `dtype`: float64 always takes the exact path.
+Precision kernel_precision(const char* op, c10::string_view precision, at::ScalarType dtype) {
+  const Precision parsed = parse_precision(op, precision);
+  return dtype == at::kDouble ? Precision::Highest : parsed;
+}
+
+}  // namespace
+
+LseArgs prepare_lse_args(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
+                         double scale, c10::string_view precision, const char* op, const char* h_name) {
   // Devices first: nothing may read a tensor that sits on another device than the kernel's.
   check_same_device(op, "y", y, "x", x);
   if (h.has_value()) check_same_device(op, h_name, *h, "x", x);
@@ -24,16 +33,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
   TORCH_CHECK_VALUE(x.size(1) == y.size(1), op, ": arguments 'x' and 'y' must have the same dimension, got x ",
                     x.sizes(), " and y ", y.sizes());
   check_finite_scalar(op, "scale", scale);
+  const at::ScalarType dtype = compute_dtype(x.scalar_type());
+  const Precision mode = kernel_precision(op, precision, dtype);
   at::Tensor bias;
   double h_max = 0.0;
   if (h.has_value()) {
     h_max = check_log_weights(op, h_name, *h, y.size(0), x);
-    bias = h->contiguous();
+    bias = computed(*h);
   } else {
-    bias = at::zeros({y.size(0)}, x.options());
+    bias = at::zeros({y.size(0)}, x.options().dtype(dtype));
   }
-  check_logit_range(op, x.scalar_type(), x.size(1), x_max, y_max, scale, h_name, h_max);
-  return {x.contiguous(), y.contiguous(), bias};
+  check_logit_range(op, dtype, x.size(1), x_max, y_max, scale, h_name, h_max);
+  return {computed(x), computed(y), bias, mode};
 }
 
 bool is_batched(const at::Tensor& x, const at::Tensor& y) { return x.dim() == 3 || y.dim() == 3; }
@@ -83,7 +94,7 @@ void refuse_scales_unbatched(const char* op, const std::optional<c10::ArrayRef<d
 BatchedLseArgs prepare_batched_lse_args(const at::Tensor& x, const at::Tensor& y,
                                         const std::optional<at::Tensor>& h, double scale,
                                         const std::optional<c10::ArrayRef<double>>& scales,
-                                        const char* op, const char* h_name) {
+                                        c10::string_view precision, const char* op, const char* h_name) {
   check_same_device(op, "y", y, "x", x);
   if (h.has_value()) check_same_device(op, h_name, *h, "x", x);
   check_batched_pair(op, x, y);
@@ -95,48 +106,59 @@ BatchedLseArgs prepare_batched_lse_args(const at::Tensor& x, const at::Tensor& y
                     x.sizes(), " and y ", y.sizes());
   const int64_t batch = x.size(0);
   std::vector<double> all_scales = batched_scales(op, "scales", scale, scales, batch);
+  const at::ScalarType dtype = compute_dtype(x.scalar_type());
+  const Precision mode = kernel_precision(op, precision, dtype);
   at::Tensor bias;
   std::vector<double> h_max(batch, 0.0);
   if (h.has_value()) {
     h_max = check_batched_log_weights(op, h_name, *h, batch, y.size(1), x);
-    bias = problems_contiguous(*h);
+    bias = problems_contiguous(h->to(dtype));
   } else {
-    bias = at::zeros({batch, y.size(1)}, x.options());
+    bias = at::zeros({batch, y.size(1)}, x.options().dtype(dtype));
   }
   for (int64_t b = 0; b < batch; ++b) {
-    check_logit_range(op, x.scalar_type(), x.size(2), x_max[b], y_max[b], all_scales[b], h_name, h_max[b]);
+    check_logit_range(op, dtype, x.size(2), x_max[b], y_max[b], all_scales[b], h_name, h_max[b]);
   }
-  return {problems_contiguous(x), problems_contiguous(y), bias, std::move(all_scales)};
+  return {problems_contiguous(x.to(dtype)), problems_contiguous(y.to(dtype)), bias, std::move(all_scales), mode};
 }
 
 at::Tensor run_lse(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
-                   double scale, const std::optional<c10::ArrayRef<double>>& scales, LseKernel kernel,
-                   LseBatchedKernel batched) {
+                   double scale, const std::optional<c10::ArrayRef<double>>& scales, c10::string_view precision,
+                   LseKernel kernel, LseBatchedKernel batched) {
   if (!is_batched(x, y)) {
     refuse_scales_unbatched("ot_flow.lse", scales);
-    auto [xc, yc, hc] = prepare_lse_args(x, y, h, scale);
-    return kernel(xc, yc, hc, scale);
+    const LseArgs args = prepare_lse_args(x, y, h, scale, precision);
+    return kernel(args.x, args.y, args.h, scale, args.precision);
   }
-  const BatchedLseArgs args = prepare_batched_lse_args(x, y, h, scale, scales);
-  if (batched != nullptr) return batched(args.x, args.y, args.h, args.scales);
+  const BatchedLseArgs args = prepare_batched_lse_args(x, y, h, scale, scales, precision);
+  if (batched != nullptr) return batched(args.x, args.y, args.h, args.scales, args.precision);
   at::Tensor out = at::empty({args.x.size(0), args.x.size(1)}, args.x.options());
   for (int64_t b = 0; b < args.x.size(0); ++b) {
-    out[b].copy_(kernel(args.x[b], args.y[b], args.h[b], args.scales[b]));
+    out[b].copy_(kernel(args.x[b], args.y[b], args.h[b], args.scales[b], args.precision));
   }
   return out;
 }
 
 namespace {
 
+// The CPU computes every precision exactly, so its kernels take none.
 at::Tensor lse_cpu(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
-                   double scale, std::optional<c10::ArrayRef<double>> scales) {
-  return run_lse(x, y, h, scale, scales, &lse_cpu_kernel, &lse_cpu_batched_kernel);
+                   double scale, std::optional<c10::ArrayRef<double>> scales, c10::string_view precision) {
+  return run_lse(
+      x, y, h, scale, scales, precision,
+      [](const at::Tensor& xc, const at::Tensor& yc, const at::Tensor& hc, double s, Precision) {
+        return lse_cpu_kernel(xc, yc, hc, s);
+      },
+      [](const at::Tensor& xc, const at::Tensor& yc, const at::Tensor& hc, const std::vector<double>& ss,
+         Precision) { return lse_cpu_batched_kernel(xc, yc, hc, ss); });
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
-  m.def("lse(Tensor x, Tensor y, Tensor? h=None, float scale=1.0, float[]? scales=None) -> Tensor");
+  m.def(
+      "lse(Tensor x, Tensor y, Tensor? h=None, float scale=1.0, float[]? scales=None, str precision=\"highest\") "
+      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ot_flow, CPU, m) { m.impl("lse", &lse_cpu); }

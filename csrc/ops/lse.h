@@ -13,20 +13,31 @@
 #include <optional>
 #include <vector>
 
+#include "precision.h"
+
 namespace ot_flow {
 
-// Validates the arguments and returns (x, y, h) contiguous, with h = zeros(m) when absent.
-// `op` and `h_name` name the calling op and its bias argument in error messages (ops built on
-// lse share these checks).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_lse_args(
-    const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h, double scale,
-    const char* op = "ot_flow.lse", const char* h_name = "h");
+// The validated inputs of a 2-D call, as the kernels take them: x (n, d), y (m, d), h (m)
+// contiguous in compute_dtype (float16/bfloat16 upcast to float32; checks.h), h = zeros(m) when
+// absent, and the precision of the dot products (Highest for float64 inputs, which always take
+// the exact path).
+struct LseArgs {
+  at::Tensor x, y, h;
+  Precision precision;
+};
 
-// The validated inputs of a batched call, each problem contiguous: x (B, n, d), y (B, m, d), h (B, m)
-// (zeros when absent) and the B scales.
+// Validates the arguments of a 2-D call. `op` and `h_name` name the calling op and its bias
+// argument in error messages (ops built on lse share these checks).
+LseArgs prepare_lse_args(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
+                         double scale, c10::string_view precision, const char* op = "ot_flow.lse",
+                         const char* h_name = "h");
+
+// The validated inputs of a batched call, each problem contiguous and in compute_dtype: x (B, n, d),
+// y (B, m, d), h (B, m) (zeros when absent), the B scales and the precision (as LseArgs).
 struct BatchedLseArgs {
   at::Tensor x, y, h;
   std::vector<double> scales;
+  Precision precision;
 };
 
 // t (B, ...) itself when every problem t[b] is contiguous and, on the CPU, starts on a 64-byte
@@ -41,21 +52,24 @@ bool is_batched(const at::Tensor& x, const at::Tensor& y);
 BatchedLseArgs prepare_batched_lse_args(const at::Tensor& x, const at::Tensor& y,
                                         const std::optional<at::Tensor>& h, double scale,
                                         const std::optional<c10::ArrayRef<double>>& scales,
-                                        const char* op = "ot_flow.lse", const char* h_name = "h");
+                                        c10::string_view precision, const char* op = "ot_flow.lse",
+                                        const char* h_name = "h");
 
 // Raises when `scales` is given to a 2-D call (it is the batched calls' argument).
 void refuse_scales_unbatched(const char* op, const std::optional<c10::ArrayRef<double>>& scales,
                              const char* name = "scales");
 
-// Kernels: x (n, d), y (m, d), h (m) contiguous, validated, same dtype and device.
-using LseKernel = at::Tensor (*)(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, double scale);
+// Kernels: x (n, d), y (m, d), h (m) contiguous, validated, same dtype (float32/float64) and
+// device. The CPU kernels take no precision: they compute every mode exactly.
+using LseKernel = at::Tensor (*)(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, double scale,
+                                 Precision precision);
 at::Tensor lse_cpu_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
                           double scale);
 at::Tensor lse_cuda_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
-                           double scale);
+                           double scale, Precision precision);
 // Batched kernels: x (B, n, d), y (B, m, d), h (B, m) contiguous, validated; out (B, n).
 using LseBatchedKernel = at::Tensor (*)(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
-                                        const std::vector<double>& scales);
+                                        const std::vector<double>& scales, Precision precision);
 at::Tensor lse_cpu_batched_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
                                   const std::vector<double>& scales);
 
@@ -63,7 +77,7 @@ at::Tensor lse_cpu_batched_kernel(const at::Tensor& x, const at::Tensor& y, cons
 // given, else `kernel` once per problem, in order, on the current stream: the CUDA fallback
 // until the batch is a grid dimension of the CUDA engine (issue #16).
 at::Tensor run_lse(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
-                   double scale, const std::optional<c10::ArrayRef<double>>& scales, LseKernel kernel,
-                   LseBatchedKernel batched = nullptr);
+                   double scale, const std::optional<c10::ArrayRef<double>>& scales, c10::string_view precision,
+                   LseKernel kernel, LseBatchedKernel batched = nullptr);
 
 }  // namespace ot_flow

@@ -12,15 +12,19 @@
 #include <optional>
 #include <tuple>
 
+#include "precision.h"
+
 namespace ot_flow {
 
-// Kernels on validated, contiguous inputs; return (values (n, k) in x's dtype, indices int64 (n, k)).
+// Kernels on validated, contiguous inputs in compute_dtype (float32/float64); return (values
+// (n, k) in that dtype, indices int64 (n, k)). The CPU kernel takes no precision: it computes
+// every mode exactly.
 using MipsKernel = std::tuple<at::Tensor, at::Tensor> (*)(const at::Tensor& x, const at::Tensor& y,
-                                                          const at::Tensor& bias, int64_t k);
+                                                          const at::Tensor& bias, int64_t k, Precision precision);
 std::tuple<at::Tensor, at::Tensor> mips_cpu_kernel(const at::Tensor& x, const at::Tensor& y,
                                                    const at::Tensor& bias, int64_t k);
 std::tuple<at::Tensor, at::Tensor> mips_cuda_kernel(const at::Tensor& x, const at::Tensor& y,
-                                                    const at::Tensor& bias, int64_t k);
+                                                    const at::Tensor& bias, int64_t k, Precision precision);
 
 // The largest k the CUDA kernel keeps per row (its lists live in per-thread local memory).
 constexpr int64_t kMipsCudaMaxK = 64;
@@ -28,6 +32,6 @@ constexpr int64_t kMipsCudaMaxK = 64;
 // The op for one device: checks, then `kernel`.
 std::tuple<at::Tensor, at::Tensor> run_mips(const at::Tensor& x, const at::Tensor& y,
                                             const std::optional<at::Tensor>& bias, int64_t k,
-                                            MipsKernel kernel, int64_t max_k);
+                                            c10::string_view precision, MipsKernel kernel, int64_t max_k);
 
 }  // namespace ot_flow

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "precision.h"
 
 namespace ot_flow {
 namespace {
@@ -37,10 +38,13 @@ void check_eps(const char* name, double eps) {
 }
 
 using LseOp = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double,
-                         std::optional<c10::ArrayRef<double>>);
+                         std::optional<c10::ArrayRef<double>>, c10::string_view);
 
 at::Tensor softmin(const at::Tensor& x, const at::Tensor& y, const at::Tensor& g, double eps,
-                   const std::optional<at::Tensor>& log_weights, std::optional<c10::ArrayRef<double>> epsilons) {
+                   const std::optional<at::Tensor>& log_weights, std::optional<c10::ArrayRef<double>> epsilons,
+                   c10::string_view precision) {
+  // Checked under softmin's name; lse, which does the work, would report it as its own argument.
+  parse_precision("ot_flow.softmin", precision);
   const bool batched = x.dim() == 3 || y.dim() == 3;
   if (epsilons.has_value()) {
     TORCH_CHECK_VALUE(batched, "ot_flow.softmin: argument 'epsilons' is for batched inputs (x (B, n, d), ",
@@ -61,11 +65,19 @@ at::Tensor softmin(const at::Tensor& x, const at::Tensor& y, const at::Tensor& g
     check_potential_like("g", g, x, y);
     if (log_weights.has_value()) check_potential_like("log_weights", *log_weights, x, y);
   }
+  const at::ScalarType dtype = compute_dtype(x.scalar_type());
+  if (x.scalar_type() == y.scalar_type() && dtype != x.scalar_type()) {
+    // float16/bfloat16: the bias g / eps would overflow 16 bits for a small eps, so the inputs
+    // are upcast before it is formed, to the dtype lse computes in anyway (the same result).
+    const auto up = [dtype](const at::Tensor& t) { return t.to(dtype); };
+    return softmin(up(x), up(y), up(g), eps, log_weights.has_value() ? std::optional(up(*log_weights)) : std::nullopt,
+                   epsilons, precision);
+  }
   static const auto lse = c10::Dispatcher::singleton().findSchemaOrThrow("ot_flow::lse", "").typed<LseOp>();
   if (!batched) {
     at::Tensor bias = g / eps;
     if (log_weights.has_value()) bias = bias + *log_weights;
-    return lse.call(x, y, bias, 1.0 / eps, std::nullopt) * (-eps);
+    return lse.call(x, y, bias, 1.0 / eps, std::nullopt, precision) * (-eps);
   }
   // Per problem the arithmetic of the 2-D call (so problem b's bits are the 2-D call's); the
   // scalings are B small elementwise ops around one batched lse.
@@ -84,7 +96,7 @@ at::Tensor softmin(const at::Tensor& x, const at::Tensor& y, const at::Tensor& g
     biases.push_back(bias);
     scales.push_back(1.0 / eps_b[b]);
   }
-  const at::Tensor out = lse.call(x, y, at::stack(biases), 1.0, scales);
+  const at::Tensor out = lse.call(x, y, at::stack(biases), 1.0, scales, precision);
   for (int64_t b = 0; b < count; ++b) outs.push_back(out[b] * (-eps_b[b]));
   return at::stack(outs);
 }
@@ -92,7 +104,9 @@ at::Tensor softmin(const at::Tensor& x, const at::Tensor& y, const at::Tensor& g
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
-  m.def("softmin(Tensor x, Tensor y, Tensor g, float eps, Tensor? log_weights=None, float[]? epsilons=None) -> Tensor");
+  m.def(
+      "softmin(Tensor x, Tensor y, Tensor g, float eps, Tensor? log_weights=None, float[]? epsilons=None, "
+      "str precision=\"highest\") -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ot_flow, CompositeImplicitAutograd, m) { m.impl("softmin", &softmin); }

@@ -1,6 +1,6 @@
 """The torch ops in namespace ``ot_flow`` (``torch.ops.ot_flow.*``), the ground floor: their
 Python entry points, fake kernels and autograd, one file per op; the wrappers' argument checks
-in ``_args``. The kernels are C++ / CUDA (csrc/); nothing here imports the floors above."""
+in ``_args``, the modes of their ``precision`` argument in ``precision``. The kernels are C++ / CUDA (csrc/); nothing here imports the floors above."""
 
 from ot_flow.ops.assignment_dense import assignment_dense
 from ot_flow.ops.barycentric import barycentric

@@ -106,6 +106,25 @@ def scaled(t, scale, scales):
     return s.view(-1, *[1] * (t.dim() - 1)) * t
 
 
+def result_dtype(dtype):
+    """The dtype the streaming ops compute and return in for inputs of ``dtype``: float32 for
+    float16 and bfloat16 (torch autocast's rule for reductions such as logsumexp and softmax,
+    whose sums would lose too much in 16 bits), else ``dtype``. The C++ ops upcast their inputs
+    so (csrc/ops/checks.h, compute_dtype); the fake kernels report it."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def upcast(*tensors):
+    """The tensors in :func:`result_dtype`: a backward pass computes in the forward's dtype."""
+    return tuple(t.to(result_dtype(t.dtype)) for t in tensors)
+
+
+def like_inputs(grads, inputs):
+    """Each gradient (None kept) in the dtype of its input, as autograd requires: the backward
+    of float16/bfloat16 inputs computes in float32."""
+    return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, inputs))
+
+
 def _describe(value):
     if isinstance(value, torch.Tensor):
         grad = ", requires_grad=True" if value.requires_grad else ""

@@ -2,12 +2,12 @@
 
 import torch
 
-from ot_flow.ops import _args
+from ot_flow.ops import _args, precision as _precision
 
 __all__ = ["barycentric"]
 
 
-def barycentric(x, y, h=None, scale=1.0, values=None):
+def barycentric(x, y, h=None, scale=1.0, values=None, *, precision="highest"):
     """Softmax-weighted sums ``out_i = sum_j w_ij values_j`` with
     ``w_ij = exp(scale * <x_i, y_j> + h_j - lse_i)``, and ``lse_i`` itself; no n x m matrix.
 
@@ -18,24 +18,32 @@ def barycentric(x, y, h=None, scale=1.0, values=None):
     numbers (list, tuple or 1-D tensor; the op's ``scales``), as for :func:`ot_flow.ops.lse`;
     out (B, n, k) and lse (B, n), problem b bitwise the 2-D call on it (CPU).
 
+    ``precision`` (``"highest"``, ``"tf32"`` or ``"bf16"``): how the dot products are formed,
+    see :mod:`ot_flow.ops.precision`. x, y, h and values share one dtype: float16, bfloat16,
+    float32 or float64.
+
     Returns:
-        ``(out, lse)``: (n, k) and (n,) tensors with the dtype and device of ``x``. A row whose
-        every bias is ``-inf`` gets ``out = 0`` and ``lse = -inf``.
+        ``(out, lse)``: (n, k) and (n,) tensors on the device of ``x``, in x's dtype, or float32
+        for float16/bfloat16 inputs (computed in float32: torch autocast's rule for softmax). A
+        row whose every bias is ``-inf`` gets ``out = 0`` and ``lse = -inf``.
 
     Differentiable in ``x``, ``y``, ``h`` and ``values``, to any order, batched too (see the
-    autograd below).
+    autograd below); the gradients come back in the inputs' dtypes.
     """
     scale, scales = _args.per_problem("ot_flow.barycentric", "scale", scale, x)
-    return torch.ops.ot_flow.barycentric.default(x, y, h, scale, values, scales)
+    precision = _precision.checked("ot_flow.barycentric", precision)
+    return torch.ops.ot_flow.barycentric.default(x, y, h, scale, values, scales, precision)
 
 
 @torch.library.register_fake("ot_flow::barycentric")
-def _barycentric_fake(x, y, h=None, scale=1.0, values=None, scales=None):
+def _barycentric_fake(x, y, h=None, scale=1.0, values=None, scales=None, precision="highest"):
     _args.streaming_inputs("ot_flow.barycentric", x, y, h, scales=scales, values=values)
+    _precision.checked("ot_flow.barycentric", precision)
     k = y.shape[-1] if values is None else values.shape[-1]
     if values is not None:
         torch._check(values.shape[:-1] == y.shape[:-1], lambda: "ot_flow.barycentric: 'values' must have m rows")
-    return x.new_empty(*x.shape[:-1], k), x.new_empty(x.shape[:-1])
+    dtype = _args.result_dtype(x.dtype)
+    return x.new_empty(*x.shape[:-1], k, dtype=dtype), x.new_empty(x.shape[:-1], dtype=dtype)
 
 
 # Autograd. With L_ij = scale <x_i, y_j> + h_j, w_ij = exp(L_ij - lse_i), v = values (y when
@@ -48,13 +56,15 @@ def _barycentric_fake(x, y, h=None, scale=1.0, values=None, scales=None):
 # values, d * k columns), so the backward is differentiable again: double backward through
 # barycentric, lse and softmin is exact, at d times the memory and work of a first-order pass.
 # Batched calls run the same formulas with a leading problem dimension (the ``...`` below) and
-# each problem's own scale (``_args.scaled``); the passes are batched calls.
+# each problem's own scale (``_args.scaled``); the passes are batched calls, with the forward's
+# precision. float16/bfloat16 inputs are upcast first (the forward computed in float32) and the
+# gradients cast back to their dtypes.
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, h, scale, values, scales = _args.padded(inputs, (None, None, None, 1.0, None, None))
+    x, y, h, scale, values, scales, precision = _args.padded(inputs, (None, None, None, 1.0, None, None, "highest"))
     out, lse = output
-    ctx.scale, ctx.scales, ctx.n_inputs = scale, scales, len(inputs)
+    ctx.scale, ctx.scales, ctx.precision, ctx.n_inputs = scale, scales, precision, len(inputs)
     ctx.has_h = h is not None
     ctx.has_values = values is not None
     ctx.save_for_backward(x, y, h if h is not None else y.new_zeros(y.shape[:-1]),
@@ -62,8 +72,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, grad_lse):
-    x, y, h, v, out, lse = ctx.saved_tensors
-    s, ss = ctx.scale, ctx.scales
+    inputs = ctx.saved_tensors[:4]
+    x, y, h, v = _args.upcast(*inputs)
+    out, lse = ctx.saved_tensors[4:]
+    s, ss, p = ctx.scale, ctx.scales, ctx.precision
     scale = s if ss is None else ss  # what the passes below take as their scale
 
     def scaled(t):
@@ -78,7 +90,7 @@ def _backward(ctx, grad_out, grad_lse):
     grad_x = grad_y = grad_h = grad_v = None
     if need_x:
         pairs = (y[..., :, None] * v[..., None, :]).reshape(*lead, m, d * k)
-        mean, _ = barycentric(x, y, h, scale, torch.cat([pairs, y], -1) if ctx.has_values else pairs)
+        mean, _ = barycentric(x, y, h, scale, torch.cat([pairs, y], -1) if ctx.has_values else pairs, precision=p)
         mean_y = mean[..., d * k:] if ctx.has_values else out
         grad_x = scaled(torch.matmul(mean[..., : d * k].reshape(*lead, n, d, k), grad_out[..., None])[..., 0]
                         + beta[..., None] * mean_y)
@@ -88,7 +100,7 @@ def _backward(ctx, grad_out, grad_lse):
         row_bias = torch.where(torch.isfinite(lse), -lse, torch.full_like(lse, float("-inf")))
         u = torch.cat([(x[..., :, None] * grad_out[..., None, :]).reshape(*lead, n, d * k), beta[..., None] * x,
                        grad_out, beta[..., None]], -1)
-        mean_u, col_lse = barycentric(y, x, row_bias, scale, u)
+        mean_u, col_lse = barycentric(y, x, row_bias, scale, u, precision=p)
         sums = torch.exp(h + col_lse)[..., None] * mean_u
         xg, bx, wg, wb = sums.split([d * k, d, k, 1], -1)
         if need_y:
@@ -99,7 +111,8 @@ def _backward(ctx, grad_out, grad_lse):
             grad_h = (wg * v).sum(-1) + wb[..., 0]
         if need_v:
             grad_v = wg
-    return (grad_x, grad_y, grad_h, None, grad_v, None)[:ctx.n_inputs]
+    grad_x, grad_y, grad_h, grad_v = _args.like_inputs((grad_x, grad_y, grad_h, grad_v), inputs)
+    return (grad_x, grad_y, grad_h, None, grad_v, None, None)[:ctx.n_inputs]
 
 
 torch.library.register_autograd("ot_flow::barycentric", _backward, setup_context=_setup_context)

@@ -2,7 +2,7 @@
 
 import torch
 
-from ot_flow.ops import _args
+from ot_flow.ops import _args, precision as _precision
 
 __all__ = ["gumbel_argmax", "seed_from"]
 
@@ -23,7 +23,7 @@ def seed_from(generator=None):
 
 
 def gumbel_argmax(x, y, h=None, scale=1.0, *, generator=None, seed=None, offset=0, row_offset=0,
-                  col_offset=0, return_value=False):
+                  col_offset=0, return_value=False, precision="highest"):
     """For each row i one column ``j ~ softmax_j(scale * <x_i, y_j> + h_j)``, streamed.
 
     Computes ``argmax_j scale * <x_i, y_j> + h_j + G_ij`` with ``G_ij`` Gumbel(0, 1) noise that
@@ -32,7 +32,7 @@ def gumbel_argmax(x, y, h=None, scale=1.0, *, generator=None, seed=None, offset=
     offsets) draws exactly what the unsharded call draws for it.
 
     Args:
-        x: (n, d) float32/float64 points (rows).
+        x: (n, d) float16/bfloat16/float32/float64 points (rows; 16-bit ones computed in float32).
         y: (m, d) points (columns), same dtype and device.
         h: optional (m,) bias; ``-inf`` entries are never drawn.
         scale: the factor on the dot products (``1 / eps`` for a Sinkhorn coupling).
@@ -43,6 +43,8 @@ def gumbel_argmax(x, y, h=None, scale=1.0, *, generator=None, seed=None, offset=
         row_offset, col_offset: the global index of the first row of ``x`` and of ``y``.
         return_value: also return the winning perturbed logits (float64), with which draws
             over shards of columns merge exactly (larger value wins, lower index on ties).
+        precision: how the dot products are formed, ``"highest"``, ``"tf32"`` or ``"bf16"`` (see
+            :mod:`ot_flow.ops.precision`); the draw is exact only where the logits are.
 
     Batched: x (B, n, d), y (B, m, d), h (B, m); ``scale`` one number or B numbers (the op's
     ``scales``); ``seed`` one integer or B integers (the op's ``seeds``), and with ``seed=None``
@@ -53,7 +55,8 @@ def gumbel_argmax(x, y, h=None, scale=1.0, *, generator=None, seed=None, offset=
 
     Returns:
         LongTensor (n,) of column indices (-1 for a row whose every bias is -inf), and with
-        ``return_value`` the (n,) float64 values. Neither is differentiable.
+        ``return_value`` the (n,) float64 values, whatever the inputs' dtype. Neither is
+        differentiable.
     """
     op = "ot_flow.gumbel_argmax"
     if seed is None:
@@ -65,15 +68,17 @@ def gumbel_argmax(x, y, h=None, scale=1.0, *, generator=None, seed=None, offset=
     seed, seeds = _args.per_problem(op, "seed", seed, x, kind=lambda name, v: _args.integer(op, name, v), unused=0)
     index, value = torch.ops.ot_flow.gumbel_argmax.default(
         x, y, h, scale, seed, _args.integer(op, "offset", offset),
-        _args.integer(op, "row_offset", row_offset), _args.integer(op, "col_offset", col_offset), scales, seeds
+        _args.integer(op, "row_offset", row_offset), _args.integer(op, "col_offset", col_offset), scales, seeds,
+        _precision.checked(op, precision)
     )
     return (index, value) if return_value else index
 
 
 @torch.library.register_fake("ot_flow::gumbel_argmax")
 def _gumbel_argmax_fake(x, y, h=None, scale=1.0, seed=0, offset=0, row_offset=0, col_offset=0, scales=None,
-                        seeds=None):
+                        seeds=None, precision="highest"):
     _args.streaming_inputs("ot_flow.gumbel_argmax", x, y, h, scales=scales)
+    _precision.checked("ot_flow.gumbel_argmax", precision)
     torch._check(seeds is None or (x.dim() == 3 and len(seeds) == x.shape[0]),
                  lambda: "ot_flow.gumbel_argmax: 'seeds' must hold one seed per problem of a batched call")
     shape = x.shape[:-1]
@@ -90,7 +95,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_index, grad_value):
-    return (None,) * 10  # nothing flows back: the outputs are marked non-differentiable
+    return (None,) * 11  # nothing flows back: the outputs are marked non-differentiable
 
 
 torch.library.register_autograd("ot_flow::gumbel_argmax", _backward, setup_context=_setup_context)

@@ -12,7 +12,7 @@ import warnings
 import torch
 
 from ot_flow.distributed import derived_seed
-from ot_flow.ops import seed_from
+from ot_flow.ops import precision as op_precision, seed_from
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.assignment import assignment
 from ot_flow.solvers.sinkhorn import caches_costs, sinkhorn
@@ -42,6 +42,8 @@ class OTSampler:
             last over 2 seconds).
         tau_a, tau_b: unbalanced couplings, passed to :func:`ot_flow.sinkhorn` (tau = rho / (rho +
             eps) in (0, 1], 1 = that marginal exact); every x0 still gets one partner from P(. | i).
+        precision: of the dot products in the solves and draws, passed to :func:`ot_flow.sinkhorn`
+            ("highest", "tf32" or "bf16"; see ot_flow.ops.precision).
 
     Points of any shape are flattened to vectors for the cost (images included), after a check
     that x0 and x1 have the same shape per point; bf16 and fp16 points are solved in float32 and
@@ -51,7 +53,7 @@ class OTSampler:
 
     def __init__(self, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3, max_iter=10_000,
                  target_entropy=None, entropy_tol=0.01, momentum=True, cost_cache="auto", process_group=None, progress="auto",
-                 tau_a=1.0, tau_b=1.0):
+                 tau_a=1.0, tau_b=1.0, precision="highest"):
         exact = eps == 0 and not isinstance(eps, bool) and target_entropy is None
         self.eps = 0.0 if exact else validation.positive("eps", eps)
         self.relative_eps = bool(relative_eps)
@@ -72,6 +74,7 @@ class OTSampler:
         if exact and (self.tau_a < 1 or self.tau_b < 1):
             raise ValueError("arguments 'tau_a' / 'tau_b': eps=0.0 pairs by the exact (balanced) assignment, "
                              "which has no relaxed marginals; pass eps > 0 for an unbalanced coupling")
+        self.precision = op_precision.checked("OTSampler", precision)
         self.last_plan = None
         self._entropy_eps = None
 
@@ -95,7 +98,7 @@ class OTSampler:
                           target_entropy=self.target_entropy, entropy_tol=self.entropy_tol,
                           cost_cache=self.cost_cache,
                           process_group=self.process_group, progress=self.progress,
-                          tau_a=self.tau_a, tau_b=self.tau_b)
+                          tau_a=self.tau_a, tau_b=self.tau_b, precision=self.precision)
         self.last_plan = result
         if self.target_entropy is not None:
             self._entropy_eps = result.eps / result.spread if self.relative_eps else result.eps
@@ -172,7 +175,7 @@ class OTSampler:
         flat1 = torch.stack([validation.flat_points("x1", b) for _, b in problems])
         return sinkhorn(flat0, flat1, eps=self.eps, relative_eps=self.relative_eps, cost=self.cost, tol=self.tol,
                         max_iter=self.max_iter, momentum=self.momentum, cost_cache=self.cost_cache,
-                        progress=self.progress, tau_a=self.tau_a, tau_b=self.tau_b)
+                        progress=self.progress, tau_a=self.tau_a, tau_b=self.tau_b, precision=self.precision)
 
     def _batches(self, problems):
         """The classes solved together: those of equal sizes (n, m) and shape, as one batched solve

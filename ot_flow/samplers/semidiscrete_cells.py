@@ -53,7 +53,7 @@ def _hard_assignments(sampler, num_samples, batch_size, seed):
             x = s._frame_noise(n, gen)
             g_c, b_c = (g, s.weights) if index is None else (g[index], s.weights[index])
             idx = semidiscrete.assign(x, s._points(index), g_c, b_c, 0.0, FRAME_COST, chunk_size=s.chunk_size,
-                                      process_group=s.group, offset=s.offset).cpu()
+                                      process_group=s.group, offset=s.offset, precision=s.precision).cpu()
             local = idx - s.offset if index is None else index[idx]
             mine = (local >= 0) & (local < s.weights.shape[0])
             yield x, local[mine], mine

@@ -44,7 +44,7 @@ def multiscale_start(sampler, num_steps, batch_size, progress, settings):
         rows = torch.arange(points.shape[0]) if index is None else index
         keep = rows[torch.randperm(len(rows), generator=gen)[:math.ceil(len(rows) / _COARSENING)]].sort().values
         nearest[rows] = keep[semidiscrete.nearest(points, sampler._points(keep).to(sampler.device),
-                                                  chunk_size=sampler.chunk_size)]
+                                                  chunk_size=sampler.chunk_size, precision=sampler.precision)]
         nearest[keep] = keep  # a centre is its own (float32 scores can tie close neighbours)
         centers.append(keep)
         center_labels.append(torch.full((len(keep),), -1 if label is None else label, dtype=torch.long))
@@ -61,7 +61,7 @@ def multiscale_start(sampler, num_steps, batch_size, progress, settings):
         weights=weights.to(flat.device), labels=labels, relative_eps=sampler.relative_eps,
         source=sampler.source, quasi_random=sampler.quasi_random, device=sampler.device,
         chunk_size=sampler.chunk_size, seed=distributed.derived_seed(sampler.seed, len(centers)),
-        process_group=sampler.group)
+        process_group=sampler.group, precision=sampler.precision)
     coarse._set_frame(sampler._frame)  # its potential, in this frame, extends to these points
     steps = min(num_steps, max(_MIN_COARSE_STEPS, num_steps // _COARSENING))
     coarse.fit(steps, batch_size, progress=progress, **settings)

@@ -20,6 +20,7 @@ import math
 import torch
 
 from ot_flow import distributed
+from ot_flow.ops import precision as op_precision
 from ot_flow.samplers import semidiscrete_cells, semidiscrete_state
 from ot_flow.samplers.semidiscrete_fit import SemidiscreteFit
 from ot_flow.samplers.semidiscrete_frame import (FRAME_COST, StandardisedFrame, measure_data_frame,
@@ -62,6 +63,8 @@ class SemidiscreteSampler:
             over all ranks), keeps its slice of g, and draws the same noise; the MIPS runs on
             the local shard and the winner over the ranks is agreed by a (value, index)
             exchange. Indices returned by ``assign`` are global (shards in rank order).
+        precision: of the dot products of the fit and the pairing ("highest", "tf32" or "bf16",
+            ot_flow.ops.precision); a setting of this sampler, not of its state (any state loads).
 
     ``assign`` and ``pair`` need a fitted potential: after ``fit`` (one step at least) or
     ``load_state_dict`` ``fitted`` is True; set ``sampler.fitted = True`` to pair with the
@@ -72,7 +75,8 @@ class SemidiscreteSampler:
     """
 
     def __init__(self, data, eps=0.0, cost="sqeuclidean", *, weights=None, labels=None, relative_eps=True,
-                 source=None, quasi_random="auto", device=None, chunk_size=None, seed=0, process_group=None):
+                 source=None, quasi_random="auto", device=None, chunk_size=None, seed=0, process_group=None,
+                 precision="highest"):
         if not isinstance(data, torch.Tensor) or data.dim() < 1 or data.shape[0] == 0:
             raise ValueError("argument 'data' must be a non-empty tensor (N, ...) of points")
         self.data = data
@@ -85,6 +89,7 @@ class SemidiscreteSampler:
         costs.check_cost(cost)
         validation.integer("chunk_size", chunk_size, 1, optional=True)
         self.eps, self.cost, self.relative_eps, self.chunk_size = float(eps), cost, bool(relative_eps), chunk_size
+        self.precision = op_precision.checked("SemidiscreteSampler", precision)
         self.device = torch.device(device) if device is not None else data.device
         n, dim = self._flat.shape
         self.group, self.offset, self.total = process_group, 0, n
@@ -309,7 +314,8 @@ class SemidiscreteSampler:
         eps = self.eps * self._eps_unit()
         if not self.conditional:
             return semidiscrete.assign(flat, self._search, g, b, eps, FRAME_COST, generator=generator,
-                                       chunk_size=self.chunk_size, process_group=self.group, offset=self.offset)
+                                       chunk_size=self.chunk_size, process_group=self.group, offset=self.offset,
+                                       precision=self.precision)
         out = torch.full((flat.shape[0],), -1, dtype=torch.long, device=flat.device)
         labels = labels.to(flat.device)
         for label, index in self.groups:
@@ -317,7 +323,7 @@ class SemidiscreteSampler:
             if len(rows):
                 local = semidiscrete.assign(flat[rows], self._points(index), g[index],
                                             b[index], eps, FRAME_COST,
-                                            generator=generator, chunk_size=self.chunk_size)
+                                            generator=generator, chunk_size=self.chunk_size, precision=self.precision)
                 out[rows] = index.to(flat.device)[local]
         if (out < 0).any():
             unknown = labels[out < 0][0].item()

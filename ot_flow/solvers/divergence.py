@@ -21,6 +21,7 @@ so the mass term is -eps (m(P) - 1), and the envelope theorem gives
 
 import torch
 
+from ot_flow.ops import precision as op_precision
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.full_precision import autocast_off
 from ot_flow.solvers.sinkhorn import sinkhorn
@@ -32,7 +33,7 @@ __all__ = ["sinkhorn_divergence"]
 
 @autocast_off
 def sinkhorn_divergence(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeuclidean",
-                        tol=1e-4, max_iter=10_000, tau_a=1.0, tau_b=1.0):
+                        tol=1e-4, max_iter=10_000, tau_a=1.0, tau_b=1.0, precision="highest"):
     """Debiased Sinkhorn divergence between point clouds (weights a, b), >= 0, zero when equal.
 
     Differentiable in x, y, a and b (first order; exact for the entropic problem at the solved
@@ -46,6 +47,9 @@ def sinkhorn_divergence(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, co
     marginals relaxed by rho KL with tau = rho / (rho + eps) (OTT's convention, as in
     :func:`ot_flow.sinkhorn`). The debiasing terms OT(a, a) and OT(b, b) need one relaxation for
     both sides, so tau_a must equal tau_b (the divergence is then >= 0 and 0 at x = y).
+
+    ``precision``: of the dot products in the three solves and the gradient passes ("highest",
+    "tf32" or "bf16", as in :func:`ot_flow.sinkhorn`).
     """
     validation.check_pair(x, y)
     costs.check_cost(cost)
@@ -53,6 +57,7 @@ def sinkhorn_divergence(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, co
     tol = validation.positive("tol", tol)
     tau_a = validation.tau("tau_a", tau_a)
     tau_b = validation.tau("tau_b", tau_b)
+    precision = op_precision.checked("ot_flow.sinkhorn_divergence", precision)
     if tau_a != tau_b:
         raise ValueError(f"argument 'tau_b' must equal 'tau_a' in the Sinkhorn divergence (one relaxation for "
                          f"both marginals, as its debiasing terms need), got tau_a={tau_a}, tau_b={tau_b}")
@@ -67,14 +72,14 @@ def sinkhorn_divergence(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, co
     work_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     maps = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     value, *_ = torch.ops.ot_flow.sinkhorn_divergence(x.to(work_dtype), y.to(work_dtype), a, b, eps, cost,
-                                                      tol, max_iter, maps, tau_a)
+                                                      tol, max_iter, maps, tau_a, precision)
     return value.to(x.dtype)
 
 
 @torch.library.custom_op("ot_flow::sinkhorn_divergence", mutates_args=())
 def _divergence(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, cost: str,
-                tol: float, max_iter: int, maps: bool = True,
-                tau: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                tol: float, max_iter: int, maps: bool = True, tau: float = 1.0,
+                precision: str = "highest") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                            torch.Tensor, torch.Tensor]:
     """(S, u_ab, v_ab, u_aa, v_bb, dS/dx, dS/dy): the value, the derivatives in the weights of the
     three dual values (float64; the potentials f_ab, g_ab, p_aa, p_bb when balanced, psi of them
@@ -82,15 +87,15 @@ def _divergence(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tens
     without): they need the solved couplings' barycentric maps, passes made here so that the
     backward is arithmetic (and traces)."""
     if tau < 1.0:
-        return _unbalanced(x, y, a, b, eps, cost, tol, max_iter, maps, tau)
-    ab = sinkhorn(x, y, a, b, eps=eps, relative_eps=False, cost=cost, tol=tol, max_iter=max_iter)
+        return _unbalanced(x, y, a, b, eps, cost, tol, max_iter, maps, tau, precision)
+    ab = sinkhorn(x, y, a, b, eps=eps, relative_eps=False, cost=cost, tol=tol, max_iter=max_iter, precision=precision)
     # The debiasing terms are symmetric problems: one potential each, by the averaged iteration.
-    aa = symmetric_potential(x, a.detach(), eps=eps, cost=cost, tol=tol, max_iter=max_iter)
-    bb = symmetric_potential(y, b.detach(), eps=eps, cost=cost, tol=tol, max_iter=max_iter)
+    aa = symmetric_potential(x, a.detach(), eps=eps, cost=cost, tol=tol, max_iter=max_iter, precision=precision)
+    bb = symmetric_potential(y, b.detach(), eps=eps, cost=cost, tol=tol, max_iter=max_iter, precision=precision)
     f_ab, g_ab = ab.working.potentials_out(torch.float64)  # not rounded to the points' dtype
     value = a @ (f_ab - aa.p) + b @ (g_ab - bb.p)
     if maps:
-        t_ba = row_barycentres(y, x, f_ab, a, eps, cost)
+        t_ba = row_barycentres(y, x, f_ab, a, eps, cost, precision)
         grad_x = a[:, None] * (aa.barycentric_map().double() - ab.barycentric_map().double())
         grad_y = b[:, None] * (bb.barycentric_map().double() - t_ba.double())
     else:
@@ -98,12 +103,14 @@ def _divergence(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tens
     return value.to(x.dtype), f_ab, g_ab, aa.p, bb.p, grad_x.to(x.dtype), grad_y.to(y.dtype)
 
 
-def _unbalanced(x, y, a, b, eps, cost, tol, max_iter, maps, tau):
+def _unbalanced(x, y, a, b, eps, cost, tol, max_iter, maps, tau, precision):
     """The op's outputs for tau < 1 (module notes)."""
     ab = sinkhorn(x, y, a, b, eps=eps, relative_eps=False, cost=cost, tol=tol, max_iter=max_iter, tau_a=tau,
-                  tau_b=tau)
-    aa = symmetric_potential(x, a.detach(), eps=eps, cost=cost, tol=tol, max_iter=max_iter, tau=tau)
-    bb = symmetric_potential(y, b.detach(), eps=eps, cost=cost, tol=tol, max_iter=max_iter, tau=tau)
+                  tau_b=tau, precision=precision)
+    aa = symmetric_potential(x, a.detach(), eps=eps, cost=cost, tol=tol, max_iter=max_iter, tau=tau,
+                             precision=precision)
+    bb = symmetric_potential(y, b.detach(), eps=eps, cost=cost, tol=tol, max_iter=max_iter, tau=tau,
+                             precision=precision)
     f_ab, g_ab = ab.working.potentials_out(torch.float64)
     rho = aa.rho
     col_mass = b * torch.exp(-g_ab / rho)  # exact after the closing g-update: m(P) = sum of it
@@ -118,7 +125,7 @@ def _unbalanced(x, y, a, b, eps, cost, tol, max_iter, maps, tau):
     if maps:
         r_ab, t_ab_w, _ = ab._row_pass()
         t_ab = ab.working.frame.point_out(t_ab_w).double()
-        t_ba = row_barycentres(y, x, f_ab, a, eps, cost).double()
+        t_ba = row_barycentres(y, x, f_ab, a, eps, cost, precision).double()
         x64, y64 = x.detach().double(), y.detach().double()
 
         def grad(points, mass, mass_self, t, t_self):
@@ -135,7 +142,7 @@ def _unbalanced(x, y, a, b, eps, cost, tol, max_iter, maps, tau):
 
 
 @_divergence.register_fake
-def _(x, y, a, b, eps, cost, tol, max_iter, maps=True, tau=1.0):
+def _(x, y, a, b, eps, cost, tol, max_iter, maps=True, tau=1.0, precision="highest"):
     def potential(n):
         return x.new_empty(n, dtype=torch.float64)
 
@@ -160,7 +167,7 @@ def _backward(ctx, grad, *_unused_output_grads):
     grad_y = grad * dy if need_y else None
     grad_a = grad * (f_ab - p_aa) if need_a else None
     grad_b = grad * (g_ab - p_bb) if need_b else None
-    return grad_x, grad_y, grad_a, grad_b, None, None, None, None, None, None
+    return grad_x, grad_y, grad_a, grad_b, None, None, None, None, None, None, None
 
 
 _divergence.register_autograd(_backward, setup_context=_setup_context)

@@ -22,12 +22,13 @@ __all__ = ["Local", "Replicated", "Sharded", "placement_of"]
 
 
 class Local:
-    """One process holds every row and column."""
+    """One process holds every row and column. ``precision`` goes to every op call (the dot
+    products' precision, see ot_flow.ops.precision)."""
 
     sharded = False
 
-    def __init__(self, process_group=None):
-        self.group = process_group
+    def __init__(self, process_group=None, precision="highest"):
+        self.group, self.precision = process_group, precision
 
     def total(self, t):
         """Sum over all rows, a float64 0-d tensor."""
@@ -36,11 +37,11 @@ class Local:
     def row_means(self, x, y, bias, scale, columns=None):
         """(means over j of columns_j (y_j by default) under the softmax of scale <x_i, y_j> + bias_j,
         row log-sum-exps)."""
-        return barycentric(x, y, bias, scale, columns)
+        return barycentric(x, y, bias, scale, columns, precision=self.precision)
 
     def sample(self, x, y, bias, scale, seed):
         """For each row, the Gumbel-max column under the logits scale <x_i, y_j> + bias_j."""
-        return gumbel_argmax(x, y, bias, scale, seed=seed)
+        return gumbel_argmax(x, y, bias, scale, seed=seed, precision=self.precision)
 
 
 class Replicated(Local):
@@ -50,7 +51,7 @@ class Replicated(Local):
         rank, world = distributed.group_info(self.group)
         rows = distributed.even_blocks(x.shape[0], world)
         r0, r1 = rows[rank]
-        block = gumbel_argmax(x[r0:r1], y, bias, scale, seed=seed, row_offset=r0)
+        block = gumbel_argmax(x[r0:r1], y, bias, scale, seed=seed, row_offset=r0, precision=self.precision)
         return distributed.all_gather_uneven(block, [b - a for a, b in rows], self.group)
 
 
@@ -67,7 +68,8 @@ class Sharded(Local):
         d = y.shape[1]
         payload = torch.cat([bias[:, None], y if columns is None else columns], dim=1)
         sizes = distributed.shard_sizes(y.shape[0], y.device, self.group)
-        parts = (barycentric(x, shard[:, 1:d + 1], shard[:, 0], scale, None if columns is None else shard[:, 1:])
+        parts = (barycentric(x, shard[:, 1:d + 1], shard[:, 0], scale, None if columns is None else shard[:, 1:],
+                             precision=self.precision)
                  for _, shard in distributed.ring(payload, sizes, self.group))
         width = d if columns is None else columns.shape[1]
         return merge_rules.means_of(parts, x.new_zeros(x.shape[0], width))
@@ -82,14 +84,15 @@ class Sharded(Local):
             payload = torch.cat([y, bias[:, None]], dim=1)
             for owner, shard in distributed.ring(payload, y_sizes, self.group):
                 j, value = gumbel_argmax(x, shard[:, :-1], shard[:, -1], scale, seed=seed,
-                                         row_offset=row_offset, col_offset=col_offsets[owner], return_value=True)
+                                         row_offset=row_offset, col_offset=col_offsets[owner], return_value=True,
+                                         precision=self.precision)
                 yield value, j + col_offsets[owner]
 
         return merge_rules.best_of(shards(), x.shape[0], x.device)[1]
 
 
-def placement_of(process_group, sharded):
+def placement_of(process_group, sharded, precision="highest"):
     """The placement of a solve over ``process_group`` (None: one process)."""
     if process_group is None:
-        return Local()
-    return Sharded(process_group) if sharded else Replicated(process_group)
+        return Local(precision=precision)
+    return (Sharded if sharded else Replicated)(process_group, precision)

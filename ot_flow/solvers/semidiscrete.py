@@ -51,26 +51,27 @@ def _on(t, device, dtype=None):
     return t.to(device=device, dtype=dtype or t.dtype, non_blocking=True)
 
 
-def _best(x, y, g, b, eps, cost, chunk_size, seed, offset):
+def _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision):
     """(value float64, global index) of each row's winner over this process's target points,
-    whose global indices start at `offset`: the MIPS (eps = 0) or the Gumbel-max draw."""
+    whose global indices start at `offset`: the MIPS (eps = 0) or the Gumbel-max draw, with dot
+    products of `precision` (ot_flow.ops.precision, as every function here)."""
     def chunks():
         for c0, c1 in _chunks(y.shape[0], chunk_size):
             y_c = _on(y[c0:c1], x.device, x.dtype)
             h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
             if eps == 0:
-                values, index = mips(x, y_c, h_c, 1)
+                values, index = mips(x, y_c, h_c, 1, precision=precision)
                 yield values[:, 0], index[:, 0] + offset + c0
             else:
                 h_c = h_c / eps + _on(b[c0:c1], x.device).log().to(x.dtype)
                 index, values = gumbel_argmax(x, y_c, h_c, 1.0 / eps, seed=seed, col_offset=offset + c0,
-                                              return_value=True)
+                                              return_value=True, precision=precision)
                 yield values, index + offset + c0
 
     return merge_rules.best_of(chunks(), x.shape[0], x.device)
 
 
-def _top_two(x, y, g, b, cost, chunk_size, process_group, offset):
+def _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision):
     """(top two scores <x_i, y_j> + h_j per row, float64 (n, 2), global index of the best) over
     every chunk and rank (h = dot_bias(g, y, cost, b)); a row with a single target has -inf as
     its second score."""
@@ -78,7 +79,7 @@ def _top_two(x, y, g, b, cost, chunk_size, process_group, offset):
         for c0, c1 in _chunks(y.shape[0], chunk_size):
             y_c = _on(y[c0:c1], x.device, x.dtype)
             h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
-            values, idx = mips(x, y_c, h_c, min(2, c1 - c0))
+            values, idx = mips(x, y_c, h_c, min(2, c1 - c0), precision=precision)
             yield values, idx[:, 0] + offset + c0
 
     top, index = merge_rules.top_two_of(chunks(), x.shape[0], x.device)
@@ -87,7 +88,8 @@ def _top_two(x, y, g, b, cost, chunk_size, process_group, offset):
     return top, index
 
 
-def assign(x, y, g, b, eps, cost, *, generator=None, chunk_size=None, process_group=None, offset=0):
+def assign(x, y, g, b, eps, cost, *, generator=None, chunk_size=None, process_group=None, offset=0,
+           precision="highest"):
     """LongTensor (n,): the target index of each source point x_i.
 
     eps = 0: argmin_j C(x_i, y_j) - g_j over the points with b_j > 0 (ties to the lowest j).
@@ -96,7 +98,7 @@ def assign(x, y, g, b, eps, cost, *, generator=None, chunk_size=None, process_gr
     same x, and every rank gets the global indices.
     """
     seed = None if eps == 0 else _seed(generator, x.device, process_group)
-    value, index = _best(x, y, g, b, eps, cost, chunk_size, seed, offset)
+    value, index = _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision)
     if process_group is not None:
         value, index = merge_rules.best_over_ranks(value, index, process_group)
     return index
@@ -107,7 +109,7 @@ def _seed(generator, device, process_group):
     return seed if process_group is None else distributed.broadcast_int(seed, device, process_group)
 
 
-def score_gap(x, y, g, cost, *, b=None, chunk_size=None, process_group=None):
+def score_gap(x, y, g, cost, *, b=None, chunk_size=None, process_group=None, precision="highest"):
     """Mean over the rows of x of the gap between the best and second-best score
     <x_i, y_j> + h_j (h = dot_bias(g, y, cost, b): points of weight 0 take no part).
 
@@ -116,7 +118,7 @@ def score_gap(x, y, g, cost, *, b=None, chunk_size=None, process_group=None):
     denser (more points, lower dimension), where std(C) does not move. A single target has no
     second best: the gap is then taken as 0.
     """
-    top, _ = _top_two(x, y, g, b, cost, chunk_size, process_group, 0)
+    top, _ = _top_two(x, y, g, b, cost, chunk_size, process_group, 0, precision)
     gap = top[:, 0] - top[:, 1]
     return float(gap[torch.isfinite(gap)].mean()) if torch.isfinite(gap).any() else 0.0
 
@@ -130,7 +132,8 @@ class SemidualEstimate(NamedTuple):
     gap_counts: Optional[torch.Tensor]  # (N,) how many rows have j as their best
 
 
-def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=None, offset=0, gaps=False):
+def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=None, offset=0, gaps=False,
+                      precision="highest"):
     """SemidualEstimate of the semi-dual F at g on the source batch x.
 
     With ``gaps``, ``gap_sums[j]`` adds up, over the rows whose best score is j's, the gap
@@ -145,10 +148,10 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
     counts = torch.zeros(m, dtype=torch.float64, device=g.device)
     gap_sums = gap_counts = None
     if gaps:  # the top-2 search also gives the hard assignment
-        top, best_index = _top_two(x, y, g, b, cost, chunk_size, process_group, offset)
+        top, best_index = _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision)
         best = top[:, 0]
     elif eps == 0:
-        best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset)
+        best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset, precision)
         if process_group is not None:
             best, best_index = merge_rules.best_over_ranks(best, best_index, process_group)
     if gaps or eps == 0:
@@ -174,14 +177,14 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
                 b_c = _on(b[c0:c1], x.device)
                 h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, b_c) / eps + b_c.log().to(x.dtype)
                 biases.append(h_c)
-                yield lse(x, y_c, h_c, 1.0 / eps)
+                yield lse(x, y_c, h_c, 1.0 / eps, precision=precision)
 
         row_lse = merge_rules.lse_of(chunk_lses(), x.new_empty(n, dtype=torch.float64))
         if process_group is not None:
             row_lse = merge_rules.lse_over_ranks(row_lse, process_group)
         for (c0, c1), h_c in zip(_chunks(m, chunk_size), biases):
             y_c = _on(y[c0:c1], x.device, x.dtype)
-            col_lse = lse(y_c, x, (-row_lse).to(x.dtype), 1.0 / eps).double()
+            col_lse = lse(y_c, x, (-row_lse).to(x.dtype), 1.0 / eps, precision=precision).double()
             counts[c0:c1] += _on(torch.exp(h_c.double() + col_lse), g.device)
         f = alpha - eps * row_lse
     b64 = b.double()
@@ -212,7 +215,7 @@ def marginal_chi2(counts, b, total, process_group=None):
     return float(chi2)
 
 
-def nearest(points, centers, *, chunk_size=None):
+def nearest(points, centers, *, chunk_size=None, precision="highest"):
     """LongTensor: the index of the Euclidean-nearest row of `centers` for each row of `points`
     (ties to the lowest index), one MIPS with the bias -|c_k|^2 / 2. `points` may sit on the CPU
     while `centers` are on the device; they are moved over in blocks of `chunk_size` rows."""
@@ -220,7 +223,7 @@ def nearest(points, centers, *, chunk_size=None):
     out = []
     for r0, r1 in _chunks(points.shape[0], chunk_size):
         block = _on(points[r0:r1], centers.device, centers.dtype)
-        out.append(_best(block, centers, zero, None, 0.0, "sqeuclidean", chunk_size, None, 0)[1].cpu())
+        out.append(_best(block, centers, zero, None, 0.0, "sqeuclidean", chunk_size, None, 0, precision)[1].cpu())
     return torch.cat(out)
 
 

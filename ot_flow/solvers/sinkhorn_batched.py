@@ -12,6 +12,7 @@ import warnings
 
 import torch
 
+from ot_flow.ops import precision as op_precision
 from ot_flow.ops.layout import stack_aligned
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.progress import progress_bar
@@ -24,7 +25,7 @@ __all__ = ["sinkhorn_batched"]
 
 
 def sinkhorn_batched(x, y, a, b, *, eps, relative_eps, cost, tol, max_iter, momentum, init, process_group, sharded,
-                     anneal, target_entropy, entropy_tol, cost_cache, progress, tau_a, tau_b):
+                     anneal, target_entropy, entropy_tol, cost_cache, progress, tau_a, tau_b, precision):
     """The batched branch of :func:`ot_flow.sinkhorn` (see its docstring for the batched contract)."""
     if process_group is not None or sharded:
         raise ValueError("argument 'process_group': a batched solve (x of shape (B, n, d)) runs on one process; "
@@ -36,6 +37,7 @@ def sinkhorn_batched(x, y, a, b, *, eps, relative_eps, cost, tol, max_iter, mome
         raise ValueError(f"argument 'cost_cache' must be 'auto', True or False, got {cost_cache!r}")
     validation.check_batched_pair(x, y)
     costs.check_cost(cost)
+    precision = op_precision.checked("ot_flow.sinkhorn", precision)
     eps = validation.positive("eps", eps)
     tol = validation.positive("tol", tol)
     entropy_tol = validation.positive("entropy_tol", entropy_tol)
@@ -64,7 +66,7 @@ def sinkhorn_batched(x, y, a, b, *, eps, relative_eps, cost, tol, max_iter, mome
         starts = [warm_start((init[0][k], init[1][k]), works[k], None, balanced=balanced) for k in range(count)]
         init_w = [torch.stack([s[0] for s in starts]), torch.stack([s[1] for s in starts])]
     problem = dict(x=x, y=y, a=a, b=b, works=works, spreads=spreads, tol=tol, max_iter=max_iter, momentum=momentum,
-                   anneal=anneal, progress=progress, tau_a=tau_a, tau_b=tau_b)
+                   anneal=anneal, progress=progress, tau_a=tau_a, tau_b=tau_b, precision=precision)
     if target_entropy is None:
         return _solve(list(range(count)), [eps * s if relative_eps else eps for s in spreads], init_w, problem)
     first = [eps if relative_eps else eps / s for s in spreads]  # the relative eps of each problem
@@ -79,7 +81,7 @@ def _solve(ids, eps, init_w, problem):
     fd, gd, states = solve_batched_at(
         eps, init_w, a=a[ids], b=b[ids], works=sub, xw=xw, yw=yw, tol=problem["tol"], max_iter=problem["max_iter"],
         momentum=problem["momentum"], anneal=problem["anneal"], spreads=[problem["spreads"][k] for k in ids],
-        progress=problem["progress"], tau_a=problem["tau_a"], tau_b=problem["tau_b"])
+        progress=problem["progress"], tau_a=problem["tau_a"], tau_b=problem["tau_b"], precision=problem["precision"])
     results = []
     for p, k in enumerate(ids):
         state, work = states[p], works[k]
@@ -88,7 +90,8 @@ def _solve(ids, eps, init_w, problem):
         results.append(SinkhornResult(
             f=f, g=g, eps=float(eps[p]), n_iter=state.n_iter, error=state.error, converged=state.converged,
             errors=state.errors, x=x[k], y=y[k], a=a[k], b=b[k], cost=work.frame.cost, path="streamed",
-            spread=float(problem["spreads"][k]), tau_a=problem["tau_a"], tau_b=problem["tau_b"], working=solved))
+            spread=float(problem["spreads"][k]), tau_a=problem["tau_a"], tau_b=problem["tau_b"],
+            precision=problem["precision"], working=solved))
     return BatchedSinkhornResult.of(results, xw, yw)
 
 

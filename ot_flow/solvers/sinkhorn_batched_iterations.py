@@ -42,8 +42,8 @@ class BatchedHalves:
     points of the running problems are kept with every problem 64-byte aligned (ops/layout.py),
     as a separate solve's are, so that the GEMMs round alike."""
 
-    def __init__(self, x, y, log_a, log_b):
-        self.x, self.y, self.log_a, self.log_b = x, y, log_a, log_b
+    def __init__(self, x, y, log_a, log_b, precision="highest"):
+        self.x, self.y, self.log_a, self.log_b, self.precision = x, y, log_a, log_b, precision
         self._points = (None, x, y)  # (problems, x, y) of the last selection
 
     def _selected(self, idx):
@@ -53,10 +53,9 @@ class BatchedHalves:
             self._points = (list(idx), stack_aligned([self.x[k] for k in idx]), stack_aligned([self.y[k] for k in idx]))
         return self._points[1], self._points[2]
 
-    @staticmethod
-    def _softmin(rows, cols, other, log_w, es):
+    def _softmin(self, rows, cols, other, log_w, es):
         e = _per_problem(es, other)
-        return lse(rows, cols, other / e + log_w, [1.0 / v for v in es]) * (-e)
+        return lse(rows, cols, other / e + log_w, [1.0 / v for v in es], precision=self.precision) * (-e)
 
     def f_update(self, idx, g, es, f_now):
         x, y = self._selected(idx)
@@ -124,7 +123,7 @@ class _Problem:
 
 @torch.no_grad()
 def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum, anneal, spreads, progress,
-                     tau_a=1.0, tau_b=1.0):
+                     tau_a=1.0, tau_b=1.0, precision="highest"):
     """B solves at absolute eps (a list); ``init`` a pair of working potentials (B, n), (B, m) or None.
 
     ``works`` are the problems' WorkingProblems, ``xw``, ``yw`` their stacked working points.
@@ -138,7 +137,7 @@ def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum,
     else:
         fd = torch.zeros(xw.shape[:2], dtype=dtype, device=device)
         gd = torch.zeros(yw.shape[:2], dtype=dtype, device=device)
-    halves = BatchedHalves(xw, yw, log_a, log_b)
+    halves = BatchedHalves(xw, yw, log_a, log_b, precision)
     f_update, g_update = halves.f_update, halves.g_update
     unbalanced = tau_a < 1.0 or tau_b < 1.0
     if unbalanced:

@@ -39,6 +39,7 @@ class BatchedSinkhornResult:
     path: str = "streamed"
     tau_a: float = 1.0
     tau_b: float = 1.0
+    precision: str = "highest"  # of the dot products in the solve and in every pass (ot_flow.ops.precision)
     process_group: object = None
     sharded: bool = False
 
@@ -50,7 +51,7 @@ class BatchedSinkhornResult:
             eps=_floats([p.eps for p in problems]), n_iter=torch.tensor([p.n_iter for p in problems]),
             error=_floats([p.error for p in problems]), converged=torch.tensor([p.converged for p in problems]),
             spread=_floats([p.spread for p in problems]), cost=p0.cost, path=p0.path, tau_a=p0.tau_a,
-            tau_b=p0.tau_b)
+            tau_b=p0.tau_b, precision=p0.precision)
 
     def __len__(self):
         return len(self.problems)
@@ -99,7 +100,7 @@ class BatchedSinkhornResult:
         bias = self._column_bias(torch.float64)
         values = stack_aligned([torch.cat([yw[k], torch.stack([bias[k], w.beta.double()], dim=1)], dim=1)
                                 for k, w in enumerate(ws)])
-        means, row_lse = barycentric(xw, yw, bias, self._scales(), values)
+        means, row_lse = barycentric(xw, yw, bias, self._scales(), values, precision=self.precision)
         d = xw.shape[2]
         for k, p in enumerate(self.problems):
             w = p.working
@@ -109,7 +110,7 @@ class BatchedSinkhornResult:
     def barycentric_map(self):
         """(B, n, d): problem k's entropic map T(x^k_i) = sum_j P^k_ij y^k_j / sum_j P^k_ij."""
         bias = self._column_bias(self.xw.dtype)
-        means, _ = barycentric(self.xw, self.yw, bias, self._scales())
+        means, _ = barycentric(self.xw, self.yw, bias, self._scales(), precision=self.precision)
         return torch.stack([p.working.frame.point_out(means[k]) for k, p in enumerate(self.problems)])
 
     def transport_cost(self):
@@ -155,7 +156,8 @@ class BatchedSinkhornResult:
             seed = [seed_from(g) for g in generator]
         else:
             seed = seed_from(generator)
-        return gumbel_argmax(self.xw, self.yw, self._column_bias(self.xw.dtype), self._scales(), seed=seed)
+        return gumbel_argmax(self.xw, self.yw, self._column_bias(self.xw.dtype), self._scales(), seed=seed,
+                             precision=self.precision)
 
     def plan(self, dtype=torch.float64, max_bytes=_PLAN_MAX_BYTES):
         """(B, n, m): the dense couplings (see SinkhornResult.plan); ``max_bytes`` guards all B."""

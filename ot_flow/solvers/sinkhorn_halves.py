@@ -27,18 +27,19 @@ class LocalHalves:
     """One process. With `dots` (the cached n x m dot products) each half-step is one fused
     pass, given the current potential as the shift hint: lse_i = -f_i / e at the fixed point."""
 
-    def __init__(self, x, y, log_a, log_b, dots=None):
+    def __init__(self, x, y, log_a, log_b, dots=None, precision="highest"):
         self.x, self.y, self.log_a, self.log_b, self.dots = x, y, log_a, log_b, dots
+        self.precision = precision
 
     def f_update(self, g, e, f_now):
         if self.dots is not None:
             return -e * lse_dense(self.dots, g / e + self.log_b, 1.0 / e, 1, shift=-f_now / e)
-        return softmin(self.x, self.y, g, e, self.log_b)
+        return softmin(self.x, self.y, g, e, self.log_b, precision=self.precision)
 
     def g_update(self, f, e, g_now):
         if self.dots is not None:
             return -e * lse_dense(self.dots, f / e + self.log_a, 1.0 / e, 0, shift=-g_now / e)
-        return softmin(self.y, self.x, f, e, self.log_a)
+        return softmin(self.y, self.x, f, e, self.log_a, precision=self.precision)
 
     def total(self, per_row):
         return float(per_row.double().sum())
@@ -50,8 +51,8 @@ class LocalHalves:
 class ReplicatedHalves(LocalHalves):
     """Every rank: the full x, y; it computes rows rows[rank] of f and columns cols[rank] of g."""
 
-    def __init__(self, x, y, log_a, log_b, process_group):
-        super().__init__(x, y, log_a, log_b)
+    def __init__(self, x, y, log_a, log_b, process_group, precision="highest"):
+        super().__init__(x, y, log_a, log_b, precision=precision)
         self.group = process_group
         rank, world = distributed.group_info(process_group)
         self.rows = distributed.even_blocks(x.shape[0], world)
@@ -60,26 +61,27 @@ class ReplicatedHalves(LocalHalves):
         self.c0, self.c1 = self.cols[rank]
 
     def f_update(self, g, e, f_now):
-        block = softmin(self.x[self.r0:self.r1], self.y, g, e, self.log_b)
+        block = softmin(self.x[self.r0:self.r1], self.y, g, e, self.log_b, precision=self.precision)
         return distributed.all_gather_uneven(block, [b - a for a, b in self.rows], self.group)
 
     def g_update(self, f, e, g_now):
-        block = softmin(self.y[self.c0:self.c1], self.x, f, e, self.log_a)
+        block = softmin(self.y[self.c0:self.c1], self.x, f, e, self.log_a, precision=self.precision)
         return distributed.all_gather_uneven(block, [b - a for a, b in self.cols], self.group)
 
 
 class ShardedHalves:
     """Every rank: its shard x (n_r rows) with log_a, and its shard y (m_r rows) with log_b."""
 
-    def __init__(self, x, y, log_a, log_b, process_group):
+    def __init__(self, x, y, log_a, log_b, process_group, precision="highest"):
         self.x, self.y, self.log_a, self.log_b, self.group = x, y, log_a, log_b, process_group
+        self.precision = precision
         self.x_sizes = distributed.shard_sizes(x.shape[0], x.device, process_group)
         self.y_sizes = distributed.shard_sizes(y.shape[0], y.device, process_group)
 
     def _softmin(self, rows, other, other_potential, other_log_w, other_sizes, e):
         """-e log sum over every rank's shard of `other` of exp((pot_j + <r_i, o_j>) / e + log w_j)."""
         payload = torch.cat([other, (other_potential / e + other_log_w)[:, None]], dim=1)
-        parts = (lse(rows, shard[:, :-1], shard[:, -1], 1.0 / e)
+        parts = (lse(rows, shard[:, :-1], shard[:, -1], 1.0 / e, precision=self.precision)
                  for _, shard in distributed.ring(payload, other_sizes, self.group))
         return -e * merge_rules.lse_of(parts, rows)
 

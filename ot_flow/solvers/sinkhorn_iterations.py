@@ -50,8 +50,9 @@ _ANNEAL_BELOW = 0.05  # auto-anneal when eps < this fraction of std(C)
 
 @torch.no_grad()
 def solve_at(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spread, dots, process_group, sharded,
-           progress, tau_a=1.0, tau_b=1.0):
-    """One solve at absolute eps; ``init`` is a pair of working dot-cost potentials or None."""
+           progress, tau_a=1.0, tau_b=1.0, precision="highest"):
+    """One solve at absolute eps; ``init`` is a pair of working dot-cost potentials or None;
+    ``precision`` goes to every op call (ot_flow.ops.precision)."""
     dtype = work.x.dtype
     unit = work.frame.unit  # the solve runs on C' = (C - k) / s^2
     eps_w, spread_w = eps / unit, spread / unit
@@ -62,11 +63,11 @@ def solve_at(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, sp
         fd = torch.zeros(work.x.shape[0], dtype=dtype, device=x.device)
         gd = torch.zeros(work.y.shape[0], dtype=dtype, device=y.device)
     if process_group is None:
-        halves = LocalHalves(work.x, work.y, log_a, log_b, dots)
+        halves = LocalHalves(work.x, work.y, log_a, log_b, dots, precision)
     elif sharded:
-        halves = ShardedHalves(work.x, work.y, log_a, log_b, process_group)
+        halves = ShardedHalves(work.x, work.y, log_a, log_b, process_group, precision)
     else:
-        halves = ReplicatedHalves(work.x, work.y, log_a, log_b, process_group)
+        halves = ReplicatedHalves(work.x, work.y, log_a, log_b, process_group, precision)
     f_update, g_update = halves.f_update, halves.g_update
     if tau_a < 1.0 or tau_b < 1.0:
         # Unbalanced: the working cost is C'' = C / s^2, offsets alpha'' = alpha' + k / (2 s^2),
@@ -150,7 +151,8 @@ def solve_at(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, sp
     return SinkhornResult(f=f, g=g, eps=float(eps), n_iter=n_iter, error=error, converged=converged,
                           errors=errors, x=x, y=y, a=a, b=b, cost=work.frame.cost,
                           path="streamed" if dots is None else "cached", process_group=process_group,
-                          sharded=sharded, spread=float(spread), tau_a=tau_a, tau_b=tau_b, working=solved)
+                          sharded=sharded, spread=float(spread), tau_a=tau_a, tau_b=tau_b, precision=precision,
+                          working=solved)
 
 
 class _MassBalance:

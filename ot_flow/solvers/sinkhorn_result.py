@@ -45,13 +45,14 @@ class SinkhornResult:
     spread: float = 1.0  # std(C), the unit of relative eps: eps / spread is the relative eps used
     tau_a: float = 1.0  # marginal relaxations rho / (rho + eps); 1 = that marginal is exact
     tau_b: float = 1.0
+    precision: str = "highest"  # of the dot products in the solve and in every pass below (ot_flow.ops.precision)
     working: "WorkingProblem" = field(default=None, repr=False, compare=False)
     _passes: dict = field(default_factory=dict, repr=False, compare=False)  # float64 row pass, once
 
     @property
     def placement(self):
         """Where the rows and columns live (placement.py): every pass below runs through it."""
-        return placement_of(self.process_group, self.sharded)
+        return placement_of(self.process_group, self.sharded, self.precision)
 
     def _row_pass(self, dtype=None, values=None):
         """(row masses r_i, softmax-weighted means over j of [y'_j, *values_j], row lse) in one
@@ -202,7 +203,7 @@ class SinkhornResult:
                                  f"got values in [{int(rows.min())}, {int(rows.max())}]")
             if rows.numel() == 0:
                 return torch.empty(0, dtype=torch.long, device=w.x.device)
-            return gumbel_argmax(w.x[rows.to(w.x.device)], w.y, bias, scale, seed=seed)
+            return gumbel_argmax(w.x[rows.to(w.x.device)], w.y, bias, scale, seed=seed, precision=self.precision)
         return self.placement.sample(w.x, w.y, bias, scale, seed)
 
 

@@ -21,7 +21,7 @@ import dataclasses
 
 import torch
 
-from ot_flow.ops import lse
+from ot_flow.ops import lse, precision as op_precision
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.frame import Frame
 from ot_flow.solvers.full_precision import autocast_off
@@ -42,6 +42,7 @@ class SymmetricResult:
     n_iter: int
     error: float
     tau: float = 1.0
+    precision: str = "highest"  # of the dot products (ot_flow.ops.precision)
 
     @property
     def rho(self):
@@ -67,22 +68,25 @@ class SymmetricResult:
 
     def barycentric_map(self):
         """T_i = sum_j P_ij x_j / sum_j P_ij of the symmetric plan (the self-term of NSGF's velocity)."""
-        return row_barycentres(self.x, self.x, self.p, self.a, self.eps, self.cost)
+        return row_barycentres(self.x, self.x, self.p, self.a, self.eps, self.cost, self.precision)
 
 
 @autocast_off
-def symmetric_potential(x, a=None, *, eps, cost="sqeuclidean", tol=1e-4, max_iter=1_000, tau=1.0):
+def symmetric_potential(x, a=None, *, eps, cost="sqeuclidean", tol=1e-4, max_iter=1_000, tau=1.0,
+                        precision="highest"):
     """Solves OT_eps(a, a) on the points x by the averaged fixed-point iteration.
 
     ``eps`` is absolute. Stops when the 1-norm marginal error sum_i a_i |exp((p_i - T(p)_i)/eps) - 1|
     is below ``tol``; raises RuntimeError when it is not reached within ``max_iter``. Runs in the
     frame of x (frame.py): the same potential, up to rounding, wherever the points lie. ``tau`` < 1:
     the unbalanced problem with both marginals relaxed by tau = rho / (rho + eps) (module notes).
+    ``precision``: of the dot products (ot_flow.ops.precision).
     """
     validation.check_points("x", x)
     costs.check_cost(cost)
     eps = validation.positive("eps", eps)
     tau = validation.tau("tau", tau)
+    precision = op_precision.checked("ot_flow.symmetric_potential", precision)
     a = validation.weights("a", a, x.shape[0], x)
     x = x.detach()
     frame = Frame.of([(x, a)], cost)
@@ -92,10 +96,11 @@ def symmetric_potential(x, a=None, *, eps, cost="sqeuclidean", tol=1e-4, max_ite
     log_a = a.log()
 
     def softmin(q):
-        return alpha - eps_w * lse(xw, xw, ((q - alpha) / eps_w + log_a).to(xw.dtype), 1.0 / eps_w).double()
+        return alpha - eps_w * lse(xw, xw, ((q - alpha) / eps_w + log_a).to(xw.dtype), 1.0 / eps_w,
+                                   precision=precision).double()
 
     if tau < 1.0:
-        return _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x)
+        return _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x, precision)
     q = softmin(torch.zeros_like(alpha))
     error = float("inf")
     for n_iter in range(1, max_iter + 1):
@@ -107,12 +112,12 @@ def symmetric_potential(x, a=None, *, eps, cost="sqeuclidean", tol=1e-4, max_ite
                                "use float64 points or a larger eps")
         if error < tol:
             p = frame.potential_out(q - alpha, alpha)
-            return SymmetricResult(p, x, a, eps, cost, n_iter, error)
+            return SymmetricResult(p, x, a, eps, cost, n_iter, error, precision=precision)
     raise RuntimeError(f"symmetric Sinkhorn did not reach tol = {tol:g} in {max_iter} iterations "
                        f"(marginal error {error:.3g}); raise max_iter or eps")
 
 
-def _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x):
+def _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x, precision):
     """The averaged iteration on q = p / s^2, the potential of the working cost C / s^2 =
     C' + k / s^2 (softmin is that of C')."""
     shift = frame.constant / frame.unit
@@ -132,6 +137,6 @@ def _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x):
             raise RuntimeError(f"symmetric Sinkhorn: non-finite potential or mass at iteration {n_iter} "
                                f"(eps = {eps:.3g}, tau = {tau}); use float64 points, a larger eps or tau")
         if error < tol:
-            return SymmetricResult(frame.unit * q, x, a, eps, cost, n_iter, error, tau)
+            return SymmetricResult(frame.unit * q, x, a, eps, cost, n_iter, error, tau, precision)
     raise RuntimeError(f"symmetric Sinkhorn did not reach tol = {tol:g} in {max_iter} iterations "
                        f"(marginal error {error:.3g}); raise max_iter or eps")

@@ -49,15 +49,15 @@ class WorkingProblem:
         return frame.potential_out(self.f, self.alpha).to(dtype), frame.potential_out(self.g, self.beta).to(dtype)
 
 
-def row_barycentres(x, y, g, b, eps, cost):
+def row_barycentres(x, y, g, b, eps, cost, precision="highest"):
     """T_i = sum_j P_ij y_j / sum_j P_ij for any coupling whose column potential is g (the row
     potential only scales rows), computed in the frame of x and y (no cancellation far from the
-    origin)."""
+    origin), with dot products of ``precision`` (ot_flow.ops.precision)."""
     a = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64, device=x.device)
     w = WorkingProblem.of(x, y, a, b.double(), cost)
     w.eps = eps / w.frame.unit
     w.g = w.frame.potential_in(g, w.beta)
-    mean, _ = barycentric(w.x, w.y, w.column_bias(b, w.x.dtype), 1.0 / w.eps)
+    mean, _ = barycentric(w.x, w.y, w.column_bias(b, w.x.dtype), 1.0 / w.eps, precision=precision)
     return w.frame.point_out(mean)
 
 

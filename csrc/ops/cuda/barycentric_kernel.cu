@@ -97,18 +97,19 @@ __global__ void __launch_bounds__(kThreads) barycentric_weighted_sum_kernel(
 std::tuple<at::Tensor, at::Tensor> barycentric_cuda(const at::Tensor& x, const at::Tensor& y,
                                                     const std::optional<at::Tensor>& h, double scale,
                                                     const std::optional<at::Tensor>& values,
-                                                    std::optional<c10::ArrayRef<double>> scales) {
-  return run_barycentric(x, y, h, scale, values, scales, &barycentric_cuda_kernel);
+                                                    std::optional<c10::ArrayRef<double>> scales,
+                                                    c10::string_view precision) {
+  return run_barycentric(x, y, h, scale, values, scales, precision, &barycentric_cuda_kernel);
 }
 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> barycentric_cuda_kernel(const at::Tensor& x, const at::Tensor& y,
                                                            const at::Tensor& h, double scale,
-                                                           const at::Tensor& values) {
+                                                           const at::Tensor& values, Precision precision) {
   const c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1), k = values.size(1);
-  at::Tensor lse = lse_cuda_kernel(x, y, h, scale);
+  at::Tensor lse = lse_cuda_kernel(x, y, h, scale, precision);
   const int64_t value_blocks = (k + kValueCols - 1) / kValueCols;
   const auto* props = at::cuda::getCurrentDeviceProperties();
   // The value columns already multiply the blocks; split columns only for what remains.

@@ -116,16 +116,17 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cuda(const at::Tensor& x, const
                                                       const std::optional<at::Tensor>& h, double scale,
                                                       int64_t seed, int64_t offset, int64_t row_offset,
                                                       int64_t col_offset, std::optional<c10::ArrayRef<double>> scales,
-                                                      at::OptionalIntArrayRef seeds) {
-  return run_gumbel_argmax(x, y, h, scale, seed, offset, row_offset, col_offset, scales, seeds,
+                                                      at::OptionalIntArrayRef seeds, c10::string_view precision) {
+  return run_gumbel_argmax(x, y, h, scale, seed, offset, row_offset, col_offset, scales, seeds, precision,
                            &gumbel_argmax_cuda_kernel);
 }
 
 }  // namespace
 
+// `precision` is for the tensor-core engine of #16; this FMA kernel is exact in every mode.
 std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cuda_kernel(const at::Tensor& x, const at::Tensor& y,
                                                              const at::Tensor& h, double scale,
-                                                             const GumbelKey& key) {
+                                                             const GumbelKey& key, Precision /*precision*/) {
   const c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
   at::Tensor index = at::empty({n}, x.options().dtype(at::kLong));

@@ -78,14 +78,15 @@ __global__ void __launch_bounds__(kThreads) lse_tiles_kernel(
 // Batched inputs run as a C++ loop of this 2-D kernel's launches on the current stream (run_lse,
 // no host synchronisation); the batch as a grid dimension belongs with the CUDA engine of #16.
 at::Tensor lse_cuda(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
-                    double scale, std::optional<c10::ArrayRef<double>> scales) {
-  return run_lse(x, y, h, scale, scales, &lse_cuda_kernel);
+                    double scale, std::optional<c10::ArrayRef<double>> scales, c10::string_view precision) {
+  return run_lse(x, y, h, scale, scales, precision, &lse_cuda_kernel);
 }
 
 }  // namespace
 
+// `precision` is for the tensor-core engine of #16; these FMA kernels are exact in every mode.
 at::Tensor lse_cuda_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
-                           double scale) {
+                           double scale, Precision /*precision*/) {
   const c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
   at::Tensor out = at::empty({n}, x.options());

@@ -143,14 +143,16 @@ __global__ void mips_merge_chunks_kernel(const scalar_t* __restrict__ part_value
 }
 
 std::tuple<at::Tensor, at::Tensor> mips_cuda(const at::Tensor& x, const at::Tensor& y,
-                                             const std::optional<at::Tensor>& bias, int64_t k) {
-  return run_mips(x, y, bias, k, &mips_cuda_kernel, kMipsCudaMaxK);
+                                             const std::optional<at::Tensor>& bias, int64_t k,
+                                             c10::string_view precision) {
+  return run_mips(x, y, bias, k, precision, &mips_cuda_kernel, kMipsCudaMaxK);
 }
 
 }  // namespace
 
+// `precision` is for the tensor-core engine of #16; this FMA kernel is exact in every mode.
 std::tuple<at::Tensor, at::Tensor> mips_cuda_kernel(const at::Tensor& x, const at::Tensor& y,
-                                                    const at::Tensor& bias, int64_t k) {
+                                                    const at::Tensor& bias, int64_t k, Precision /*precision*/) {
   const c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
   at::Tensor values = at::empty({n, k}, x.options());
