@@ -11,6 +11,7 @@
 
 #include "../barycentric.h"
 #include "../lse.h"
+#include "engine/engine.h"
 #include "tile_dot.cuh"
 
 namespace ot_flow {
@@ -92,14 +93,23 @@ __global__ void __launch_bounds__(kThreads) barycentric_weighted_sum_kernel(
   }
 }
 
-// Batched inputs: a C++ loop of the 2-D launches on the current stream (run_barycentric); the
-// batch as a grid dimension belongs with the CUDA engine of #16.
+std::tuple<at::Tensor, at::Tensor> barycentric_engine_kernel(const at::Tensor& x, const at::Tensor& y,
+                                                             const at::Tensor& h, double scale,
+                                                             const at::Tensor& values, Precision precision) {
+  return cuda::engine::barycentric_tensor_cores(x, y, h, scale, values, cuda::engine::dot_mode(precision));
+}
+
+// The tensor-core engine's single pass when it is switched on (engine.h) and the inputs are not
+// float64, else the two FMA passes below. Batched inputs: a C++ loop of the 2-D launches on the
+// current stream (run_barycentric).
 std::tuple<at::Tensor, at::Tensor> barycentric_cuda(const at::Tensor& x, const at::Tensor& y,
                                                     const std::optional<at::Tensor>& h, double scale,
                                                     const std::optional<at::Tensor>& values,
                                                     std::optional<c10::ArrayRef<double>> scales,
                                                     c10::string_view precision) {
-  return run_barycentric(x, y, h, scale, values, scales, precision, &barycentric_cuda_kernel);
+  const auto kernel = cuda::engine::engine_takes(x.scalar_type()) ? &barycentric_engine_kernel
+                                                                  : &barycentric_cuda_kernel;
+  return run_barycentric(x, y, h, scale, values, scales, precision, kernel);
 }
 
 }  // namespace

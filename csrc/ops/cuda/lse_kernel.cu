@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "../lse.h"
+#include "engine/engine.h"
 #include "tile_dot.cuh"
 
 namespace ot_flow {
@@ -75,16 +76,30 @@ __global__ void __launch_bounds__(kThreads) lse_tiles_kernel(
   }
 }
 
-// Batched inputs run as a C++ loop of this 2-D kernel's launches on the current stream (run_lse,
-// no host synchronisation); the batch as a grid dimension belongs with the CUDA engine of #16.
+at::Tensor lse_engine_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, double scale,
+                             Precision precision) {
+  return cuda::engine::lse_tensor_cores(x, y, h, scale, cuda::engine::dot_mode(precision));
+}
+
+at::Tensor lse_engine_batched_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
+                                     const std::vector<double>& scales, Precision precision) {
+  return cuda::engine::lse_tensor_cores_batched(x, y, h, scales, cuda::engine::dot_mode(precision));
+}
+
+// The tensor-core engine when it is switched on (OT_FLOW_CUDA_ENGINE, engine.h) and the inputs
+// are not float64: batched inputs are one launch. Otherwise the FMA kernel below, and batched
+// inputs a C++ loop of its 2-D launches on the current stream (run_lse, no host synchronisation).
 at::Tensor lse_cuda(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
                     double scale, std::optional<c10::ArrayRef<double>> scales, c10::string_view precision) {
+  if (cuda::engine::engine_takes(x.scalar_type())) {
+    return run_lse(x, y, h, scale, scales, precision, &lse_engine_kernel, &lse_engine_batched_kernel);
+  }
   return run_lse(x, y, h, scale, scales, precision, &lse_cuda_kernel);
 }
 
 }  // namespace
 
-// `precision` is for the tensor-core engine of #16; these FMA kernels are exact in every mode.
+// The FMA kernels are float32-exact in every mode: `precision` is the engine's.
 at::Tensor lse_cuda_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
                            double scale, Precision /*precision*/) {
   const c10::cuda::CUDAGuard device_guard(x.device());

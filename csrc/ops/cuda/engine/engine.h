@@ -8,6 +8,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../../precision.h"
 #include "kernel_traits.cuh"
 
 namespace ot_flow::cuda::engine {
@@ -16,6 +17,23 @@ namespace ot_flow::cuda::engine {
 // so tests and scripts can switch it); "fma" or unset selects the FMA kernels. Anything else
 // raises, naming the variable.
 bool tensor_cores_selected();
+
+// How the engine forms the dot products for an op's `precision`.
+inline DotMode dot_mode(Precision precision) {
+  switch (precision) {
+    case Precision::TF32:
+      return DotMode::kTF32;
+    case Precision::BF16:
+      return DotMode::kBF16;
+    case Precision::Highest:
+      break;
+  }
+  return DotMode::kSplitTF32;
+}
+
+// Whether a call with inputs of `dtype` goes to the engine: the switch is on and the inputs are
+// float32 or 16-bit (computed in float32); float64 keeps the exact FMA path.
+inline bool engine_takes(at::ScalarType dtype) { return tensor_cores_selected() && dtype != at::kDouble; }
 
 // Whether the engine computes this call: float32 inputs (float64 keeps the exact FMA path).
 bool engine_handles(const at::Tensor& x);
