@@ -26,11 +26,8 @@ __all__ = ["LocalHalves", "ReplicatedHalves", "ShardedHalves"]
 class _Reductions:
     """What the loop reads off the rows: ``sum`` (a per-row quantity summed over all rows, a
     0-dim tensor) and ``finite`` (whether a potential is finite everywhere, a 0-dim bool tensor)
-    stay on the device, so that the loop can read them when it chooses (readback.py); ``total``
-    and ``all_finite`` read them at once."""
-
-    def total(self, per_row):
-        return float(self.sum(per_row))
+    stay on the device, so that the loop can read them when it chooses (readback.py);
+    ``all_finite`` reads ``finite`` at once."""
 
     def all_finite(self, t):
         return bool(self.finite(t))

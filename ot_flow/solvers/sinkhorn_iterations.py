@@ -183,21 +183,26 @@ class _MassBalance:
     Before each g-update, f'' <- f'' + lam with the lam that maximises the dual along (1, -1):
     m_a e^{-lam / rho_a} = m_b e^{lam / rho_b}, m_a = <a, e^{-f'' / rho_a}>, m_b = <b, e^{-g'' / rho_b}>
     (1 for a balanced side), i.e. lam = log(m_a / m_b) / (1 / rho_a + 1 / rho_b). Two sums a step;
-    lam = 0 at the fixed point (both masses are m(P) there), which it therefore keeps."""
+    lam = 0 at the fixed point (both masses are m(P) there), which it therefore keeps. lam sets
+    the step's value, so the masses are read every iteration (one read for the two sides)."""
 
     def __init__(self, halves, a, b, alpha, beta, tau_a, tau_b):
         self.halves, self.a, self.b, self.alpha, self.beta = halves, a, b, alpha, beta
         self.tau_a, self.tau_b = tau_a, tau_b
 
-    def _log_mass(self, w, p, offsets, tau, rho):
+    def _mass(self, w, p, offsets, tau, rho):
+        """A relaxed side's mass on the device; None for a balanced side (log mass 0)."""
         if tau == 1.0:
-            return 0.0
-        return log_mass(self.halves.total(w * torch.exp(-(p.double() + offsets) / rho)))
+            return None
+        return self.halves.sum(w * torch.exp(-(p.double() + offsets) / rho))
 
     def __call__(self, fd, gd, e):
         rho_a, rho_b = validation.relaxation_rho(e, self.tau_a), validation.relaxation_rho(e, self.tau_b)
-        lam = translation(self._log_mass(self.a, fd, self.alpha, self.tau_a, rho_a),
-                          self._log_mass(self.b, gd, self.beta, self.tau_b, rho_b), rho_a, rho_b)
+        masses = (self._mass(self.a, fd, self.alpha, self.tau_a, rho_a),
+                  self._mass(self.b, gd, self.beta, self.tau_b, rho_b))
+        read = iter(torch.stack([m for m in masses if m is not None]).tolist())  # one host read for both
+        log_a, log_b = (0.0 if m is None else log_mass(next(read)) for m in masses)
+        lam = translation(log_a, log_b, rho_a, rho_b)
         return fd + lam if math.isfinite(lam) else fd
 
 
