@@ -26,6 +26,16 @@ mkdir -p benchmarks/results
   nvcc --version | tail -1
 } | tee "$out"
 $PY setup.py build_ext --inplace > build-gpu.log 2>&1 || { tail -50 build-gpu.log; exit 1; }
+# The CUDA mips crash of issue #16 (integer points, ties, bias=None) under compute-sanitizer first,
+# with the caching allocator off so that an access past a tensor's end is not hidden in a pooled
+# block: a device-side fault is named with its kernel and source line (-lineinfo), a host-side
+# one shows as a Python traceback (pytest's faulthandler). A minute or two.
+sanitizer=${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer
+if [ -x "$sanitizer" ]; then
+  echo "## compute-sanitizer memcheck: tests/test_mips.py -k cuda_ties" | tee -a "$out"
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 300 "$sanitizer" --tool memcheck --error-exitcode 99 \
+    $PY -m pytest tests/test_mips.py -q -p no:cacheprovider -k cuda_ties 2>&1 | tail -25 | tee -a "$out"
+fi
 echo "## tests" | tee -a "$out"
 $PY -m pytest tests -q -x -p no:cacheprovider 2>&1 | tail -15 | tee -a "$out"
 tests_rc=${PIPESTATUS[0]}
