@@ -94,7 +94,9 @@ def test_cuda_lse_gradients_match_cpu():
     x, y, h = random_problem(300, 500, 8, torch.float64)
     grads = []
     for device in ("cpu", "cuda"):
-        xs, ys, hs = (t.to(device).requires_grad_() for t in (x, y, h))
+        # Leaf copies: after the CPU pass x, y, h require grad themselves, and a plain .to()
+        # would make the CUDA copies non-leaves whose .grad stays None.
+        xs, ys, hs = (t.detach().to(device).requires_grad_() for t in (x, y, h))
         ot_flow.ops.lse(xs, ys, hs, 0.4).square().sum().backward()
         grads.append([t.grad.cpu() for t in (xs, ys, hs)])
     for a, b in zip(*grads):

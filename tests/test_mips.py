@@ -70,6 +70,10 @@ def test_ties_go_to_the_lowest_index(k):
     assert_matches(values, indices, x, y, bias, k, exact=True)
     values32, indices32 = ot_flow.ops.mips(x.float(), y.float(), bias.float(), k)
     assert torch.equal(indices32, indices)
+    # Without a bias: the inputs of the CUDA test that crashed (issue #16), ties everywhere.
+    values, indices = ot_flow.ops.mips(x.float(), y.float(), None, k)
+    assert_matches(values, indices, x, y, None, k, exact=True)
+    torch.library.opcheck(torch.ops.ot_flow.mips.default, (x.float(), y.float(), None, k))
 
 
 def test_without_bias_non_contiguous_and_thread_count():

@@ -60,7 +60,7 @@ def caches_costs(x, y, process_group=None):
 def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3,
              max_iter=10_000, momentum=True, init=None, process_group=None, sharded=False, anneal=None,
              target_entropy=None, entropy_tol=0.01, cost_cache="auto", progress="auto", tau_a=1.0, tau_b=1.0,
-             precision="highest"):
+             precision="highest", check_every="auto"):
     """Entropic optimal transport between point clouds x (n, d) and y (m, d), streamed.
 
     Args:
@@ -102,6 +102,16 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
             (``result.precision``): "highest" (default), "tf32" or "bf16", faster on CUDA tensor
             cores at ~1e-3 / ~1e-2 relative error in the dot products (ot_flow.ops.precision);
             the CPU and float64 points compute every mode exactly.
+        check_every: iterations between two reads of the marginal error on the host. Each read
+            waits for the device; "auto" reads every iteration on the CPU, where that costs
+            nothing, and every 10 on a GPU, which meanwhile runs the next half-steps. The errors
+            of the iterations in between are computed all the same (``result.errors`` holds
+            every one), but the stop, the momentum and the checks of finiteness act on them at a
+            read, so the solve may run up to ``check_every - 1`` iterations past the first that
+            met ``tol`` (``n_iter`` counts them; the returned potentials are those whose error
+            was read last, <= tol). A momentum step's convergence is confirmed at the very next
+            iteration. A batched solve reads every iteration (its problems drop out as they
+            converge).
 
     The points may lie anywhere: the solve runs on the clouds moved to their common centre and
     measured in their own unit (frame.py), so translating both clouds, or scaling them, changes
@@ -135,7 +145,7 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
         distributed.checked_together(lambda: validation.check_pair(x, y), process_group)
         settings = dict(dim=x.shape[1], dtype=str(x.dtype), eps=eps, relative_eps=relative_eps, cost=cost,
                         tol=tol, max_iter=max_iter, sharded=bool(sharded), target_entropy=target_entropy,
-                        tau_a=tau_a, tau_b=tau_b, precision=precision)
+                        tau_a=tau_a, tau_b=tau_b, precision=precision, check_every=check_every)
         if not sharded:
             settings.update(n=x.shape[0], m=y.shape[0])
         distributed.same_on_all_ranks(settings, "ot_flow.sinkhorn", process_group)
@@ -147,6 +157,7 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     tau_a = validation.tau("tau_a", tau_a)
     tau_b = validation.tau("tau_b", tau_b)
     validation.integer("max_iter", max_iter, 1)
+    check_every = validation.check_every(check_every, x.device)
     if target_entropy is not None:
         target_entropy = validation.in_open_interval("target_entropy", target_entropy, 0.0, 1.0)
     if process_group is None and sharded:
@@ -177,7 +188,7 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
                                                            balanced=tau_a == 1.0 and tau_b == 1.0)
     solve = dict(x=x, y=y, a=a, b=b, work=work, tol=tol, max_iter=max_iter, momentum=momentum,
                  anneal=anneal, spread=spread, dots=dots, process_group=process_group, sharded=sharded,
-                 progress=progress, tau_a=tau_a, tau_b=tau_b, precision=precision)
+                 progress=progress, tau_a=tau_a, tau_b=tau_b, precision=precision, check_every=check_every)
     if target_entropy is not None:
         first = eps if relative_eps else eps / spread
         if costs.interaction_std(x, y, a, b, reduce) == 0.0:

@@ -8,9 +8,9 @@
   f (and of g) against the other side's shards, which pass round the ranks (ring) together
   with their part of the bias while the current one is used.
 
-The solver loop (sinkhorn.py) is the same for all three; `total` sums a per-row quantity over
-all rows (the marginal error), all-reduced where the rows are sharded, so every rank takes the
-same decisions and stops at the same iteration.
+The solver loop (sinkhorn_iterations.py) is the same for all three; `sum` sums a per-row quantity
+over all rows (the marginal error), all-reduced where the rows are sharded, so every rank takes
+the same decisions and stops at the same iteration.
 """
 
 
@@ -23,7 +23,17 @@ from ot_flow.solvers import merge_rules
 __all__ = ["LocalHalves", "ReplicatedHalves", "ShardedHalves"]
 
 
-class LocalHalves:
+class _Reductions:
+    """What the loop reads off the rows: ``sum`` (a per-row quantity summed over all rows, a
+    0-dim tensor) and ``finite`` (whether a potential is finite everywhere, a 0-dim bool tensor)
+    stay on the device, so that the loop can read them when it chooses (readback.py);
+    ``all_finite`` reads ``finite`` at once."""
+
+    def all_finite(self, t):
+        return bool(self.finite(t))
+
+
+class LocalHalves(_Reductions):
     """One process. With `dots` (the cached n x m dot products) each half-step is one fused
     pass, given the current potential as the shift hint: lse_i = -f_i / e at the fixed point."""
 
@@ -41,11 +51,11 @@ class LocalHalves:
             return -e * lse_dense(self.dots, f / e + self.log_a, 1.0 / e, 0, shift=-g_now / e)
         return softmin(self.y, self.x, f, e, self.log_a, precision=self.precision)
 
-    def total(self, per_row):
-        return float(per_row.double().sum())
+    def sum(self, per_row):
+        return per_row.double().sum()
 
-    def all_finite(self, t):
-        return bool(torch.isfinite(t).all())
+    def finite(self, t):
+        return torch.isfinite(t).all()
 
 
 class ReplicatedHalves(LocalHalves):
@@ -69,7 +79,7 @@ class ReplicatedHalves(LocalHalves):
         return distributed.all_gather_uneven(block, [b - a for a, b in self.cols], self.group)
 
 
-class ShardedHalves:
+class ShardedHalves(_Reductions):
     """Every rank: its shard x (n_r rows) with log_a, and its shard y (m_r rows) with log_b."""
 
     def __init__(self, x, y, log_a, log_b, process_group, precision="highest"):
@@ -91,9 +101,9 @@ class ShardedHalves:
     def g_update(self, f, e, g_now):
         return self._softmin(self.y, self.x, f, self.log_a, self.x_sizes, e)
 
-    def total(self, per_row):
-        return float(distributed.all_sum(per_row.sum().reshape(1), self.group)[0])
+    def sum(self, per_row):
+        return distributed.all_sum(per_row.sum().reshape(1), self.group)[0]
 
-    def all_finite(self, t):
+    def finite(self, t):
         bad = (~torch.isfinite(t)).sum().reshape(1)
-        return float(distributed.all_sum(bad, self.group)[0]) == 0
+        return distributed.all_sum(bad, self.group)[0] == 0

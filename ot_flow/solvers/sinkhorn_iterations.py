@@ -31,6 +31,7 @@ import torch
 
 from ot_flow.solvers import validation
 from ot_flow.solvers.progress import progress_bar
+from ot_flow.solvers.readback import Readback
 from ot_flow.solvers.sinkhorn_halves import LocalHalves, ReplicatedHalves, ShardedHalves
 from ot_flow.solvers.sinkhorn_result import SinkhornResult
 
@@ -50,9 +51,10 @@ _ANNEAL_BELOW = 0.05  # auto-anneal when eps < this fraction of std(C)
 
 @torch.no_grad()
 def solve_at(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, spread, dots, process_group, sharded,
-           progress, tau_a=1.0, tau_b=1.0, precision="highest"):
+           progress, tau_a=1.0, tau_b=1.0, precision="highest", check_every=1):
     """One solve at absolute eps; ``init`` is a pair of working dot-cost potentials or None;
-    ``precision`` goes to every op call (ot_flow.ops.precision)."""
+    ``precision`` goes to every op call (ot_flow.ops.precision). ``check_every``: iterations
+    between two reads of the marginal error (readback.py)."""
     dtype = work.x.dtype
     unit = work.frame.unit  # the solve runs on C' = (C - k) / s^2
     eps_w, spread_w = eps / unit, spread / unit
@@ -102,34 +104,54 @@ def solve_at(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, sp
     converged = False
     error = math.inf
     measured = False  # whether (fd, gd) has an exact measurement pending
+    reads = Readback(check_every)
+
+    def read(may_stop):
+        """Reads the errors queued since the last read and decides on the latest (older ones join
+        the history); returns whether the solve has converged. `may_stop`: no step has been taken
+        since the latest error's measurement."""
+        nonlocal error, finishing, w
+        values, finite = reads.read()
+        if not all(math.isfinite(v) for v in values):
+            if halves.all_finite(f_new) and (tau_a < 1.0 or tau_b < 1.0):
+                raise RuntimeError(f"ot_flow.sinkhorn: the unbalanced plan's mass overflows float64 at "
+                                   f"iteration {n_iter} (eps={eps:.3g}, tau_a={tau_a}, tau_b={tau_b}): "
+                                   "costs far below zero (a 'dot' cost far from the origin) make its "
+                                   "mass explode; centre the points, or raise tau towards 1")
+            _raise_non_finite(n_iter, eps, dtype)
+        if not finite:
+            _raise_non_finite(n_iter, eps, dtype)
+        if not values:  # only the last g-update's finiteness was pending
+            return False
+        errors.extend(values)
+        error = values[-1]
+        bar.set_postfix(error=f"{error:.3g}", tol=f"{tol:.3g}", refresh=False)
+        if not may_stop:
+            return False
+        if error < tol:
+            if w == 1.0 or finishing:
+                return True
+            finishing = True  # confirm on a plain step: column marginals exact again
+        else:
+            finishing = False
+            w = relaxation.update(errors)
+        return False
+
     with bar:
         while n_iter < max_iter:
             f_new = f_update(gd, eps_w, fd)
             if measured:
                 if tau_a == 1.0:
                     ratio = torch.exp((fd.double() - f_new.double()) / eps_w)
-                    error = halves.total(a * (ratio - 1).abs())
+                    reads.error(halves.sum(a * (ratio - 1).abs()))
                 else:  # |P 1 - a exp(-f / rho_a)|_1 / <a, exp(-f / rho_a)> (module notes), in float64
                     gap = torch.expm1((fd.double() - f_new.double()) / (tau_a * eps_w)).abs()
                     target = a * torch.exp(-(fd.double() + alpha_u) / rho_a)
-                    error = halves.total(target * gap) / halves.total(target)
-                if not math.isfinite(error):
-                    if halves.all_finite(f_new) and (tau_a < 1.0 or tau_b < 1.0):
-                        raise RuntimeError(f"ot_flow.sinkhorn: the unbalanced plan's mass overflows float64 at "
-                                           f"iteration {n_iter} (eps={eps:.3g}, tau_a={tau_a}, tau_b={tau_b}): "
-                                           "costs far below zero (a 'dot' cost far from the origin) make its "
-                                           "mass explode; centre the points, or raise tau towards 1")
-                    _raise_non_finite(n_iter, eps, dtype)
-                errors.append(error)
-                bar.set_postfix(error=f"{error:.3g}", tol=f"{tol:.3g}", refresh=False)
-                if error < tol:
-                    if w == 1.0 or finishing:
-                        converged = True
-                        break
-                    finishing = True  # confirm on a plain step: column marginals exact again
-                else:
-                    finishing = False
-                    w = relaxation.update(errors)
+                    reads.error(halves.sum(target * gap) / halves.sum(target))
+                # A pending confirmation (finishing) is read at once: it decides the stop.
+                if (finishing or reads.due()) and read(may_stop=True):
+                    converged = True
+                    break
             elif not halves.all_finite(f_new):
                 _raise_non_finite(n_iter, eps, dtype)
             step = 1.0 if finishing else w
@@ -137,12 +159,13 @@ def solve_at(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, sp
             if balance is not None:
                 fd = balance(fd, gd, eps_w)
             g_new = g_update(fd, eps_w, gd)
-            if not halves.all_finite(g_new):  # f_new is checked through the error
-                _raise_non_finite(n_iter, eps, dtype)
+            reads.require_finite(halves.finite(g_new))  # f_new is checked through the error
             gd = g_new if step == 1.0 else gd + step * (g_new - gd)
             measured = True
             n_iter += 1
             bar.update(1)
+        if reads.pending():
+            read(may_stop=False)  # at max_iter: the errors and the finiteness still queued
     if not converged:
         warnings.warn(f"ot_flow.sinkhorn: not converged after {n_iter} iterations (marginal error "
                       f"{error:.3g} > tol {tol:.3g}); raise max_iter or eps", RuntimeWarning)
@@ -162,21 +185,26 @@ class _MassBalance:
     Before each g-update, f'' <- f'' + lam with the lam that maximises the dual along (1, -1):
     m_a e^{-lam / rho_a} = m_b e^{lam / rho_b}, m_a = <a, e^{-f'' / rho_a}>, m_b = <b, e^{-g'' / rho_b}>
     (1 for a balanced side), i.e. lam = log(m_a / m_b) / (1 / rho_a + 1 / rho_b). Two sums a step;
-    lam = 0 at the fixed point (both masses are m(P) there), which it therefore keeps."""
+    lam = 0 at the fixed point (both masses are m(P) there), which it therefore keeps. lam sets
+    the step's value, so the masses are read every iteration (one read for the two sides)."""
 
     def __init__(self, halves, a, b, alpha, beta, tau_a, tau_b):
         self.halves, self.a, self.b, self.alpha, self.beta = halves, a, b, alpha, beta
         self.tau_a, self.tau_b = tau_a, tau_b
 
-    def _log_mass(self, w, p, offsets, tau, rho):
+    def _mass(self, w, p, offsets, tau, rho):
+        """A relaxed side's mass on the device; None for a balanced side (log mass 0)."""
         if tau == 1.0:
-            return 0.0
-        return log_mass(self.halves.total(w * torch.exp(-(p.double() + offsets) / rho)))
+            return None
+        return self.halves.sum(w * torch.exp(-(p.double() + offsets) / rho))
 
     def __call__(self, fd, gd, e):
         rho_a, rho_b = validation.relaxation_rho(e, self.tau_a), validation.relaxation_rho(e, self.tau_b)
-        lam = translation(self._log_mass(self.a, fd, self.alpha, self.tau_a, rho_a),
-                          self._log_mass(self.b, gd, self.beta, self.tau_b, rho_b), rho_a, rho_b)
+        masses = (self._mass(self.a, fd, self.alpha, self.tau_a, rho_a),
+                  self._mass(self.b, gd, self.beta, self.tau_b, rho_b))
+        read = iter(torch.stack([m for m in masses if m is not None]).tolist())  # one host read for both
+        log_a, log_b = (0.0 if m is None else log_mass(next(read)) for m in masses)
+        lam = translation(log_a, log_b, rho_a, rho_b)
         return fd + lam if math.isfinite(lam) else fd
 
 

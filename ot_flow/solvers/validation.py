@@ -114,6 +114,21 @@ def integer(name, value, low, optional=False):
     return value
 
 
+# Iterations between two reads of the Sinkhorn loop's error on a GPU (check_every="auto"): a
+# read there drains the queue of kernels and idles the GPU until the host has queued more; ten
+# iterations make that one gap in twenty half-steps and keep the overrun past the first
+# converged iteration small.
+_GPU_CHECK_EVERY = 10
+
+
+def check_every(value, device):
+    """The Sinkhorn loop's read interval: "auto" is 1 on the CPU (a read costs nothing there) and
+    _GPU_CHECK_EVERY on other devices; else an int >= 1."""
+    if value == "auto":
+        return 1 if device.type == "cpu" else _GPU_CHECK_EVERY
+    return integer("check_every", value, 1)
+
+
 def flat_points(name, points):
     """Points of any shape per point (N, ...) as a detached (N, D) matrix, checked like check_points."""
     if not isinstance(points, torch.Tensor):

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -42,10 +43,13 @@ void mips_cpu_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& b
           const scalar_t tile_max = row_max(v, cols);
           if (!(tile_max > best[k - 1])) continue;  // nothing here beats the k-th (or all -inf)
           if (k == 1) {
-            int64_t j = 0;
-            while (v[j] != tile_max) ++j;
-            best[0] = tile_max;
-            best_j[0] = c0 + j;
+            // Bounded: a scan for a maximum that is not found must stop at the row's end, not
+            // read on past the tile (the first suspect of issue #16's crash; see mips_kernel.cu).
+            const int64_t j = std::find(v, v + cols, tile_max) - v;
+            if (j < cols) {
+              best[0] = tile_max;
+              best_j[0] = c0 + j;
+            }
             continue;
           }
           for (int64_t j = 0; j < cols; ++j) {

@@ -153,6 +153,12 @@ std::tuple<at::Tensor, at::Tensor> mips_cuda(const at::Tensor& x, const at::Tens
 // `precision` is for the tensor-core engine of #16; this FMA kernel is exact in every mode.
 std::tuple<at::Tensor, at::Tensor> mips_cuda_kernel(const at::Tensor& x, const at::Tensor& y,
                                                     const at::Tensor& bias, int64_t k, Precision /*precision*/) {
+  // The top-k lists are fixed arrays of kMipsCudaMaxK entries in each thread's local memory;
+  // run_mips refuses a larger k, and so does this entry point, which nothing else guards.
+  TORCH_CHECK(k >= 1 && k <= kMipsCudaMaxK && k <= y.size(0), "ot_flow.mips: k = ", k, " outside [1, min(m, ",
+              kMipsCudaMaxK, ")]");
+  TORCH_CHECK(bias.defined() && bias.is_cuda() && bias.numel() == y.size(0),
+              "ot_flow.mips: the CUDA kernel needs a bias of m entries on the device");
   const c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
   at::Tensor values = at::empty({n, k}, x.options());

@@ -1,0 +1,41 @@
+"""Deferred host reads of the Sinkhorn loop (sinkhorn_iterations.py): its marginal errors and
+the finiteness of its potentials stay on the device as they are computed and come to the host
+together, one synchronisation per read. On a GPU a read waits for every kernel queued before it,
+so reading twice per iteration leaves the GPU idle between half-steps while the host decides;
+reading every few iterations lets the host queue the next half-steps meanwhile. On the CPU a
+read costs nothing and the loop reads every iteration (``check_every`` "auto")."""
+
+import torch
+
+__all__ = ["Readback"]
+
+
+class Readback:
+    """The errors and finiteness flags queued since the last read."""
+
+    def __init__(self, every):
+        self.every = every
+        self._errors = []  # 0-dim tensors, one per measured iteration
+        self._finite = None  # a 0-dim bool tensor: every potential checked since the last read was finite
+
+    def error(self, value):
+        self._errors.append(value)
+
+    def require_finite(self, flag):
+        self._finite = flag if self._finite is None else self._finite & flag
+
+    def due(self):
+        return len(self._errors) >= self.every
+
+    def pending(self):
+        return bool(self._errors) or self._finite is not None
+
+    def read(self):
+        """(errors as floats, in order; whether every flag held), one synchronisation."""
+        parts = [e.reshape(()).to(torch.float64) for e in self._errors]
+        if self._finite is not None:
+            parts.append(self._finite.reshape(()).to(torch.float64))
+        values = torch.stack(parts).tolist() if parts else []
+        finite = self._finite is None or values.pop() == 1.0
+        self._errors, self._finite = [], None
+        return values, finite
