@@ -23,12 +23,13 @@ at::ScalarType compute_dtype(at::ScalarType dtype) {
 
 at::Tensor computed(const at::Tensor& t) { return t.to(compute_dtype(t.scalar_type())).contiguous(); }
 
-double check_points(const char* op, const char* name, const at::Tensor& t) {
+double check_points(const char* op, const char* name, const at::Tensor& t, bool read_values) {
   TORCH_CHECK_VALUE(t.dim() == 2, op, ": argument '", name,
                     "' must be a 2-D tensor of points (num_points, dim), got shape ", t.sizes());
   check_point_dtype(op, name, t);
   TORCH_CHECK_VALUE(t.size(0) > 0 && t.size(1) > 0, op, ": argument '", name,
                     "' is empty (shape ", t.sizes(), "); it needs at least one point of dimension >= 1");
+  if (!read_values) return 0.0;
   // max |entry| is NaN or Inf exactly when an entry is.
   const double max_abs = at::linalg_vector_norm(t, INFINITY).item<double>();
   TORCH_CHECK_VALUE(std::isfinite(max_abs), op, ": argument '", name, "' contains NaN or Inf");
@@ -36,11 +37,12 @@ double check_points(const char* op, const char* name, const at::Tensor& t) {
 }
 
 double check_log_weights(const char* op, const char* name, const at::Tensor& t, int64_t size,
-                         const at::Tensor& like) {
+                         const at::Tensor& like, bool read_values) {
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == size, op, ": argument '", name,
                     "' must be a 1-D tensor of length ", size, ", got shape ", t.sizes());
   TORCH_CHECK_VALUE(t.scalar_type() == like.scalar_type(), op, ": argument '", name,
                     "' must have the points' dtype ", like.scalar_type(), ", got ", t.scalar_type());
+  if (!read_values) return 0.0;
   // With -inf set to 0, max |entry| is NaN or +inf exactly when an entry is NaN or +inf.
   const double max_abs = at::linalg_vector_norm(t.masked_fill(at::isneginf(t), 0), INFINITY).item<double>();
   TORCH_CHECK_VALUE(std::isfinite(max_abs), op, ": argument '", name,
@@ -70,13 +72,15 @@ std::vector<double> per_problem_max_abs(const at::Tensor& t) {
 
 }  // namespace
 
-std::vector<double> check_batched_points(const char* op, const char* name, const at::Tensor& t) {
+std::vector<double> check_batched_points(const char* op, const char* name, const at::Tensor& t,
+                                         bool read_values) {
   TORCH_CHECK_VALUE(t.dim() == 3, op, ": argument '", name,
                     "' of a batched call must be a 3-D tensor (num_problems, num_points, dim), got shape ", t.sizes());
   check_point_dtype(op, name, t);
   TORCH_CHECK_VALUE(t.size(0) > 0 && t.size(1) > 0 && t.size(2) > 0, op, ": argument '", name,
                     "' is empty (shape ", t.sizes(), "); a batched call needs at least one problem of at least ",
                     "one point of dimension >= 1");
+  if (!read_values) return std::vector<double>(t.size(0), 0.0);
   std::vector<double> max_abs = per_problem_max_abs(t);
   for (size_t b = 0; b < max_abs.size(); ++b) {
     TORCH_CHECK_VALUE(std::isfinite(max_abs[b]), op, ": argument '", name, "' contains NaN or Inf (problem ", b, ")");
@@ -85,12 +89,14 @@ std::vector<double> check_batched_points(const char* op, const char* name, const
 }
 
 std::vector<double> check_batched_log_weights(const char* op, const char* name, const at::Tensor& t,
-                                              int64_t batch, int64_t size, const at::Tensor& like) {
+                                              int64_t batch, int64_t size, const at::Tensor& like,
+                                              bool read_values) {
   TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == batch && t.size(1) == size, op, ": argument '", name,
                     "' of a batched call must be a 2-D tensor (num_problems, ", size, ") = (", batch, ", ", size,
                     "), got shape ", t.sizes());
   TORCH_CHECK_VALUE(t.scalar_type() == like.scalar_type(), op, ": argument '", name,
                     "' must have the points' dtype ", like.scalar_type(), ", got ", t.scalar_type());
+  if (!read_values) return std::vector<double>(batch, 0.0);
   std::vector<double> max_abs = per_problem_max_abs(t.masked_fill(at::isneginf(t), 0));
   for (size_t b = 0; b < max_abs.size(); ++b) {
     TORCH_CHECK_VALUE(std::isfinite(max_abs[b]), op, ": argument '", name, "' contains NaN or +Inf (problem ", b,

@@ -19,15 +19,20 @@ at::ScalarType compute_dtype(at::ScalarType dtype);
 // `t` in compute_dtype, contiguous: the kernels' view of an input (the one upcast of the ops).
 at::Tensor computed(const at::Tensor& t);
 
+// Every check below that reads a tensor's values (NaN, Inf, the largest |entry|) does so only
+// when `read_values`: the caller of an op may have validated the data once already (the
+// solvers: `validate=False` on lse and softmin), and on CUDA each such read is a host
+// synchronisation. Without it the shape and dtype rules still hold and the maxima are 0.
+
 // A point cloud: a 2-D, non-empty tensor of a dtype check_point_dtype takes, with finite
 // entries. Returns max |entry|, for check_logit_range (the same reduction finds NaN and Inf).
-double check_points(const char* op, const char* name, const at::Tensor& t);
+double check_points(const char* op, const char* name, const at::Tensor& t, bool read_values = true);
 
 // A per-point vector of log-weights or potentials of length `size`, same dtype as the
 // points; -inf is allowed (a point that carries no mass), NaN and +inf are not. Returns the
 // largest |entry| among the finite ones (0 when there are none).
 double check_log_weights(const char* op, const char* name, const at::Tensor& t, int64_t size,
-                         const at::Tensor& like);
+                         const at::Tensor& like, bool read_values = true);
 
 // Raises unless `t` is on the device of `ref`. Ops check devices before anything reads a
 // tensor, so a CPU tensor never reaches a CUDA kernel (or the reverse).
@@ -38,11 +43,13 @@ void check_finite_scalar(const char* op, const char* name, double value);
 
 // Batched inputs (B independent problems of equal sizes): the checks above per problem.
 // A (B, num_points, dim) point cloud, B >= 1; returns max |entry| of each problem.
-std::vector<double> check_batched_points(const char* op, const char* name, const at::Tensor& t);
+std::vector<double> check_batched_points(const char* op, const char* name, const at::Tensor& t,
+                                         bool read_values = true);
 // A (B, size) tensor of log-weights per problem (rules of check_log_weights); returns the
 // largest finite |entry| of each problem.
 std::vector<double> check_batched_log_weights(const char* op, const char* name, const at::Tensor& t,
-                                              int64_t batch, int64_t size, const at::Tensor& like);
+                                              int64_t batch, int64_t size, const at::Tensor& like,
+                                              bool read_values = true);
 // The per-problem scales of a batched call: `scales` (B finite values) when given, else
 // `scale` for every problem. `scales_name` names the list in errors.
 std::vector<double> batched_scales(const char* op, const char* scales_name, double scale,

@@ -22,12 +22,13 @@ Precision kernel_precision(const char* op, c10::string_view precision, at::Scala
 }  // namespace
 
 LseArgs prepare_lse_args(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
-                         double scale, c10::string_view precision, const char* op, const char* h_name) {
+                         double scale, c10::string_view precision, const char* op, const char* h_name,
+                         bool validate) {
   // Devices first: nothing may read a tensor that sits on another device than the kernel's.
   check_same_device(op, "y", y, "x", x);
   if (h.has_value()) check_same_device(op, h_name, *h, "x", x);
-  const double x_max = check_points(op, "x", x);
-  const double y_max = check_points(op, "y", y);
+  const double x_max = check_points(op, "x", x, validate);
+  const double y_max = check_points(op, "y", y, validate);
   TORCH_CHECK_VALUE(x.scalar_type() == y.scalar_type(), op, ": arguments 'x' and 'y' must have one dtype, got ",
                     x.scalar_type(), " and ", y.scalar_type());
   TORCH_CHECK_VALUE(x.size(1) == y.size(1), op, ": arguments 'x' and 'y' must have the same dimension, got x ",
@@ -38,12 +39,12 @@ LseArgs prepare_lse_args(const at::Tensor& x, const at::Tensor& y, const std::op
   at::Tensor bias;
   double h_max = 0.0;
   if (h.has_value()) {
-    h_max = check_log_weights(op, h_name, *h, y.size(0), x);
+    h_max = check_log_weights(op, h_name, *h, y.size(0), x, validate);
     bias = computed(*h);
   } else {
     bias = at::zeros({y.size(0)}, x.options().dtype(dtype));
   }
-  check_logit_range(op, dtype, x.size(1), x_max, y_max, scale, h_name, h_max);
+  if (validate) check_logit_range(op, dtype, x.size(1), x_max, y_max, scale, h_name, h_max);
   return {computed(x), computed(y), bias, mode};
 }
 
@@ -94,12 +95,13 @@ void refuse_scales_unbatched(const char* op, const std::optional<c10::ArrayRef<d
 BatchedLseArgs prepare_batched_lse_args(const at::Tensor& x, const at::Tensor& y,
                                         const std::optional<at::Tensor>& h, double scale,
                                         const std::optional<c10::ArrayRef<double>>& scales,
-                                        c10::string_view precision, const char* op, const char* h_name) {
+                                        c10::string_view precision, const char* op, const char* h_name,
+                                        bool validate) {
   check_same_device(op, "y", y, "x", x);
   if (h.has_value()) check_same_device(op, h_name, *h, "x", x);
   check_batched_pair(op, x, y);
-  const std::vector<double> x_max = check_batched_points(op, "x", x);
-  const std::vector<double> y_max = check_batched_points(op, "y", y);
+  const std::vector<double> x_max = check_batched_points(op, "x", x, validate);
+  const std::vector<double> y_max = check_batched_points(op, "y", y, validate);
   TORCH_CHECK_VALUE(x.scalar_type() == y.scalar_type(), op, ": arguments 'x' and 'y' must have one dtype, got ",
                     x.scalar_type(), " and ", y.scalar_type());
   TORCH_CHECK_VALUE(x.size(2) == y.size(2), op, ": arguments 'x' and 'y' must have the same dimension, got x ",
@@ -111,12 +113,12 @@ BatchedLseArgs prepare_batched_lse_args(const at::Tensor& x, const at::Tensor& y
   at::Tensor bias;
   std::vector<double> h_max(batch, 0.0);
   if (h.has_value()) {
-    h_max = check_batched_log_weights(op, h_name, *h, batch, y.size(1), x);
+    h_max = check_batched_log_weights(op, h_name, *h, batch, y.size(1), x, validate);
     bias = problems_contiguous(h->to(dtype));
   } else {
     bias = at::zeros({batch, y.size(1)}, x.options().dtype(dtype));
   }
-  for (int64_t b = 0; b < batch; ++b) {
+  for (int64_t b = 0; validate && b < batch; ++b) {
     check_logit_range(op, dtype, x.size(2), x_max[b], y_max[b], all_scales[b], h_name, h_max[b]);
   }
   return {problems_contiguous(x.to(dtype)), problems_contiguous(y.to(dtype)), bias, std::move(all_scales), mode};
@@ -124,13 +126,13 @@ BatchedLseArgs prepare_batched_lse_args(const at::Tensor& x, const at::Tensor& y
 
 at::Tensor run_lse(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
                    double scale, const std::optional<c10::ArrayRef<double>>& scales, c10::string_view precision,
-                   LseKernel kernel, LseBatchedKernel batched) {
+                   bool validate, LseKernel kernel, LseBatchedKernel batched) {
   if (!is_batched(x, y)) {
     refuse_scales_unbatched("ot_flow.lse", scales);
-    const LseArgs args = prepare_lse_args(x, y, h, scale, precision);
+    const LseArgs args = prepare_lse_args(x, y, h, scale, precision, "ot_flow.lse", "h", validate);
     return kernel(args.x, args.y, args.h, scale, args.precision);
   }
-  const BatchedLseArgs args = prepare_batched_lse_args(x, y, h, scale, scales, precision);
+  const BatchedLseArgs args = prepare_batched_lse_args(x, y, h, scale, scales, precision, "ot_flow.lse", "h", validate);
   if (batched != nullptr) return batched(args.x, args.y, args.h, args.scales, args.precision);
   at::Tensor out = at::empty({args.x.size(0), args.x.size(1)}, args.x.options());
   for (int64_t b = 0; b < args.x.size(0); ++b) {
@@ -143,9 +145,10 @@ namespace {
 
 // The CPU computes every precision exactly, so its kernels take none.
 at::Tensor lse_cpu(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
-                   double scale, std::optional<c10::ArrayRef<double>> scales, c10::string_view precision) {
+                   double scale, std::optional<c10::ArrayRef<double>> scales, c10::string_view precision,
+                   bool validate) {
   return run_lse(
-      x, y, h, scale, scales, precision,
+      x, y, h, scale, scales, precision, validate,
       [](const at::Tensor& xc, const at::Tensor& yc, const at::Tensor& hc, double s, Precision) {
         return lse_cpu_kernel(xc, yc, hc, s);
       },
@@ -157,8 +160,8 @@ at::Tensor lse_cpu(const at::Tensor& x, const at::Tensor& y, const std::optional
 
 TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
   m.def(
-      "lse(Tensor x, Tensor y, Tensor? h=None, float scale=1.0, float[]? scales=None, str precision=\"highest\") "
-      "-> Tensor");
+      "lse(Tensor x, Tensor y, Tensor? h=None, float scale=1.0, float[]? scales=None, str precision=\"highest\", "
+      "bool validate=True) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ot_flow, CPU, m) { m.impl("lse", &lse_cpu); }

@@ -28,9 +28,11 @@ struct LseArgs {
 
 // Validates the arguments of a 2-D call. `op` and `h_name` name the calling op and its bias
 // argument in error messages (ops built on lse share these checks).
+// `validate` false skips the checks that read the data (checks.h, read_values) and the logit
+// range check: the op's `validate=False`, for callers that checked the data once.
 LseArgs prepare_lse_args(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
                          double scale, c10::string_view precision, const char* op = "ot_flow.lse",
-                         const char* h_name = "h");
+                         const char* h_name = "h", bool validate = true);
 
 // The validated inputs of a batched call, each problem contiguous and in compute_dtype: x (B, n, d),
 // y (B, m, d), h (B, m) (zeros when absent), the B scales and the precision (as LseArgs).
@@ -53,7 +55,7 @@ BatchedLseArgs prepare_batched_lse_args(const at::Tensor& x, const at::Tensor& y
                                         const std::optional<at::Tensor>& h, double scale,
                                         const std::optional<c10::ArrayRef<double>>& scales,
                                         c10::string_view precision, const char* op = "ot_flow.lse",
-                                        const char* h_name = "h");
+                                        const char* h_name = "h", bool validate = true);
 
 // Raises when `scales` is given to a 2-D call (it is the batched calls' argument).
 void refuse_scales_unbatched(const char* op, const std::optional<c10::ArrayRef<double>>& scales,
@@ -73,11 +75,11 @@ using LseBatchedKernel = at::Tensor (*)(const at::Tensor& x, const at::Tensor& y
 at::Tensor lse_cpu_batched_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
                                   const std::vector<double>& scales);
 
-// The op for one device: checks, then `kernel` (2-D), or for batched inputs `batched` when
-// given, else `kernel` once per problem, in order, on the current stream: the CUDA fallback
-// until the batch is a grid dimension of the CUDA engine (issue #16).
+// The op for one device: checks (those that read the data only when `validate`), then `kernel`
+// (2-D), or for batched inputs `batched` when given, else `kernel` once per problem, in order,
+// on the current stream (the FMA kernels on CUDA; the engine takes the batch as a grid dimension).
 at::Tensor run_lse(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
                    double scale, const std::optional<c10::ArrayRef<double>>& scales, c10::string_view precision,
-                   LseKernel kernel, LseBatchedKernel batched = nullptr);
+                   bool validate, LseKernel kernel, LseBatchedKernel batched = nullptr);
 
 }  // namespace ot_flow

@@ -23,8 +23,9 @@ at::Tensor lse_dense_cuda_kernel(const at::Tensor& dots, const at::Tensor& h, do
                                  const std::optional<at::Tensor>& shift);
 
 // Checks the arguments, runs `kernel`, and rejects a NaN result (D held NaN or +Inf: the
-// matrix is not scanned up front, which would double the memory traffic).
+// matrix is not scanned up front, which would double the memory traffic). Without `validate`
+// (the op's validate=False) nothing reads the data: no NaN/Inf checks, no host synchronisation.
 at::Tensor run_lse_dense(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim,
-                         const std::optional<at::Tensor>& shift, LseDenseKernel kernel);
+                         const std::optional<at::Tensor>& shift, bool validate, LseDenseKernel kernel);
 
 }  // namespace ot_flow

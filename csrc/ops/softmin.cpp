@@ -38,11 +38,11 @@ void check_eps(const char* name, double eps) {
 }
 
 using LseOp = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double,
-                         std::optional<c10::ArrayRef<double>>, c10::string_view);
+                         std::optional<c10::ArrayRef<double>>, c10::string_view, bool);
 
 at::Tensor softmin(const at::Tensor& x, const at::Tensor& y, const at::Tensor& g, double eps,
                    const std::optional<at::Tensor>& log_weights, std::optional<c10::ArrayRef<double>> epsilons,
-                   c10::string_view precision) {
+                   c10::string_view precision, bool validate) {
   // Checked under softmin's name; lse, which does the work, would report it as its own argument.
   parse_precision("ot_flow.softmin", precision);
   const bool batched = x.dim() == 3 || y.dim() == 3;
@@ -71,13 +71,13 @@ at::Tensor softmin(const at::Tensor& x, const at::Tensor& y, const at::Tensor& g
     // are upcast before it is formed, to the dtype lse computes in anyway (the same result).
     const auto up = [dtype](const at::Tensor& t) { return t.to(dtype); };
     return softmin(up(x), up(y), up(g), eps, log_weights.has_value() ? std::optional(up(*log_weights)) : std::nullopt,
-                   epsilons, precision);
+                   epsilons, precision, validate);
   }
   static const auto lse = c10::Dispatcher::singleton().findSchemaOrThrow("ot_flow::lse", "").typed<LseOp>();
   if (!batched) {
     at::Tensor bias = g / eps;
     if (log_weights.has_value()) bias = bias + *log_weights;
-    return lse.call(x, y, bias, 1.0 / eps, std::nullopt, precision) * (-eps);
+    return lse.call(x, y, bias, 1.0 / eps, std::nullopt, precision, validate) * (-eps);
   }
   // Per problem the arithmetic of the 2-D call (so problem b's bits are the 2-D call's); the
   // scalings are B small elementwise ops around one batched lse.
@@ -96,7 +96,7 @@ at::Tensor softmin(const at::Tensor& x, const at::Tensor& y, const at::Tensor& g
     biases.push_back(bias);
     scales.push_back(1.0 / eps_b[b]);
   }
-  const at::Tensor out = lse.call(x, y, at::stack(biases), 1.0, scales, precision);
+  const at::Tensor out = lse.call(x, y, at::stack(biases), 1.0, scales, precision, validate);
   for (int64_t b = 0; b < count; ++b) outs.push_back(out[b] * (-eps_b[b]));
   return at::stack(outs);
 }
@@ -106,7 +106,7 @@ at::Tensor softmin(const at::Tensor& x, const at::Tensor& y, const at::Tensor& g
 TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
   m.def(
       "softmin(Tensor x, Tensor y, Tensor g, float eps, Tensor? log_weights=None, float[]? epsilons=None, "
-      "str precision=\"highest\") -> Tensor");
+      "str precision=\"highest\", bool validate=True) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ot_flow, CompositeImplicitAutograd, m) { m.impl("softmin", &softmin); }

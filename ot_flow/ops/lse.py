@@ -7,7 +7,7 @@ from ot_flow.ops import _args, precision as _precision
 __all__ = ["lse"]
 
 
-def lse(x, y, h=None, scale=1.0, *, precision="highest"):
+def lse(x, y, h=None, scale=1.0, *, precision="highest", validate=True):
     """Row log-sum-exp ``out_i = log sum_j exp(scale * <x_i, y_j> + h_j)``, without an n x m matrix.
 
     Args:
@@ -20,13 +20,18 @@ def lse(x, y, h=None, scale=1.0, *, precision="highest"):
             receives them as its ``scales`` argument (``float[]``, host values).
         precision: how the dot products are formed, ``"highest"``, ``"tf32"`` or ``"bf16"``
             (see :mod:`ot_flow.ops.precision`; the CPU and float64 inputs compute every mode exactly).
+        validate: ``False`` skips the checks that read the values of x, y and h (NaN, Inf and
+            the range of the logits; shapes, dtypes and devices are always checked): on CUDA
+            each such read waits for the device. For callers that checked the data once, as the
+            Sinkhorn loop does; with bad data the result is then undefined.
 
     Returns:
         (n,) tensor (batched (B, n)) on the device of ``x``, in x's dtype, or float32 for
         float16/bfloat16 inputs (torch autocast's rule for logsumexp). A row whose every bias is
         ``-inf`` gives ``-inf``. Problem b of a batched call is bitwise the 2-D call on
         ``(x[b], y[b], h[b], scale[b])`` on the CPU (the batch is the outer task dimension of the
-        tiling); on CUDA the problems run as a loop of 2-D launches on the current stream.
+        tiling); on CUDA the problems run as a loop of 2-D launches on the current stream, or as
+        one launch on the tensor-core engine (``OT_FLOW_CUDA_ENGINE=tensor_cores``).
 
     Differentiable in ``x``, ``y`` and ``h`` (batched too), to any order: the gradients are
     softmax-weighted sums, computed by two streaming ``barycentric`` passes, one along rows and
@@ -35,18 +40,19 @@ def lse(x, y, h=None, scale=1.0, *, precision="highest"):
     the first-order pass. The gradients come back in the inputs' dtypes.
     """
     scale, scales = _args.per_problem("ot_flow.lse", "scale", scale, x)
-    return torch.ops.ot_flow.lse.default(x, y, h, scale, scales, _precision.checked("ot_flow.lse", precision))
+    return torch.ops.ot_flow.lse.default(x, y, h, scale, scales, _precision.checked("ot_flow.lse", precision),
+                                         bool(validate))
 
 
 @torch.library.register_fake("ot_flow::lse")
-def _lse_fake(x, y, h=None, scale=1.0, scales=None, precision="highest"):
+def _lse_fake(x, y, h=None, scale=1.0, scales=None, precision="highest", validate=True):
     _args.streaming_inputs("ot_flow.lse", x, y, h, scales=scales)
     _precision.checked("ot_flow.lse", precision)
     return x.new_empty(x.shape[:-1], dtype=_args.result_dtype(x.dtype))
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, h, scale, scales, precision = _args.padded(inputs, (None, None, None, 1.0, None, "highest"))
+    x, y, h, scale, scales, precision, _ = _args.padded(inputs, (None, None, None, 1.0, None, "highest", True))
     ctx.scale, ctx.scales, ctx.precision, ctx.n_inputs = scale, scales, precision, len(inputs)
     ctx.has_h = h is not None
     ctx.save_for_backward(x, y, h if h is not None else y.new_zeros(y.shape[:-1]), output)
@@ -75,7 +81,7 @@ def _backward(ctx, grad):
             grad_y = _args.scaled(total[..., :-1], s, ss)
         if need_h and ctx.has_h:
             grad_h = total[..., -1]
-    return (*_args.like_inputs((grad_x, grad_y, grad_h), inputs), None, None, None)[:ctx.n_inputs]
+    return (*_args.like_inputs((grad_x, grad_y, grad_h), inputs), None, None, None, None)[:ctx.n_inputs]
 
 
 torch.library.register_autograd("ot_flow::lse", _backward, setup_context=_setup_context)

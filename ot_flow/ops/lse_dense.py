@@ -7,7 +7,7 @@ from ot_flow.ops import _args
 __all__ = ["lse_dense"]
 
 
-def lse_dense(dots, h, scale, dim, shift=None):
+def lse_dense(dots, h, scale, dim, shift=None, *, validate=True):
     """``log sum exp(scale * dots + h)`` along ``dim`` of a (n, m) matrix, one fused pass.
 
     ``dim=1``: out_i over j with h of length m; ``dim=0``: out_j over i with h of length n.
@@ -16,13 +16,16 @@ def lse_dense(dots, h, scale, dim, shift=None):
     enough; the result is the same either way. The Sinkhorn solver's cached-cost path: with
     ``dots = x @ y.T`` held in memory, a half-iteration costs no GEMM. Differentiable in ``dots`` and
     ``h`` (any order; ``shift`` only guides the computation and gets no gradient).
+    ``validate=False`` skips the checks that read the data (NaN/Inf in h, shift and the result),
+    as :func:`ot_flow.ops.lse`'s: the Sinkhorn loop's calls, no host synchronisation on CUDA.
     """
     op = "ot_flow.lse_dense"
-    return torch.ops.ot_flow.lse_dense.default(dots, h, _args.real(op, "scale", scale), _args.integer(op, "dim", dim), shift)
+    return torch.ops.ot_flow.lse_dense.default(dots, h, _args.real(op, "scale", scale), _args.integer(op, "dim", dim),
+                                               shift, bool(validate))
 
 
 @torch.library.register_fake("ot_flow::lse_dense")
-def _lse_dense_fake(dots, h, scale, dim, shift=None):
+def _lse_dense_fake(dots, h, scale, dim, shift=None, validate=True):
     _args.same_device("ot_flow.lse_dense", dots=dots, h=h, shift=shift)
     torch._check(dots.dim() == 2, lambda: "ot_flow.lse_dense: 'dots' must be 2-D")
     torch._check(dim in (0, 1, -1, -2), lambda: "ot_flow.lse_dense: 'dim' must be 0 or 1")
@@ -35,9 +38,10 @@ def _lse_dense_fake(dots, h, scale, dim, shift=None):
 
 
 def _setup_context(ctx, inputs, output):
-    dots, h, scale, dim, _ = inputs
+    dots, h, scale, dim = inputs[:4]
     ctx.scale = scale
     ctx.dim = dim % 2
+    ctx.n_inputs = len(inputs)
     ctx.save_for_backward(dots, h, output)
 
 
@@ -50,7 +54,7 @@ def _backward(ctx, grad):
     weighted = grad_b * torch.exp(ctx.scale * dots + h_b - shift)
     grad_dots = ctx.scale * weighted if ctx.needs_input_grad[0] else None
     grad_h = weighted.sum(1 - along) if ctx.needs_input_grad[1] else None
-    return grad_dots, grad_h, None, None, None
+    return (grad_dots, grad_h, None, None, None, None)[:ctx.n_inputs]
 
 
 torch.library.register_autograd("ot_flow::lse_dense", _backward, setup_context=_setup_context)

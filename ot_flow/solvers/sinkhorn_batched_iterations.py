@@ -55,7 +55,8 @@ class BatchedHalves:
 
     def _softmin(self, rows, cols, other, log_w, es):
         e = _per_problem(es, other)
-        return lse(rows, cols, other / e + log_w, [1.0 / v for v in es], precision=self.precision) * (-e)
+        return lse(rows, cols, other / e + log_w, [1.0 / v for v in es], precision=self.precision,
+                   validate=False) * (-e)
 
     def f_update(self, idx, g, es, f_now):
         x, y = self._selected(idx)

@@ -61,8 +61,8 @@ __global__ void lse_dense_columns_kernel(const scalar_t* __restrict__ dots, cons
 }
 
 at::Tensor lse_dense_cuda(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim,
-                          const std::optional<at::Tensor>& shift) {
-  return run_lse_dense(dots, h, scale, dim, shift, &lse_dense_cuda_kernel);
+                          const std::optional<at::Tensor>& shift, bool validate) {
+  return run_lse_dense(dots, h, scale, dim, shift, validate, &lse_dense_cuda_kernel);
 }
 
 }  // namespace

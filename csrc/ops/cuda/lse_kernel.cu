@@ -90,11 +90,12 @@ at::Tensor lse_engine_batched_kernel(const at::Tensor& x, const at::Tensor& y, c
 // are not float64: batched inputs are one launch. Otherwise the FMA kernel below, and batched
 // inputs a C++ loop of its 2-D launches on the current stream (run_lse, no host synchronisation).
 at::Tensor lse_cuda(const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& h,
-                    double scale, std::optional<c10::ArrayRef<double>> scales, c10::string_view precision) {
+                    double scale, std::optional<c10::ArrayRef<double>> scales, c10::string_view precision,
+                    bool validate) {
   if (cuda::engine::engine_takes(x.scalar_type())) {
-    return run_lse(x, y, h, scale, scales, precision, &lse_engine_kernel, &lse_engine_batched_kernel);
+    return run_lse(x, y, h, scale, scales, precision, validate, &lse_engine_kernel, &lse_engine_batched_kernel);
   }
-  return run_lse(x, y, h, scale, scales, precision, &lse_cuda_kernel);
+  return run_lse(x, y, h, scale, scales, precision, validate, &lse_cuda_kernel);
 }
 
 }  // namespace
