@@ -126,3 +126,30 @@ def test_opcheck_and_bad_switch(monkeypatch):
     monkeypatch.setenv("OT_FLOW_CUDA_ENGINE", "tensorcores")
     with pytest.raises(ValueError, match="OT_FLOW_CUDA_ENGINE"):
         ot_flow.ops.lse(x, y, h, 0.5)
+
+
+@pytest.mark.parametrize("precision", MODES)
+def test_gumbel_draws_match_the_cpu_on_exact_inputs(precision):
+    # Small integers: every mode forms the dot products exactly (bf16 holds integers up to 256),
+    # so the draws are the CPU's bit for bit (same counter-based noise), across split columns.
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(-4, 5, (67, 5), generator=g).float()
+    y = torch.randint(-4, 5, (20_011, 5), generator=g).float()
+    h = torch.randint(-3, 4, (20_011,), generator=g).float()
+    cpu_index, cpu_value = ot_flow.ops.gumbel_argmax(x, y, h, 0.5, seed=11, offset=2, row_offset=5)
+    index, value = ot_flow.ops.gumbel_argmax(x.cuda(), y.cuda(), h.cuda(), 0.5, seed=11, offset=2, row_offset=5,
+                                             precision=precision)
+    assert torch.equal(index.cpu(), cpu_index)
+    torch.testing.assert_close(value.cpu(), cpu_value, rtol=0, atol=1e-12)
+
+
+def test_gumbel_frequencies_follow_the_softmax():
+    # One row, 5 columns, 20,000 rows of the same point: each draw is an independent sample.
+    x = torch.full((20_000, 2), 0.5, device="cuda")
+    y = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [-1.0, 1.0], [3.0, -1.0]], device="cuda")
+    h = torch.tensor([0.0, -0.5, 0.2, 1.0, -2.0], device="cuda")
+    index, _ = ot_flow.ops.gumbel_argmax(x, y, h, 1.3, seed=5)
+    counts = torch.bincount(index.cpu(), minlength=5).double()
+    p = torch.softmax(1.3 * (x[0] @ y.T) + h, 0).double().cpu()
+    chi2 = ((counts - 20_000 * p) ** 2 / (20_000 * p)).sum().item()
+    assert chi2 < 25.0  # 4 degrees of freedom: P(chi2 > 25) ~ 5e-5

@@ -10,20 +10,14 @@
 
 #include "../gumbel_argmax.h"
 #include "../gumbel_noise.h"
+#include "engine/engine.h"
+#include "gumbel_merge.cuh"
 #include "tile_dot.cuh"
 
 namespace ot_flow {
 namespace {
 
 using namespace ot_flow::cuda;
-
-__device__ __forceinline__ void keep_better(double& value, int64_t& index, double other_value,
-                                            int64_t other_index) {
-  if (other_value > value || (other_value == value && other_index >= 0 && other_index < index)) {
-    value = other_value;
-    index = other_index;
-  }
-}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) gumbel_argmax_tiles_kernel(
@@ -91,39 +85,28 @@ __global__ void __launch_bounds__(kThreads) gumbel_argmax_tiles_kernel(
   }
 }
 
-// Chunk c of row i at part_*[c * n + i]; merged in chunk order, so ties keep the lower column.
-__global__ void gumbel_merge_chunks_kernel(const double* __restrict__ part_value,
-                                           const int64_t* __restrict__ part_index, int64_t n,
-                                           int64_t chunks, double* __restrict__ value,
-                                           int64_t* __restrict__ index) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (row >= n) return;
-  double best = neg_inf<double>();
-  int64_t best_j = -1;
-  for (int64_t c = 0; c < chunks; ++c) {
-    if (part_value[c * n + row] > best) {
-      best = part_value[c * n + row];
-      best_j = part_index[c * n + row];
-    }
-  }
-  value[row] = best;
-  index[row] = best_j;
+std::tuple<at::Tensor, at::Tensor> gumbel_argmax_engine_kernel(const at::Tensor& x, const at::Tensor& y,
+                                                               const at::Tensor& h, double scale,
+                                                               const GumbelKey& key, Precision precision) {
+  return cuda::engine::gumbel_argmax_tensor_cores(x, y, h, scale, key, cuda::engine::dot_mode(precision));
 }
 
-// Batched inputs: a C++ loop of the 2-D launches on the current stream (run_gumbel_argmax); the
-// batch as a grid dimension belongs with the CUDA engine of #16.
+// The tensor-core engine when it is switched on (engine.h) and the inputs are not float64, else
+// the FMA kernel below. Batched inputs: a C++ loop of the 2-D launches on the current stream
+// (run_gumbel_argmax).
 std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cuda(const at::Tensor& x, const at::Tensor& y,
                                                       const std::optional<at::Tensor>& h, double scale,
                                                       int64_t seed, int64_t offset, int64_t row_offset,
                                                       int64_t col_offset, std::optional<c10::ArrayRef<double>> scales,
                                                       at::OptionalIntArrayRef seeds, c10::string_view precision) {
-  return run_gumbel_argmax(x, y, h, scale, seed, offset, row_offset, col_offset, scales, seeds, precision,
-                           &gumbel_argmax_cuda_kernel);
+  const auto kernel = cuda::engine::engine_takes(x.scalar_type()) ? &gumbel_argmax_engine_kernel
+                                                                  : &gumbel_argmax_cuda_kernel;
+  return run_gumbel_argmax(x, y, h, scale, seed, offset, row_offset, col_offset, scales, seeds, precision, kernel);
 }
 
 }  // namespace
 
-// `precision` is for the tensor-core engine of #16; this FMA kernel is exact in every mode.
+// The FMA kernel is float32-exact in every mode: `precision` is the engine's.
 std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cuda_kernel(const at::Tensor& x, const at::Tensor& y,
                                                              const at::Tensor& h, double scale,
                                                              const GumbelKey& key, Precision /*precision*/) {

@@ -8,6 +8,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../../gumbel_argmax.h"
 #include "../../precision.h"
 #include "kernel_traits.cuh"
 
@@ -53,5 +54,11 @@ at::Tensor lse_tensor_cores_batched(const at::Tensor& x, const at::Tensor& y, co
 std::tuple<at::Tensor, at::Tensor> barycentric_tensor_cores(const at::Tensor& x, const at::Tensor& y,
                                                             const at::Tensor& h, double scale,
                                                             const at::Tensor& values, DotMode mode);
+
+// (index, value) of argmax_j scale <x_i, y_j> + h_j + G(key, i, j) (gumbel_argmax.h), the noise
+// drawn only where a column can still win; index int64, value float64.
+std::tuple<at::Tensor, at::Tensor> gumbel_argmax_tensor_cores(const at::Tensor& x, const at::Tensor& y,
+                                                              const at::Tensor& h, double scale, const GumbelKey& key,
+                                                              DotMode mode);
 
 }  // namespace ot_flow::cuda::engine

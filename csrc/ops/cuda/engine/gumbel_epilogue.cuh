@@ -1,0 +1,104 @@
+// The engine's Gumbel-max epilogue (gumbel_argmax): per row, the running best of
+// s <x_i, y_j> + h_j + G_ij and its column, where G_ij is the counter-based noise of
+// gumbel_noise.h (the same draw on any device or tiling). As in the FMA kernel, noise is drawn
+// only where a column can still win: a logit below max(best, tile_max + kGumbelMin) - kGumbelMax
+// cannot beat the row's best, since every noise lies in [kGumbelMin, kGumbelMax].
+#pragma once
+
+#include <cstdint>
+
+#include "../../gumbel_argmax.h"
+#include "../../gumbel_noise.h"
+#include "../gumbel_merge.cuh"
+#include "kernel_traits.cuh"
+#include "lse_epilogue.cuh"
+
+namespace ot_flow::cuda::engine {
+
+template <class Traits>
+struct GumbelEpilogue {
+  float scale;
+  const float* __restrict__ h;
+  NoiseKey stream;
+  int64_t row_offset, col_offset;
+  int64_t rows[2];         // global rows g and g + 8 of this lane
+  double best[2];
+  int64_t best_j[2];
+
+  __device__ __forceinline__ GumbelEpilogue(float s, const float* bias, const GumbelKey& key, int64_t warp_row0,
+                                            int lane)
+      : scale(s),
+        h(bias),
+        stream(noise_key(static_cast<uint64_t>(key.seed), static_cast<uint64_t>(key.offset))),
+        row_offset(key.row_offset),
+        col_offset(key.col_offset) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      rows[r] = warp_row0 + (lane >> 2) + 8 * r;
+      best[r] = -::cuda::std::numeric_limits<double>::infinity();
+      best_j[r] = -1;
+    }
+  }
+
+  __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
+                                       int lane) {
+    const int t = lane & 3;
+    float bias[Traits::kColFrags][2];
+#pragma unroll
+    for (int j = 0; j < Traits::kColFrags; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t c = col0 + 8 * j + 2 * t + e;
+        bias[j][e] = c < col_end ? h[c] : neg_inf_f();
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float v[Traits::kColFrags][2];
+      float tile_max = neg_inf_f();
+#pragma unroll
+      for (int j = 0; j < Traits::kColFrags; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          v[j][e] = fmaf(acc[j][2 * r + e], scale, bias[j][e]);
+          tile_max = fmaxf(tile_max, v[j][e]);
+        }
+      if (tile_max == neg_inf_f()) continue;
+      const double bound = fmax(best[r], static_cast<double>(tile_max) + kGumbelMin) - kGumbelMax;
+      if (static_cast<double>(tile_max) < bound) continue;
+      GumbelRow noise(stream, static_cast<uint64_t>(row_offset + rows[r]));
+      // Columns 8j + 2t + e rise with (j, e): a strict > keeps the lower column on a tie.
+#pragma unroll
+      for (int j = 0; j < Traits::kColFrags; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          if (static_cast<double>(v[j][e]) < bound) continue;
+          const int64_t col = col0 + 8 * j + 2 * t + e;
+          const double perturbed = static_cast<double>(v[j][e]) + noise.at(static_cast<uint64_t>(col_offset + col));
+          if (perturbed > best[r]) {
+            best[r] = perturbed;
+            best_j[r] = col;
+          }
+        }
+    }
+  }
+
+  // Merges the row's 4 lanes and writes the chunk's pair at part_*[chunk * n + row].
+  __device__ __forceinline__ void finish(int64_t n, int lane, double* __restrict__ part_value,
+                                         int64_t* __restrict__ part_index, int64_t chunk) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+#pragma unroll
+      for (int offset = 1; offset < 4; offset *= 2) {
+        const double other_value = __shfl_xor_sync(0xffffffffu, best[r], offset);
+        const int64_t other_index = __shfl_xor_sync(0xffffffffu, best_j[r], offset);
+        keep_better(best[r], best_j[r], other_value, other_index);
+      }
+      if ((lane & 3) == 0 && rows[r] < n) {
+        part_value[chunk * n + rows[r]] = best[r];
+        part_index[chunk * n + rows[r]] = best_j[r];
+      }
+    }
+  }
+};
+
+}  // namespace ot_flow::cuda::engine

@@ -1,0 +1,40 @@
+// The merge rules of the Gumbel-max kernels (the FMA kernel and the engine's epilogue): a
+// running (value, index) pair keeps the larger value, ties to the lower column; column chunks
+// are merged in chunk order with the same rule.
+#pragma once
+
+#include <cstdint>
+
+#include "online_lse.cuh"
+
+namespace ot_flow::cuda {
+
+__device__ __forceinline__ void keep_better(double& value, int64_t& index, double other_value,
+                                            int64_t other_index) {
+  if (other_value > value || (other_value == value && other_index >= 0 && other_index < index)) {
+    value = other_value;
+    index = other_index;
+  }
+}
+
+// Chunk c of row i at part_*[c * n + i]; merged in chunk order, so ties keep the lower column.
+// (static: each translation unit that launches it has its own copy.)
+static __global__ void gumbel_merge_chunks_kernel(const double* __restrict__ part_value,
+                                           const int64_t* __restrict__ part_index, int64_t n,
+                                           int64_t chunks, double* __restrict__ value,
+                                           int64_t* __restrict__ index) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= n) return;
+  double best = neg_inf<double>();
+  int64_t best_j = -1;
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (part_value[c * n + row] > best) {
+      best = part_value[c * n + row];
+      best_j = part_index[c * n + row];
+    }
+  }
+  value[row] = best;
+  index[row] = best_j;
+}
+
+}  // namespace ot_flow::cuda
