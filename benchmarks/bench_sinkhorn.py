@@ -1,11 +1,16 @@
-"""Sinkhorn side by side: ot_flow, POT, GeomLoss, OTT-JAX and plain PyTorch, same inputs and eps.
+"""Sinkhorn side by side: ot_flow, POT, GeomLoss, OTT-JAX, FlashSinkhorn and plain PyTorch, same inputs and eps.
 
     python benchmarks/bench_sinkhorn.py [--device cpu] [--sizes 1024 4096 16384 65536] [--dims 2 64 256]
     python benchmarks/bench_sinkhorn.py --memory-run 65536 --dims 64     (one full solve, peak RSS)
 
 Problem: x ~ N(0, I_d), y ~ N(1, I_d), uniform weights, cost |x - y|^2 / 2, eps = 0.05 std(C)
 (absolute value passed to every library; OTT's cost is |x - y|^2, so it gets 2 eps, which gives
-the same coupling), float32.
+the same coupling), float32. With --device cuda the default methods add FlashSinkhorn 0.4.1 (TF32,
+its default, and fp32; optional, benchmarks/flash_sinkhorn_peer.py, a row saying why when it cannot
+run): its alternating solver at the same absolute eps with cost |x - y|^2 / 2 (cost_scale 0.5),
+compiled and autotuned by one untimed iteration; its "to tol" run stops when no potential moved by
+more than tol * eps over 10 iterations (its own test), and the L1 err column is its plan's 1-norm
+marginal error, measured here.
 
 Columns: "ms/iter" from a fixed number of iterations with no early stop (30 for n <= 4096,
 else 3; the setup of each library, such as building a cost matrix, is included); "to tol" a full solve
@@ -40,6 +45,8 @@ REL_EPS = 0.05
 METHODS = ["ot_flow", "ot_flow streamed", "torch dense", "POT", "GeomLoss", "OTT-JAX"]
 # Not in the default list (minutes per iteration at n = 65536); run with --methods.
 EXTRA_METHODS = ["OTT-JAX online"]
+# In the default list with --device cuda only (Triton kernels).
+GPU_METHODS = ["FlashSinkhorn", "FlashSinkhorn fp32"]
 
 
 def problem(n, d, device):
@@ -185,6 +192,29 @@ def run_ott(x, y, eps, iters, full, batch_size=None):
     return out
 
 
+def run_flash(x, y, eps, iters, full, precision):
+    import flash_sinkhorn_peer as flash
+
+    reason = flash.unavailable(x.device)
+    if reason:
+        return {"note": f"skipped: {reason}"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flash.warm_up(x, y, eps, precision)
+        out = {"ms/iter": flash.sinkhorn_iteration_ms(x, y, eps, iters, precision)}
+        if full:
+            torch.cuda.synchronize(x.device)
+            t0 = time.perf_counter()
+            f, g, n_iter = flash.solve(x, y, eps, 10_000, precision, threshold=TOL * eps, check_every=10)
+            torch.cuda.synchronize(x.device)
+            elapsed = time.perf_counter() - t0
+            plan, cost = flash.plan(x, y, f, g, eps)
+            out.update({"to tol s": elapsed, "iters": n_iter, "converged": n_iter < 10_000,
+                        "cost": float((plan * cost).sum()), "L1 err": l1_error(plan),
+                        "note": f"stops on potential change < {TOL} eps"})
+    return out
+
+
 def dense_bytes(n):
     return 4 * n * n * 4  # cost matrix plus the temporaries of a log-sum-exp, float32
 
@@ -219,6 +249,8 @@ def run_case(method, n, d, device, budget_gb, full_max_n):
         "GeomLoss": lambda: run_geomloss(x, y, eps, iters, full),
         "OTT-JAX": lambda: run_ott(x, y, eps, iters, full),
         "OTT-JAX online": lambda: run_ott(x, y, eps, iters, full, batch_size=1024),
+        "FlashSinkhorn": lambda: run_flash(x, y, eps, iters, full, "tf32"),
+        "FlashSinkhorn fp32": lambda: run_flash(x, y, eps, iters, full, "fp32"),
     }[method]
     try:
         out = runner()
@@ -239,7 +271,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 64, 256])
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS + EXTRA_METHODS)
+    parser.add_argument("--methods", nargs="+", default=None, choices=METHODS + EXTRA_METHODS + GPU_METHODS,
+                        help="default: " + ", ".join(METHODS) + " (and " + ", ".join(GPU_METHODS) + " on cuda)")
     parser.add_argument("--budget-gb", type=float, default=12.0, help="dense peers above this are not run")
     parser.add_argument("--full-max-n", type=int, default=4096, help="full solves to tol up to this n")
     parser.add_argument("--max-work", type=float, default=2**38, help="skip n*n*d above this (minutes per iteration)")
@@ -247,6 +280,8 @@ def main():
     parser.add_argument("--out", default=None)
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.methods is None:
+        args.methods = METHODS + (GPU_METHODS if torch.device(args.device).type == "cuda" else [])
 
     if args.case:  # child process: one measurement, printed as JSON
         method, n, d = args.case.split("|")

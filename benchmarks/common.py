@@ -87,3 +87,27 @@ def publish(text, out):
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         with open(out, "w") as f:
             f.write(text + "\n")
+
+
+def gpu_floor_rates(device="cuda"):
+    """Ceilings for a CUDA floor: the measured TF32 tensor-core GEMM rate (FLOP/s) and the exp rate.
+
+    The exp rate is the larger of torch.exp2's measured rate (a memory-bound elementwise kernel, so
+    a lower bound) and the nominal rate of the special-function units, 16 ex2 per SM per clock
+    (sm_80 / sm_90), from the device's SM count and clock when torch reports it: "exp units".
+    """
+    n = 8192
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        tf32 = 2 * n**3 / timeit(lambda: a @ b, device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    big = torch.randn(2**26, device=device)
+    out = torch.empty_like(big)
+    measured = big.numel() / timeit(lambda: torch.exp2(big, out=out), device)
+    props = torch.cuda.get_device_properties(device)
+    clock_khz = getattr(props, "clock_rate", 0) or 0
+    nominal = 16 * props.multi_processor_count * clock_khz * 1e3
+    return {"tf32_flops": tf32, "exp_per_s": max(measured, nominal), "exp_measured": measured, "exp_nominal": nominal}

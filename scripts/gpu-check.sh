@@ -7,8 +7,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# Pure-Python requirements the device image lacks (torchdiffeq) travel as wheels in .whl/, fetched
-# here with `pip download --no-deps -d .whl torchdiffeq==0.2.5` (see requirements.txt).
+# Pure-Python requirements the device image lacks (torchdiffeq; the benchmarks' GPU peer
+# FlashSinkhorn) travel as wheels in .whl/ (git-ignored: fetched, never committed) with
+#   pip download --no-deps -d .whl torchdiffeq==0.2.5 flash-sinkhorn==0.4.1
+# (see requirements.txt, requirements-bench.txt), and are installed without their dependencies:
+# flash-sinkhorn's (numpy, torch>=2.5, triton>=3.1) are the image's own. Without its wheel the
+# benchmarks print why FlashSinkhorn is skipped and go on.
 if compgen -G ".whl/*.whl" > /dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -61,8 +65,11 @@ run_bench() {
 }
 echo "## benchmarks/bench_engine.py" | tee -a "$out"
 $PY benchmarks/bench_engine.py 2>&1 | tail -60 | tee -a "$out"
-run_bench benchmarks/bench_lse.py
-run_bench benchmarks/bench_sinkhorn.py --sizes 4096 65536 --dims 64 --methods ot_flow "ot_flow streamed" "torch dense" OTT-JAX
+# bench_lse: ot_flow against FlashSinkhorn (TF32, fp32) and torch dense (fp32, TF32) per row. Two sizes:
+# FlashSinkhorn autotunes 44 Triton configs on its first call per (n, d, TF32) shape, minutes on a
+# fresh machine (untimed, but inside the device call).
+run_bench benchmarks/bench_lse.py --sizes 16384 65536
+run_bench benchmarks/bench_sinkhorn.py --sizes 4096 65536 --dims 64 --methods ot_flow "ot_flow streamed" "torch dense" OTT-JAX FlashSinkhorn
 run_bench benchmarks/bench_sampling.py --sizes 4096 16384 65536 262144 --methods ot_flow "torch dense + multinomial"
 run_bench benchmarks/bench_mips.py --methods ot_flow torch --fit-sizes 10000 100000
 [ "$tests_rc" -eq 0 ] && exit "$engine_rc"
