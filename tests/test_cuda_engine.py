@@ -153,3 +153,41 @@ def test_gumbel_frequencies_follow_the_softmax():
     p = torch.softmax(1.3 * (x[0] @ y.T) + h, 0).double().cpu()
     chi2 = ((counts - 20_000 * p) ** 2 / (20_000 * p)).sum().item()
     assert chi2 < 25.0  # 4 degrees of freedom: P(chi2 > 25) ~ 5e-5
+
+
+def float64_top1(x, y, bias):
+    scores = x.double().cpu() @ y.double().cpu().T + (0 if bias is None else bias.double().cpu())
+    best = scores.max(1, keepdim=True).values
+    # Ties to the lowest index: the first column that reaches the row's maximum.
+    index = (scores == best).double().argmax(1)
+    return best[:, 0], index
+
+
+def adversarial_points(kind, n, m, d, g):
+    if kind == "integers":  # exact ties everywhere
+        return torch.randint(-3, 4, (n, d), generator=g).float(), torch.randint(-3, 4, (m, d), generator=g).float()
+    if kind == "duplicates":  # every column appears three times
+        y = torch.randn(m // 3 + 1, d, generator=g).repeat(3, 1)[:m]
+        return torch.randn(n, d, generator=g), y
+    if kind == "near_ties":  # columns 1e-6 apart along the rows' direction
+        base = torch.randn(1, d, generator=g)
+        y = base + 1e-6 * torch.randn(m, d, generator=g)
+        return base.repeat(n, 1) + 1e-3 * torch.randn(n, d, generator=g), y
+    scale = 1e3 if kind == "large" else 1.0
+    return scale * torch.randn(n, d, generator=g), scale * torch.randn(m, d, generator=g)
+
+
+@pytest.mark.parametrize("precision", MODES)
+@pytest.mark.parametrize("kind", ["random", "integers", "duplicates", "near_ties", "large"])
+@pytest.mark.parametrize("n,m,d", [(1, 1, 1), (67, 4099, 3), (130, 20_011, 64), (33, 1000, 1000)])
+def test_mips_top1_is_the_float64_answer(n, m, d, kind, precision):
+    g = torch.Generator().manual_seed(n + m + d)
+    x, y = adversarial_points(kind, n, m, d, g)
+    bias = torch.randn(m, generator=g) if kind == "random" else None
+    if bias is not None:
+        bias[::7] = float("-inf")
+    values, indices = ot_flow.ops.mips(x.cuda(), y.cuda(), None if bias is None else bias.cuda(), 1,
+                                       precision=precision)
+    best, index = float64_top1(x, y, bias)
+    assert torch.equal(indices[:, 0].cpu(), index)
+    torch.testing.assert_close(values[:, 0].cpu().double(), best.float().double(), rtol=0, atol=0)

@@ -61,4 +61,10 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_tensor_cores(const at::Tensor& 
                                                               const at::Tensor& h, double scale, const GumbelKey& key,
                                                               DotMode mode);
 
+// mips with k = 1, exact in every mode: (values (n, 1) float32, indices (n, 1) int64) of
+// max_j <x_i, y_j> + bias_j, the float64 answer rounded to float32, ties to the lower column;
+// bias (m) float32 (-inf drops a column; a row with none left gets -inf and -1).
+std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, const at::Tensor& y,
+                                                          const at::Tensor& bias, DotMode mode);
+
 }  // namespace ot_flow::cuda::engine

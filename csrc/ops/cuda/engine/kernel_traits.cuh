@@ -7,6 +7,8 @@
 // asynchronous copies kStages steps ahead of the MMAs that read it.
 #pragma once
 
+#include <cstdint>
+
 namespace ot_flow::cuda::engine {
 
 // How a dot-product tile is computed on the tensor cores (the ops' `precision=`):
@@ -16,6 +18,16 @@ namespace ot_flow::cuda::engine {
 //   kTF32      "tf32": one TF32 product, about 2^-11 relative per product;
 //   kBF16      "bf16": bfloat16 operands (8 significant bits), float32 accumulation.
 enum class DotMode { kSplitTF32, kTF32, kBF16 };
+
+// A bound on |computed - exact| of one engine dot product <x, y> over d terms, as a multiple of
+// |x| |y| (Cauchy-Schwarz bounds sum_k |x_k y_k|): the operands' rounding (per product, relative
+// 2^-21 for split TF32, 2^-10 for TF32, 2^-7 for bfloat16, twice the unit roundoff of each
+// operand's format) plus d float32 accumulations of at most 2^-22 each (the tensor cores may
+// truncate). Exact searches (mips) rescore every column within twice this of a row's best.
+__host__ __device__ constexpr float dot_error_bound(DotMode mode, int64_t d) {
+  const float operands = mode == DotMode::kSplitTF32 ? 0x1p-21f : (mode == DotMode::kTF32 ? 0x1p-10f : 0x1p-7f);
+  return operands + static_cast<float>(d) * 0x1p-22f;
+}
 
 template <DotMode Mode, int SliceK>
 struct KernelTraits {
