@@ -2,6 +2,9 @@
 
     python benchmarks/bench_engine.py [--sizes 16384 65536] [--dims 2 64 512] [--out FILE]
 
+Second table: exact top-1 mips (issue #17's sizes: queries x N, d) against the FMA kernel and
+torch `addmm + max` in float32 and bfloat16, with each one's agreement with the float64 answer.
+
 For lse and barycentric at n = m, each row times one call on one engine
 (OT_FLOW_CUDA_ENGINE=fma: the verified FMA kernels; tensor_cores: csrc/ops/cuda/engine/) and
 one precision, and reports the largest error over the first 256 rows against float64 (relative
@@ -50,6 +53,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[16384, 65536])
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 64, 512])
+    parser.add_argument("--mips", type=int, nargs=3, action="append", metavar=("QUERIES", "N", "D"),
+                        help="mips problem sizes (default: 4096 1000000 64, 4096 1000000 512, 4096 200000 3072)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if not (torch.cuda.is_available() and ot_flow.cuda_built()):
@@ -85,12 +90,51 @@ def main():
                         rows.append({"op": op, "n=m": n, "d": d, "engine": engine, "precision": precision,
                                      "ms": f"{t * 1e3:.3f}", "error": f"{err:.1e}", "of floor": f"{floor / t:.0%}"})
     finally:
-        if saved is None:
-            os.environ.pop("OT_FLOW_CUDA_ENGINE", None)
-        else:
-            os.environ["OT_FLOW_CUDA_ENGINE"] = saved
+        restore(saved)
     report.append(table(rows, ["op", "n=m", "d", "engine", "precision", "ms", "error", "of floor"]))
+    report.append(mips_table(args.mips or [(4096, 1_000_000, 64), (4096, 1_000_000, 512), (4096, 200_000, 3072)],
+                             device, saved))
     publish("\n".join(report), args.out)
+
+
+def exact_top1(x, y, rows=CHECK_ROWS):
+    """The float64 answer for the first `rows` queries, ties to the lowest index."""
+    scores = x[:rows].double() @ y.double().T
+    return (scores == scores.max(1, keepdim=True).values).double().argmax(1)
+
+
+def mips_table(sizes, device, saved_engine):
+    rows = []
+    for queries, n_points, d in sizes:
+        g = torch.Generator(device=device).manual_seed(queries + d)
+        x = torch.randn(queries, d, device=device, generator=g)
+        y = torch.randn(n_points, d, device=device, generator=g)
+        exact = exact_top1(x, y)
+        xb, yb = x.bfloat16(), y.bfloat16()
+        runs = [(f"ot_flow {engine} {precision}", engine, precision) for engine, precision in RUNS]
+        for name, engine, precision in runs:
+            os.environ["OT_FLOW_CUDA_ENGINE"] = engine
+            call = lambda: ot_flow.ops.mips(x, y, None, 1, precision=precision)[1][:, 0]  # noqa: E731
+            rows.append(mips_row(queries, n_points, d, name, call, exact, device))
+        restore(saved_engine)
+        rows.append(mips_row(queries, n_points, d, "torch fp32 addmm+max", lambda: (x @ y.T).max(1).indices, exact,
+                             device))
+        rows.append(mips_row(queries, n_points, d, "torch bf16 addmm+max", lambda: (xb @ yb.T).max(1).indices, exact,
+                             device))
+    return "\n" + table(rows, ["queries", "N", "d", "method", "ms", "agrees with float64"])
+
+
+def mips_row(queries, n_points, d, name, call, exact, device):
+    agree = (call()[:CHECK_ROWS] == exact).double().mean().item()
+    return {"queries": queries, "N": n_points, "d": d, "method": name, "ms": f"{timeit(call, device) * 1e3:.2f}",
+            "agrees with float64": f"{agree:.1%} of {CHECK_ROWS}"}
+
+
+def restore(saved):
+    if saved is None:
+        os.environ.pop("OT_FLOW_CUDA_ENGINE", None)
+    else:
+        os.environ["OT_FLOW_CUDA_ENGINE"] = saved
 
 
 if __name__ == "__main__":
