@@ -23,8 +23,8 @@ def uneven(n, world, rank, reverse=False):
     return bounds[rank], bounds[rank + 1]
 
 
-def solve(rank, world):
-    x, y = problem()
+def solve(rank, world, device="cpu"):
+    x, y = (t.to(device) for t in problem())
     group = dist.group.WORLD
     out = {}
     rep = ot_flow.sinkhorn(x, y, eps=0.05, process_group=group)
@@ -61,8 +61,8 @@ def semidiscrete_multiscale(rank, world):
             "warm_started": sampler.warm_started}
 
 
-def semidiscrete(rank, world):
-    data, queries = semidiscrete_data()
+def semidiscrete(rank, world, device="cpu"):
+    data, queries = (t.to(device) for t in semidiscrete_data())
     r0, r1 = uneven(data.shape[0], world, rank)
     out = {"rows": (r0, r1)}
     for eps, fit in SEMIDISCRETE_FITS:
@@ -136,9 +136,31 @@ JOBS = {"solve": solve, "semidiscrete": semidiscrete, "semidiscrete_multiscale":
         "unbalanced": unbalanced}
 
 
-def run(rank, world, job, init_file, out_dir, timeout_s):
+def on_cuda(job):
+    """`job` with its data on the GPU, its results brought back to the CPU for the test."""
+    def run_on_cuda(rank, world):
+        return _to_cpu(job(rank, world, device="cuda"))
+    return run_on_cuda
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+JOBS.update({"solve_cuda": on_cuda(solve), "semidiscrete_cuda": on_cuda(semidiscrete)})
+
+
+def run(rank, world, job, init_file, out_dir, timeout_s, backend="gloo"):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+    if backend == "nccl":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s))
     try:
         result = JOBS[job](rank, world)

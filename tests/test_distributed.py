@@ -14,14 +14,14 @@ from distributed_jobs import problem
 SPAWN_TIMEOUT_S = 240
 
 
-def run_ranks(job, world, tmp_path, timeout_s=60):
-    """Spawns `world` Gloo ranks running distributed_jobs.JOBS[job]; returns their results."""
+def run_ranks(job, world, tmp_path, timeout_s=60, backend="gloo"):
+    """Spawns `world` ranks (Gloo, or NCCL) running distributed_jobs.JOBS[job]; returns their results."""
     from distributed_jobs import run
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     init_file = tmp_path / f"init-{job}-{world}"
-    procs = [ctx.Process(target=run, args=(r, world, job, str(init_file), str(tmp_path), timeout_s))
+    procs = [ctx.Process(target=run, args=(r, world, job, str(init_file), str(tmp_path), timeout_s, backend))
              for r in range(world)]
     for p in procs:
         p.start()
@@ -189,3 +189,46 @@ def test_bad_group_arguments():
 
 if os.environ.get("OT_FLOW_SKIP_DISTRIBUTED"):
     pytestmark = pytest.mark.skip(reason="OT_FLOW_SKIP_DISTRIBUTED is set")
+
+
+# --- CUDA tensors across processes: 2 ranks on one GPU over Gloo (it carries CUDA tensors), and a
+# 1-rank NCCL group, against one process on the GPU. -------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend,world", [("gloo", 2), ("nccl", 1)])
+def test_cuda_solvers_across_processes_equal_one_process(backend, world, tmp_path):
+    results = run_ranks("solve_cuda", world, tmp_path, backend=backend)
+    for r in results:
+        assert "error" not in r, r.get("traceback")
+    x, y = problem()
+    single = ot_flow.sinkhorn(x.cuda(), y.cuda(), eps=0.05)
+    f, g = single.f.cpu(), single.g.cpu()
+    for r in results:
+        assert r["replicated"]["n_iter"] == single.n_iter
+        close(r["replicated"]["f"], f)
+        close(r["replicated"]["g"], g)
+        assert torch.equal(r["replicated"]["sample"], single.sample(torch.Generator().manual_seed(3)).cpu())
+        assert r["sharded"]["n_iter"] == single.n_iter
+    close(torch.cat([r["sharded"]["f"] for r in results]), f)
+    close(torch.cat([r["sharded"]["g"] for r in results]), g)
+    close(torch.cat([r["sharded"]["map"] for r in results]), single.barycentric_map().cpu())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend,world", [("gloo", 2), ("nccl", 1)])
+def test_cuda_semidiscrete_across_processes_equals_one_process(backend, world, tmp_path):
+    from distributed_jobs import SEMIDISCRETE_FITS, semidiscrete_data
+
+    results = run_ranks("semidiscrete_cuda", world, tmp_path, backend=backend)
+    for r in results:
+        assert "error" not in r, r.get("traceback")
+    data, queries = (t.cuda() for t in semidiscrete_data())
+    for eps, fit in SEMIDISCRETE_FITS:
+        single = ot_flow.SemidiscreteSampler(data, eps=eps, seed=4).fit(**fit)
+        key = eps, fit["optimizer"]
+        potential = torch.cat([r[key]["potential"] for r in results])
+        torch.testing.assert_close(potential, single.potential.cpu(), rtol=1e-9, atol=1e-9)
+        expected = single.assign(queries, generator=torch.Generator().manual_seed(2)).cpu()
+        for r in results:
+            assert torch.equal(r[key]["assign"], expected)
