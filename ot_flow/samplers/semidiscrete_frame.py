@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from ot_flow import distributed
-from ot_flow.solvers import costs
+from ot_flow.solvers import costs, host_transfer
 
 __all__ = ["FRAME_COST", "StandardisedFrame", "StandardisedData", "measure_data_frame", "measure_noise_frame",
            "standardise_data"]
@@ -52,7 +52,7 @@ class StandardisedFrame(NamedTuple):
     def standardise_noise(self, x):
         """Noise (n, D) into the frame, in its own dtype (float64 arithmetic: a source far from
         the origin would cancel like the data)."""
-        return ((x.double() - self.noise_center.to(x.device)) / self.noise_scale).to(x.dtype)
+        return ((x.double() - host_transfer.to_device(self.noise_center, x.device)) / self.noise_scale).to(x.dtype)
 
 
 class StandardisedData(NamedTuple):
