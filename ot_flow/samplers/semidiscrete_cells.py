@@ -60,7 +60,8 @@ def _hard_assignments(sampler, num_samples, batch_size, seed):
             x = s._frame_noise(n, gen)
             g_c, b_c = (g, weights) if index is None else (g[index_d], weights[index_d])
             idx = semidiscrete.assign(x, s._points(index), g_c, b_c, 0.0, FRAME_COST, chunk_size=s.chunk_size,
-                                      process_group=s.group, offset=s.offset, precision=s.precision)
+                                      process_group=s.group, offset=s.offset, precision=s.precision,
+                                      stream=s.stream_data)
             local = idx - s.offset if index is None else index_d[idx]
             mine = (local >= 0) & (local < n_local)
             yield x, local.clamp(0, n_local - 1), mine

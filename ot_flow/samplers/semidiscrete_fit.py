@@ -231,14 +231,14 @@ class SemidiscreteFit:
         if not s.conditional:
             return semidiscrete.semidual_gradient(s._frame_noise(batch_size), s._search, g, b, eps, FRAME_COST,
                                                   chunk_size=s.chunk_size, process_group=s.group, offset=s.offset,
-                                                  gaps=gaps, precision=s.precision)
+                                                  gaps=gaps, precision=s.precision, stream=s.stream_data)
         fields = ("gradient", "counts") + (("gap_sums", "gap_counts") if gaps else ())
         joined = {name: torch.zeros_like(b) for name in fields}
         value = 0.0
         for index_d, index_y in self.class_index:
             estimate = semidiscrete.semidual_gradient(s._frame_noise(batch_size), s._points(index_y), g[index_d],
                                                       b[index_d], eps, FRAME_COST, chunk_size=s.chunk_size, gaps=gaps,
-                                                      precision=s.precision)
+                                                      precision=s.precision, stream=s.stream_data)
             for name in fields:
                 joined[name][index_d] = getattr(estimate, name)
             value += estimate.value / len(s.groups)
@@ -251,7 +251,8 @@ class SemidiscreteFit:
         x = s._frame_noise(min(4096, max(256, s.total)))
         gaps = [semidiscrete.score_gap(x, s._points(index), s.g if index is None else s.g[index], FRAME_COST,
                                        b=s.weights if index is None else s.weights[index],
-                                       chunk_size=s.chunk_size, process_group=s.group, precision=s.precision)
+                                       chunk_size=s.chunk_size, process_group=s.group, precision=s.precision,
+                                       stream=s.stream_data)
                 for _, index in s.groups]
         gap = sum(gaps) / len(gaps)
         # One data point per class has no runner-up: fall back on the cost spread.

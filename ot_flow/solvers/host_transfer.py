@@ -10,7 +10,7 @@ the kernels of the first. Off CUDA every copy here is an ordinary one, through t
 
 import torch
 
-__all__ = ["to_device", "pinned_if", "stream_chunks"]
+__all__ = ["to_device", "stream_chunks"]
 
 _side_streams = {}  # one copy stream per GPU, made once: creating a stream per pass costs more than a chunk
 
@@ -27,16 +27,9 @@ def to_device(t, device, dtype=None):
     return t.to(device, dtype)
 
 
-def pinned_if(t, device):
-    """``t``, page-locked when it sits on the host and is to be streamed to the GPU ``device``."""
-    if torch.device(device).type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
-        return t.pin_memory()
-    return t
-
-
 def stream_chunks(y, ranges, device, dtype):
     """Yields ``y[c0:c1]`` on ``device`` in ``dtype`` for each (c0, c1) of ``ranges``, copied from
-    wherever ``y`` is held (pinned host memory for a GPU, see ``pinned_if``).
+    wherever ``y`` is held (for a GPU, host memory should be pinned: else each copy waits).
 
     On CUDA the copy of chunk c + 1 is queued on a side stream before chunk c is handed out, so it
     runs while the caller's kernels of chunk c do: two chunks are on the device at a time (double
