@@ -10,6 +10,8 @@ chi2 on fresh independent noise at equal steps): half the chi2 in d = 2, two thi
 
 import torch
 
+from ot_flow.solvers import host_transfer
+
 __all__ = ["QuasiNormal"]
 
 # ndtri(0) = -inf: keep the uniforms off the cube's faces (the sequence has 2^-30 resolution).
@@ -38,5 +40,5 @@ class QuasiNormal:
         self._engine.fast_forward(position - self.position)
 
     def draw(self, n, dtype=torch.float32, device=None):
-        u = self._engine.draw(n, dtype=torch.float64).to(device)
+        u = host_transfer.to_device(self._engine.draw(n, dtype=torch.float64), device or "cpu")
         return torch.special.ndtri(u.clamp_(_EDGE, 1 - _EDGE)).to(dtype)

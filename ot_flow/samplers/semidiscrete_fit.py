@@ -14,6 +14,12 @@ where the noise streams stand), and a step interrupted half way (Ctrl-C) is undo
 ``state_dict()`` after any step, saved as a checkpoint and loaded into a new sampler, continues to
 the potential an uninterrupted fit reaches, bit for bit.
 
+A step reads nothing back to the host: its semi-dual value, the potential and the sampler's copies
+of it stay on the device (copied to the host when the fit ends, however it ends), and only a
+``log_every`` step reads (the value and the chi-square check, one synchronisation each), so on a
+GPU the host queues the next steps while the kernels of this one run. The ops' own argument
+checks (mips, gumbel_argmax) still read their inputs' largest magnitudes on every call.
+
 The fit works on the sampler's private state: it is the sampler's own, kept in a room of its own.
 """
 
@@ -101,7 +107,8 @@ class SemidiscreteFit:
     def run(self):
         """The multiscale start (of a fresh fit), the units of eps and lr (measured once per
         sampler), then the steps. g, its average and the optimiser's moments live on the device
-        while the fit runs; the sampler gets copies of them after every step."""
+        while the fit runs; the sampler gets copies of them after every step (on the device, brought
+        to the host when the loop ends)."""
         s = self.sampler
         if self.warm_start and s.step == 0 and not s.warm_started:
             multiscale_start(s, self.num_steps, self.batch_size, self.progress, self.coarse_settings)
@@ -111,6 +118,10 @@ class SemidiscreteFit:
         self.base_lr = self._base_lr()
         self.g = s.g.to(s.device).requires_grad_(False)
         self.b = s.weights.to(s.device)
+        # Each class's indices where g and where the points are, once: a copy per step would wait
+        # for the GPU.
+        self.class_index = [None if index is None else (index.to(s.device), index.to(s._search.device))
+                            for _, index in s.groups]
         self.opt = self._make_optimizer()
         self.average = None if not self.ema else \
             (s.g_ema.to(s.device) if s.g_ema is not None else self.g.detach().clone())
@@ -131,6 +142,7 @@ class SemidiscreteFit:
                     break
         finally:
             bar.close()
+            s.g, s.g_ema = s.g.cpu(), None if s.g_ema is None else s.g_ema.cpu()
 
     def _base_lr(self):
         """The step size before the schedule: a Newton fraction, or for Adam and SGD a length in
@@ -184,13 +196,13 @@ class SemidiscreteFit:
         return estimate.value, eps
 
     def _keep_step(self):
-        """The step done, into the sampler: copies, so that an interrupted next step leaves this
-        step's state untouched."""
+        """The step done, into the sampler: copies (on the device: to the host would wait for the
+        step), so that an interrupted next step leaves this step's state untouched."""
         s = self.sampler
         s.step += 1
         s.fitted = True
-        s.g = self.g.detach().clone().cpu()
-        s.g_ema = self.average.detach().clone().cpu() if self.average is not None else None
+        s.g = self.g.detach().clone()
+        s.g_ema = self.average.detach().clone() if self.average is not None else None
         s._optimizer_state = copy.deepcopy(self.opt.state_dict())
 
     def _log(self, value, eps):
@@ -200,7 +212,7 @@ class SemidiscreteFit:
         s = self.sampler
         chi2 = s.marginal_error(self.eval_samples, seed=s.step) if eps == 0 and self.measures_chi2 else float("nan")
         # value, lr: in the standardised frame; eps: in the data's units.
-        s.history.append({"step": s.step, "chi2": chi2, "value": value, "lr": self.opt.param_groups[0]["lr"],
+        s.history.append({"step": s.step, "chi2": chi2, "value": float(value), "lr": self.opt.param_groups[0]["lr"],
                           "eps": eps * s._frame.unit})
         return chi2
 
@@ -219,15 +231,14 @@ class SemidiscreteFit:
         if not s.conditional:
             return semidiscrete.semidual_gradient(s._frame_noise(batch_size), s._search, g, b, eps, FRAME_COST,
                                                   chunk_size=s.chunk_size, process_group=s.group, offset=s.offset,
-                                                  gaps=gaps, precision=s.precision)
+                                                  gaps=gaps, precision=s.precision, stream=s.stream_data)
         fields = ("gradient", "counts") + (("gap_sums", "gap_counts") if gaps else ())
         joined = {name: torch.zeros_like(b) for name in fields}
         value = 0.0
-        for _, index in s.groups:
-            index_d = index.to(s.device)
-            estimate = semidiscrete.semidual_gradient(s._frame_noise(batch_size), s._points(index), g[index_d],
+        for index_d, index_y in self.class_index:
+            estimate = semidiscrete.semidual_gradient(s._frame_noise(batch_size), s._points(index_y), g[index_d],
                                                       b[index_d], eps, FRAME_COST, chunk_size=s.chunk_size, gaps=gaps,
-                                                      precision=s.precision)
+                                                      precision=s.precision, stream=s.stream_data)
             for name in fields:
                 joined[name][index_d] = getattr(estimate, name)
             value += estimate.value / len(s.groups)
@@ -240,7 +251,8 @@ class SemidiscreteFit:
         x = s._frame_noise(min(4096, max(256, s.total)))
         gaps = [semidiscrete.score_gap(x, s._points(index), s.g if index is None else s.g[index], FRAME_COST,
                                        b=s.weights if index is None else s.weights[index],
-                                       chunk_size=s.chunk_size, process_group=s.group, precision=s.precision)
+                                       chunk_size=s.chunk_size, process_group=s.group, precision=s.precision,
+                                       stream=s.stream_data)
                 for _, index in s.groups]
         gap = sum(gaps) / len(gaps)
         # One data point per class has no runner-up: fall back on the cost spread.

@@ -21,10 +21,10 @@ from typing import NamedTuple
 import torch
 
 from ot_flow import distributed
-from ot_flow.solvers import costs
+from ot_flow.solvers import costs, host_transfer
 
 __all__ = ["FRAME_COST", "StandardisedFrame", "StandardisedData", "measure_data_frame", "measure_noise_frame",
-           "standardise_data"]
+           "standardise_data", "measure_spread"]
 
 # The fit's own problem in the frame: squared-Euclidean, whose potential 0 is the nearest-point
 # assignment (the coupling is the same for both costs; see the module notes).
@@ -52,7 +52,7 @@ class StandardisedFrame(NamedTuple):
     def standardise_noise(self, x):
         """Noise (n, D) into the frame, in its own dtype (float64 arithmetic: a source far from
         the origin would cancel like the data)."""
-        return ((x.double() - self.noise_center.to(x.device)) / self.noise_scale).to(x.dtype)
+        return ((x.double() - host_transfer.to_device(self.noise_center, x.device)) / self.noise_scale).to(x.dtype)
 
 
 class StandardisedData(NamedTuple):
@@ -113,11 +113,12 @@ def measure_noise_frame(draw, dim, seed):
     return center, math.sqrt(spread) if spread > 0 else 1.0
 
 
-def standardise_data(flat, frame, cost, where):
-    """The data (N, D) in ``frame``, their points stored on ``where`` in the data's dtype, with
-    the shift that converts the frame's potential to one of ``cost`` on the data as given."""
+def standardise_data(flat, frame, cost, where, pinned=False):
+    """The data (N, D) in ``frame``, their points stored on ``where`` in the data's dtype (in
+    page-locked host memory when ``pinned``), with the shift that converts the frame's potential
+    to one of ``cost`` on the data as given."""
     n, dim = flat.shape
-    points = torch.empty((n, dim), dtype=flat.dtype, device=where)
+    points = torch.empty((n, dim), dtype=flat.dtype, device=where, pin_memory=pinned)
     shift = torch.empty(n, dtype=torch.float64)
     probe = torch.randn(dim, generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
     probe = (probe / probe.norm()).to(flat.device)
@@ -132,3 +133,23 @@ def standardise_data(flat, frame, cost, where):
         shift[r0:r1] = block_shift.cpu()
         projections[r0:r1] = z @ probe
     return StandardisedData(points, shift, projections.cpu())
+
+
+def measure_spread(x, points, weights, cost, generator, offset, total, process_group=None):
+    """std(C) between the noise ``x`` and the standardised ``points`` (this rank's, global indices
+    from ``offset`` of ``total``) in the frame: the unit of a relative eps."""
+    a = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64, device=x.device)
+    # A subsample of the data; drawn over all shards' global indices so that every rank
+    # (and one process holding everything) uses the same points and generator state.
+    rows = torch.randperm(total, generator=generator)[:16384]
+    rows = rows[(rows >= offset) & (rows < offset + points.shape[0])] - offset
+    # Renormalised to sum to 1 over the subsample (a conditional sampler's weights sum to 1
+    # per class, so to the number of classes over all points).
+    mass = weights[rows].sum()
+    b = weights[rows] / (mass if process_group is None else distributed.all_sum(mass.reshape(1), process_group)[0])
+    reduce_y = None if process_group is None else (lambda t: distributed.all_sum(t, process_group))
+    # The user's cost between the standardised clouds: for centred data of unit spread the
+    # std(C) between noise and data, and the same whatever the data's offset and scale.
+    y = points[rows.to(points.device)].to(x.device, x.dtype)
+    spread = costs.cost_std(x, y, a, b.to(x.device), cost, reduce_y=reduce_y)
+    return spread if spread > 0 else 1.0

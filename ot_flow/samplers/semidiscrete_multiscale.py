@@ -60,7 +60,7 @@ def multiscale_start(sampler, num_steps, batch_size, progress, settings):
         flat[centers.to(flat.device)], sampler.eps, sampler.cost,
         weights=weights.to(flat.device), labels=labels, relative_eps=sampler.relative_eps,
         source=sampler.source, quasi_random=sampler.quasi_random, device=sampler.device,
-        chunk_size=sampler.chunk_size, seed=distributed.derived_seed(sampler.seed, len(centers)),
+        chunk_size=sampler.chunk_size, stream_data=sampler.stream_data, seed=distributed.derived_seed(sampler.seed, len(centers)),
         process_group=sampler.group, precision=sampler.precision)
     coarse._set_frame(sampler._frame)  # its potential, in this frame, extends to these points
     steps = min(num_steps, max(_MIN_COARSE_STEPS, num_steps // _COARSENING))

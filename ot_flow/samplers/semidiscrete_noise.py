@@ -11,6 +11,7 @@ import torch
 
 from ot_flow import distributed
 from ot_flow.samplers.quasi_normal import QuasiNormal
+from ot_flow.solvers import host_transfer
 
 __all__ = ["NoiseSource"]
 
@@ -47,7 +48,7 @@ class NoiseSource:
         noise = noise.reshape(n, -1)
         if noise.shape[1] != self.dim:
             raise ValueError(f"argument 'source': noise has {noise.shape[1]} features per point, data {self.dim}")
-        return noise.to(self.device, self.dtype)
+        return host_transfer.to_device(noise, self.device, self.dtype)
 
     def stream_state(self):
         """Where the fit's stream stands: (the generator's state, the Sobol position or None)."""

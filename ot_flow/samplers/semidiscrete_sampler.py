@@ -24,8 +24,9 @@ from ot_flow.ops import precision as op_precision
 from ot_flow.samplers import semidiscrete_cells, semidiscrete_state
 from ot_flow.samplers.semidiscrete_fit import SemidiscreteFit
 from ot_flow.samplers.semidiscrete_frame import (FRAME_COST, StandardisedFrame, measure_data_frame,
-                                                 measure_noise_frame, standardise_data)
+                                                 measure_noise_frame, measure_spread, standardise_data)
 from ot_flow.samplers.semidiscrete_noise import NoiseSource
+from ot_flow.samplers.semidiscrete_placement import place_data
 from ot_flow.solvers import costs, semidiscrete, validation
 
 __all__ = ["SemidiscreteSampler"]
@@ -35,8 +36,9 @@ class SemidiscreteSampler:
     """Pairs noise with the points of a finite data set through a semidiscrete OT potential.
 
     Args:
-        data: (N, ...) tensor of target points (images are flattened for the cost). It may stay
-            on the CPU while the work runs on ``device``.
+        data: (N, ...) tensor of target points (images are flattened for the cost), float32,
+            float64, or bfloat16 / float16 (kept in 16 bits, searched in float32). It may stay on
+            the CPU while the work runs on ``device`` (see ``stream_data``).
         eps: entropic regularisation of the final potential; 0 (default) gives hard
             assignments by MIPS, eps > 0 draws from the soft assignment (Gumbel-max).
         cost: "sqeuclidean" or "dot".
@@ -56,7 +58,13 @@ class SemidiscreteSampler:
             per point. Pairing (``assign``) and the chi-square checks always use independent
             noise.
         device: where the search runs (default: the data's device).
-        chunk_size: stream the data through the device in chunks of this many points.
+        chunk_size: search the data in chunks of this many points (the unit of streaming).
+        stream_data: True: the data stay where they are held (pinned, for a GPU ``device``, when
+            on the host) and every pass over them (each fit step, pairing, chi-square check)
+            copies them to ``device`` in chunks of ``chunk_size``, each copy overlapping the
+            kernels of the chunk before: for data sets larger than the device's memory. False:
+            they are copied to ``device`` once and stay there. None (default): True when
+            ``chunk_size`` is given and the data are held on another device than ``device``.
         seed: seeds the noise generator of ``fit`` (rank 0's seed on every rank).
         process_group: the data set is sharded over the ranks of this torch.distributed group:
             every rank passes its own slice of the points (and of ``weights``, which sum to 1
@@ -70,20 +78,21 @@ class SemidiscreteSampler:
     ``load_state_dict`` ``fitted`` is True; set ``sampler.fitted = True`` to pair with the
     potential as it stands (g = 0, or one set through ``potential``).
 
-    The sampler keeps a standardised copy of the data (in the data's floating dtype) where the
-    search runs: on ``device``, or beside the data when ``chunk_size`` streams them.
+    Memory: the sampler keeps one standardised copy of the data, N x D in the data's dtype (16-bit
+    data stay 16-bit), on ``device`` or, streamed, where the data are held (semidiscrete_placement.py);
+    a streamed fit holds on the device two chunks in that dtype and one widened to float32, the
+    noise batch, and the per-point vectors, which are always resident: the potential, its average,
+    the weights and the optimiser's state (about 16 float64 numbers a point during a fit).
     """
 
     def __init__(self, data, eps=0.0, cost="sqeuclidean", *, weights=None, labels=None, relative_eps=True,
-                 source=None, quasi_random="auto", device=None, chunk_size=None, seed=0, process_group=None,
-                 precision="highest"):
+                 source=None, quasi_random="auto", device=None, chunk_size=None, stream_data=None, seed=0,
+                 process_group=None, precision="highest"):
         if not isinstance(data, torch.Tensor) or data.dim() < 1 or data.shape[0] == 0:
             raise ValueError("argument 'data' must be a non-empty tensor (N, ...) of points")
         self.data = data
         self._flat = data.reshape(data.shape[0], -1)
         validation.check_points("data", self._flat)
-        if self._flat.dtype not in (torch.float32, torch.float64):
-            self._flat = self._flat.float()  # half data: the search runs in float32
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
             raise ValueError(f"argument 'eps' must be a finite number >= 0, got {eps!r}")
         costs.check_cost(cost)
@@ -91,6 +100,8 @@ class SemidiscreteSampler:
         self.eps, self.cost, self.relative_eps, self.chunk_size = float(eps), cost, bool(relative_eps), chunk_size
         self.precision = op_precision.checked("SemidiscreteSampler", precision)
         self.device = torch.device(device) if device is not None else data.device
+        self._placement = place_data(self._flat, self.device, chunk_size, stream_data)
+        self.stream_data = self._placement.streamed
         n, dim = self._flat.shape
         self.group, self.offset, self.total = process_group, 0, n
         if process_group is None:
@@ -105,7 +116,7 @@ class SemidiscreteSampler:
             self.weights = validation.shard_weights("weights", weights, self._flat, process_group).cpu()
             seed = distributed.broadcast_int(int(seed), self._flat.device, process_group)
         self.seed = int(seed)
-        self._noise_source = NoiseSource(source, quasi_random, dim, self._flat.dtype, self.device, self.seed)
+        self._noise_source = NoiseSource(source, quasi_random, dim, self.dtype, self.device, self.seed)
         self.source, self.quasi_random = source, self._noise_source.quasi_random
         self.groups = _groups(labels, n)  # [(label, global indices)], one per class
         for label, index in self.groups if labels is not None else []:
@@ -155,8 +166,8 @@ class SemidiscreteSampler:
 
     @property
     def dtype(self):
-        """The floating dtype of the noise and of the search: the data's (float32 for half data)."""
-        return self._flat.dtype
+        """The floating dtype of the noise and of the search: the data's (float32 for 16-bit data)."""
+        return self._placement.search_dtype
 
     @property
     def fingerprint(self):
@@ -177,8 +188,7 @@ class SemidiscreteSampler:
         """Puts the data into ``frame``: the points the search reads (on the device, or beside
         the data to be streamed), the conversion of potentials and the fingerprint."""
         self._frame = frame
-        where = self._flat.device if self.chunk_size is not None else self.device
-        standardised = standardise_data(self._flat, frame, self.cost, where)
+        standardised = standardise_data(self._flat, frame, self.cost, self._placement.where, self._placement.pinned)
         self._search, self._potential_shift = standardised.points, standardised.potential_shift
         self._fingerprint = semidiscrete_state.measure_fingerprint(
             standardised.projections, self.weights, self.groups, frame, self._flat.shape[1], self.offset, self.total,
@@ -267,21 +277,8 @@ class SemidiscreteSampler:
 
     def _measure_spread(self):
         """std(C) between noise and data in the frame: the unit of a relative eps."""
-        x = self._frame_noise(min(4096, max(256, self.total)))
-        a = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64, device=x.device)
-        # A subsample of the data; drawn over all shards' global indices so that every rank
-        # (and one process holding everything) uses the same points and generator state.
-        rows = torch.randperm(self.total, generator=self._noise_source.generator)[:16384]
-        rows = rows[(rows >= self.offset) & (rows < self.offset + self._flat.shape[0])] - self.offset
-        # Renormalised to sum to 1 over the subsample (a conditional sampler's weights sum to 1
-        # per class, so to the number of classes over all points).
-        b = self.weights[rows] / _total(self.weights[rows].sum(), self.group)
-        reduce_y = None if self.group is None else (lambda t: distributed.all_sum(t, self.group))
-        # The user's cost between the standardised clouds: for centred data of unit spread the
-        # std(C) between noise and data, and the same whatever the data's offset and scale.
-        spread = costs.cost_std(x, self._search[rows.to(self._search.device)].to(x.device), a, b.to(x.device),
-                                self.cost, reduce_y=reduce_y)
-        return spread if spread > 0 else 1.0
+        return measure_spread(self._frame_noise(min(4096, max(256, self.total))), self._search, self.weights,
+                              self.cost, self._noise_source.generator, self.offset, self.total, self.group)
 
     # --- pairing -------------------------------------------------------------------------
 
@@ -304,7 +301,7 @@ class SemidiscreteSampler:
     def assign(self, x0, labels=None, generator=None):
         """LongTensor (B,): for each noise point x0[i] the index of its data point (never one
         of weight 0). Needs a fitted potential (see ``fitted``)."""
-        flat = self._frame.standardise_noise(_queries(x0, self._flat).to(self.device))
+        flat = self._frame.standardise_noise(_queries(x0, self._flat).to(self.device, self.dtype))
         if not self.conditional and labels is not None:
             raise ValueError("argument 'labels': this sampler was built without class labels")
         if self.conditional and (not isinstance(labels, torch.Tensor) or labels.shape != (flat.shape[0],)):
@@ -315,7 +312,7 @@ class SemidiscreteSampler:
         if not self.conditional:
             return semidiscrete.assign(flat, self._search, g, b, eps, FRAME_COST, generator=generator,
                                        chunk_size=self.chunk_size, process_group=self.group, offset=self.offset,
-                                       precision=self.precision)
+                                       precision=self.precision, stream=self.stream_data)
         out = torch.full((flat.shape[0],), -1, dtype=torch.long, device=flat.device)
         labels = labels.to(flat.device)
         for label, index in self.groups:
@@ -323,7 +320,8 @@ class SemidiscreteSampler:
             if len(rows):
                 local = semidiscrete.assign(flat[rows], self._points(index), g[index],
                                             b[index], eps, FRAME_COST,
-                                            generator=generator, chunk_size=self.chunk_size, precision=self.precision)
+                                            generator=generator, chunk_size=self.chunk_size, precision=self.precision,
+                                            stream=self.stream_data)
                 out[rows] = index.to(flat.device)[local]
         if (out < 0).any():
             unknown = labels[out < 0][0].item()
@@ -392,8 +390,5 @@ def _queries(x0, flat_data):
     if flat.shape[1] != flat_data.shape[1]:
         raise ValueError(f"argument 'x0' has {flat.shape[1]} features per point, the data {flat_data.shape[1]}")
     validation.check_points("x0", flat)
-    return flat.to(flat_data.dtype)
+    return flat
 
-
-def _total(value, process_group):
-    return value if process_group is None else distributed.all_sum(value.reshape(1), process_group)[0]

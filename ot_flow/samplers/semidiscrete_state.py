@@ -33,7 +33,9 @@ def state_of(sampler):
     ``spread`` and ``gap`` are in the standardised frame; ``fingerprint`` ties the state to the
     data, weights, labels and noise source it was fitted on."""
     s = sampler
-    return {"version": STATE_VERSION, "g": s.g.clone(), "g_ema": None if s.g_ema is None else s.g_ema.clone(),
+    # On the host (copies): during a fit the sampler's potential is on the fit's device.
+    return {"version": STATE_VERSION, "g": s.g.to("cpu", copy=True),
+            "g_ema": None if s.g_ema is None else s.g_ema.to("cpu", copy=True),
             "step": s.step, "fitted": s.fitted, "spread": s.spread, "gap": s.gap,
             "noise": s._noise_source.stream_state(), "optimizer": copy.deepcopy(s._optimizer_state),
             "optimizer_name": s._optimizer_name, "history": list(s.history),

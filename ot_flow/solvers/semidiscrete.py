@@ -12,9 +12,13 @@ the row softmax when eps > 0. At the optimum every y_j receives exactly its weig
 pairing fresh noise with data costs one MIPS (or one Gumbel-max draw when eps > 0).
 
 Every function here takes the target in chunks of `chunk_size` rows when asked, so a data set
-larger than the device's memory streams through it, and shards of it over the ranks of a
-process group; the chunks' and ranks' results merge exactly (the larger value wins, the lower
-index on ties; log-sum-exps add).
+larger than the device's memory streams through it (held on the host, or wherever `stream` says,
+each chunk copied to the device beside the kernels of the one before: host_transfer.py), and
+shards of it over the ranks of a process group; the chunks' and ranks' results merge exactly (the
+larger value wins, the lower index on ties; log-sum-exps add). Targets held in 16 bits are
+widened to the queries' dtype chunk by chunk. Nothing here reads a value back to the host
+except the functions that return Python numbers (score_gap, marginal_chi2), so a GPU queues
+the work of a fit step without waiting.
 """
 
 import math
@@ -24,7 +28,7 @@ import torch
 
 from ot_flow import distributed
 from ot_flow.ops import gumbel_argmax, lse, mips, seed_from
-from ot_flow.solvers import costs, merge_rules
+from ot_flow.solvers import costs, host_transfer, merge_rules
 
 __all__ = ["assign", "semidual_gradient", "SemidualEstimate", "marginal_chi2", "dot_bias", "score_gap", "nearest",
            "extend_potential"]
@@ -51,13 +55,21 @@ def _on(t, device, dtype=None):
     return t.to(device=device, dtype=dtype or t.dtype, non_blocking=True)
 
 
-def _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision):
+def _target_chunks(x, y, chunk_size, stream):
+    """((c0, c1), y[c0:c1] on x's device in x's dtype) per chunk: read in place when y is on x's
+    device, else (or with ``stream``) copied chunk by chunk (host_transfer.stream_chunks)."""
+    ranges = _chunks(y.shape[0], chunk_size)
+    if stream or y.device != x.device:
+        return zip(ranges, host_transfer.stream_chunks(y, ranges, x.device, x.dtype))
+    return (((c0, c1), y[c0:c1].to(x.dtype)) for c0, c1 in ranges)
+
+
+def _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision, stream=False):
     """(value float64, global index) of each row's winner over this process's target points,
     whose global indices start at `offset`: the MIPS (eps = 0) or the Gumbel-max draw, with dot
     products of `precision` (ot_flow.ops.precision, as every function here)."""
     def chunks():
-        for c0, c1 in _chunks(y.shape[0], chunk_size):
-            y_c = _on(y[c0:c1], x.device, x.dtype)
+        for (c0, c1), y_c in _target_chunks(x, y, chunk_size, stream):
             h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
             if eps == 0:
                 values, index = mips(x, y_c, h_c, 1, precision=precision)
@@ -71,13 +83,12 @@ def _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision):
     return merge_rules.best_of(chunks(), x.shape[0], x.device)
 
 
-def _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision):
+def _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision, stream=False):
     """(top two scores <x_i, y_j> + h_j per row, float64 (n, 2), global index of the best) over
     every chunk and rank (h = dot_bias(g, y, cost, b)); a row with a single target has -inf as
     its second score."""
     def chunks():
-        for c0, c1 in _chunks(y.shape[0], chunk_size):
-            y_c = _on(y[c0:c1], x.device, x.dtype)
+        for (c0, c1), y_c in _target_chunks(x, y, chunk_size, stream):
             h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
             values, idx = mips(x, y_c, h_c, min(2, c1 - c0), precision=precision)
             yield values, idx[:, 0] + offset + c0
@@ -89,16 +100,17 @@ def _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision):
 
 
 def assign(x, y, g, b, eps, cost, *, generator=None, chunk_size=None, process_group=None, offset=0,
-           precision="highest"):
+           precision="highest", stream=False):
     """LongTensor (n,): the target index of each source point x_i.
 
     eps = 0: argmin_j C(x_i, y_j) - g_j over the points with b_j > 0 (ties to the lowest j).
     eps > 0: a draw from P(j | x_i) proportional to b_j exp((g_j - C(x_i, y_j)) / eps). With a `process_group`,
     y, g and b are this rank's shard (global indices from `offset`), every rank passes the
-    same x, and every rank gets the global indices.
+    same x, and every rank gets the global indices. y on another device than x, or any y with
+    ``stream``, is copied over in chunks of `chunk_size` (as every function here takes it).
     """
     seed = None if eps == 0 else _seed(generator, x.device, process_group)
-    value, index = _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision)
+    value, index = _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision, stream)
     if process_group is not None:
         value, index = merge_rules.best_over_ranks(value, index, process_group)
     return index
@@ -109,7 +121,7 @@ def _seed(generator, device, process_group):
     return seed if process_group is None else distributed.broadcast_int(seed, device, process_group)
 
 
-def score_gap(x, y, g, cost, *, b=None, chunk_size=None, process_group=None, precision="highest"):
+def score_gap(x, y, g, cost, *, b=None, chunk_size=None, process_group=None, precision="highest", stream=False):
     """Mean over the rows of x of the gap between the best and second-best score
     <x_i, y_j> + h_j (h = dot_bias(g, y, cost, b): points of weight 0 take no part).
 
@@ -118,7 +130,7 @@ def score_gap(x, y, g, cost, *, b=None, chunk_size=None, process_group=None, pre
     denser (more points, lower dimension), where std(C) does not move. A single target has no
     second best: the gap is then taken as 0.
     """
-    top, _ = _top_two(x, y, g, b, cost, chunk_size, process_group, 0, precision)
+    top, _ = _top_two(x, y, g, b, cost, chunk_size, process_group, 0, precision, stream)
     gap = top[:, 0] - top[:, 1]
     return float(gap[torch.isfinite(gap)].mean()) if torch.isfinite(gap).any() else 0.0
 
@@ -126,14 +138,14 @@ def score_gap(x, y, g, cost, *, b=None, chunk_size=None, process_group=None, pre
 class SemidualEstimate(NamedTuple):
     """A batch estimate of the semi-dual at g (float64 tensors on g's device)."""
     gradient: torch.Tensor  # (N,) b - assignment frequencies (eps = 0) or b - mean row softmax
-    value: float  # F(g) on the batch
+    value: torch.Tensor  # F(g) on the batch, 0-dim (a tensor, so that computing it reads nothing back)
     counts: torch.Tensor  # (N,) rows assigned to each j (eps = 0) or summed softmax weights
     gap_sums: Optional[torch.Tensor]  # (N,) sum of the score gaps of the rows whose best is j
     gap_counts: Optional[torch.Tensor]  # (N,) how many rows have j as their best
 
 
 def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=None, offset=0, gaps=False,
-                      precision="highest"):
+                      precision="highest", stream=False):
     """SemidualEstimate of the semi-dual F at g on the source batch x.
 
     With ``gaps``, ``gap_sums[j]`` adds up, over the rows whose best score is j's, the gap
@@ -148,20 +160,24 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
     counts = torch.zeros(m, dtype=torch.float64, device=g.device)
     gap_sums = gap_counts = None
     if gaps:  # the top-2 search also gives the hard assignment
-        top, best_index = _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision)
+        top, best_index = _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision, stream)
         best = top[:, 0]
     elif eps == 0:
-        best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset, precision)
+        best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset, precision, stream)
         if process_group is not None:
             best, best_index = merge_rules.best_over_ranks(best, best_index, process_group)
     if gaps or eps == 0:
+        # Rows won by another rank's points add 0 at a clamped index: a masked selection or a
+        # bincount would read its size back to the host (the counts are whole numbers, exact
+        # in any order).
+        best_index = best_index.to(g.device)
         mine = (best_index >= offset) & (best_index < offset + m)
-        hits = torch.bincount(best_index[mine] - offset, minlength=m).to(counts)
+        local = (best_index - offset).clamp(0, m - 1)
+        hits = torch.zeros_like(counts).index_add_(0, local, mine.to(counts.dtype))
     if gaps:
-        row_gap = top[:, 0] - top[:, 1]
-        row_gap = torch.where(torch.isfinite(row_gap), row_gap, 0.0)  # a single target: no runner-up
-        gap_sums = torch.zeros(m, dtype=torch.float64, device=g.device)
-        gap_sums.index_add_(0, (best_index[mine] - offset).to(g.device), row_gap[mine].to(g.device))
+        row_gap = (top[:, 0] - top[:, 1]).to(g.device)
+        row_gap = torch.where(torch.isfinite(row_gap) & mine, row_gap, 0.0)  # a single target: no runner-up
+        gap_sums = torch.zeros(m, dtype=torch.float64, device=g.device).index_add_(0, local, row_gap)
         gap_counts = hits
     if eps == 0:
         counts += hits
@@ -172,8 +188,7 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
         biases = []
 
         def chunk_lses():
-            for c0, c1 in _chunks(m, chunk_size):
-                y_c = _on(y[c0:c1], x.device, x.dtype)
+            for (c0, c1), y_c in _target_chunks(x, y, chunk_size, stream):
                 b_c = _on(b[c0:c1], x.device)
                 h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, b_c) / eps + b_c.log().to(x.dtype)
                 biases.append(h_c)
@@ -182,8 +197,7 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
         row_lse = merge_rules.lse_of(chunk_lses(), x.new_empty(n, dtype=torch.float64))
         if process_group is not None:
             row_lse = merge_rules.lse_over_ranks(row_lse, process_group)
-        for (c0, c1), h_c in zip(_chunks(m, chunk_size), biases):
-            y_c = _on(y[c0:c1], x.device, x.dtype)
+        for ((c0, c1), y_c), h_c in zip(_target_chunks(x, y, chunk_size, stream), biases):
             col_lse = lse(y_c, x, (-row_lse).to(x.dtype), 1.0 / eps, precision=precision).double()
             counts[c0:c1] += _on(torch.exp(h_c.double() + col_lse), g.device)
         f = alpha - eps * row_lse
@@ -192,7 +206,7 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
     g_dot_b = g.double() @ b64
     if process_group is not None:
         g_dot_b = distributed.all_sum(g_dot_b.reshape(1), process_group)[0]
-    value = float(f.mean()) + float(g_dot_b)
+    value = f.mean().to(g.device) + g_dot_b
     return SemidualEstimate(gradient, value, counts, gap_sums, gap_counts)
 
 
@@ -218,11 +232,13 @@ def marginal_chi2(counts, b, total, process_group=None):
 def nearest(points, centers, *, chunk_size=None, precision="highest"):
     """LongTensor: the index of the Euclidean-nearest row of `centers` for each row of `points`
     (ties to the lowest index), one MIPS with the bias -|c_k|^2 / 2. `points` may sit on the CPU
-    while `centers` are on the device; they are moved over in blocks of `chunk_size` rows."""
+    while `centers` are on the device; they are moved over in blocks of `chunk_size` rows (16-bit
+    ones searched in float32, like the ops)."""
     zero = torch.zeros(centers.shape[0], dtype=torch.float64, device=centers.device)
+    dtype = torch.promote_types(centers.dtype, torch.float32)
     out = []
     for r0, r1 in _chunks(points.shape[0], chunk_size):
-        block = _on(points[r0:r1], centers.device, centers.dtype)
+        block = _on(points[r0:r1], centers.device, dtype)
         out.append(_best(block, centers, zero, None, 0.0, "sqeuclidean", chunk_size, None, 0, precision)[1].cpu())
     return torch.cat(out)
 
