@@ -86,3 +86,47 @@ def test_sinkhorn_still_reports_non_finite_potentials(monkeypatch, check_every):
     x, y, _ = random_problem(50, 60, 2, torch.float32)
     with pytest.raises(RuntimeError, match="potentials became non-finite"):
         ot_flow.sinkhorn(x, y, eps=0.01, cost_cache=False, check_every=check_every, tol=1e-9, max_iter=100)
+
+
+def test_mips_and_gumbel_skip_the_value_checks_only():
+    x, y, h = random_problem(20, 30, 3, torch.float32)
+    bad = h.clone()
+    bad[3] = float("nan")
+    with pytest.raises(ValueError, match="argument 'bias' contains NaN"):
+        ot_flow.ops.mips(x, y, bad)
+    ot_flow.ops.mips(x, y, bad, validate=False)
+    with pytest.raises(ValueError, match="argument 'h' contains NaN"):
+        ot_flow.ops.gumbel_argmax(x, y, bad, seed=1)
+    ot_flow.ops.gumbel_argmax(x, y, bad, seed=1, validate=False)
+    with pytest.raises(ValueError, match="argument 'k'"):
+        ot_flow.ops.mips(x, y, h, 31, validate=False)
+    for validate in (True, False):
+        assert torch.equal(ot_flow.ops.mips(x, y, h, 2, validate=validate)[1], ot_flow.ops.mips(x, y, h, 2)[1])
+        assert torch.equal(ot_flow.ops.gumbel_argmax(x, y, h, seed=4, validate=validate),
+                           ot_flow.ops.gumbel_argmax(x, y, h, seed=4))
+    torch.library.opcheck(torch.ops.ot_flow.mips.default, (x, y, h, 2, "highest", False))
+
+
+def test_semidiscrete_fit_steps_do_not_validate_and_catch_divergence(monkeypatch):
+    from ot_flow.solvers import semidiscrete
+
+    calls = []
+    mips = semidiscrete.mips
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("validate", True))
+        return mips(*args, **kwargs)
+
+    monkeypatch.setattr(semidiscrete, "mips", recording)
+    data = torch.randn(40, 2)
+    checked = {}
+    for steps in (20, 40):  # one log each: the validated calls (start, log) do not grow with the steps
+        calls.clear()
+        ot_flow.SemidiscreteSampler(data, seed=1).fit(steps, batch_size=32, progress=False, log_every=steps)
+        assert calls.count(False) >= steps
+        checked[steps] = calls.count(True)
+    assert checked[20] == checked[40]
+    # A diverging fit (an absurd learning rate) raises at its next log instead of going on with NaN.
+    with pytest.raises(RuntimeError, match="non-finite"):
+        ot_flow.SemidiscreteSampler(data, seed=1).fit(50, batch_size=32, progress=False, log_every=5, lr=1e300,
+                                                       optimizer="sgd")

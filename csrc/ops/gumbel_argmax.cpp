@@ -13,18 +13,19 @@ std::tuple<at::Tensor, at::Tensor> run_gumbel_argmax(const at::Tensor& x, const 
                                                      int64_t col_offset,
                                                      const std::optional<c10::ArrayRef<double>>& scales,
                                                      at::OptionalIntArrayRef seeds, c10::string_view precision,
-                                                     GumbelArgmaxKernel kernel, GumbelArgmaxBatchedKernel batched) {
+                                                     bool validate, GumbelArgmaxKernel kernel,
+                                                     GumbelArgmaxBatchedKernel batched) {
   constexpr const char* op = "ot_flow.gumbel_argmax";
   if (!is_batched(x, y)) {
     refuse_scales_unbatched(op, scales);
     TORCH_CHECK_VALUE(!seeds.has_value(), op, ": argument 'seeds' is for batched inputs (x (B, n, d), ",
                       "y (B, m, d)); a 2-D call takes one seed");
-    const LseArgs args = prepare_lse_args(x, y, h, scale, precision, op);
+    const LseArgs args = prepare_lse_args(x, y, h, scale, precision, op, "h", validate);
     TORCH_CHECK_VALUE(row_offset >= 0, op, ": argument 'row_offset' must be >= 0, got ", row_offset);
     TORCH_CHECK_VALUE(col_offset >= 0, op, ": argument 'col_offset' must be >= 0, got ", col_offset);
     return kernel(args.x, args.y, args.h, scale, GumbelKey{seed, offset, row_offset, col_offset}, args.precision);
   }
-  const BatchedLseArgs args = prepare_batched_lse_args(x, y, h, scale, scales, precision, op);
+  const BatchedLseArgs args = prepare_batched_lse_args(x, y, h, scale, scales, precision, op, "h", validate);
   TORCH_CHECK_VALUE(row_offset >= 0, op, ": argument 'row_offset' must be >= 0, got ", row_offset);
   TORCH_CHECK_VALUE(col_offset >= 0, op, ": argument 'col_offset' must be >= 0, got ", col_offset);
   const int64_t count = args.x.size(0);
@@ -53,9 +54,10 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cpu(const at::Tensor& x, const 
                                                      const std::optional<at::Tensor>& h, double scale,
                                                      int64_t seed, int64_t offset, int64_t row_offset,
                                                      int64_t col_offset, std::optional<c10::ArrayRef<double>> scales,
-                                                     at::OptionalIntArrayRef seeds, c10::string_view precision) {
+                                                     at::OptionalIntArrayRef seeds, c10::string_view precision,
+                                                     bool validate) {
   return run_gumbel_argmax(
-      x, y, h, scale, seed, offset, row_offset, col_offset, scales, seeds, precision,
+      x, y, h, scale, seed, offset, row_offset, col_offset, scales, seeds, precision, validate,
       [](const at::Tensor& xc, const at::Tensor& yc, const at::Tensor& hc, double s, const GumbelKey& key,
          Precision) { return gumbel_argmax_cpu_kernel(xc, yc, hc, s, key); },
       [](const at::Tensor& xc, const at::Tensor& yc, const at::Tensor& hc, const std::vector<double>& ss,
@@ -67,8 +69,8 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cpu(const at::Tensor& x, const 
 TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
   m.def(
       "gumbel_argmax(Tensor x, Tensor y, Tensor? h=None, float scale=1.0, int seed=0, int offset=0, "
-      "int row_offset=0, int col_offset=0, float[]? scales=None, int[]? seeds=None, str precision=\"highest\") "
-      "-> (Tensor index, Tensor value)");
+      "int row_offset=0, int col_offset=0, float[]? scales=None, int[]? seeds=None, str precision=\"highest\", "
+      "bool validate=True) -> (Tensor index, Tensor value)");
 }
 
 TORCH_LIBRARY_IMPL(ot_flow, CPU, m) { m.impl("gumbel_argmax", &gumbel_argmax_cpu); }

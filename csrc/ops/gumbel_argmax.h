@@ -50,15 +50,16 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cpu_batched_kernel(const at::Te
                                                                     const std::vector<double>& scales,
                                                                     const std::vector<GumbelKey>& keys);
 
-// The op for one device: checks, then `kernel`; batched inputs go to `batched` when given, else
-// to `kernel` once per problem on the current stream (the CUDA fallback, see lse.h).
+// The op for one device: checks (those that read the data only when `validate`), then `kernel`;
+// batched inputs go to `batched` when given, else to `kernel` once per problem on the current
+// stream (the CUDA fallback, see lse.h).
 std::tuple<at::Tensor, at::Tensor> run_gumbel_argmax(const at::Tensor& x, const at::Tensor& y,
                                                      const std::optional<at::Tensor>& h, double scale,
                                                      int64_t seed, int64_t offset, int64_t row_offset,
                                                      int64_t col_offset,
                                                      const std::optional<c10::ArrayRef<double>>& scales,
                                                      at::OptionalIntArrayRef seeds, c10::string_view precision,
-                                                     GumbelArgmaxKernel kernel,
+                                                     bool validate, GumbelArgmaxKernel kernel,
                                                      GumbelArgmaxBatchedKernel batched = nullptr);
 
 }  // namespace ot_flow

@@ -11,9 +11,10 @@ namespace ot_flow {
 
 std::tuple<at::Tensor, at::Tensor> run_mips(const at::Tensor& x, const at::Tensor& y,
                                             const std::optional<at::Tensor>& bias, int64_t k,
-                                            c10::string_view precision, MipsKernel kernel, int64_t max_k) {
+                                            c10::string_view precision, bool validate, MipsKernel kernel,
+                                            int64_t max_k) {
   constexpr const char* op = "ot_flow.mips";
-  const LseArgs args = prepare_lse_args(x, y, bias, 1.0, precision, op, "bias");
+  const LseArgs args = prepare_lse_args(x, y, bias, 1.0, precision, op, "bias", validate);
   TORCH_CHECK_VALUE(k >= 1 && k <= args.y.size(0), op, ": argument 'k' must lie in [1, m] = [1, ", args.y.size(0),
                     "], got ", k);
   TORCH_CHECK_VALUE(k <= max_k, op, ": argument 'k' = ", k, " is above ", max_k,
@@ -26,9 +27,9 @@ namespace {
 // The CPU computes every precision exactly, so its kernel takes none.
 std::tuple<at::Tensor, at::Tensor> mips_cpu(const at::Tensor& x, const at::Tensor& y,
                                             const std::optional<at::Tensor>& bias, int64_t k,
-                                            c10::string_view precision) {
+                                            c10::string_view precision, bool validate) {
   return run_mips(
-      x, y, bias, k, precision,
+      x, y, bias, k, precision, validate,
       [](const at::Tensor& xc, const at::Tensor& yc, const at::Tensor& bc, int64_t kc, Precision) {
         return mips_cpu_kernel(xc, yc, bc, kc);
       },
@@ -39,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor> mips_cpu(const at::Tensor& x, const at::Tenso
 
 TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
   m.def(
-      "mips(Tensor x, Tensor y, Tensor? bias=None, int k=1, str precision=\"highest\") -> "
+      "mips(Tensor x, Tensor y, Tensor? bias=None, int k=1, str precision=\"highest\", bool validate=True) -> "
       "(Tensor values, Tensor indices)");
 }
 

@@ -29,9 +29,10 @@ std::tuple<at::Tensor, at::Tensor> mips_cuda_kernel(const at::Tensor& x, const a
 // The largest k the CUDA kernel keeps per row (its lists live in per-thread local memory).
 constexpr int64_t kMipsCudaMaxK = 64;
 
-// The op for one device: checks, then `kernel`.
+// The op for one device: checks (those that read the data only when `validate`), then `kernel`.
 std::tuple<at::Tensor, at::Tensor> run_mips(const at::Tensor& x, const at::Tensor& y,
                                             const std::optional<at::Tensor>& bias, int64_t k,
-                                            c10::string_view precision, MipsKernel kernel, int64_t max_k);
+                                            c10::string_view precision, bool validate, MipsKernel kernel,
+                                            int64_t max_k);
 
 }  // namespace ot_flow

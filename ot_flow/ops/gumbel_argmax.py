@@ -23,7 +23,7 @@ def seed_from(generator=None):
 
 
 def gumbel_argmax(x, y, h=None, scale=1.0, *, generator=None, seed=None, offset=0, row_offset=0,
-                  col_offset=0, return_value=False, precision="highest"):
+                  col_offset=0, return_value=False, precision="highest", validate=True):
     """For each row i one column ``j ~ softmax_j(scale * <x_i, y_j> + h_j)``, streamed.
 
     Computes ``argmax_j scale * <x_i, y_j> + h_j + G_ij`` with ``G_ij`` Gumbel(0, 1) noise that
@@ -45,6 +45,9 @@ def gumbel_argmax(x, y, h=None, scale=1.0, *, generator=None, seed=None, offset=
             over shards of columns merge exactly (larger value wins, lower index on ties).
         precision: how the dot products are formed, ``"highest"``, ``"tf32"`` or ``"bf16"`` (see
             :mod:`ot_flow.ops.precision`); the draw is exact only where the logits are.
+        validate: ``False`` skips the checks that read the values of the inputs (NaN, Inf, the
+            range of the scores; a host synchronisation per call on CUDA), as
+            :func:`ot_flow.ops.lse`'s: for callers that checked the data once (the solvers).
 
     Batched: x (B, n, d), y (B, m, d), h (B, m); ``scale`` one number or B numbers (the op's
     ``scales``); ``seed`` one integer or B integers (the op's ``seeds``), and with ``seed=None``
@@ -69,14 +72,14 @@ def gumbel_argmax(x, y, h=None, scale=1.0, *, generator=None, seed=None, offset=
     index, value = torch.ops.ot_flow.gumbel_argmax.default(
         x, y, h, scale, seed, _args.integer(op, "offset", offset),
         _args.integer(op, "row_offset", row_offset), _args.integer(op, "col_offset", col_offset), scales, seeds,
-        _precision.checked(op, precision)
+        _precision.checked(op, precision), bool(validate)
     )
     return (index, value) if return_value else index
 
 
 @torch.library.register_fake("ot_flow::gumbel_argmax")
 def _gumbel_argmax_fake(x, y, h=None, scale=1.0, seed=0, offset=0, row_offset=0, col_offset=0, scales=None,
-                        seeds=None, precision="highest"):
+                        seeds=None, precision="highest", validate=True):
     _args.streaming_inputs("ot_flow.gumbel_argmax", x, y, h, scales=scales)
     _precision.checked("ot_flow.gumbel_argmax", precision)
     torch._check(seeds is None or (x.dim() == 3 and len(seeds) == x.shape[0]),
@@ -95,7 +98,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_index, grad_value):
-    return (None,) * 11  # nothing flows back: the outputs are marked non-differentiable
+    return (None,) * 12  # nothing flows back: the outputs are marked non-differentiable
 
 
 torch.library.register_autograd("ot_flow::gumbel_argmax", _backward, setup_context=_setup_context)

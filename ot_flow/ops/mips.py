@@ -7,7 +7,7 @@ from ot_flow.ops import _args, precision as _precision
 __all__ = ["mips"]
 
 
-def mips(x, y, bias=None, k=1, *, precision="highest"):
+def mips(x, y, bias=None, k=1, *, precision="highest", validate=True):
     """For each query ``x_i`` the ``k`` largest ``<x_i, y_j> + bias_j`` and their indices ``j``.
 
     One pass of GEMM tiles with the selection fused: no n x m buffer. Exact, and deterministic:
@@ -21,7 +21,11 @@ def mips(x, y, bias=None, k=1, *, precision="highest"):
             squared Euclidean cost) when pairing noise with data.
         k: how many per query, 1 <= k <= m (at most 64 on CUDA).
         precision: how the dot products are formed, ``"highest"``, ``"tf32"`` or ``"bf16"`` (see
-            :mod:`ot_flow.ops.precision`); a coarser mode may swap near-ties.
+            :mod:`ot_flow.ops.precision`); a coarser mode may swap near-ties (not k = 1 on the
+            CUDA engine, which rescores every candidate in float64).
+        validate: ``False`` skips the checks that read the values of the inputs (NaN, Inf, the
+            range of the scores; a host synchronisation per call on CUDA), as
+            :func:`ot_flow.ops.lse`'s: for callers that checked the data once (the solvers).
 
     Returns:
         ``(values, indices)``: (n, k) in x's dtype (float32 for float16/bfloat16 inputs) and (n, k)
@@ -29,11 +33,12 @@ def mips(x, y, bias=None, k=1, *, precision="highest"):
         selected scores, in the inputs' dtypes; the selection itself is piecewise constant).
     """
     op = "ot_flow.mips"
-    return torch.ops.ot_flow.mips.default(x, y, bias, _args.integer(op, "k", k), _precision.checked(op, precision))
+    return torch.ops.ot_flow.mips.default(x, y, bias, _args.integer(op, "k", k), _precision.checked(op, precision),
+                                          bool(validate))
 
 
 @torch.library.register_fake("ot_flow::mips")
-def _mips_fake(x, y, bias=None, k=1, precision="highest"):
+def _mips_fake(x, y, bias=None, k=1, precision="highest", validate=True):
     _args.streaming_inputs("ot_flow.mips", x, y, bias, "bias")
     _precision.checked("ot_flow.mips", precision)
     torch._check(1 <= k <= y.shape[0], lambda: "ot_flow.mips: argument 'k' must lie in [1, m]")
@@ -72,7 +77,7 @@ def _backward(ctx, grad_values, _):
         grad_y = torch.zeros_like(y).index_add(0, j, (g[:, :, None] * x[:, None, :]).flatten(0, 1))
     if need_bias and ctx.has_bias:
         grad_bias = y.new_zeros(y.shape[0]).index_add(0, j, g.flatten())
-    return (*_args.like_inputs((grad_x, grad_y, grad_bias), inputs), None, None)[:ctx.n_inputs]
+    return (*_args.like_inputs((grad_x, grad_y, grad_bias), inputs), None, None, None)[:ctx.n_inputs]
 
 
 torch.library.register_autograd("ot_flow::mips", _backward, setup_context=_setup_context)

@@ -210,9 +210,15 @@ class SemidiscreteFit:
         fresh noise against the current potential (the assignments of the training batches are
         no measure, since the potential reacts to them as it goes)."""
         s = self.sampler
+        value = float(value)
+        # The steps' ops skip their checks of the data (validate=False): a NaN or infinite
+        # potential shows here instead, in the semi-dual value (g . b; the same on every rank).
+        if not math.isfinite(value):
+            raise RuntimeError(f"ot_flow.SemidiscreteSampler.fit: the potential became non-finite by step {s.step} "
+                               f"(semi-dual value {value}); lower the learning rate")
         chi2 = s.marginal_error(self.eval_samples, seed=s.step) if eps == 0 and self.measures_chi2 else float("nan")
         # value, lr: in the standardised frame; eps: in the data's units.
-        s.history.append({"step": s.step, "chi2": chi2, "value": float(value), "lr": self.opt.param_groups[0]["lr"],
+        s.history.append({"step": s.step, "chi2": chi2, "value": value, "lr": self.opt.param_groups[0]["lr"],
                           "eps": eps * s._frame.unit})
         return chi2
 
@@ -231,14 +237,15 @@ class SemidiscreteFit:
         if not s.conditional:
             return semidiscrete.semidual_gradient(s._frame_noise(batch_size), s._search, g, b, eps, FRAME_COST,
                                                   chunk_size=s.chunk_size, process_group=s.group, offset=s.offset,
-                                                  gaps=gaps, precision=s.precision, stream=s.stream_data)
+                                                  gaps=gaps, precision=s.precision, stream=s.stream_data,
+                                                  validate=False)
         fields = ("gradient", "counts") + (("gap_sums", "gap_counts") if gaps else ())
         joined = {name: torch.zeros_like(b) for name in fields}
         value = 0.0
         for index_d, index_y in self.class_index:
             estimate = semidiscrete.semidual_gradient(s._frame_noise(batch_size), s._points(index_y), g[index_d],
                                                       b[index_d], eps, FRAME_COST, chunk_size=s.chunk_size, gaps=gaps,
-                                                      precision=s.precision, stream=s.stream_data)
+                                                      precision=s.precision, stream=s.stream_data, validate=False)
             for name in fields:
                 joined[name][index_d] = getattr(estimate, name)
             value += estimate.value / len(s.groups)

@@ -64,33 +64,34 @@ def _target_chunks(x, y, chunk_size, stream):
     return (((c0, c1), y[c0:c1].to(x.dtype)) for c0, c1 in ranges)
 
 
-def _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision, stream=False):
+def _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision, stream=False, validate=True):
     """(value float64, global index) of each row's winner over this process's target points,
     whose global indices start at `offset`: the MIPS (eps = 0) or the Gumbel-max draw, with dot
-    products of `precision` (ot_flow.ops.precision, as every function here)."""
+    products of `precision` (ot_flow.ops.precision, as every function here); `validate` is the
+    ops' (False: the caller checked the data, and the ops read nothing back)."""
     def chunks():
         for (c0, c1), y_c in _target_chunks(x, y, chunk_size, stream):
             h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
             if eps == 0:
-                values, index = mips(x, y_c, h_c, 1, precision=precision)
+                values, index = mips(x, y_c, h_c, 1, precision=precision, validate=validate)
                 yield values[:, 0], index[:, 0] + offset + c0
             else:
                 h_c = h_c / eps + _on(b[c0:c1], x.device).log().to(x.dtype)
                 index, values = gumbel_argmax(x, y_c, h_c, 1.0 / eps, seed=seed, col_offset=offset + c0,
-                                              return_value=True, precision=precision)
+                                              return_value=True, precision=precision, validate=validate)
                 yield values, index + offset + c0
 
     return merge_rules.best_of(chunks(), x.shape[0], x.device)
 
 
-def _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision, stream=False):
+def _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision, stream=False, validate=True):
     """(top two scores <x_i, y_j> + h_j per row, float64 (n, 2), global index of the best) over
     every chunk and rank (h = dot_bias(g, y, cost, b)); a row with a single target has -inf as
     its second score."""
     def chunks():
         for (c0, c1), y_c in _target_chunks(x, y, chunk_size, stream):
             h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
-            values, idx = mips(x, y_c, h_c, min(2, c1 - c0), precision=precision)
+            values, idx = mips(x, y_c, h_c, min(2, c1 - c0), precision=precision, validate=validate)
             yield values, idx[:, 0] + offset + c0
 
     top, index = merge_rules.top_two_of(chunks(), x.shape[0], x.device)
@@ -145,8 +146,11 @@ class SemidualEstimate(NamedTuple):
 
 
 def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=None, offset=0, gaps=False,
-                      precision="highest", stream=False):
+                      precision="highest", stream=False, validate=True):
     """SemidualEstimate of the semi-dual F at g on the source batch x.
+
+    ``validate=False`` skips the ops' checks of the data (the fit's steps: it draws x itself and
+    checks g when it logs), so that a step reads nothing back to the host.
 
     With ``gaps``, ``gap_sums[j]`` adds up, over the rows whose best score is j's, the gap
     between their best and second-best score <x_i, y_j> + h_j (h = dot_bias(g, y, cost, b)): the mean gap
@@ -160,10 +164,10 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
     counts = torch.zeros(m, dtype=torch.float64, device=g.device)
     gap_sums = gap_counts = None
     if gaps:  # the top-2 search also gives the hard assignment
-        top, best_index = _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision, stream)
+        top, best_index = _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision, stream, validate)
         best = top[:, 0]
     elif eps == 0:
-        best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset, precision, stream)
+        best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset, precision, stream, validate)
         if process_group is not None:
             best, best_index = merge_rules.best_over_ranks(best, best_index, process_group)
     if gaps or eps == 0:
@@ -192,13 +196,13 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
                 b_c = _on(b[c0:c1], x.device)
                 h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, b_c) / eps + b_c.log().to(x.dtype)
                 biases.append(h_c)
-                yield lse(x, y_c, h_c, 1.0 / eps, precision=precision)
+                yield lse(x, y_c, h_c, 1.0 / eps, precision=precision, validate=validate)
 
         row_lse = merge_rules.lse_of(chunk_lses(), x.new_empty(n, dtype=torch.float64))
         if process_group is not None:
             row_lse = merge_rules.lse_over_ranks(row_lse, process_group)
         for ((c0, c1), y_c), h_c in zip(_target_chunks(x, y, chunk_size, stream), biases):
-            col_lse = lse(y_c, x, (-row_lse).to(x.dtype), 1.0 / eps, precision=precision).double()
+            col_lse = lse(y_c, x, (-row_lse).to(x.dtype), 1.0 / eps, precision=precision, validate=validate).double()
             counts[c0:c1] += _on(torch.exp(h_c.double() + col_lse), g.device)
         f = alpha - eps * row_lse
     b64 = b.double()

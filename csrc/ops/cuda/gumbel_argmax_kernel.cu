@@ -98,10 +98,12 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cuda(const at::Tensor& x, const
                                                       const std::optional<at::Tensor>& h, double scale,
                                                       int64_t seed, int64_t offset, int64_t row_offset,
                                                       int64_t col_offset, std::optional<c10::ArrayRef<double>> scales,
-                                                      at::OptionalIntArrayRef seeds, c10::string_view precision) {
+                                                      at::OptionalIntArrayRef seeds, c10::string_view precision,
+                                                      bool validate) {
   const auto kernel = cuda::engine::engine_takes(x.scalar_type()) ? &gumbel_argmax_engine_kernel
                                                                   : &gumbel_argmax_cuda_kernel;
-  return run_gumbel_argmax(x, y, h, scale, seed, offset, row_offset, col_offset, scales, seeds, precision, kernel);
+  return run_gumbel_argmax(x, y, h, scale, seed, offset, row_offset, col_offset, scales, seeds, precision, validate,
+                           kernel);
 }
 
 }  // namespace

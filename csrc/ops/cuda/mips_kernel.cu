@@ -153,10 +153,10 @@ std::tuple<at::Tensor, at::Tensor> mips_engine_kernel(const at::Tensor& x, const
 // and the inputs are not float64; top-k and the default on the FMA kernels below.
 std::tuple<at::Tensor, at::Tensor> mips_cuda(const at::Tensor& x, const at::Tensor& y,
                                              const std::optional<at::Tensor>& bias, int64_t k,
-                                             c10::string_view precision) {
+                                             c10::string_view precision, bool validate) {
   const auto kernel = cuda::engine::engine_takes(x.scalar_type()) && k == 1 ? &mips_engine_kernel
                                                                             : &mips_cuda_kernel;
-  return run_mips(x, y, bias, k, precision, kernel, kMipsCudaMaxK);
+  return run_mips(x, y, bias, k, precision, validate, kernel, kMipsCudaMaxK);
 }
 
 }  // namespace

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "../../host_device.h"
+
 namespace ot_flow::cuda::engine {
 
 // How a dot-product tile is computed on the tensor cores (the ops' `precision=`):
@@ -24,7 +26,7 @@ enum class DotMode { kSplitTF32, kTF32, kBF16 };
 // 2^-21 for split TF32, 2^-10 for TF32, 2^-7 for bfloat16, twice the unit roundoff of each
 // operand's format) plus d float32 accumulations of at most 2^-22 each (the tensor cores may
 // truncate). Exact searches (mips) rescore every column within twice this of a row's best.
-__host__ __device__ constexpr float dot_error_bound(DotMode mode, int64_t d) {
+OT_FLOW_HOST_DEVICE constexpr float dot_error_bound(DotMode mode, int64_t d) {
   const float operands = mode == DotMode::kSplitTF32 ? 0x1p-21f : (mode == DotMode::kTF32 ? 0x1p-10f : 0x1p-7f);
   return operands + static_cast<float>(d) * 0x1p-22f;
 }
