@@ -107,7 +107,9 @@ struct BarycentricEpilogue {
       for (int j = 0; j < Traits::kColFrags; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          acc[j][2 * r + e] = exp2f(acc[j][2 * r + e] - new_max);
+          // The weight as the MMA will multiply it, so that the normaliser sums the same weights
+          // as the weighted sum (a constant value column then averages to itself).
+          acc[j][2 * r + e] = as_operand<Traits::kMode>(exp2f(acc[j][2 * r + e] - new_max));
           run_sum[r] += acc[j][2 * r + e];
         }
     }

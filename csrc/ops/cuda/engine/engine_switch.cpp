@@ -15,6 +15,7 @@ bool tensor_cores_selected() {
   if (std::strcmp(value, "tensor_cores") == 0) return true;
   TORCH_CHECK_VALUE(false, "ot_flow: environment variable OT_FLOW_CUDA_ENGINE must be 'fma' (the default) or ",
                     "'tensor_cores', got '", value, "'");
+  return false;
 }
 
 bool engine_handles(const at::Tensor& x) { return x.scalar_type() == at::kFloat; }

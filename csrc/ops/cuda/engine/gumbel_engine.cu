@@ -25,7 +25,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
   const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
   const int64_t col_end = min(m, col_begin + cols_per_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  GumbelEpilogue<Traits> epi(scale, h, key, row0 + warp * Traits::kWarpRows, lane);
+  GumbelEpilogue<Traits> epi(scale, h, key, row0 + warp * Traits::kWarpRows, n, lane);
   stream_column_tiles<Traits, Width>(x, y, n, d, row0, col_begin, col_end, smem, epi);
   epi.finish(n, lane, part_value, part_index, blockIdx.y);
 }

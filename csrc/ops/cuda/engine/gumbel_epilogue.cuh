@@ -22,11 +22,12 @@ struct GumbelEpilogue {
   NoiseKey stream;
   int64_t row_offset, col_offset;
   int64_t rows[2];         // global rows g and g + 8 of this lane
+  bool live[2];            // rows[r] < n (padding rows of the last block draw nothing)
   double best[2];
   int64_t best_j[2];
 
   __device__ __forceinline__ GumbelEpilogue(float s, const float* bias, const GumbelKey& key, int64_t warp_row0,
-                                            int lane)
+                                            int64_t n, int lane)
       : scale(s),
         h(bias),
         stream(noise_key(static_cast<uint64_t>(key.seed), static_cast<uint64_t>(key.offset))),
@@ -35,6 +36,7 @@ struct GumbelEpilogue {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       rows[r] = warp_row0 + (lane >> 2) + 8 * r;
+      live[r] = rows[r] < n;
       best[r] = -::cuda::std::numeric_limits<double>::infinity();
       best_j[r] = -1;
     }
@@ -53,6 +55,7 @@ struct GumbelEpilogue {
       }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
+      if (!live[r]) continue;
       float v[Traits::kColFrags][2];
       float tile_max = neg_inf_f();
 #pragma unroll

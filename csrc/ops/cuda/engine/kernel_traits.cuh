@@ -22,13 +22,16 @@ namespace ot_flow::cuda::engine {
 enum class DotMode { kSplitTF32, kTF32, kBF16 };
 
 // A bound on |computed - exact| of one engine dot product <x, y> over d terms, as a multiple of
-// |x| |y| (Cauchy-Schwarz bounds sum_k |x_k y_k|): the operands' rounding (per product, relative
-// 2^-21 for split TF32, 2^-10 for TF32, 2^-7 for bfloat16, twice the unit roundoff of each
-// operand's format) plus d float32 accumulations of at most 2^-22 each (the tensor cores may
-// truncate). Exact searches (mips) rescore every column within twice this of a row's best.
+// |x| |y| (Cauchy-Schwarz bounds sum_k |x_k y_k|): the operands' rounding per product (split
+// TF32: the dropped lo*lo and the rounding left in each lo, 3 x 2^-22; TF32 2^-10 and bfloat16
+// 2^-7, twice the unit roundoff of each operand's format, with margin) plus one float32
+// accumulation of at most 2^-22 per MMA and term (the tensor cores may truncate; split TF32 adds
+// three MMAs per k-step). Exact searches (mips) rescore every column within twice this of a
+// row's best, so the factor 2 is margin, not part of the bound.
 OT_FLOW_HOST_DEVICE constexpr float dot_error_bound(DotMode mode, int64_t d) {
-  const float operands = mode == DotMode::kSplitTF32 ? 0x1p-21f : (mode == DotMode::kTF32 ? 0x1p-10f : 0x1p-7f);
-  return operands + static_cast<float>(d) * 0x1p-22f;
+  const float operands = mode == DotMode::kSplitTF32 ? 3 * 0x1p-22f : (mode == DotMode::kTF32 ? 0x1p-10f : 0x1p-7f);
+  const float mmas_per_step = mode == DotMode::kSplitTF32 ? 3.0f : 1.0f;
+  return operands + mmas_per_step * static_cast<float>(d) * 0x1p-22f;
 }
 
 template <DotMode Mode, int SliceK>

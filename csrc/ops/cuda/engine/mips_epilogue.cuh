@@ -76,6 +76,7 @@ struct RescoreEpilogue {
   RescoreInputs in;
   int64_t rows[2];
   float threshold[2];
+  float delta[2];  // the bound on one computed score's error in row r
   double best[2];
   int64_t best_j[2];
 
@@ -89,13 +90,14 @@ struct RescoreEpilogue {
       best_j[r] = -1;
       if (rows[r] >= n) {
         threshold[r] = ::cuda::std::numeric_limits<float>::infinity();  // padding rows: nothing
+        delta[r] = 0.0f;
         continue;
       }
       const float scale = in.x_norm[rows[r]] * y_max;
       // delta: the dot product's bound, plus the float32 rounding of adding the bias (2^-23
       // of |s~| <= |x| max|y| + max|bias|), doubled for the margin of the bound's own rounding.
-      const float delta = 2.0f * (in.error_per_norm * scale + 0x1p-23f * (scale + b_max));
-      threshold[r] = in.row_best[rows[r]] - 2.0f * delta;
+      delta[r] = 2.0f * (in.error_per_norm * scale + 0x1p-23f * (scale + b_max));
+      threshold[r] = in.row_best[rows[r]] - 2.0f * delta[r];
     }
   }
 
@@ -120,7 +122,11 @@ struct RescoreEpilogue {
         const float b = in.bias[c];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          if (!(acc[j][2 * r + e] + b >= threshold[r]) || b == neg_inf_f()) continue;
+          const float computed = acc[j][2 * r + e] + b;
+          if (!(computed >= threshold[r]) || b == neg_inf_f()) continue;
+          // Its exact score is at most computed + delta: below the lane's best, it cannot win
+          // (a later column needs a strictly larger score), so it is not rescored.
+          if (static_cast<double>(computed) + static_cast<double>(delta[r]) < best[r]) continue;
           const double exact = exact_score(rows[r], c);
           if (exact > best[r]) {
             best[r] = exact;

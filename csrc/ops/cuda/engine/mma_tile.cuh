@@ -33,6 +33,19 @@ __device__ __forceinline__ uint32_t to_bf16x2(float first, float second) {
   return out;
 }
 
+// v as the MMA of `Mode` sees it (TF32 or bfloat16 rounding; split TF32 keeps v to 2^-22), for
+// sums that must match what the tensor cores multiplied (the barycentric normaliser).
+template <DotMode Mode>
+__device__ __forceinline__ float as_operand(float v) {
+  if constexpr (Mode == DotMode::kTF32) {
+    return __uint_as_float(to_tf32(v));
+  } else if constexpr (Mode == DotMode::kBF16) {
+    return __uint_as_float(to_bf16x2(v, 0.0f) << 16);
+  } else {
+    return v;
+  }
+}
+
 __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
