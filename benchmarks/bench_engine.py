@@ -9,7 +9,7 @@ For lse and barycentric at n = m, each row times one call on one engine
 (OT_FLOW_CUDA_ENGINE=fma: the verified FMA kernels; tensor_cores: csrc/ops/cuda/engine/) and
 one precision, and reports the largest error over the first 256 rows against float64 (relative
 to the row's largest |logit|, the scale a float32 logit is exact to) and the share of the floor
-reached: the larger of n m exps at the measured exp rate and 2 n m d (lse; + 2 n m k for
+reached: the larger of n m exps at the exp rate (common.gpu_floor_rates) and 2 n m d (lse; + 2 n m k for
 barycentric) tensor-core FLOPs at the measured TF32 GEMM rate (x3 for split TF32).
 """
 
@@ -22,24 +22,10 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import ot_flow  # noqa: E402
-from common import header, publish, table, timeit  # noqa: E402
+from common import gpu_floor_rates, header, publish, table, timeit  # noqa: E402
 
 CHECK_ROWS = 256
 RUNS = [("fma", "highest"), ("tensor_cores", "highest"), ("tensor_cores", "tf32"), ("tensor_cores", "bf16")]
-
-
-def rates(device):
-    n = 8192
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        tf32 = 2 * n**3 / timeit(lambda: a @ b, device)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = False
-    big = torch.randn(2**26, device=device)
-    out = torch.empty_like(big)
-    exp = big.numel() / timeit(lambda: torch.exp2(big, out=out), device)
-    return tf32, exp
 
 
 def reference(x, y, h, s, values):
@@ -60,9 +46,11 @@ def main():
     if not (torch.cuda.is_available() and ot_flow.cuda_built()):
         sys.exit("bench_engine: needs a CUDA GPU and an ot_flow build with CUDA")
     device = "cuda"
-    tf32_rate, exp_rate = rates(device)
+    rates = gpu_floor_rates(device)
+    tf32_rate, exp_rate = rates["tf32_flops"], rates["exp_per_s"]
     report = [header("CUDA engine benchmark (float32 inputs, one call, n = m)"),
-              f"measured rates: TF32 GEMM {tf32_rate / 1e12:.0f} TFLOP/s, exp2 {exp_rate / 1e9:.0f} G/s"]
+              f"rates: TF32 GEMM {tf32_rate / 1e12:.0f} TFLOP/s, exp {exp_rate / 1e9:.0f} G/s "
+              f"(measured exp2 {rates['exp_measured'] / 1e9:.0f}, nominal {rates['exp_nominal'] / 1e9:.0f})"]
     rows = []
     saved = os.environ.get("OT_FLOW_CUDA_ENGINE")
     try:

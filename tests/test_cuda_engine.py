@@ -189,5 +189,6 @@ def test_mips_top1_is_the_float64_answer(n, m, d, kind, precision):
     values, indices = ot_flow.ops.mips(x.cuda(), y.cuda(), None if bias is None else bias.cuda(), 1,
                                        precision=precision)
     best, index = float64_top1(x, y, bias)
-    assert torch.equal(indices[:, 0].cpu(), index)
-    torch.testing.assert_close(values[:, 0].cpu().double(), best.float().double(), rtol=0, atol=0)
+    assert torch.equal(indices[:, 0].cpu(), index)  # the contract: the float64 answer's index
+    # Values: the float64 score in float32; the reference's BLAS sums in another order (1 ulp).
+    torch.testing.assert_close(values[:, 0].cpu().double(), best.float().double(), rtol=2**-23, atol=0)

@@ -3,6 +3,9 @@
 // are merged in chunk order with the same rule.
 #pragma once
 
+#include <c10/cuda/CUDAException.h>
+#include <cuda_runtime.h>
+
 #include <cstdint>
 
 #include "online_lse.cuh"
@@ -14,6 +17,17 @@ __device__ __forceinline__ void keep_better(double& value, int64_t& index, doubl
   if (other_value > value || (other_value == value && other_index >= 0 && other_index < index)) {
     value = other_value;
     index = other_index;
+  }
+}
+
+// The pair of a row held by the 4 lanes of a quad (the engine's accumulator rows), merged by
+// keep_better: every lane of the quad ends with the quad's best.
+__device__ __forceinline__ void keep_better_over_quad(double& value, int64_t& index) {
+#pragma unroll
+  for (int offset = 1; offset < 4; offset *= 2) {
+    const double other_value = __shfl_xor_sync(0xffffffffu, value, offset);
+    const int64_t other_index = __shfl_xor_sync(0xffffffffu, index, offset);
+    keep_better(value, index, other_value, other_index);
   }
 }
 
@@ -35,6 +49,15 @@ static __global__ void gumbel_merge_chunks_kernel(const double* __restrict__ par
   }
   value[row] = best;
   index[row] = best_j;
+}
+
+// Launches gumbel_merge_chunks_kernel on `stream` for n rows and `chunks` partial pairs.
+static void merge_gumbel_chunks(const double* part_value, const int64_t* part_index, int64_t n, int64_t chunks,
+                                double* value, int64_t* index, cudaStream_t stream) {
+  constexpr int kMergeThreads = 256;
+  const unsigned blocks = static_cast<unsigned>((n + kMergeThreads - 1) / kMergeThreads);
+  gumbel_merge_chunks_kernel<<<blocks, kMergeThreads, 0, stream>>>(part_value, part_index, n, chunks, value, index);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace ot_flow::cuda

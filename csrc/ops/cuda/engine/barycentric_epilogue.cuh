@@ -68,15 +68,8 @@ struct BarycentricEpilogue {
   // Turns the scores into weights 2^(v - max) in place, folding them into the running sums.
   __device__ __forceinline__ void weigh(float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    const int t = lane & 3;
     float bias2[Traits::kColFrags][2];
-#pragma unroll
-    for (int j = 0; j < Traits::kColFrags; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t c = col0 + 8 * j + 2 * t + e;
-        bias2[j][e] = c < col_end ? h[c] * kLog2e : neg_inf_f();
-      }
+    load_tile_bias(h, col0, col_end, lane, kLog2e, bias2);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float tile_max = neg_inf_f();

@@ -58,12 +58,8 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_tensor_cores(const at::Tensor& 
         part_index.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (plan.chunks > 1) {
-      constexpr int kMergeThreads = 256;
-      const unsigned merge_blocks = static_cast<unsigned>((n + kMergeThreads - 1) / kMergeThreads);
-      gumbel_merge_chunks_kernel<<<merge_blocks, kMergeThreads, 0, stream>>>(
-          part_value.data_ptr<double>(), part_index.data_ptr<int64_t>(), n, plan.chunks, value.data_ptr<double>(),
-          index.data_ptr<int64_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      merge_gumbel_chunks(part_value.data_ptr<double>(), part_index.data_ptr<int64_t>(), n, plan.chunks,
+                          value.data_ptr<double>(), index.data_ptr<int64_t>(), stream);
     }
   });
   return {index, value};

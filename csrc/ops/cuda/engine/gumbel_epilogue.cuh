@@ -46,13 +46,7 @@ struct GumbelEpilogue {
                                        int lane) {
     const int t = lane & 3;
     float bias[Traits::kColFrags][2];
-#pragma unroll
-    for (int j = 0; j < Traits::kColFrags; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t c = col0 + 8 * j + 2 * t + e;
-        bias[j][e] = c < col_end ? h[c] : neg_inf_f();
-      }
+    load_tile_bias(h, col0, col_end, lane, 1.0f, bias);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       if (!live[r]) continue;
@@ -90,12 +84,7 @@ struct GumbelEpilogue {
                                          int64_t* __restrict__ part_index, int64_t chunk) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-#pragma unroll
-      for (int offset = 1; offset < 4; offset *= 2) {
-        const double other_value = __shfl_xor_sync(0xffffffffu, best[r], offset);
-        const int64_t other_index = __shfl_xor_sync(0xffffffffu, best_j[r], offset);
-        keep_better(best[r], best_j[r], other_value, other_index);
-      }
+      keep_better_over_quad(best[r], best_j[r]);
       if ((lane & 3) == 0 && rows[r] < n) {
         part_value[chunk * n + rows[r]] = best[r];
         part_index[chunk * n + rows[r]] = best_j[r];

@@ -17,6 +17,21 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 __device__ __forceinline__ float neg_inf_f() { return -::cuda::std::numeric_limits<float>::infinity(); }
 
+// factor * h[c] for the lane's columns c = col0 + 8 j + 2 t + e of a tile (the accumulator
+// layout of mma_tile.cuh), -inf past col_end, so that columns which do not exist never count.
+template <int ColFrags>
+__device__ __forceinline__ void load_tile_bias(const float* __restrict__ h, int64_t col0, int64_t col_end, int lane,
+                                               float factor, float (&bias)[ColFrags][2]) {
+  const int t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < ColFrags; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int64_t c = col0 + 8 * j + 2 * t + e;
+      bias[j][e] = c < col_end ? h[c] * factor : neg_inf_f();
+    }
+}
+
 // Folds (other_max, other_sum) into a running (max, sum of 2^(. - max)).
 __device__ __forceinline__ void merge_lse2(float& max, float& sum, float other_max, float other_sum) {
   if (other_max == neg_inf_f()) return;
@@ -44,15 +59,8 @@ struct LseEpilogue {
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    const int t = lane & 3;
     float bias2[Traits::kColFrags][2];
-#pragma unroll
-    for (int j = 0; j < Traits::kColFrags; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t c = col0 + 8 * j + 2 * t + e;
-        bias2[j][e] = c < col_end ? h[c] * kLog2e : neg_inf_f();
-      }
+    load_tile_bias(h, col0, col_end, lane, kLog2e, bias2);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float v[Traits::kColFrags][2];

@@ -83,12 +83,8 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
         inputs, n, m, plan.cols_per_chunk, part_value.data_ptr<double>(), part_index.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (plan.chunks > 1) {
-      constexpr int kMergeThreads = 256;
-      const unsigned merge_blocks = static_cast<unsigned>((n + kMergeThreads - 1) / kMergeThreads);
-      gumbel_merge_chunks_kernel<<<merge_blocks, kMergeThreads, 0, stream>>>(
-          part_value.data_ptr<double>(), part_index.data_ptr<int64_t>(), n, plan.chunks, value.data_ptr<double>(),
-          index.data_ptr<int64_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      merge_gumbel_chunks(part_value.data_ptr<double>(), part_index.data_ptr<int64_t>(), n, plan.chunks,
+                          value.data_ptr<double>(), index.data_ptr<int64_t>(), stream);
     }
   });
   return {value.to(at::kFloat).unsqueeze(1), index.unsqueeze(1)};

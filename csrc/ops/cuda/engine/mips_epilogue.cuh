@@ -141,12 +141,7 @@ struct RescoreEpilogue {
                                          int64_t* __restrict__ part_index, int64_t chunk) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-#pragma unroll
-      for (int offset = 1; offset < 4; offset *= 2) {
-        const double other_value = __shfl_xor_sync(0xffffffffu, best[r], offset);
-        const int64_t other_index = __shfl_xor_sync(0xffffffffu, best_j[r], offset);
-        keep_better(best[r], best_j[r], other_value, other_index);
-      }
+      keep_better_over_quad(best[r], best_j[r]);
       if ((lane & 3) == 0 && rows[r] < n) {
         part_value[chunk * n + rows[r]] = best[r];
         part_index[chunk * n + rows[r]] = best_j[r];
