@@ -112,7 +112,9 @@ def test_ops_bad_batched_inputs_name_the_argument():
 # --- sinkhorn ------------------------------------------------------------------------------------
 
 def _separate(x, y, k, **kw):
-    return ot_flow.sinkhorn(x[k].clone(), y[k].clone(), cost_cache=False, progress=False, **kw)
+    """Problem k solved alone (``cost_cache`` as given, the default "auto" otherwise: at these sizes
+    both the batch and the separate solve hold their dot products on the CPU)."""
+    return ot_flow.sinkhorn(x[k].clone(), y[k].clone(), progress=False, **kw)
 
 
 def _check_equal_to_separate(res, x, y, **kw):
@@ -133,12 +135,16 @@ def _check_equal_to_separate(res, x, y, **kw):
 
 @pytest.mark.parametrize("batch,n,m,d", [(1, 37, 41, 3), (4, 1, 6, 2), (3, 131, 97, 5), (2, 130, 600, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sinkhorn_batched_equals_separate_solves(batch, n, m, d, dtype):
+@pytest.mark.parametrize("cost_cache", ["auto", False])
+def test_sinkhorn_batched_equals_separate_solves(batch, n, m, d, dtype, cost_cache):
+    """On either path: cached (the default here; the problems stop at different iterations, so
+    the held matrices are compacted as they drop out) and streamed."""
     x, y = _problems(batch, n, m, d, dtype, seed=n + d)
-    res = ot_flow.sinkhorn(x, y, eps=0.02, progress=False)
+    res = ot_flow.sinkhorn(x, y, eps=0.02, progress=False, cost_cache=cost_cache)
     assert res.f.shape == (batch, n) and res.g.shape == (batch, m) and len(res) == batch
     assert res.n_iter.shape == res.converged.shape == res.eps.shape == (batch,)
-    _check_equal_to_separate(res, x, y, eps=0.02)
+    assert {res[k].path for k in range(batch)} == {"cached" if cost_cache else "streamed"}
+    _check_equal_to_separate(res, x, y, eps=0.02, cost_cache=cost_cache)
     assert res.plan().shape == (batch, n, m)
     assert torch.allclose(res.plan()[0], res[0].plan())
 
@@ -148,7 +154,7 @@ def test_sinkhorn_batched_one_problem_equals_the_2d_call_and_per_problem_eps_dif
     res = ot_flow.sinkhorn(x, y, eps=0.05, progress=False)
     assert len(set(res.eps.tolist())) == 3  # each problem's own std(C)
     one = ot_flow.sinkhorn(x[1:2], y[1:2], eps=0.05, progress=False)
-    two_d = ot_flow.sinkhorn(x[1], y[1], eps=0.05, cost_cache=False, progress=False)
+    two_d = ot_flow.sinkhorn(x[1], y[1], eps=0.05, progress=False)
     assert torch.equal(one.f[0], two_d.f) and one.n_iter[0] == two_d.n_iter
 
 
@@ -161,8 +167,7 @@ def test_sinkhorn_batched_weights_non_contiguous_unbalanced_and_options():
     xt = x.transpose(0, 1).contiguous().transpose(0, 1)  # non-contiguous
     res = ot_flow.sinkhorn(xt, y, a, b, eps=0.05, cost="dot", tau_a=0.8, tau_b=0.95, progress=False)
     for k in range(3):
-        s = ot_flow.sinkhorn(x[k], y[k], a[k], b[k], eps=0.05, cost="dot", tau_a=0.8, tau_b=0.95,
-                             cost_cache=False, progress=False)
+        s = ot_flow.sinkhorn(x[k], y[k], a[k], b[k], eps=0.05, cost="dot", tau_a=0.8, tau_b=0.95, progress=False)
         assert torch.equal(res.f[k], s.f) and res.n_iter[k] == s.n_iter
         assert float(res.mass()[k]) == s.mass()
     # momentum off, no annealing, absolute eps, warm start
@@ -198,7 +203,7 @@ def test_sinkhorn_batched_bad_inputs_name_the_argument():
         (lambda: ot_flow.sinkhorn(x.index_fill(1, torch.tensor([2]), float("inf")), y), r"argument 'x\[0\]'"),
         (lambda: ot_flow.sinkhorn(x, y, a=torch.full((3, 9), 1 / 9)), "argument 'a'"),
         (lambda: ot_flow.sinkhorn(x, y, b=torch.full((3, 12), 0.5)), r"argument 'b\[0\]' must sum to 1"),
-        (lambda: ot_flow.sinkhorn(x, y, cost_cache=True), "argument 'cost_cache'"),
+        (lambda: ot_flow.sinkhorn(x, y, cost_cache="yes"), "argument 'cost_cache'"),
         (lambda: ot_flow.sinkhorn(x, y, process_group=object()), "argument 'process_group'"),
         (lambda: ot_flow.sinkhorn(x, y, init=(torch.zeros(3, 10), torch.zeros(3, 11))), "argument 'init'"),
         (lambda: ot_flow.sinkhorn(x, y).sample(rows=torch.arange(2)), "argument 'rows'"),
@@ -219,13 +224,29 @@ def test_class_conditional_pairing_batches_equal_sized_classes():
     c0, c1 = c[torch.randperm(len(c), generator=g)], c[torch.randperm(len(c), generator=g)]
     x0 = torch.randn(len(c), 2, generator=g)
     x1 = torch.randn(len(c), 2, generator=g) + 4.0 * c1[:, None].float()
-    sampler = ot_flow.OTSampler(eps=0.05, cost_cache=False)
     problems = [(x0[c0 == k], x1[c1 == k]) for k in (0, 1, 2, 7)]
-    assert sorted(sampler._batches(problems)) == [[0, 1, 2], [3]]
-    _, paired = sampler.pair(x0, x1, classes=(c0, c1), generator=torch.Generator().manual_seed(9))
     seed = seed_from(torch.Generator().manual_seed(9))
-    for label in (0, 1, 2, 7):
-        alone = ot_flow.OTSampler(eps=0.05, cost_cache=False).pair(
-            x0[c0 == label], x1[c1 == label], generator=class_generator(seed, label))[1]
-        assert torch.equal(paired[c0 == label], alone), label
-    assert set(sampler.last_plan) == {0, 1, 2, 7}
+    for cost_cache in (False, "auto"):
+        sampler = ot_flow.OTSampler(eps=0.05, cost_cache=cost_cache)
+        assert sorted(sampler._batches(problems)) == [([0, 1, 2], bool(cost_cache)), ([3], bool(cost_cache))]
+        _, paired = sampler.pair(x0, x1, classes=(c0, c1), generator=torch.Generator().manual_seed(9))
+        for label in (0, 1, 2, 7):
+            alone = ot_flow.OTSampler(eps=0.05, cost_cache=cost_cache).pair(
+                x0[c0 == label], x1[c1 == label], generator=class_generator(seed, label))[1]
+            assert torch.equal(paired[c0 == label], alone), label
+        assert set(sampler.last_plan) == {0, 1, 2, 7}
+        assert {p.path for p in sampler.last_plan.values()} == {"cached" if cost_cache else "streamed"}
+
+
+def test_cached_batches_fit_the_cache_budget(monkeypatch):
+    """A batch holds its B matrices only where they fit the budget together: beyond it the solve
+    streams, and the sampler splits its cached classes into batches that fit."""
+    from ot_flow.solvers import cost_cache
+
+    x, y = _problems(4, 30, 20, 2, torch.float32, seed=8)
+    assert {r.path for r in ot_flow.sinkhorn(x, y, progress=False)} == {"cached"}
+    monkeypatch.setattr(cost_cache, "CACHE_BUDGET_BYTES", 2 * 30 * 20 * 4)  # two matrices
+    assert {r.path for r in ot_flow.sinkhorn(x, y, progress=False)} == {"streamed"}
+    problems = [(x[k], y[k]) for k in range(4)] + [(x[0][:10], y[0][:10])]
+    sampler = ot_flow.OTSampler(eps=0.05)
+    assert sampler._batches(problems) == [([0, 1], True), ([2, 3], True), ([4], True)]

@@ -84,6 +84,20 @@ def test_cuda_matches_cpu(n, m, dim, dtype):
     torch.testing.assert_close(gpu.cpu(), cpu, **TOL[dtype])
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dim", [0, 1])
+def test_cuda_batched_matches_cpu_and_its_2d_calls(dim):
+    g = torch.Generator().manual_seed(11 + dim)
+    dots = 3 * torch.randn(3, 257, 1031, generator=g)
+    h = torch.randn(3, dots.shape[1 + dim], generator=g)
+    h[1, 1::4] = float("-inf")
+    scales = [0.3, 0.7, 1.9]
+    gpu = ot_flow.ops.lse_dense(dots.cuda(), h.cuda(), scales, dim, shift=torch.zeros(3, dots.shape[2 - dim]).cuda())
+    torch.testing.assert_close(gpu.cpu(), ot_flow.ops.lse_dense(dots, h, scales, dim), **TOL[torch.float32])
+    for k in range(3):  # the batch is a loop of the 2-D launches: the same kernels per problem
+        assert torch.equal(gpu[k], ot_flow.ops.lse_dense(dots[k].cuda(), h[k].cuda(), scales[k], dim))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("dim", [0, 1])
 def test_shift_hint_changes_nothing(dim, dtype):
@@ -117,3 +131,66 @@ def test_columns_same_bits_for_any_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+# --- batched: dots (B, n, m), one scale per problem (the batched Sinkhorn's cached path) --------
+
+@pytest.mark.parametrize("batch,n,m", [(1, 1, 1), (3, 37, 1031), (2, 301, 5), (4, 64, 2500)])
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_each_problem_bitwise_equals_the_2d_call(batch, n, m, dim, dtype):
+    """Same bits as the 2-D call per problem, with and without the shift hint (a good hint takes
+    the one-pass route, a bad one falls back), against float64 logsumexp within tolerance."""
+    g = torch.Generator().manual_seed(batch * 7 + n + dim)
+    dots = 4 * torch.randn(batch, n, m, generator=g, dtype=dtype)
+    h = torch.randn(batch, dots.shape[1 + dim], generator=g, dtype=dtype)
+    h[0, 1::3] = float("-inf")  # keeps every line some mass, so the hint is finite
+    scales = [0.4 + 0.3 * k for k in range(batch)]
+    out = ot_flow.ops.lse_dense(dots, h, scales, dim)
+    assert out.shape == (batch, dots.shape[2 - dim])
+    hint = out + torch.where(torch.rand(out.shape, generator=g) < 0.5, 0.25, 400.0).to(dtype)
+    hinted = ot_flow.ops.lse_dense(dots, h, scales, dim, shift=hint)
+    for k in range(batch):
+        dk, hk = dots[k].clone(), h[k].clone()
+        assert torch.equal(out[k], ot_flow.ops.lse_dense(dk, hk, scales[k], dim))
+        assert torch.equal(hinted[k], ot_flow.ops.lse_dense(dk, hk, scales[k], dim, shift=hint[k].clone()))
+        bias = h[k].double()[:, None] if dim == 0 else h[k].double()
+        reference = torch.logsumexp(scales[k] * dots[k].double() + bias, dim=dim)
+        torch.testing.assert_close(out[k].double(), reference, **TOL[dtype])
+
+
+def test_batched_one_scale_non_contiguous_gradients_and_opcheck():
+    g = torch.Generator().manual_seed(3)
+    dots = torch.randn(3, 40, 30, generator=g, dtype=torch.float64).transpose(1, 2)  # (3, 30, 40), strided
+    h = torch.randn(40, 3, generator=g, dtype=torch.float64).T
+    out = ot_flow.ops.lse_dense(dots, h, 0.6, 1)
+    for k in range(3):
+        assert torch.equal(out[k], ot_flow.ops.lse_dense(dots[k].contiguous(), h[k].contiguous(), 0.6, 1))
+    d = torch.randn(2, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    for dim in (0, 1):
+        hd = torch.randn(2, d.shape[1 + dim], generator=g, dtype=torch.float64, requires_grad=True)
+        torch.autograd.gradcheck(lambda a, b: ot_flow.ops.lse_dense(a, b, [0.5, 2.0], dim), (d, hd))
+        torch.autograd.gradgradcheck(lambda a, b: ot_flow.ops.lse_dense(a, b, [0.5, 2.0], dim), (d, hd))
+        ds, hs = d.detach().float(), hd.detach().float()
+        shift = ot_flow.ops.lse_dense(ds, hs, [0.5, 2.0], dim)
+        torch.library.opcheck(torch.ops.ot_flow.lse_dense.default, (ds, hs, 1.0, dim, shift, True, [0.5, 2.0]))
+        torch.library.opcheck(torch.ops.ot_flow.lse_dense.default, (ds, hs, 0.5, dim))
+
+
+def test_batched_bad_input_names_the_argument():
+    dots, h = torch.randn(3, 4, 6), torch.randn(3, 6)
+    cases = [
+        (lambda: ot_flow.ops.lse_dense(dots, h[:2], 1.0, 1), "argument 'h'"),
+        (lambda: ot_flow.ops.lse_dense(dots, h[0], 1.0, 1), "argument 'h'"),
+        (lambda: ot_flow.ops.lse_dense(dots, h, [1.0, 2.0], 1), "argument 'scales' must hold one value per problem"),
+        (lambda: ot_flow.ops.lse_dense(dots, h, [1.0, float("inf"), 2.0], 1), "argument 'scales' must be finite"),
+        (lambda: ot_flow.ops.lse_dense(dots[0], h[0], [1.0], 1), "argument 'scale' holds 1 values"),
+        (lambda: torch.ops.ot_flow.lse_dense.default(dots[0], h[0], 1.0, 1, None, True, [1.0]),
+         "argument 'scales' is for batched"),
+        (lambda: ot_flow.ops.lse_dense(dots, h, 1.0, 1, shift=torch.zeros(3, 5)), "argument 'shift' must be a"),
+        (lambda: ot_flow.ops.lse_dense(dots, h, 1.0, 1, shift=torch.zeros(4)), "argument 'shift' must be a"),
+        (lambda: ot_flow.ops.lse_dense(dots[None], h, 1.0, 1), "argument 'dots' must be a 2-D tensor"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()

@@ -18,28 +18,36 @@ def lse_dense(dots, h, scale, dim, shift=None, *, validate=True):
     ``h`` (any order; ``shift`` only guides the computation and gets no gradient).
     ``validate=False`` skips the checks that read the data (NaN/Inf in h, shift and the result),
     as :func:`ot_flow.ops.lse`'s: the Sinkhorn loop's calls, no host synchronisation on CUDA.
+
+    Batched: ``dots`` (B, n, m) holds B problems, ``h`` and ``shift`` are (B, len), ``dim`` an
+    axis of each matrix, ``scale`` one number or B numbers (a list, tuple or 1-D tensor; the
+    op's ``scales``), and the result is (B, len). Problem b is computed as the 2-D call on
+    ``(dots[b], h[b], scale[b])``, which it equals bitwise (the batched Sinkhorn's cached path).
     """
     op = "ot_flow.lse_dense"
-    return torch.ops.ot_flow.lse_dense.default(dots, h, _args.real(op, "scale", scale), _args.integer(op, "dim", dim),
-                                               shift, bool(validate))
+    scale, scales = _args.per_problem(op, "scale", scale, dots)
+    return torch.ops.ot_flow.lse_dense.default(dots, h, scale, _args.integer(op, "dim", dim), shift, bool(validate),
+                                               scales)
 
 
 @torch.library.register_fake("ot_flow::lse_dense")
-def _lse_dense_fake(dots, h, scale, dim, shift=None, validate=True):
+def _lse_dense_fake(dots, h, scale, dim, shift=None, validate=True, scales=None):
     _args.same_device("ot_flow.lse_dense", dots=dots, h=h, shift=shift)
-    torch._check(dots.dim() == 2, lambda: "ot_flow.lse_dense: 'dots' must be 2-D")
+    torch._check(dots.dim() in (2, 3), lambda: "ot_flow.lse_dense: 'dots' must be 2-D, or 3-D (batched)")
     torch._check(dim in (0, 1, -1, -2), lambda: "ot_flow.lse_dense: 'dim' must be 0 or 1")
-    return dots.new_empty(dots.shape[1 if dim in (0, -2) else 0])
+    torch._check(scales is None or dots.dim() == 3, lambda: "ot_flow.lse_dense: 'scales' is for batched 'dots'")
+    return dots.new_empty((*dots.shape[:-2], dots.shape[-1 if dim in (0, -2) else -2]))
 
 
 # Autograd: with L = scale * dots + h (h along dim 1 - dim) and w = exp(L - out) the softmax
 # along dim, grad dots = scale * grad * w and grad h = the sum of grad * w along the other dim.
-# Dense n x m tensors, like dots itself; plain torch ops, so differentiable again.
+# Dense n x m tensors, like dots itself; plain torch ops, so differentiable again. Batched: the
+# same per problem (leading axis), each with its own scale.
 
 
 def _setup_context(ctx, inputs, output):
-    dots, h, scale, dim = inputs[:4]
-    ctx.scale = scale
+    dots, h, scale, dim, _, _, scales = _args.padded(inputs, (None, None, None, None, None, True, None))
+    ctx.scale, ctx.scales = scale, scales
     ctx.dim = dim % 2
     ctx.n_inputs = len(inputs)
     ctx.save_for_backward(dots, h, output)
@@ -48,13 +56,16 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     dots, h, out = ctx.saved_tensors
     along = ctx.dim
-    h_b, out_b, grad_b = (h[:, None], out[None, :], grad[None, :]) if along == 0 else (h[None, :], out[:, None], grad[:, None])
+    if along == 0:  # h along the rows (axis -2), out and grad along the columns (axis -1)
+        h_b, out_b, grad_b = h[..., :, None], out[..., None, :], grad[..., None, :]
+    else:
+        h_b, out_b, grad_b = h[..., None, :], out[..., :, None], grad[..., :, None]
     # A line whose every bias is -inf (out = -inf) has no mass and no gradient.
     shift = torch.where(torch.isfinite(out_b), out_b, 0)
-    weighted = grad_b * torch.exp(ctx.scale * dots + h_b - shift)
-    grad_dots = ctx.scale * weighted if ctx.needs_input_grad[0] else None
-    grad_h = weighted.sum(1 - along) if ctx.needs_input_grad[1] else None
-    return (grad_dots, grad_h, None, None, None, None)[:ctx.n_inputs]
+    weighted = grad_b * torch.exp(_args.scaled(dots, ctx.scale, ctx.scales) + h_b - shift)
+    grad_dots = _args.scaled(weighted, ctx.scale, ctx.scales) if ctx.needs_input_grad[0] else None
+    grad_h = weighted.sum(-1 if along == 0 else -2) if ctx.needs_input_grad[1] else None
+    return (grad_dots, grad_h, None, None, None, None, None)[:ctx.n_inputs]
 
 
 torch.library.register_autograd("ot_flow::lse_dense", _backward, setup_context=_setup_context)

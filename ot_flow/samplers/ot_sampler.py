@@ -15,7 +15,8 @@ from ot_flow.distributed import derived_seed
 from ot_flow.ops import precision as op_precision, seed_from
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.assignment import assignment
-from ot_flow.solvers.sinkhorn import caches_costs, sinkhorn
+from ot_flow.solvers.cost_cache import batch_fits, caches_costs
+from ot_flow.solvers.sinkhorn import sinkhorn
 
 __all__ = ["OTSampler"]
 
@@ -153,13 +154,13 @@ class OTSampler:
         seed = seed_from(generator)
         problems = [(x0[rows.to(x0.device)], x1[cols.to(x1.device)]) for _, rows, cols in groups]
         plans, draws = [None] * len(groups), [None] * len(groups)
-        for members in self._batches(problems):
+        for members, cached in self._batches(problems):
             if len(members) == 1:
                 (k,) = members
                 plans[k] = self.plan(*problems[k])
                 draws[k] = plans[k].sample(class_generator(seed, groups[k][0]))
                 continue
-            batch = self._batched_plan([problems[k] for k in members])
+            batch = self._batched_plan([problems[k] for k in members], cached)
             local = batch.sample([class_generator(seed, groups[k][0]) for k in members])
             for p, k in enumerate(members):
                 plans[k], draws[k] = batch[p], local[p]
@@ -169,31 +170,46 @@ class OTSampler:
         self.last_plan = {label: plan for (label, _, _), plan in zip(groups, plans)}
         return j
 
-    def _batched_plan(self, problems):
-        """The couplings of problems [(x0_k, x1_k)] of equal shapes, in one batched sinkhorn call."""
+    def _batched_plan(self, problems, cached):
+        """The couplings of problems [(x0_k, x1_k)] of equal shapes, in one batched sinkhorn call
+        on the path (``cached``) that each one's separate solve takes."""
         flat0 = torch.stack([validation.flat_points("x0", a) for a, _ in problems])
         flat1 = torch.stack([validation.flat_points("x1", b) for _, b in problems])
         return sinkhorn(flat0, flat1, eps=self.eps, relative_eps=self.relative_eps, cost=self.cost, tol=self.tol,
-                        max_iter=self.max_iter, momentum=self.momentum, cost_cache=self.cost_cache,
+                        max_iter=self.max_iter, momentum=self.momentum, cost_cache=cached,
                         progress=self.progress, tau_a=self.tau_a, tau_b=self.tau_b, precision=self.precision)
 
     def _batches(self, problems):
-        """The classes solved together: those of equal sizes (n, m) and shape, as one batched solve
-        (ot_flow.sinkhorn on (B, n, d)), where it runs the very steps of the separate solves: a
-        streamed solve (``cost_cache=False``, or "auto" where it would not hold the n x m matrix:
-        the cached path rounds differently), one process, a fixed eps (a ``target_entropy`` search
-        starts each class from the eps the previous class found). Others one by one, in order."""
+        """[(members, cached)]: the classes solved together, as one batched solve (ot_flow.sinkhorn
+        on (B, n, d)) where it runs the very steps of the separate solves: classes of equal sizes
+        (n, m), shape and dtype whose separate solves take the same path (streamed, or cached
+        where ``cost_cache`` holds the n x m matrix; a cached batch holds at most the matrices
+        that fit the cache budget together), one process, a fixed eps (a ``target_entropy``
+        search starts each class from the eps the previous class found). Others one by one,
+        in order (``cached`` None: the solve's own choice)."""
         can = self.target_entropy is None and self.process_group is None and self.eps > 0
         groups = {}
         for k, (a, b) in enumerate(problems):
-            key = (tuple(a.shape), tuple(b.shape), a.dtype, b.dtype)
-            flat0 = a.reshape(a.shape[0], -1)
+            if not can:
+                groups[("alone", k)] = [k]
+                continue
+            flat0, flat1 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
             if flat0.dtype not in (torch.float32, torch.float64):
                 flat0 = flat0.float()  # what sinkhorn solves half points in
-            streams = self.cost_cache is False or (self.cost_cache == "auto"
-                                                   and not caches_costs(flat0, b.reshape(b.shape[0], -1)))
-            groups.setdefault(key if can and streams else ("alone", k), []).append(k)
-        return list(groups.values())
+            cached = self.cost_cache is True or (self.cost_cache == "auto" and caches_costs(flat0, flat1))
+            key = (tuple(a.shape), tuple(b.shape), a.dtype, b.dtype, flat0.element_size(), cached)
+            groups.setdefault(key, []).append(k)
+        batches = []
+        for key, members in groups.items():
+            if key[0] == "alone":
+                batches.append((members, None))
+                continue
+            (n, m), item, cached = (key[0][0], key[1][0]), key[-2], key[-1]
+            per = len(members)
+            while cached and per > 1 and not batch_fits(per, n, m, item):
+                per = (per + 1) // 2
+            batches += [(members[i:i + per], cached) for i in range(0, len(members), per)]
+        return batches
 
 
 def class_groups(classes, n, m):

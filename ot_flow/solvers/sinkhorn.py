@@ -27,6 +27,7 @@ import torch
 from ot_flow import distributed
 from ot_flow.ops import precision as op_precision
 from ot_flow.solvers import costs, validation
+from ot_flow.solvers.cost_cache import caches_costs
 from ot_flow.solvers.full_precision import autocast_off
 from ot_flow.solvers.progress import progress_bar
 from ot_flow.solvers.sinkhorn_batched import sinkhorn_batched
@@ -34,26 +35,7 @@ from ot_flow.solvers.sinkhorn_iterations import solve_at
 from ot_flow.solvers.sinkhorn_result import SinkhornResult
 from ot_flow.solvers.working_problem import WorkingProblem, check_range, row_barycentres, warm_start
 
-__all__ = ["SinkhornResult", "sinkhorn", "row_barycentres"]
-
-# Cached-cost path, on the CPU: hold the n x m dot products when they fit the budget and
-# either the GEMM is what a streamed pass pays for (d >= 16) or the matrix is small enough to
-# stay near the caches. Measured (benchmarks/results/sinkhorn-cpu.txt): cached is 1.6x faster
-# at n = 4096, d = 2 and 3.2x at d = 64; at n = 16384, d = 2 the 1 GiB matrix is read from
-# memory twice per iteration and streaming wins (476 vs 575 ms/iter). On a GPU the streamed
-# GEMM runs on the tensor cores; the cache there is opt-in until measured.
-_CACHE_BUDGET_BYTES = 1 << 30
-_CACHE_MIN_DIM = 16
-_CACHE_SMALL_BYTES = 256 << 20
-
-
-def caches_costs(x, y, process_group=None):
-    """Whether ``cost_cache="auto"`` holds the dot products of a 2-D solve of x (n, d), y (m, d)
-    (float32/float64 points; see the constants above)."""
-    size = x.shape[0] * y.shape[0] * x.element_size()
-    return process_group is None and x.device.type == "cpu" and size <= _CACHE_BUDGET_BYTES and (
-        x.shape[1] >= _CACHE_MIN_DIM or size <= _CACHE_SMALL_BYTES)
-
+__all__ = ["SinkhornResult", "caches_costs", "sinkhorn", "row_barycentres"]
 
 @torch.compiler.disable
 @autocast_off
@@ -122,13 +104,13 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     Batched: x (B, n, d) and y (B, m, d) (a (B, n), b (B, m) optional) are B independent
     problems of equal sizes, solved together: each in its own working frame, with its own eps
     (relative to its own std(C)), annealing, momentum and stopping, exactly as B separate solves
-    (cost_cache=False) would run them, while every half-step is one batched kernel call over the
+    on the same path would run them, while every half-step is one batched kernel call over the
     problems still running. Returns a :class:`BatchedSinkhornResult`: ``f`` (B, n), ``g`` (B, m),
     per-problem ``eps``, ``error``, ``n_iter``, ``converged`` (tensors (B,)), and ``result[k]``,
     problem k's SinkhornResult. ``tau_a``, ``tau_b`` apply to every problem; ``init`` is a pair
-    of (B, n), (B, m) potentials; ``target_entropy`` searches eps per problem. A batched solve
-    streams (``cost_cache=True`` raises a ValueError) and runs on one process
-    (``process_group`` raises a ValueError).
+    of (B, n), (B, m) potentials; ``target_entropy`` searches eps per problem. ``cost_cache``
+    holds the B matrices ("auto": where a separate solve would hold each and all B fit its
+    budget together). A batched solve runs on one process (``process_group`` raises a ValueError).
 
     Returns:
         SinkhornResult (BatchedSinkhornResult for batched inputs). Under ``torch.compile`` this

@@ -16,6 +16,7 @@ from ot_flow.ops import precision as op_precision
 from ot_flow.ops.layout import stack_aligned
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.progress import progress_bar
+from ot_flow.solvers.cost_cache import caches_batched_costs
 from ot_flow.solvers.sinkhorn_batched_iterations import solve_batched_at
 from ot_flow.solvers.sinkhorn_batched_result import BatchedSinkhornResult
 from ot_flow.solvers.sinkhorn_result import SinkhornResult
@@ -30,10 +31,7 @@ def sinkhorn_batched(x, y, a, b, *, eps, relative_eps, cost, tol, max_iter, mome
     if process_group is not None or sharded:
         raise ValueError("argument 'process_group': a batched solve (x of shape (B, n, d)) runs on one process; "
                          "solve the problems one by one across ranks, or batch them on each rank")
-    if cost_cache is True:
-        raise ValueError("argument 'cost_cache': a batched solve streams (its B cost matrices are not cached); "
-                         "pass 'auto' or False")
-    if cost_cache not in ("auto", False):
+    if cost_cache not in ("auto", True, False):
         raise ValueError(f"argument 'cost_cache' must be 'auto', True or False, got {cost_cache!r}")
     validation.check_batched_pair(x, y)
     costs.check_cost(cost)
@@ -56,6 +54,8 @@ def sinkhorn_batched(x, y, a, b, *, eps, relative_eps, cost, tol, max_iter, mome
     spreads = [costs.cost_std(x[k], y[k], a[k], b[k], cost) or works[k].frame.unit for k in range(count)]
     for k in range(count):
         check_range(works[k], eps * spreads[k] if relative_eps else eps)
+    if cost_cache == "auto":
+        cost_cache = caches_batched_costs(x, y)
     balanced = tau_a == 1.0 and tau_b == 1.0
     init_w = None
     if init is not None:
@@ -66,7 +66,8 @@ def sinkhorn_batched(x, y, a, b, *, eps, relative_eps, cost, tol, max_iter, mome
         starts = [warm_start((init[0][k], init[1][k]), works[k], None, balanced=balanced) for k in range(count)]
         init_w = [torch.stack([s[0] for s in starts]), torch.stack([s[1] for s in starts])]
     problem = dict(x=x, y=y, a=a, b=b, works=works, spreads=spreads, tol=tol, max_iter=max_iter, momentum=momentum,
-                   anneal=anneal, progress=progress, tau_a=tau_a, tau_b=tau_b, precision=precision)
+                   anneal=anneal, progress=progress, tau_a=tau_a, tau_b=tau_b, precision=precision,
+                   cost_cache=bool(cost_cache))
     if target_entropy is None:
         return _solve(list(range(count)), [eps * s if relative_eps else eps for s in spreads], init_w, problem)
     first = [eps if relative_eps else eps / s for s in spreads]  # the relative eps of each problem
@@ -78,10 +79,12 @@ def _solve(ids, eps, init_w, problem):
     x, y, a, b, works = problem["x"], problem["y"], problem["a"], problem["b"], problem["works"]
     sub = [works[k] for k in ids]
     xw, yw = stack_aligned([w.x for w in sub]), stack_aligned([w.y for w in sub])
+    dots = _working_dots(sub) if problem["cost_cache"] else None
     fd, gd, states = solve_batched_at(
         eps, init_w, a=a[ids], b=b[ids], works=sub, xw=xw, yw=yw, tol=problem["tol"], max_iter=problem["max_iter"],
         momentum=problem["momentum"], anneal=problem["anneal"], spreads=[problem["spreads"][k] for k in ids],
-        progress=problem["progress"], tau_a=problem["tau_a"], tau_b=problem["tau_b"], precision=problem["precision"])
+        progress=problem["progress"], tau_a=problem["tau_a"], tau_b=problem["tau_b"], precision=problem["precision"],
+        dots=dots)
     results = []
     for p, k in enumerate(ids):
         state, work = states[p], works[k]
@@ -89,10 +92,21 @@ def _solve(ids, eps, init_w, problem):
         f, g = solved.potentials_out(xw.dtype)
         results.append(SinkhornResult(
             f=f, g=g, eps=float(eps[p]), n_iter=state.n_iter, error=state.error, converged=state.converged,
-            errors=state.errors, x=x[k], y=y[k], a=a[k], b=b[k], cost=work.frame.cost, path="streamed",
+            errors=state.errors, x=x[k], y=y[k], a=a[k], b=b[k], cost=work.frame.cost,
+            path="cached" if problem["cost_cache"] else "streamed",
             spread=float(problem["spreads"][k]), tau_a=problem["tau_a"], tau_b=problem["tau_b"],
             precision=problem["precision"], working=solved))
     return BatchedSinkhornResult.of(results, xw, yw)
+
+
+def _working_dots(works):
+    """The (B, n, m) dot products of the problems' working points, each formed as a separate
+    solve forms its own (``work.x @ work.y.T``: the same GEMM, so the same bits)."""
+    first = works[0]
+    dots = first.x.new_empty((len(works), first.x.shape[0], first.y.shape[0]))
+    for k, work in enumerate(works):
+        dots[k] = work.x @ work.y.T
+    return dots
 
 
 def _solve_for_entropy(target, rel_eps, entropy_tol, init_w, problem, max_solves=12):

@@ -1,12 +1,12 @@
 """The Sinkhorn loop of a batched solve: B independent problems (x (B, n, d), y (B, m, d)), each
 at its own eps, iterated together. Every half-step is ONE batched kernel call over the problems
-still running (``ot_flow.ops.lse`` with one scale per problem: the batch is the outer task
-dimension of the CPU tiling); what sinkhorn_iterations.py keeps as scalars (annealing level,
+still running (``ot_flow.ops.lse`` streamed, ``ot_flow.ops.lse_dense`` over cached dot products,
+with one scale per problem: the batch is the outer task dimension of the CPU kernels); what sinkhorn_iterations.py keeps as scalars (annealing level,
 momentum, ``finishing``, error history, convergence) is kept per problem, so that each problem
 runs the very steps of its separate solve and stops where that solve stops. Per problem the
 arithmetic is the 2-D solve's (elementwise ops with a per-problem scalar as a (B, 1) tensor of
 the same dtype give the same bits as the scalar), so a batched solve gives the potentials,
-iteration counts and convergence of B separate streamed solves (cost_cache=False).
+iteration counts and convergence of B separate solves on the same path (streamed or cached).
 
 One host synchronisation per iteration reads the B marginal errors (and one the finiteness of
 the g-update); a problem that converges drops out of the next kernel call.
@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from ot_flow.ops import lse
+from ot_flow.ops import lse, lse_dense
 from ot_flow.ops.layout import stack_aligned
 from ot_flow.solvers import validation
 from ot_flow.solvers.progress import progress_bar
@@ -37,14 +37,18 @@ def _take(t, idx):
 
 
 class BatchedHalves:
-    """The two half-steps of B problems, one batched ``lse`` call each (the softmin of
-    sinkhorn_halves.LocalHalves per problem: bias g / e + log b, scale 1 / e, times -e). The
-    points of the running problems are kept with every problem 64-byte aligned (ops/layout.py),
-    as a separate solve's are, so that the GEMMs round alike."""
+    """The two half-steps of B problems, one batched op call each (the half-steps of
+    sinkhorn_halves.LocalHalves per problem: bias g / e + log b, scale 1 / e, times -e).
 
-    def __init__(self, x, y, log_a, log_b, precision="highest"):
+    Streamed: one batched ``lse``; the points of the running problems are kept with every
+    problem 64-byte aligned (ops/layout.py), as a separate solve's are, so that the GEMMs round
+    alike. Cached (``dots``, the (B, n, m) dot products): one batched ``lse_dense`` with the
+    current potentials as the shift hint, problem by problem the call of a separate cached solve."""
+
+    def __init__(self, x, y, log_a, log_b, precision="highest", dots=None):
         self.x, self.y, self.log_a, self.log_b, self.precision = x, y, log_a, log_b, precision
         self._points = (None, x, y)  # (problems, x, y) of the last selection
+        self.dots, self._held = dots, list(range(x.shape[0]))  # the problems whose matrices dots holds
 
     def _selected(self, idx):
         if idx is None:
@@ -53,16 +57,40 @@ class BatchedHalves:
             self._points = (list(idx), stack_aligned([self.x[k] for k in idx]), stack_aligned([self.y[k] for k in idx]))
         return self._points[1], self._points[2]
 
+    def _dots(self, idx):
+        """The cached matrices of problems idx. The running problems only ever shrink (one that
+        stopped never runs again), so the matrices are compacted in place to the selection,
+        which keeps the batch one contiguous tensor without a copy of B n x m matrices."""
+        idx = list(range(len(self._held))) if idx is None else idx
+        if idx != self._held:
+            if not set(idx) <= set(self._held):
+                raise RuntimeError(f"ot_flow.sinkhorn: internal error: problems {idx} selected after "
+                                   f"{self._held} (the cached matrices of a stopped problem are gone)")
+            for p, k in enumerate(idx):  # positions only move down, so no source is overwritten early
+                q = self._held.index(k)
+                if q != p:
+                    self.dots[p].copy_(self.dots[q])
+            self.dots, self._held = self.dots[:len(idx)], list(idx)
+        return self.dots
+
     def _softmin(self, rows, cols, other, log_w, es):
         e = _per_problem(es, other)
         return lse(rows, cols, other / e + log_w, [1.0 / v for v in es], precision=self.precision,
                    validate=False) * (-e)
 
+    def _softmin_cached(self, dots, dim, other, log_w, now, es):
+        e = _per_problem(es, other)
+        return -e * lse_dense(dots, other / e + log_w, [1.0 / v for v in es], dim, shift=-now / e, validate=False)
+
     def f_update(self, idx, g, es, f_now):
+        if self.dots is not None:
+            return self._softmin_cached(self._dots(idx), 1, g, _take(self.log_b, idx), f_now, es)
         x, y = self._selected(idx)
         return self._softmin(x, y, g, _take(self.log_b, idx), es)
 
     def g_update(self, idx, f, es, g_now):
+        if self.dots is not None:
+            return self._softmin_cached(self._dots(idx), 0, f, _take(self.log_a, idx), g_now, es)
         x, y = self._selected(idx)
         return self._softmin(y, x, f, _take(self.log_a, idx), es)
 
@@ -124,10 +152,12 @@ class _Problem:
 
 @torch.no_grad()
 def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum, anneal, spreads, progress,
-                     tau_a=1.0, tau_b=1.0, precision="highest"):
+                     tau_a=1.0, tau_b=1.0, precision="highest", dots=None):
     """B solves at absolute eps (a list); ``init`` a pair of working potentials (B, n), (B, m) or None.
 
-    ``works`` are the problems' WorkingProblems, ``xw``, ``yw`` their stacked working points.
+    ``works`` are the problems' WorkingProblems, ``xw``, ``yw`` their stacked working points;
+    ``dots``, when given, their (B, n, m) working dot products (the cached path; consumed: the
+    loop compacts it in place as problems stop).
     Returns (fd, gd, [problem states]) in the working frames."""
     count, dtype, device = xw.shape[0], xw.dtype, xw.device
     eps_w = [e / w.frame.unit for e, w in zip(eps, works)]
@@ -138,7 +168,7 @@ def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum,
     else:
         fd = torch.zeros(xw.shape[:2], dtype=dtype, device=device)
         gd = torch.zeros(yw.shape[:2], dtype=dtype, device=device)
-    halves = BatchedHalves(xw, yw, log_a, log_b, precision)
+    halves = BatchedHalves(xw, yw, log_a, log_b, precision, dots)
     f_update, g_update = halves.f_update, halves.g_update
     unbalanced = tau_a < 1.0 or tau_b < 1.0
     if unbalanced:

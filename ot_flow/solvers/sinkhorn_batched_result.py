@@ -25,7 +25,7 @@ class BatchedSinkhornResult:
     ``result[k]`` (k < ``len(result)``) is problem k as a 2-D :class:`SinkhornResult`.
     """
 
-    problems: list = field(repr=False)  # the B SinkhornResults, each on its own working frame
+    problems: list[SinkhornResult] = field(repr=False)  # each on its own working frame
     xw: torch.Tensor = field(repr=False)  # (B, n, d) working points, stacked
     yw: torch.Tensor = field(repr=False)
     f: torch.Tensor = None

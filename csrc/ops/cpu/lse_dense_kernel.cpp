@@ -1,4 +1,4 @@
-// CPU kernel of ot_flow::lse_dense. Along rows (dim = 1) a row is two vectorised passes (max,
+// CPU kernel of ot_flow::lse_dense, for B problems (a 2-D call is B = 1). Along rows (dim = 1) a row is two vectorised passes (max,
 // then sum of exp) over its m entries. Along columns (dim = 0) a task owns a strip of
 // columns and walks the rows in blocks: a vectorised column max over the block,
 // one rescale per column, then the vectorised sum of exp, so there is one exp per entry and
@@ -84,12 +84,16 @@ scalar_t row_lse(const scalar_t* row, const scalar_t* h, int64_t m, scalar_t s, 
   return static_cast<scalar_t>(best + std::log(biased_sum_exp(row, h, m, s, best)));
 }
 
+// Rows of every problem: one task dimension over the B * n rows (a row's sum does not depend
+// on the split, so problem b is computed as its 2-D call).
 template <typename scalar_t>
-void rows_impl(const scalar_t* dots, const scalar_t* h, int64_t n, int64_t m, scalar_t s,
-               const scalar_t* shift, scalar_t* out) {
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      out[i] = row_lse(dots + i * m, h, m, s, shift == nullptr ? nullptr : shift + i);
+void rows_impl(const scalar_t* dots, const scalar_t* h, int64_t batch, int64_t n, int64_t m,
+               const std::vector<double>& scales, const scalar_t* shift, scalar_t* out) {
+  at::parallel_for(0, batch * n, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / n;
+      out[r] = row_lse(dots + r * m, h + b * m, m, static_cast<scalar_t>(scales[b]),
+                       shift == nullptr ? nullptr : shift + r);
     }
   });
 }
@@ -167,41 +171,48 @@ void strip_two_pass(const scalar_t* dots, const scalar_t* h, int64_t n, int64_t 
   }
 }
 
+// Strips of every problem: one task dimension over B * strips (a column's sum runs over the
+// rows in one order whatever the strip, so problem b is computed as its 2-D call).
 template <typename scalar_t>
-void columns_impl(const scalar_t* dots, const scalar_t* h, int64_t n, int64_t m, scalar_t s,
-                  const scalar_t* shift, scalar_t* out) {
+void columns_impl(const scalar_t* dots, const scalar_t* h, int64_t batch, int64_t n, int64_t m,
+                  const std::vector<double>& scales, const scalar_t* shift, scalar_t* out) {
   const int64_t strip_cols = strip_width(m);
   const int64_t strips = (m + strip_cols - 1) / strip_cols;
-  at::parallel_for(0, strips, 1, [&](int64_t strip_begin, int64_t strip_end) {
+  at::parallel_for(0, batch * strips, 1, [&](int64_t task_begin, int64_t task_end) {
     std::vector<scalar_t> run_max(strip_cols), block_max(strip_cols), strip_shift(strip_cols), block_sum(strip_cols);
     std::vector<double> sums(strip_cols);
-    for (int64_t strip = strip_begin; strip < strip_end; ++strip) {
+    for (int64_t task = task_begin; task < task_end; ++task) {
+      const int64_t b = task / strips, strip = task % strips;
+      const scalar_t* d = dots + b * n * m;
+      const scalar_t* hb = h + b * n;
+      const scalar_t s = static_cast<scalar_t>(scales[b]);
+      scalar_t* o = out + b * m;
       const int64_t c0 = strip * strip_cols, width = std::min(strip_cols, m - c0);
       if (shift != nullptr &&
-          strip_with_shift(dots, h, n, m, s, shift, c0, width, block_sum.data(), sums.data(), out)) {
+          strip_with_shift(d, hb, n, m, s, shift + b * m, c0, width, block_sum.data(), sums.data(), o)) {
         continue;
       }
-      strip_two_pass(dots, h, n, m, s, c0, width, run_max.data(), block_max.data(), strip_shift.data(),
-                     block_sum.data(), sums.data(), out);
+      strip_two_pass(d, hb, n, m, s, c0, width, run_max.data(), block_max.data(), strip_shift.data(),
+                     block_sum.data(), sums.data(), o);
     }
   });
 }
 
 }  // namespace
 
-at::Tensor lse_dense_cpu_kernel(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim,
-                                const std::optional<at::Tensor>& shift) {
-  const int64_t n = dots.size(0), m = dots.size(1);
-  at::Tensor out = at::empty({dim == 1 ? n : m}, dots.options());
+at::Tensor lse_dense_cpu_kernel(const at::Tensor& dots, const at::Tensor& h, const std::vector<double>& scales,
+                                int64_t dim, const std::optional<at::Tensor>& shift) {
+  const int64_t batch = dots.size(0), n = dots.size(1), m = dots.size(2);
+  at::Tensor out = at::empty({batch, dim == 1 ? n : m}, dots.options());
   AT_DISPATCH_FLOATING_TYPES(dots.scalar_type(), "ot_flow_lse_dense_cpu", [&] {
     const scalar_t* d = dots.const_data_ptr<scalar_t>();
     const scalar_t* hp = h.const_data_ptr<scalar_t>();
     const scalar_t* sp = shift.has_value() ? shift->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.data_ptr<scalar_t>();
     if (dim == 1) {
-      rows_impl<scalar_t>(d, hp, n, m, static_cast<scalar_t>(scale), sp, o);
+      rows_impl<scalar_t>(d, hp, batch, n, m, scales, sp, o);
     } else {
-      columns_impl<scalar_t>(d, hp, n, m, static_cast<scalar_t>(scale), sp, o);
+      columns_impl<scalar_t>(d, hp, batch, n, m, scales, sp, o);
     }
   });
   return out;

@@ -61,44 +61,55 @@ __global__ void lse_dense_columns_kernel(const scalar_t* __restrict__ dots, cons
 }
 
 at::Tensor lse_dense_cuda(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim,
-                          const std::optional<at::Tensor>& shift, bool validate) {
-  return run_lse_dense(dots, h, scale, dim, shift, validate, &lse_dense_cuda_kernel);
+                          const std::optional<at::Tensor>& shift, bool validate,
+                          std::optional<c10::ArrayRef<double>> scales) {
+  return run_lse_dense(dots, h, scale, dim, shift, validate, scales, &lse_dense_cuda_kernel);
+}
+
+// One problem: rows (dim = 1) or columns (dim = 0) of the (n, m) matrix `d`.
+template <typename scalar_t>
+void launch_problem(const scalar_t* d, const scalar_t* hp, int64_t n, int64_t m, scalar_t s, int64_t dim, int sms,
+                    scalar_t* out, const at::Tensor& like, cudaStream_t stream) {
+  if (dim == 1) {
+    const int64_t blocks = (n * 32 + kThreads - 1) / kThreads;
+    lse_dense_rows_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(d, hp, n, m, s, out);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  const int64_t col_blocks = (m + kThreads - 1) / kThreads;
+  // Enough row chunks for about 8 blocks per multiprocessor.
+  int64_t chunks = std::min<int64_t>(std::max<int64_t>(1, 8 * sms / col_blocks), std::min<int64_t>(n, 65535));
+  const int64_t rows_per_chunk = (n + chunks - 1) / chunks;
+  chunks = (n + rows_per_chunk - 1) / rows_per_chunk;
+  at::Tensor partials = at::empty({2, chunks, m}, like.options());
+  scalar_t* part_max = partials[0].data_ptr<scalar_t>();
+  scalar_t* part_sum = partials[1].data_ptr<scalar_t>();
+  const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(chunks));
+  lse_dense_columns_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(d, hp, n, m, s, rows_per_chunk, part_max, part_sum);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  lse_merge_chunks_kernel<scalar_t><<<static_cast<unsigned>(col_blocks), kThreads, 0, stream>>>(
+      part_max, part_sum, m, chunks, out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
 
-// The kernels here make one online pass already, so the shift hint is not needed.
-at::Tensor lse_dense_cuda_kernel(const at::Tensor& dots, const at::Tensor& h, double scale, int64_t dim,
-                                 const std::optional<at::Tensor>& /*shift*/) {
+// The kernels here make one online pass already, so the shift hint is not needed. A batch is
+// a loop of per-problem launches on the current stream (the cached path is opt-in on GPUs).
+at::Tensor lse_dense_cuda_kernel(const at::Tensor& dots, const at::Tensor& h, const std::vector<double>& scales,
+                                 int64_t dim, const std::optional<at::Tensor>& /*shift*/) {
   const c10::cuda::CUDAGuard device_guard(dots.device());
-  const int64_t n = dots.size(0), m = dots.size(1);
-  at::Tensor out = at::empty({dim == 1 ? n : m}, dots.options());
+  const int64_t batch = dots.size(0), n = dots.size(1), m = dots.size(2);
+  const int64_t len_h = dim == 1 ? m : n, len_out = dim == 1 ? n : m;
+  at::Tensor out = at::empty({batch, len_out}, dots.options());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   AT_DISPATCH_FLOATING_TYPES(dots.scalar_type(), "ot_flow_lse_dense_cuda", [&] {
-    const scalar_t* d = dots.const_data_ptr<scalar_t>();
-    const scalar_t* hp = h.const_data_ptr<scalar_t>();
-    const scalar_t s = static_cast<scalar_t>(scale);
-    if (dim == 1) {
-      const int64_t blocks = (n * 32 + kThreads - 1) / kThreads;
-      lse_dense_rows_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(d, hp, n, m, s, out.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      return;
+    for (int64_t b = 0; b < batch; ++b) {
+      launch_problem<scalar_t>(dots.const_data_ptr<scalar_t>() + b * n * m, h.const_data_ptr<scalar_t>() + b * len_h,
+                               n, m, static_cast<scalar_t>(scales[b]), dim, sms,
+                               out.data_ptr<scalar_t>() + b * len_out, dots, stream);
     }
-    const int64_t col_blocks = (m + kThreads - 1) / kThreads;
-    // Enough row chunks for about 8 blocks per multiprocessor.
-    int64_t chunks = std::min<int64_t>(std::max<int64_t>(1, 8 * sms / col_blocks), std::min<int64_t>(n, 65535));
-    const int64_t rows_per_chunk = (n + chunks - 1) / chunks;
-    chunks = (n + rows_per_chunk - 1) / rows_per_chunk;
-    at::Tensor partials = at::empty({2, chunks, m}, dots.options());
-    scalar_t* part_max = partials[0].data_ptr<scalar_t>();
-    scalar_t* part_sum = partials[1].data_ptr<scalar_t>();
-    const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(chunks));
-    lse_dense_columns_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(d, hp, n, m, s, rows_per_chunk, part_max, part_sum);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    lse_merge_chunks_kernel<scalar_t><<<static_cast<unsigned>(col_blocks), kThreads, 0, stream>>>(
-        part_max, part_sum, m, chunks, out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
