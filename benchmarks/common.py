@@ -129,6 +129,19 @@ def publish(text, out):
             f.write(text + "\n")
 
 
+def require_cuda(script):
+    """Exits with a one-line reason (no traceback) unless a CUDA device is visible and ot_flow was
+    built with its CUDA kernels: what a benchmark's --device cuda mode calls first."""
+    import ot_flow
+
+    if not torch.cuda.is_available():
+        sys.exit(f"{script}: --device cuda needs a CUDA GPU, and torch sees none here "
+                 f"(torch {torch.__version__}, torch.cuda.is_available() is False)")
+    if not ot_flow.cuda_built():
+        sys.exit(f"{script}: --device cuda needs ot_flow built with its CUDA kernels "
+                 "(OT_FLOW_CUDA=1 python setup.py build_ext --inplace; scripts/gpu-check.sh does it)")
+
+
 def gpu_floor_rates(device="cuda"):
     """Ceilings for a CUDA floor: the measured TF32 tensor-core GEMM rate (FLOP/s) and the exp rate.
 

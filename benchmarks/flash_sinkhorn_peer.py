@@ -37,8 +37,28 @@ Conventions, read from the 0.4.1 wheel's sources (flash_sinkhorn/...):
   clouds to their joint centroid (line 682) and, with allow_tf32, rounding the coordinates to TF32
   (truncate_tf32, line 460); we call the solver directly so that it sees exactly our inputs and
   reports its iteration count.
+* Unbalanced Sinkhorn (KL-relaxed marginals), the same solver with `reach_x`, `reach_y`
+  (sinkhorn_solvers.py lines 78-79; `rho_x`, `rho_y` directly, lines 76-77; the deprecated `reach`,
+  `rho` set both sides, lines 147-157): rho_x = reach_x ** 2, rho_y = reach_y ** 2 (lines 159-167,
+  "GeomLoss convention: rho = reach^p where p=2", line 150), rho in the units of the cost
+  cost_scale |x - y|^2 like eps. The penalty is rho KL(P 1 | a) (rho KL(P^T 1 | b)): each
+  half-step is the balanced one times damping = 1 / (1 + eps / rho) (kernels/_common.py
+  `dampening`, lines 20-36; sinkhorn_solvers.py lines 175-176): the fused kernel returns
+  -eps damping LSE_j[...] on the shifted potential (kernels/sinkhorn_flashstyle_sqeuclid.py line
+  348 (formula), line 414 (`out = -eps * damping * lse`)) and the solver adds (damping - 1) alpha
+  (sinkhorn_solvers.py lines 297-298, 309-310: f = f_hat + alpha), so
+  f_i = -eps damping LSE_j[(g_j - C_ij) / eps + log b_j], with P as above. damping = rho / (rho +
+  eps) is OTT's and our tau: ot_flow.sinkhorn(tau_a=tau_b=tau) at absolute eps, cost |x - y|^2 / 2,
+  is this solver with cost_scale=0.5, the same eps and reach_x = reach_y = sqrt(rho),
+  rho = eps tau / (1 - tau) (`reach_for`). Both relaxed: its semi-unbalanced translation is a
+  no-op (line 50). The same in SamplesLoss: reach -> rho = reach ** 2 (samples_loss.py lines
+  487-499), eps = blur ** 2 (kernels/_common.py line 81), half_cost=True for |x - y|^2 / 2 (line
+  522); with half_cost=False (cost |x - y|^2) eps and rho double: blur = sqrt(2 eps), reach =
+  sqrt(2 rho). The plan's mass is not something it returns; `plan_mass` measures it, and the row
+  condition of the relaxed problem, P 1 = a exp(-f / rho) (the one ot_flow's tol tests), in float64.
 """
 
+import math
 import time
 
 import torch
@@ -86,29 +106,66 @@ def lse(x, y, h, scale, precision="tf32", autotune=True):
     return out.neg_()
 
 
-def solve(x, y, eps, n_iters, precision="tf32", threshold=None, check_every=10, autotune=True):
-    """Balanced Sinkhorn between uniform weights, cost |x - y|^2 / 2, absolute eps:
-    (f, g, iterations run), f and g in GeomLoss's convention (see the module docstring)."""
+def _uniform(n, device):
+    return torch.full((n,), 1.0 / n, device=device, dtype=torch.float32)
+
+
+def solve(x, y, eps, n_iters, precision="tf32", threshold=None, check_every=10, autotune=True, reach=None):
+    """Sinkhorn between uniform weights, cost |x - y|^2 / 2, absolute eps: (f, g, iterations run),
+    f and g in GeomLoss's convention (see the module docstring). Balanced, or with ``reach``
+    (``reach_for``) both marginals KL-relaxed."""
     from flash_sinkhorn.kernels import sinkhorn_flashstyle_alternating
 
-    a = torch.full((x.shape[0],), 1.0 / x.shape[0], device=x.device, dtype=torch.float32)
-    b = torch.full((y.shape[0],), 1.0 / y.shape[0], device=y.device, dtype=torch.float32)
+    a, b = _uniform(x.shape[0], x.device), _uniform(y.shape[0], y.device)
     return sinkhorn_flashstyle_alternating(
-        x, y, a, b, eps=float(eps), n_iters=int(n_iters), cost_scale=0.5, allow_tf32=_allow_tf32(precision),
-        autotune=autotune, threshold=threshold, check_every=check_every, return_n_iters=True)
+        x, y, a, b, eps=float(eps), n_iters=int(n_iters), cost_scale=0.5, reach_x=reach, reach_y=reach,
+        allow_tf32=_allow_tf32(precision), autotune=autotune, threshold=threshold, check_every=check_every,
+        return_n_iters=True)
 
 
-def warm_up(x, y, eps, precision="tf32"):
-    """One iteration outside any timing: Triton compilation and autotuning of both half-steps."""
-    solve(x, y, eps, 1, precision)
+def reach_for(eps, tau):
+    """FlashSinkhorn's reach_x = reach_y for ot_flow's tau_a = tau_b = tau at absolute eps (cost
+    |x - y|^2 / 2, cost_scale 0.5): sqrt(rho), rho = eps tau / (1 - tau), so that its damping
+    1 / (1 + eps / reach^2) is tau (module docstring); None for tau = 1 (balanced)."""
+    if tau >= 1.0:
+        return None
+    return (eps * tau / (1.0 - tau)) ** 0.5
+
+
+def plan_mass(x, y, f, g, eps, tau, chunk_bytes=256 * 2**20):
+    """(sum_ij P_ij, relative row error) of P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps) between
+    uniform weights, C = |x - y|^2 / 2, in float64 by row blocks (O(block x m) memory, any n):
+    the plan's total mass, and |P 1 - a exp(-f / rho)|_1 / |a exp(-f / rho)|_1 with
+    rho = eps tau / (1 - tau), the row condition of the relaxed problem as ot_flow's tol measures
+    it (tau = 1: the balanced |P 1 - a|_1)."""
+    n, m = x.shape[0], y.shape[0]
+    xd, yd, fd = x.double(), y.double(), f.double()
+    # log P_ij = log a_i + f_i / eps + [<x_i, y_j> + g_j - |y_j|^2 / 2 - |x_i|^2 / 2] / eps + log b_j
+    col = (g.double() - 0.5 * yd.square().sum(1)) / eps - math.log(m)
+    rows = max(1, chunk_bytes // (8 * m))
+    log_r = torch.cat([torch.logsumexp(torch.addmm(col, xd[i:i + rows], yd.T, alpha=1.0 / eps), dim=1)
+                       for i in range(0, n, rows)])
+    log_r += (fd - 0.5 * xd.square().sum(1)) / eps - math.log(n)
+    r = log_r.exp()
+    target = torch.full_like(r, 1.0 / n)
+    if tau < 1.0:
+        target = target * torch.exp(-fd * (1.0 - tau) / (eps * tau))
+    return float(r.sum()), float((r - target).abs().sum() / target.sum())
+
+
+def warm_up(x, y, eps, precision="tf32", reach=None):
+    """One iteration outside any timing: Triton compilation and autotuning of both half-steps
+    (damping is a run-time argument of the kernel, not a compile-time one: balanced and unbalanced
+    share the compiled and tuned kernels)."""
+    solve(x, y, eps, 1, precision, reach=reach)
     torch.cuda.synchronize(x.device)
 
 
-def sinkhorn_iteration_ms(x, y, eps, iters, precision="tf32"):
+def sinkhorn_iteration_ms(x, y, eps, iters, precision="tf32", reach=None):
     """Milliseconds per iteration of `iters` iterations with no early stop (call warm_up first)."""
     torch.cuda.synchronize(x.device)
     t0 = time.perf_counter()
-    solve(x, y, eps, iters, precision)
+    solve(x, y, eps, iters, precision, reach=reach)
     torch.cuda.synchronize(x.device)
     return (time.perf_counter() - t0) / iters * 1e3
 

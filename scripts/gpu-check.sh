@@ -72,4 +72,19 @@ run_bench benchmarks/bench_lse.py --sizes 16384 65536
 run_bench benchmarks/bench_sinkhorn.py --sizes 4096 65536 --dims 64 --methods ot_flow "ot_flow streamed" "torch dense" OTT-JAX FlashSinkhorn
 run_bench benchmarks/bench_sampling.py --sizes 4096 16384 65536 262144 --methods ot_flow "torch dense + multinomial"
 run_bench benchmarks/bench_mips.py --methods ot_flow torch --fit-sizes 10000 100000
+# bench_unbalanced: ot_flow unbalanced (tau 0.9) vs its balanced solve per iteration, against
+# FlashSinkhorn's unbalanced solver (reach = sqrt(rho), TF32 only here: each mode is one more
+# autotune per shape) at n = 4096 and 65536, d = 64. GPU time, estimated from the work: ours at
+# n = 65536 ~85 ms/iter (the FMA kernels' H200 balanced figure, README), 2 x 17 timed iterations
+# plus <= 30 to tol and a float64 mass pass, ~6 s; n = 4096 under 1 s; FlashSinkhorn's autotune
+# ~10 s per shape (44 configs; the kernels compiled by bench_sinkhorn's runs of the same shapes
+# are in Triton's disk cache), its timed and to-tol iterations at ~7 ms, ~2 s; start-up and the
+# floor rates ~10 s. About 40 s; 1.5 minutes if Triton has to compile afresh.
+run_bench benchmarks/bench_unbalanced.py --sizes 4096 65536 --dims 64 --flash-precisions tf32
+# bench_batched: 10 problems x n = 1024, d = 2 and 64, one batched call vs 10 calls (streamed), on
+# the FMA kernels and on the tensor-core engine. Each solve is launch-bound (a half-step's 1024^2
+# entries take microseconds; ~25 iterations per problem): ~0.2 s for the 10 separate calls, less
+# batched; 12 rows x 5 runs (warm-up, 3 timed, 1 profiled) ~15 s, plus start-up, the floor rates
+# and the profiler's CUPTI start, ~25 s in all.
+run_bench benchmarks/bench_batched.py --batch 10 --n 1024 --dims 2 64
 [ "$tests_rc" -eq 0 ] && exit "$engine_rc"
