@@ -127,8 +127,12 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     per-problem ``eps``, ``error``, ``n_iter``, ``converged`` (tensors (B,)), and ``result[k]``,
     problem k's SinkhornResult. ``tau_a``, ``tau_b`` apply to every problem; ``init`` is a pair
     of (B, n), (B, m) potentials; ``target_entropy`` searches eps per problem. A batched solve
-    streams (``cost_cache=True`` raises a ValueError) and runs on one process
-    (``process_group`` raises a ValueError).
+    streams (``cost_cache=True`` raises a ValueError). With ``process_group`` every rank passes
+    the whole batch and computes its block of rows of every problem; with ``sharded=True`` its
+    own rows of every problem, x (B, n_r, d), y (B, m_r, d), a (B, n_r), b (B, m_r) (each
+    problem's weights summing to 1 over the ranks), and gets f (B, n_r), g (B, m_r). Either way
+    every rank gets the same ``eps``, ``n_iter``, ``converged``; a sharded result's ``plan()``
+    raises.
 
     Returns:
         SinkhornResult (BatchedSinkhornResult for batched inputs). Under ``torch.compile`` this
