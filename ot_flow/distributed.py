@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["rank_and_world", "derived_seed", "checked_together", "same_on_all_ranks", "group_info", "even_blocks", "all_gather_uneven", "all_sum", "broadcast_int", "shard_sizes", "ring"]
+__all__ = ["rank_and_world", "derived_seed", "checked_together", "same_on_all_ranks", "group_info", "even_blocks", "all_gather_uneven", "all_sum", "broadcast_int", "broadcast_ints", "shard_sizes", "ring"]
 
 
 def group_info(process_group):
@@ -41,8 +41,11 @@ def even_blocks(n, world):
     return bounds
 
 
-def all_gather_uneven(block, sizes, process_group):
-    """Concatenation over ranks of each rank's `block` (sizes[r] rows on rank r)."""
+def all_gather_uneven(block, sizes, process_group, dim=0):
+    """Concatenation over ranks of each rank's `block` (sizes[r] rows on rank r), along `dim`
+    (1: the rows of a batch of problems (B, rows, ...))."""
+    if dim:
+        return all_gather_uneven(block.movedim(dim, 0), sizes, process_group).movedim(0, dim)
     width = max(sizes)
     padded = block.new_zeros((width, *block.shape[1:]))
     padded[: block.shape[0]] = block
@@ -60,9 +63,14 @@ def all_sum(values, process_group):
 
 def broadcast_int(value, device, process_group):
     """Rank 0's value of an integer (a seed), on every rank."""
-    t = torch.tensor([value], dtype=torch.long, device=device)
+    return broadcast_ints([value], device, process_group)[0]
+
+
+def broadcast_ints(values, device, process_group):
+    """Rank 0's values of a list of integers (seeds), on every rank, in one broadcast."""
+    t = torch.tensor(values, dtype=torch.long, device=device)
     dist.broadcast(t, src=dist.get_global_rank(process_group, 0), group=process_group)
-    return int(t[0])
+    return [int(v) for v in t.tolist()]
 
 
 def shard_sizes(n_local, device, process_group):
@@ -73,13 +81,18 @@ def shard_sizes(n_local, device, process_group):
     return [int(s) for s in sizes]
 
 
-def ring(payload, sizes, process_group):
+def ring(payload, sizes, process_group, dim=0):
     """Yields (owner rank, payload of that owner's shard) for every rank's shard, own first.
 
-    `payload` is this rank's shard (sizes[rank] rows); it travels to the next rank while the
-    caller works on the current one, so compute and communication overlap. Shards are padded
-    to max(sizes) rows on the wire and trimmed on the way out.
+    `payload` is this rank's shard (sizes[rank] rows along `dim`: 1 for a batch of problems
+    (B, rows, ...)); it travels to the next rank while the caller works on the current one, so
+    compute and communication overlap. Shards are padded to max(sizes) rows on the wire and
+    trimmed on the way out.
     """
+    if dim:
+        for owner, shard in ring(payload.movedim(dim, 0), sizes, process_group):
+            yield owner, shard.movedim(0, dim)
+        return
     rank, world = dist.get_rank(process_group), dist.get_world_size(process_group)
     width = max(sizes)
     current = payload.new_zeros((width, *payload.shape[1:]))

@@ -131,9 +131,105 @@ def crash(rank, world):
     return {}
 
 
+def batched_problem(dtype=torch.float64):
+    """B = 3 problems (x (3, 61, 3), y (3, 47, 3)) of their own scales, one far from the origin, and
+    non-uniform weights a (3, 61), b (3, 47)."""
+    g = torch.Generator().manual_seed(7)
+    spread = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)[:, None, None]
+    shift = torch.tensor([0.0, 40.0, -3.0], dtype=torch.float64)[:, None, None]
+    x = torch.randn(3, 61, 3, generator=g, dtype=torch.float64) * spread + shift
+    y = torch.randn(3, 47, 3, generator=g, dtype=torch.float64) * spread * 1.3 + shift + 0.5
+    a = torch.rand(3, 61, generator=g, dtype=torch.float64) + 0.2
+    b = torch.rand(3, 47, generator=g, dtype=torch.float64) + 0.2
+    return x.to(dtype), y.to(dtype), a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+
+
+# (name, solve arguments) of the batched solves run replicated and sharded; each converges in
+# under 50 iterations, and max_iter keeps a broken solve from running for minutes
+BATCHED = [("balanced", dict(eps=0.05, max_iter=100)),
+           ("unbalanced", dict(eps=0.05, cost="dot", tau_a=0.7, tau_b=0.9, max_iter=100)),
+           ("entropy", dict(target_entropy=0.3, max_iter=100))]
+
+
+def _batched_outputs(res):
+    out = dict(f=res.f, g=res.g, n_iter=res.n_iter, converged=res.converged, eps=res.eps, errors=res.errors,
+               cost=res.transport_cost(), entropy=res.renormalized_entropy(), mass=res.mass(),
+               map=res.barycentric_map(), sample=res.sample(torch.Generator().manual_seed(3)),
+               samples=res.sample([torch.Generator().manual_seed(4 + k) for k in range(len(res))]),
+               cost_0=res[0].transport_cost(), sample_0=res[0].sample(torch.Generator().manual_seed(3)))
+    try:
+        out["plan"] = res.plan()
+    except ValueError as err:
+        out["plan"] = str(err)
+    return out
+
+
+def batched(rank, world):
+    """The batched solves of BATCHED, replicated and sharded (uneven shards), problem 1 of the
+    batch solved alone (2-D) on the same ranks, the same shards, and the bad arguments of
+    ``batched_bad_inputs`` (one job: starting the ranks takes longer than all of it)."""
+    x, y, a, b = batched_problem()
+    group, out = dist.group.WORLD, {}
+    r0, r1 = uneven(x.shape[1], world, rank)
+    c0, c1 = uneven(y.shape[1], world, rank, reverse=True)
+    out["rows"], out["cols"] = (r0, r1), (c0, c1)
+    for name, kw in BATCHED:
+        rep = ot_flow.sinkhorn(x, y, a, b, process_group=group, progress=False, **kw)
+        sh = ot_flow.sinkhorn(x[:, r0:r1], y[:, c0:c1], a[:, r0:r1], b[:, c0:c1], process_group=group, sharded=True,
+                              progress=False, **kw)
+        out[name] = dict(replicated=_batched_outputs(rep), sharded=_batched_outputs(sh))
+    # warm starts from the balanced solves (sharded: the constant moved from f to g is a global one)
+    start = {placement: (out["balanced"][placement]["f"], out["balanced"][placement]["g"])
+             for placement in ("replicated", "sharded")}
+    rep = ot_flow.sinkhorn(x, y, a, b, init=start["replicated"], process_group=group, progress=False, **BATCHED[0][1])
+    sh = ot_flow.sinkhorn(x[:, r0:r1], y[:, c0:c1], a[:, r0:r1], b[:, c0:c1], init=start["sharded"],
+                          process_group=group, sharded=True, progress=False, **BATCHED[0][1])
+    out["warm"] = dict(replicated=dict(f=rep.f, n_iter=rep.n_iter), sharded=dict(f=sh.f, n_iter=sh.n_iter))
+    kw = dict(BATCHED[0][1], cost_cache=False, progress=False, process_group=group)
+    rep = ot_flow.sinkhorn(x[1], y[1], a[1], b[1], **kw)
+    sh = ot_flow.sinkhorn(x[1, r0:r1], y[1, c0:c1], a[1, r0:r1], b[1, c0:c1], sharded=True, **kw)
+    out["two_d"] = {name: dict(f=r.f, g=r.g, n_iter=r.n_iter, errors=r.errors) for name, r in
+                    (("replicated", rep), ("sharded", sh))}
+    # fewer rows than ranks: some ranks compute no block of f, but join the gather
+    few = ot_flow.sinkhorn(x[:2, :1], y[:2, :5], eps=0.05, max_iter=100, process_group=group, progress=False)
+    out["few_rows"] = dict(f=few.f, g=few.g, n_iter=few.n_iter, sample=few.sample(torch.Generator().manual_seed(3)))
+    out["bad"] = batched_bad_inputs(rank, world)
+    return out
+
+
+def batched_bad_inputs(rank, world):
+    """Bad arguments on rank 1 only: every rank must raise (the messages are returned), none hang."""
+    x, y, a, b = batched_problem()
+    group = dist.group.WORLD
+    r0, r1 = uneven(x.shape[1], world, rank)
+    c0, c1 = uneven(y.shape[1], world, rank, reverse=True)
+    nan = x[:, r0:r1].clone()
+    nan[1, 0, 0] = float("nan")
+    cases = {  # name: (replicated or sharded solve arguments on rank 1, on the others)
+        "nan_x": (dict(x=nan, sharded=True), dict(x=x[:, r0:r1], sharded=True)),
+        "empty_shard": (dict(x=x[:, :0], sharded=True), dict(x=x[:, r0:r1], sharded=True)),
+        "count": (dict(x=x[:2, r0:r1], y=y[:2, c0:c1], sharded=True), dict(x=x[:, r0:r1], sharded=True)),
+        "weights": (dict(x=x, y=y, a=a * 2), dict(x=x, y=y, a=a)),
+        "shard_weights": (dict(x=x[:, r0:r1], a=a[:, r0:r1] * 3, sharded=True),
+                          dict(x=x[:, r0:r1], a=a[:, r0:r1], sharded=True)),
+        "init": (dict(x=x, y=y, init=(torch.zeros(3, 61), torch.full((3, 47), float("nan")))),
+                 dict(x=x, y=y, init=(torch.zeros(3, 61), torch.zeros(3, 47)))),
+    }
+    out = {}
+    for name, (bad, good) in cases.items():
+        kw = dict(bad if rank == 1 else good)
+        kw.setdefault("y", y[:, c0:c1])
+        try:
+            ot_flow.sinkhorn(kw.pop("x"), kw.pop("y"), process_group=group, progress=False, **kw)
+            out[name] = "no error"
+        except ValueError as err:
+            out[name] = str(err)
+    return out
+
+
 JOBS = {"solve": solve, "semidiscrete": semidiscrete, "semidiscrete_multiscale": semidiscrete_multiscale, "bad_shard": bad_shard, "crash": crash,
         "mismatched_dim": mismatched_dim, "missing_rank": missing_rank, "pair_dataset": pair_dataset,
-        "unbalanced": unbalanced}
+        "unbalanced": unbalanced, "batched": batched}
 
 
 def on_cuda(job):

@@ -110,7 +110,12 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     problem k's SinkhornResult. ``tau_a``, ``tau_b`` apply to every problem; ``init`` is a pair
     of (B, n), (B, m) potentials; ``target_entropy`` searches eps per problem. ``cost_cache``
     holds the B matrices ("auto": where a separate solve would hold each and all B fit its
-    budget together). A batched solve runs on one process (``process_group`` raises a ValueError).
+    budget together; one process only). With ``process_group`` every rank passes
+    the whole batch and computes its block of rows of every problem; with ``sharded=True`` its
+    own rows of every problem, x (B, n_r, d), y (B, m_r, d), a (B, n_r), b (B, m_r) (each
+    problem's weights summing to 1 over the ranks), and gets f (B, n_r), g (B, m_r). Either way
+    every rank gets the same ``eps``, ``n_iter``, ``converged``; a sharded result's ``plan()``
+    raises.
 
     Returns:
         SinkhornResult (BatchedSinkhornResult for batched inputs). Under ``torch.compile`` this
@@ -127,7 +132,8 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
         distributed.checked_together(lambda: validation.check_pair(x, y), process_group)
         settings = dict(dim=x.shape[1], dtype=str(x.dtype), eps=eps, relative_eps=relative_eps, cost=cost,
                         tol=tol, max_iter=max_iter, sharded=bool(sharded), target_entropy=target_entropy,
-                        tau_a=tau_a, tau_b=tau_b, precision=precision, check_every=check_every)
+                        tau_a=tau_a, tau_b=tau_b, precision=precision, check_every=check_every,
+                        cost_cache=cost_cache)
         if not sharded:
             settings.update(n=x.shape[0], m=y.shape[0])
         distributed.same_on_all_ranks(settings, "ot_flow.sinkhorn", process_group)

@@ -5,6 +5,11 @@ Each problem is what the 2-D solve makes of it: its own working frame (frame.py:
 power-of-two unit), its own std(C) for a relative eps, its own annealing, momentum and stopping
 (sinkhorn_batched_iterations.py); the kernels see all still-running problems at once, one batched
 call per half-step. The result (sinkhorn_batched_result.py) holds B 2-D results.
+
+Across the ranks of a process group (sinkhorn_batched_halves.py) every rank either passes the
+whole batch (replicated) or its rows of every problem (sharded); the setup is then the 2-D
+solve's per problem (its frame and std(C) summed over the ranks' shards), and the checks of the
+arguments run on every rank together, so that a bad argument on one rank raises on all of them.
 """
 
 import math
@@ -12,11 +17,13 @@ import warnings
 
 import torch
 
+from ot_flow import distributed
 from ot_flow.ops import precision as op_precision
 from ot_flow.ops.layout import stack_aligned
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.progress import progress_bar
 from ot_flow.solvers.cost_cache import caches_batched_costs
+from ot_flow.solvers.sinkhorn_batched_halves import halves_of
 from ot_flow.solvers.sinkhorn_batched_iterations import solve_batched_at
 from ot_flow.solvers.sinkhorn_batched_result import BatchedSinkhornResult
 from ot_flow.solvers.sinkhorn_result import SinkhornResult
@@ -28,14 +35,26 @@ __all__ = ["sinkhorn_batched"]
 def sinkhorn_batched(x, y, a, b, *, eps, relative_eps, cost, tol, max_iter, momentum, init, process_group, sharded,
                      anneal, target_entropy, entropy_tol, cost_cache, progress, tau_a, tau_b, precision):
     """The batched branch of :func:`ot_flow.sinkhorn` (see its docstring for the batched contract)."""
-    if process_group is not None or sharded:
-        raise ValueError("argument 'process_group': a batched solve (x of shape (B, n, d)) runs on one process; "
-                         "solve the problems one by one across ranks, or batch them on each rank")
+    if process_group is None and sharded:
+        raise ValueError("argument 'sharded' needs a 'process_group'")
     if cost_cache not in ("auto", True, False):
         raise ValueError(f"argument 'cost_cache' must be 'auto', True or False, got {cost_cache!r}")
+    precision = op_precision.checked("ot_flow.sinkhorn", precision)
+    sharded = bool(sharded) and process_group is not None
+    if process_group is not None:  # a bad shard on one rank must not leave the others waiting
+        distributed.group_info(process_group)
+        distributed.checked_together(lambda: validation.check_batched_pair(x, y), process_group)
+        settings = dict(count=x.shape[0], dim=x.shape[2], dtype=str(x.dtype), eps=eps, relative_eps=relative_eps,
+                        cost=cost, tol=tol, max_iter=max_iter, momentum=momentum, anneal=anneal, sharded=sharded,
+                        warm_start=init is not None, target_entropy=target_entropy, entropy_tol=entropy_tol,
+                        tau_a=tau_a, tau_b=tau_b, precision=precision, cost_cache=cost_cache)
+        if not sharded:
+            settings.update(n=x.shape[1], m=y.shape[1])
+        distributed.same_on_all_ranks(settings, "ot_flow.sinkhorn", process_group)
+        if cost_cache is True:
+            raise ValueError("argument 'cost_cache': the distributed solver streams; pass 'auto' or False")
     validation.check_batched_pair(x, y)
     costs.check_cost(cost)
-    precision = op_precision.checked("ot_flow.sinkhorn", precision)
     eps = validation.positive("eps", eps)
     tol = validation.positive("tol", tol)
     entropy_tol = validation.positive("entropy_tol", entropy_tol)
@@ -44,34 +63,54 @@ def sinkhorn_batched(x, y, a, b, *, eps, relative_eps, cost, tol, max_iter, mome
     if target_entropy is not None:
         target_entropy = validation.in_open_interval("target_entropy", target_entropy, 0.0, 1.0)
     count, n, m = x.shape[0], x.shape[1], y.shape[1]
-    a = validation.batched_weights("a", a, count, n, x)
-    b = validation.batched_weights("b", b, count, m, y)
+    if sharded:  # this rank's rows of each problem; each problem's weights sum to 1 over the ranks
+        a = validation.shard_weights("a", a, x, process_group)
+        b = validation.shard_weights("b", b, y, process_group)
+    else:
+        a, b = _together(lambda: (validation.batched_weights("a", a, count, n, x),
+                                  validation.batched_weights("b", b, count, m, y)), process_group)
     x, y = x.detach(), y.detach()
     if x.dtype not in (torch.float32, torch.float64):
         x, y = x.float(), y.float()  # half inputs: potentials and sums in float32
     y = y.to(x.dtype)
-    works = [WorkingProblem.of(x[k], y[k], a[k], b[k], cost) for k in range(count)]
-    spreads = [costs.cost_std(x[k], y[k], a[k], b[k], cost) or works[k].frame.unit for k in range(count)]
-    for k in range(count):
-        check_range(works[k], eps * spreads[k] if relative_eps else eps)
+    reduce = (lambda t: distributed.all_sum(t, process_group)) if sharded else None
+    works = [WorkingProblem.of(x[k], y[k], a[k], b[k], cost, reduce) for k in range(count)]
+    spreads = [costs.cost_std(x[k], y[k], a[k], b[k], cost, reduce=reduce) or works[k].frame.unit
+               for k in range(count)]
+    _together(lambda: [check_range(works[k], eps * spreads[k] if relative_eps else eps) for k in range(count)],
+              process_group)
     if cost_cache == "auto":
-        cost_cache = caches_batched_costs(x, y)
+        cost_cache = process_group is None and caches_batched_costs(x, y)
     balanced = tau_a == 1.0 and tau_b == 1.0
     init_w = None
     if init is not None:
-        if not (isinstance(init, (tuple, list)) and len(init) == 2 and all(isinstance(p, torch.Tensor) for p in init)
-                and tuple(init[0].shape) == (count, n) and tuple(init[1].shape) == (count, m)):
-            raise ValueError(f"argument 'init' of a batched solve must be a pair (f, g) of tensors of shapes "
-                             f"({count}, {n}) and ({count}, {m})")
-        starts = [warm_start((init[0][k], init[1][k]), works[k], None, balanced=balanced) for k in range(count)]
+        _together(lambda: _check_init(init, count, n, m), process_group)
+        # sharded: the constant that warm_start moves from f to g is chosen over all ranks' rows
+        starts = [warm_start((init[0][k], init[1][k]), works[k], process_group if sharded else None,
+                             balanced=balanced) for k in range(count)]
         init_w = [torch.stack([s[0] for s in starts]), torch.stack([s[1] for s in starts])]
     problem = dict(x=x, y=y, a=a, b=b, works=works, spreads=spreads, tol=tol, max_iter=max_iter, momentum=momentum,
                    anneal=anneal, progress=progress, tau_a=tau_a, tau_b=tau_b, precision=precision,
-                   cost_cache=bool(cost_cache))
+                   process_group=process_group, sharded=sharded, reduce=reduce, cost_cache=bool(cost_cache))
     if target_entropy is None:
         return _solve(list(range(count)), [eps * s if relative_eps else eps for s in spreads], init_w, problem)
     first = [eps if relative_eps else eps / s for s in spreads]  # the relative eps of each problem
     return _solve_for_entropy(target_entropy, first, entropy_tol, init_w, problem)
+
+
+def _together(check, process_group):
+    """``check()`` here, or on every rank together (distributed.checked_together): a ValueError
+    on one rank raises on all of them instead of leaving the others waiting in a collective."""
+    return check() if process_group is None else distributed.checked_together(check, process_group)
+
+
+def _check_init(init, count, n, m):
+    if not (isinstance(init, (tuple, list)) and len(init) == 2 and all(isinstance(p, torch.Tensor) for p in init)
+            and tuple(init[0].shape) == (count, n) and tuple(init[1].shape) == (count, m)):
+        raise ValueError(f"argument 'init' of a batched solve must be a pair (f, g) of tensors of shapes "
+                         f"({count}, {n}) and ({count}, {m})")
+    if not all(bool(torch.isfinite(p).all()) for p in init):
+        raise ValueError("argument 'init' contains NaN or Inf")
 
 
 def _solve(ids, eps, init_w, problem):
@@ -84,7 +123,7 @@ def _solve(ids, eps, init_w, problem):
         eps, init_w, a=a[ids], b=b[ids], works=sub, xw=xw, yw=yw, tol=problem["tol"], max_iter=problem["max_iter"],
         momentum=problem["momentum"], anneal=problem["anneal"], spreads=[problem["spreads"][k] for k in ids],
         progress=problem["progress"], tau_a=problem["tau_a"], tau_b=problem["tau_b"], precision=problem["precision"],
-        dots=dots)
+        halves=halves_of(problem["process_group"], problem["sharded"], dots), process_group=problem["process_group"])
     results = []
     for p, k in enumerate(ids):
         state, work = states[p], works[k]
@@ -93,9 +132,9 @@ def _solve(ids, eps, init_w, problem):
         results.append(SinkhornResult(
             f=f, g=g, eps=float(eps[p]), n_iter=state.n_iter, error=state.error, converged=state.converged,
             errors=state.errors, x=x[k], y=y[k], a=a[k], b=b[k], cost=work.frame.cost,
-            path="cached" if problem["cost_cache"] else "streamed",
-            spread=float(problem["spreads"][k]), tau_a=problem["tau_a"], tau_b=problem["tau_b"],
-            precision=problem["precision"], working=solved))
+            path="cached" if problem["cost_cache"] else "streamed", process_group=problem["process_group"],
+            sharded=problem["sharded"], spread=float(problem["spreads"][k]), tau_a=problem["tau_a"],
+            tau_b=problem["tau_b"], precision=problem["precision"], working=solved))
     return BatchedSinkhornResult.of(results, xw, yw)
 
 
@@ -120,7 +159,7 @@ def _solve_for_entropy(target, rel_eps, entropy_tol, init_w, problem, max_solves
     inits = None if init_w is None else [(init_w[0][k], init_w[1][k]) for k in range(count)]
     searching = []
     for k in range(count):
-        if costs.interaction_std(x[k], y[k], a[k], b[k]) == 0.0:
+        if costs.interaction_std(x[k], y[k], a[k], b[k], problem["reduce"]) == 0.0:
             final[k] = _solve([k], [rel_eps[k] * spreads[k]], _stacked(inits, [k]), problem)[0]
             warnings.warn(f"ot_flow.sinkhorn: problem {k} of the batch: target_entropy={target} cannot be reached: "
                           "the coupling is the independent one whatever eps (one cloud is a single point, or the "
@@ -128,7 +167,7 @@ def _solve_for_entropy(target, rel_eps, entropy_tol, init_w, problem, max_solves
                           f"returning eps={final[k].eps:.4g}", RuntimeWarning, stacklevel=4)
         else:
             searching.append(k)
-    bar = progress_bar(problem["progress"], max_solves, "sinkhorn batched target_entropy", None)
+    bar = progress_bar(problem["progress"], max_solves, "sinkhorn batched target_entropy", problem["process_group"])
     with bar:
         for _ in range(max_solves):
             if not searching:

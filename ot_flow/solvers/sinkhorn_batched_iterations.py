@@ -10,6 +10,12 @@ iteration counts and convergence of B separate solves on the same path (streamed
 
 One host synchronisation per iteration reads the B marginal errors (and one the finiteness of
 the g-update); a problem that converges drops out of the next kernel call.
+
+Across the ranks of a process group the same loop runs with the half-steps of
+sinkhorn_batched_halves.py: what the loop decides on (the per-problem sums of the marginal errors
+and of the masses, the finiteness of the potentials) comes from the halves' ``sums`` and
+``finite``, reduced over the ranks where the rows are sharded, so every rank takes the same
+decisions and stops together.
 """
 
 import math
@@ -94,6 +100,14 @@ class BatchedHalves:
         x, y = self._selected(idx)
         return self._softmin(y, x, f, _take(self.log_a, idx), es)
 
+    def sums(self, *per_row):
+        """Each (k, n) per-row quantity summed over its rows: a (k,) float64 tensor per argument."""
+        return tuple(t.sum(1) for t in per_row)
+
+    def finite(self, t):
+        """(k,) bool: whether each problem's potential is finite everywhere."""
+        return torch.isfinite(t).all(1)
+
 
 def _relaxed(update, tau, offsets):
     """The unbalanced half-step (sinkhorn_iterations._relaxed) per problem: offsets (B, n)."""
@@ -109,24 +123,28 @@ def _relaxed(update, tau, offsets):
 
 
 class _MassBalance:
-    """sinkhorn_iterations._MassBalance per problem (one host synchronisation for the B masses)."""
+    """sinkhorn_iterations._MassBalance per problem: the masses of both sides summed in one call
+    of the halves' ``sums`` (one all-reduce when sharded), each side read once."""
 
-    def __init__(self, a, b, alpha, beta, tau_a, tau_b):
-        self.a, self.b, self.alpha, self.beta, self.tau_a, self.tau_b = a, b, alpha, beta, tau_a, tau_b
+    def __init__(self, halves, a, b, alpha, beta, tau_a, tau_b):
+        self.halves, self.a, self.b, self.alpha, self.beta = halves, a, b, alpha, beta
+        self.tau_a, self.tau_b = tau_a, tau_b
 
     @staticmethod
-    def _log_masses(w, p, offsets, tau, rhos):
+    def _mass_terms(w, p, offsets, tau, rhos):
+        """A relaxed side's per-row mass terms (k, n); None for a balanced side (log mass 0)."""
         if tau == 1.0:
-            return [0.0] * len(rhos)
+            return None
         rho = _per_problem(rhos, w, torch.float64)
-        totals = (w * torch.exp(-(p.double() + offsets) / rho)).sum(1).tolist()
-        return [log_mass(t) for t in totals]
+        return w * torch.exp(-(p.double() + offsets) / rho)
 
     def __call__(self, idx, fd, gd, es):
         rho_a = [validation.relaxation_rho(e, self.tau_a) for e in es]
         rho_b = [validation.relaxation_rho(e, self.tau_b) for e in es]
-        ma = self._log_masses(_take(self.a, idx), fd, _take(self.alpha, idx), self.tau_a, rho_a)
-        mb = self._log_masses(_take(self.b, idx), gd, _take(self.beta, idx), self.tau_b, rho_b)
+        terms = (self._mass_terms(_take(self.a, idx), fd, _take(self.alpha, idx), self.tau_a, rho_a),
+                 self._mass_terms(_take(self.b, idx), gd, _take(self.beta, idx), self.tau_b, rho_b))
+        totals = iter(self.halves.sums(*(t for t in terms if t is not None)))
+        ma, mb = ([0.0] * len(es) if t is None else [log_mass(v) for v in next(totals).tolist()] for t in terms)
         lams = [translation(p, q, ra, rb) for p, q, ra, rb in zip(ma, mb, rho_a, rho_b)]
         keep = [not math.isfinite(v) for v in lams]
         moved = fd + _per_problem([0.0 if k else v for k, v in zip(keep, lams)], fd)
@@ -152,12 +170,14 @@ class _Problem:
 
 @torch.no_grad()
 def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum, anneal, spreads, progress,
-                     tau_a=1.0, tau_b=1.0, precision="highest", dots=None):
+                     tau_a=1.0, tau_b=1.0, precision="highest", halves=BatchedHalves, process_group=None):
     """B solves at absolute eps (a list); ``init`` a pair of working potentials (B, n), (B, m) or None.
 
-    ``works`` are the problems' WorkingProblems, ``xw``, ``yw`` their stacked working points;
-    ``dots``, when given, their (B, n, m) working dot products (the cached path; consumed: the
-    loop compacts it in place as problems stop).
+    ``works`` are the problems' WorkingProblems, ``xw``, ``yw`` their stacked working points.
+    ``halves`` makes the half-steps, ``halves(xw, yw, log_a, log_b, precision=...)``: BatchedHalves
+    on one process (sinkhorn_batched_halves.halves_of binds the cached dot products, which the
+    loop consumes: it compacts them in place as problems stop), halves_of's classes across the
+    ranks of ``process_group``.
     Returns (fd, gd, [problem states]) in the working frames."""
     count, dtype, device = xw.shape[0], xw.dtype, xw.device
     eps_w = [e / w.frame.unit for e, w in zip(eps, works)]
@@ -168,7 +188,7 @@ def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum,
     else:
         fd = torch.zeros(xw.shape[:2], dtype=dtype, device=device)
         gd = torch.zeros(yw.shape[:2], dtype=dtype, device=device)
-    halves = BatchedHalves(xw, yw, log_a, log_b, precision, dots)
+    halves = halves(xw, yw, log_a, log_b, precision=precision)
     f_update, g_update = halves.f_update, halves.g_update
     unbalanced = tau_a < 1.0 or tau_b < 1.0
     if unbalanced:
@@ -176,7 +196,7 @@ def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum,
         beta_u = torch.stack([w.relaxed_offsets(w.beta) for w in works])
         f_update = _relaxed(f_update, tau_a, alpha_u.to(dtype))
         g_update = _relaxed(g_update, tau_b, beta_u.to(dtype))
-        balance = _MassBalance(a, b, alpha_u, beta_u, tau_a, tau_b)
+        balance = _MassBalance(halves, a, b, alpha_u, beta_u, tau_a, tau_b)
     else:
         balance = None
     states = []
@@ -184,7 +204,7 @@ def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum,
         auto = init is None and eps_w[k] < _ANNEAL_BELOW * spread_w[k]
         states.append(_Problem(eps_w[k], spread_w[k], auto if anneal is None else anneal, momentum, max_iter))
 
-    bar = progress_bar(progress, max_iter, f"sinkhorn batched B={count}", None)
+    bar = progress_bar(progress, max_iter, f"sinkhorn batched B={count}", process_group)
     with bar:
         while True:
             active = [k for k in range(count) if not states[k].done]
@@ -193,8 +213,8 @@ def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum,
             idx = None if len(active) == count else active
             es = [states[k].e for k in active]
             f_new = f_update(idx, _take(gd, idx), es, _take(fd, idx))
-            go = _measure(active, states, f_new, _take(fd, idx), _take(a, idx), alpha_u if unbalanced else None,
-                          tau_a, tol, dtype, idx)
+            go = _measure(halves, active, states, f_new, _take(fd, idx), _take(a, idx),
+                          alpha_u if unbalanced else None, tau_a, tol, dtype, idx)
             if not any(go):
                 continue
             keep = [p for p, g in enumerate(go) if g]  # positions in `active` that take the step
@@ -209,8 +229,9 @@ def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum,
             if balance is not None:
                 fd_next = balance(sub_idx, fd_next, gd_now, es)
             g_new = g_update(sub_idx, fd_next, es, gd_now)
-            if not bool(torch.isfinite(g_new).all()):  # f_new is checked through the error
-                bad = [k for k, ok in zip(sub, torch.isfinite(g_new).all(1).tolist()) if not ok][0]
+            finite = halves.finite(g_new).tolist()  # f_new is checked through the error
+            if not all(finite):
+                bad = sub[finite.index(False)]
                 _raise_non_finite(bad, states[bad].n_iter, eps[bad], dtype)
             gd_next = torch.where(plain, g_new, gd_now + _per_problem(steps, gd) * (g_new - gd_now))
             if sub_idx is None:
@@ -241,10 +262,11 @@ def _advance(state, max_iter):
     state.done = state.n_iter >= max_iter
 
 
-def _measure(active, states, f_new, fd, a, alpha_u, tau_a, tol, dtype, idx):
-    """The marginal errors of the problems with a pending measurement (one synchronisation), and
-    each one's decision (sinkhorn_iterations.solve_at): whether it takes this iteration's step
-    (False: converged now). Raises on non-finite potentials, naming the problem."""
+def _measure(halves, active, states, f_new, fd, a, alpha_u, tau_a, tol, dtype, idx):
+    """The marginal errors of the problems with a pending measurement (one synchronisation; the
+    sums through ``halves``), and each one's decision (sinkhorn_iterations.solve_at): whether it
+    takes this iteration's step (False: converged now). Raises on non-finite potentials, naming
+    the problem."""
     measured = [p for p, k in enumerate(active) if states[k].measured and not states[k].annealing]
     errors = [None] * len(active)
     if measured:
@@ -252,20 +274,21 @@ def _measure(active, states, f_new, fd, a, alpha_u, tau_a, tol, dtype, idx):
         e64 = _per_problem([states[active[p]].eps_w for p in measured], fd, torch.float64)
         fd64, fn64, w = fd[sel].double(), f_new[sel].double(), a[sel]
         if tau_a == 1.0:
-            errs = (w * (torch.exp((fd64 - fn64) / e64) - 1).abs()).sum(1)
+            (errs,) = halves.sums(w * (torch.exp((fd64 - fn64) / e64) - 1).abs())
         else:
             rho = _per_problem([validation.relaxation_rho(states[active[p]].eps_w, tau_a) for p in measured],
                                fd, torch.float64)
             gap = torch.expm1((fd64 - fn64) / _per_problem(
                 [tau_a * states[active[p]].eps_w for p in measured], fd, torch.float64)).abs()
             target = w * torch.exp(-(fd64 + _take(alpha_u, idx)[sel]) / rho)
-            errs = (target * gap).sum(1) / target.sum(1)
+            off, mass = halves.sums(target * gap, target)
+            errs = off / mass
         for p, v in zip(measured, errs.tolist()):
             errors[p] = v
     unmeasured = [p for p in range(len(active)) if errors[p] is None and not states[active[p]].annealing]
     unmeasured += [p for p in range(len(active)) if states[active[p]].annealing]
     if unmeasured:
-        finite = torch.isfinite(f_new[unmeasured]).all(1).tolist()
+        finite = halves.finite(f_new[unmeasured]).tolist()
         for p, ok in zip(unmeasured, finite):
             if not ok:
                 k = active[p]

@@ -81,15 +81,20 @@ def weights(name, w, size, like, atol=1e-5):
 
 def shard_weights(name, w, points, process_group):
     """This rank's slice of weights that sum to 1 over all ranks (uniform over all points by
-    default). Every rank goes through the same collectives whatever it passed."""
-    n_local = points.shape[0]
+    default), float64: for points (n_r, d), or (B, n_r, d) for a batch of B problems whose weights
+    (B, n_r) each sum to 1 (one all-reduce for all B totals). Every rank goes through the same
+    collectives whatever it passed."""
+    shape = tuple(points.shape[:-1])
+    n_local = shape[-1]
     n_total = sum(distributed.shard_sizes(n_local, points.device, process_group))
 
     def local():
         if w is None:
-            return torch.full((n_local,), 1.0 / n_total, dtype=torch.float64, device=points.device)
-        if not isinstance(w, torch.Tensor) or w.shape != (n_local,) or not w.is_floating_point():
-            raise ValueError(f"argument '{name}' must be a 1-D float tensor with this rank's {n_local} entries")
+            return torch.full(shape, 1.0 / n_total, dtype=torch.float64, device=points.device)
+        if not isinstance(w, torch.Tensor) or tuple(w.shape) != shape or not w.is_floating_point():
+            what = (f"a 1-D float tensor with this rank's {n_local} entries" if len(shape) == 1 else
+                    f"a float tensor of shape {shape} (this rank's {n_local} entries of each problem)")
+            raise ValueError(f"argument '{name}' must be {what}")
         if w.device != points.device:
             raise ValueError(f"argument '{name}' is on {w.device} but the points are on {points.device}")
         if not torch.isfinite(w).all() or (w < 0).any():
@@ -97,10 +102,12 @@ def shard_weights(name, w, points, process_group):
         return w.detach().double()
 
     w = distributed.checked_together(local, process_group)
-    total = float(distributed.all_sum(w.sum().reshape(1), process_group)[0])
-    if abs(total - 1.0) > 1e-5:
-        raise ValueError(f"argument '{name}' must sum to 1 over all ranks, sums to {total:.6g}")
-    return w / total
+    totals = distributed.all_sum(w.sum(-1).reshape(-1), process_group)
+    for k, total in enumerate(totals.tolist()):
+        if abs(total - 1.0) > 1e-5:
+            which = name if len(shape) == 1 else f"{name}[{k}]"
+            raise ValueError(f"argument '{which}' must sum to 1 over all ranks, sums to {total:.6g}")
+    return w / totals.reshape(*shape[:-1], 1)
 
 
 def integer(name, value, low, optional=False):
