@@ -250,3 +250,26 @@ def test_cached_batches_fit_the_cache_budget(monkeypatch):
     problems = [(x[k], y[k]) for k in range(4)] + [(x[0][:10], y[0][:10])]
     sampler = ot_flow.OTSampler(eps=0.05)
     assert sampler._batches(problems) == [([0, 1], True), ([2, 3], True), ([4], True)]
+
+
+@pytest.mark.parametrize("per", [1, 2])
+def test_cached_batch_in_cache_sized_groups_equals_the_whole_batch(monkeypatch, per):
+    """A CPU batch whose matrices overflow the last-level cache runs in groups that fit it: the
+    problems are independent, so the results are the same bits (and warm starts and target
+    entropy searches go to the right problems)."""
+    from ot_flow.solvers import sinkhorn_batched
+
+    x, y = _problems(5, 40, 30, 2, torch.float64, seed=12)
+    whole = ot_flow.sinkhorn(x, y, eps=0.03, progress=False)
+    monkeypatch.setattr(sinkhorn_batched, "cache_group_size", lambda n, m, item: per)
+    grouped = ot_flow.sinkhorn(x, y, eps=0.03, progress=False)
+    assert torch.equal(grouped.f, whole.f) and torch.equal(grouped.g, whole.g)
+    assert torch.equal(grouped.n_iter, whole.n_iter) and {r.path for r in grouped} == {"cached"}
+    _check_equal_to_separate(grouped, x, y, eps=0.03)
+    warm = ot_flow.sinkhorn(x, y, eps=0.03, init=(whole.f.flip(0), whole.g.flip(0)), progress=False)
+    for k in range(5):
+        s = _separate(x, y, k, eps=0.03, init=(whole.f[4 - k], whole.g[4 - k]))
+        assert torch.equal(warm.f[k], s.f) and warm.n_iter[k] == s.n_iter
+    searched = ot_flow.sinkhorn(x[:3], y[:3], target_entropy=0.3, progress=False)
+    for k in range(3):
+        assert float(searched.eps[k]) == _separate(x, y, k, target_entropy=0.3).eps

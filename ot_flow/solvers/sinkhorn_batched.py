@@ -22,7 +22,7 @@ from ot_flow.ops import precision as op_precision
 from ot_flow.ops.layout import stack_aligned
 from ot_flow.solvers import costs, validation
 from ot_flow.solvers.progress import progress_bar
-from ot_flow.solvers.cost_cache import caches_batched_costs
+from ot_flow.solvers.cost_cache import cache_group_size, caches_batched_costs
 from ot_flow.solvers.sinkhorn_batched_halves import halves_of
 from ot_flow.solvers.sinkhorn_batched_iterations import solve_batched_at
 from ot_flow.solvers.sinkhorn_batched_result import BatchedSinkhornResult
@@ -114,7 +114,28 @@ def _check_init(init, count, n, m):
 
 
 def _solve(ids, eps, init_w, problem):
-    """Problems ``ids`` of the batch solved together at absolute eps (one per id)."""
+    """Problems ``ids`` of the batch solved at absolute eps (one per id): together, or, when their
+    cached matrices would not stay in the CPU's cache, in groups that do (cost_cache.cache_group_size:
+    the problems are independent, so the results are the same bits either way)."""
+    results = []
+    for lo, hi in _groups(len(ids), problem):
+        init = None if init_w is None else [init_w[0][lo:hi], init_w[1][lo:hi]]
+        results += _solve_together(ids[lo:hi], eps[lo:hi], init, problem)
+    return BatchedSinkhornResult.of(results, stack_aligned([r.working.x for r in results]),
+                                    stack_aligned([r.working.y for r in results]))
+
+
+def _groups(count, problem):
+    """[(lo, hi)] slices of the ``count`` problems of a solve, solved one slice after the other."""
+    if not problem["cost_cache"] or problem["x"].device.type != "cpu":
+        return [(0, count)]
+    x, y = problem["x"], problem["y"]
+    per = cache_group_size(x.shape[1], y.shape[1], x.element_size())
+    return [(lo, min(count, lo + per)) for lo in range(0, count, per)]
+
+
+def _solve_together(ids, eps, init_w, problem):
+    """Problems ``ids`` solved together (one batched kernel call per half-step); their results."""
     x, y, a, b, works = problem["x"], problem["y"], problem["a"], problem["b"], problem["works"]
     sub = [works[k] for k in ids]
     xw, yw = stack_aligned([w.x for w in sub]), stack_aligned([w.y for w in sub])
@@ -135,7 +156,7 @@ def _solve(ids, eps, init_w, problem):
             path="cached" if problem["cost_cache"] else "streamed", process_group=problem["process_group"],
             sharded=problem["sharded"], spread=float(problem["spreads"][k]), tau_a=problem["tau_a"],
             tau_b=problem["tau_b"], precision=problem["precision"], working=solved))
-    return BatchedSinkhornResult.of(results, xw, yw)
+    return results
 
 
 def _working_dots(works):
