@@ -136,9 +136,10 @@ def test_gumbel_draws_match_the_cpu_on_exact_inputs(precision):
     x = torch.randint(-4, 5, (67, 5), generator=g).float()
     y = torch.randint(-4, 5, (20_011, 5), generator=g).float()
     h = torch.randint(-3, 4, (20_011,), generator=g).float()
-    cpu_index, cpu_value = ot_flow.ops.gumbel_argmax(x, y, h, 0.5, seed=11, offset=2, row_offset=5)
+    cpu_index, cpu_value = ot_flow.ops.gumbel_argmax(x, y, h, 0.5, seed=11, offset=2, row_offset=5,
+                                                     return_value=True)
     index, value = ot_flow.ops.gumbel_argmax(x.cuda(), y.cuda(), h.cuda(), 0.5, seed=11, offset=2, row_offset=5,
-                                             precision=precision)
+                                             return_value=True, precision=precision)
     assert torch.equal(index.cpu(), cpu_index)
     torch.testing.assert_close(value.cpu(), cpu_value, rtol=0, atol=1e-12)
 
@@ -148,11 +149,92 @@ def test_gumbel_frequencies_follow_the_softmax():
     x = torch.full((20_000, 2), 0.5, device="cuda")
     y = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [-1.0, 1.0], [3.0, -1.0]], device="cuda")
     h = torch.tensor([0.0, -0.5, 0.2, 1.0, -2.0], device="cuda")
-    index, _ = ot_flow.ops.gumbel_argmax(x, y, h, 1.3, seed=5)
+    index = ot_flow.ops.gumbel_argmax(x, y, h, 1.3, seed=5)
     counts = torch.bincount(index.cpu(), minlength=5).double()
     p = torch.softmax(1.3 * (x[0] @ y.T) + h, 0).double().cpu()
     chi2 = ((counts - 20_000 * p) ** 2 / (20_000 * p)).sum().item()
     assert chi2 < 25.0  # 4 degrees of freedom: P(chi2 > 25) ~ 5e-5
+
+
+# Batched problems (B, n, m, d): one launch with the batch as grid z. B = 1; B = 3 with prime n and
+# m, m beyond a 64-column tile; few rows and many columns (split columns, chunk plans that differ
+# from the 2-D calls'); one row, one column.
+BATCHED_SIZES = [(1, 67, 4099, 3), (3, 67, 131, 5), (3, 131, 20_011, 17), (3, 5, 1031, 64), (3, 1, 1, 1)]
+# How far a batched barycentric may move from the 2-D calls: their column chunks differ, and each
+# chunk's weights are rounded to the mode's operand format relative to its own running max.
+WEIGHT_ROUNDING = {"highest": 1e-5, "tf32": 2.0**-9, "bf16": 2.0**-6}
+
+
+def batched_problem(batch, n, m, d, seed, integers=False):
+    g = torch.Generator().manual_seed(seed)
+    if integers:  # every mode forms these dot products exactly
+        x = torch.randint(-4, 5, (batch, n, d), generator=g).float()
+        y = torch.randint(-4, 5, (batch, m, d), generator=g).float()
+        h = torch.randint(-3, 4, (batch, m), generator=g).float()
+    else:
+        x = torch.randn(batch, n, d, generator=g)
+        y = torch.randn(batch, m, d, generator=g)
+        h = torch.randn(batch, m, generator=g)
+    h[0, ::5] = float("-inf")
+    return x, y, h
+
+
+@pytest.mark.parametrize("precision", MODES)
+@pytest.mark.parametrize("batch,n,m,d", BATCHED_SIZES)
+def test_batched_barycentric_is_the_2d_calls(batch, n, m, d, precision):
+    x, y, h = (t.cuda() for t in batched_problem(batch, n, m, d, seed=n + m))
+    values = torch.randn(batch, m, d + 17, device="cuda")  # k = d + 17: value blocks of 16 and 64
+    scales = [0.3 + 0.4 * b for b in range(batch)]
+    mean, lse = ot_flow.ops.barycentric(x, y, h, scales, values, precision=precision)
+    assert mean.shape == (batch, n, d + 17) and lse.shape == (batch, n)
+    tol = WEIGHT_ROUNDING[precision]
+    for b in range(batch):
+        mean_b, lse_b = ot_flow.ops.barycentric(x[b], y[b], h[b], scales[b], values[b], precision=precision)
+        vmax = values[b].abs().max().item()
+        torch.testing.assert_close(mean[b], mean_b, rtol=0, atol=4 * tol * vmax)
+        torch.testing.assert_close(lse[b], lse_b, rtol=1e-6, atol=2 * tol)
+
+
+def test_batched_barycentric_past_one_launch():
+    # 300 problems > 256 per launch, and k = 20,000 (313 value blocks) leaves room for 209 problems
+    # in grid z: three launches, each problem still the 2-D call's.
+    x, y, h = (t.cuda() for t in batched_problem(300, 3, 5, 2, seed=1))
+    values = torch.randn(300, 5, 20_000, device="cuda")
+    scales = [0.5 + 0.01 * b for b in range(300)]
+    mean, lse = ot_flow.ops.barycentric(x, y, h, scales, values)
+    for b in (0, 208, 209, 255, 256, 299):
+        mean_b, lse_b = ot_flow.ops.barycentric(x[b], y[b], h[b], scales[b], values[b])
+        torch.testing.assert_close(mean[b], mean_b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lse[b], lse_b, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", MODES)
+@pytest.mark.parametrize("batch,n,m,d", BATCHED_SIZES)
+def test_batched_gumbel_draws_are_the_2d_draws(batch, n, m, d, precision):
+    # Problem b with seed 7 + 3b draws exactly what the 2-D call with that seed draws, whatever
+    # the column chunks; on integer inputs also exactly what the CPU draws.
+    x, y, h = batched_problem(batch, n, m, d, seed=n * m, integers=True)
+    scales = [0.5 + 0.25 * b for b in range(batch)]
+    seeds = [7 + 3 * b for b in range(batch)]
+    kw = dict(offset=2, row_offset=5, col_offset=3, return_value=True)
+    index, value = ot_flow.ops.gumbel_argmax(x.cuda(), y.cuda(), h.cuda(), scales, seed=seeds, precision=precision,
+                                             **kw)
+    cpu_index, cpu_value = ot_flow.ops.gumbel_argmax(x, y, h, scales, seed=seeds, **kw)
+    assert torch.equal(index.cpu(), cpu_index)
+    torch.testing.assert_close(value.cpu(), cpu_value, rtol=0, atol=1e-12)
+    for b in range(batch):
+        index_b, value_b = ot_flow.ops.gumbel_argmax(x[b].cuda(), y[b].cuda(), h[b].cuda(), scales[b], seed=seeds[b],
+                                                     precision=precision, **kw)
+        assert torch.equal(index[b], index_b) and torch.equal(value[b], value_b)
+
+
+def test_batched_gumbel_past_one_launch():
+    x, y, h = (t.cuda() for t in batched_problem(300, 7, 70, 3, seed=2))
+    seeds = list(range(300))
+    index, value = ot_flow.ops.gumbel_argmax(x, y, h, 0.7, seed=seeds, return_value=True)
+    for b in (0, 255, 256, 299):
+        index_b, value_b = ot_flow.ops.gumbel_argmax(x[b], y[b], h[b], 0.7, seed=seeds[b], return_value=True)
+        assert torch.equal(index[b], index_b) and torch.equal(value[b], value_b)
 
 
 def float64_top1(x, y, bias):

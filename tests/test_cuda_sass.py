@@ -62,3 +62,15 @@ def test_engine_kernels_use_tensor_cores():
         assert TENSOR_CORE.search(sass), f"{name}: no tensor-core instruction in its SASS"
         assert MMA_SHAPE[mode] in sass, f"{name}: expected {MMA_SHAPE[mode]} for precision mode {mode}"
         assert not re.search(r"\b(LDL|STL)\b", sass), f"{name}: registers spill to local memory"
+
+
+def test_batched_engine_ops_take_the_batch_in_one_kernel():
+    """Batched lse, barycentric and gumbel_argmax on the engine are one launch per 256 problems: their
+    streaming kernels take the batch (problem_batch.cuh, or a batch derived from it) by value, the
+    2-D call being a batch of one, so no second, per-problem kernel exists."""
+    names = [name for name in kernels_sass() if ENGINE_KERNEL.search(name)]
+    for op in ("lse", "barycentric", "gumbel"):
+        kernels = [name for name in names if f"{op}_engine_kernel" in name]
+        assert kernels, f"no {op} engine kernel"
+        for name in kernels:
+            assert re.search(r"\d+(Problem|Barycentric|Gumbel)BatchE", name), f"{name}: takes no problem batch"

@@ -99,17 +99,26 @@ std::tuple<at::Tensor, at::Tensor> barycentric_engine_kernel(const at::Tensor& x
   return cuda::engine::barycentric_tensor_cores(x, y, h, scale, values, cuda::engine::dot_mode(precision));
 }
 
+std::tuple<at::Tensor, at::Tensor> barycentric_engine_batched_kernel(const at::Tensor& x, const at::Tensor& y,
+                                                                     const at::Tensor& h,
+                                                                     const std::vector<double>& scales,
+                                                                     const at::Tensor& values, Precision precision) {
+  return cuda::engine::barycentric_tensor_cores_batched(x, y, h, scales, values, cuda::engine::dot_mode(precision));
+}
+
 // The tensor-core engine's single pass when it is switched on (engine.h) and the inputs are not
-// float64, else the two FMA passes below. Batched inputs: a C++ loop of the 2-D launches on the
-// current stream (run_barycentric).
+// float64: batched inputs are one launch. Otherwise the two FMA passes below, and batched inputs
+// a C++ loop of their 2-D launches on the current stream (run_barycentric).
 std::tuple<at::Tensor, at::Tensor> barycentric_cuda(const at::Tensor& x, const at::Tensor& y,
                                                     const std::optional<at::Tensor>& h, double scale,
                                                     const std::optional<at::Tensor>& values,
                                                     std::optional<c10::ArrayRef<double>> scales,
                                                     c10::string_view precision) {
-  const auto kernel = cuda::engine::engine_takes(x.scalar_type()) ? &barycentric_engine_kernel
-                                                                  : &barycentric_cuda_kernel;
-  return run_barycentric(x, y, h, scale, values, scales, precision, kernel);
+  if (cuda::engine::engine_takes(x.scalar_type())) {
+    return run_barycentric(x, y, h, scale, values, scales, precision, &barycentric_engine_kernel,
+                           &barycentric_engine_batched_kernel);
+  }
+  return run_barycentric(x, y, h, scale, values, scales, precision, &barycentric_cuda_kernel);
 }
 
 }  // namespace

@@ -91,19 +91,29 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_engine_kernel(const at::Tensor&
   return cuda::engine::gumbel_argmax_tensor_cores(x, y, h, scale, key, cuda::engine::dot_mode(precision));
 }
 
-// The tensor-core engine when it is switched on (engine.h) and the inputs are not float64, else
-// the FMA kernel below. Batched inputs: a C++ loop of the 2-D launches on the current stream
-// (run_gumbel_argmax).
+std::tuple<at::Tensor, at::Tensor> gumbel_argmax_engine_batched_kernel(const at::Tensor& x, const at::Tensor& y,
+                                                                       const at::Tensor& h,
+                                                                       const std::vector<double>& scales,
+                                                                       const std::vector<GumbelKey>& keys,
+                                                                       Precision precision) {
+  return cuda::engine::gumbel_argmax_tensor_cores_batched(x, y, h, scales, keys, cuda::engine::dot_mode(precision));
+}
+
+// The tensor-core engine when it is switched on (engine.h) and the inputs are not float64:
+// batched inputs are one launch. Otherwise the FMA kernel below, and batched inputs a C++ loop
+// of its 2-D launches on the current stream (run_gumbel_argmax).
 std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cuda(const at::Tensor& x, const at::Tensor& y,
                                                       const std::optional<at::Tensor>& h, double scale,
                                                       int64_t seed, int64_t offset, int64_t row_offset,
                                                       int64_t col_offset, std::optional<c10::ArrayRef<double>> scales,
                                                       at::OptionalIntArrayRef seeds, c10::string_view precision,
                                                       bool validate) {
-  const auto kernel = cuda::engine::engine_takes(x.scalar_type()) ? &gumbel_argmax_engine_kernel
-                                                                  : &gumbel_argmax_cuda_kernel;
+  if (cuda::engine::engine_takes(x.scalar_type())) {
+    return run_gumbel_argmax(x, y, h, scale, seed, offset, row_offset, col_offset, scales, seeds, precision,
+                             validate, &gumbel_argmax_engine_kernel, &gumbel_argmax_engine_batched_kernel);
+  }
   return run_gumbel_argmax(x, y, h, scale, seed, offset, row_offset, col_offset, scales, seeds, precision, validate,
-                           kernel);
+                           &gumbel_argmax_cuda_kernel);
 }
 
 }  // namespace

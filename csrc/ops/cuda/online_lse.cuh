@@ -13,15 +13,27 @@ constexpr T neg_inf() {
   return -::cuda::std::numeric_limits<T>::infinity();
 }
 
-// Folds (other_max, other_sum) into a running (max, sum) of exp(. - max).
-template <typename acc_t>
+// The exponential a (max, sum) pair is kept in: e^v for the FMA kernels, 2^v for the engine
+// (its scores are in log2 units, and exp2 is the hardware's native exponential).
+struct NaturalExp {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T v) const {
+    return exp(v);
+  }
+};
+struct Base2Exp {
+  __device__ __forceinline__ float operator()(float v) const { return exp2f(v); }
+};
+
+// Folds (other_max, other_sum) into a running (max, sum) of Exp(. - max).
+template <class Exp = NaturalExp, typename acc_t>
 __device__ __forceinline__ void merge_lse(acc_t& max, acc_t& sum, acc_t other_max, acc_t other_sum) {
   if (other_max == neg_inf<acc_t>()) return;
   if (other_max > max) {
-    sum = sum * exp(max - other_max) + other_sum;
+    sum = sum * Exp{}(max - other_max) + other_sum;
     max = other_max;
   } else {
-    sum += other_sum * exp(other_max - max);
+    sum += other_sum * Exp{}(other_max - max);
   }
 }
 

@@ -1,39 +1,59 @@
 // ot_flow::barycentric on the tensor-core engine, in one pass: the streaming loop with the
 // softmax-weighted-sum epilogue (barycentric_epilogue.cuh); the row log-sum-exp comes out of
-// the same pass. Grid: row blocks x column chunks x value blocks of ValueCols columns.
+// the same pass. Grid: row blocks x column chunks x (problems x value blocks of ValueCols
+// columns); a 2-D call is a batch of one.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "barycentric_epilogue.cuh"
 #include "engine.h"
 #include "launch.cuh"
+#include "problem_batch.cuh"
 #include "stream_loop.cuh"
 
 namespace ot_flow::cuda::engine {
 namespace {
 
+// Problem b's values (m, k) also lie at values + b * values_stride.
+struct BarycentricBatch : ProblemBatch {
+  int64_t values_stride = 0;
+};
+
+// blockIdx.z = problem * value_blocks + value block; rows of blockIdx.x, one chunk of columns per
+// blockIdx.y. Writes mean and lse when there is one chunk, else the chunk's partials (finish).
 template <class Traits, int Width, int ValueCols>
 __global__ void __launch_bounds__(Traits::kThreads, 2) barycentric_engine_kernel(
     const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h,
-    const float* __restrict__ values, int64_t n, int64_t m, int64_t d, int64_t k, float scale,
-    int64_t cols_per_chunk, float* __restrict__ mean, float* __restrict__ lse, float* __restrict__ part_weighted,
-    float* __restrict__ part_max, float* __restrict__ part_sum) {
+    const float* __restrict__ values, int64_t n, int64_t m, int64_t d, int64_t k, const BarycentricBatch batch,
+    unsigned value_blocks, int64_t cols_per_chunk, float* __restrict__ mean, float* __restrict__ lse,
+    float* __restrict__ part_weighted, float* __restrict__ part_max, float* __restrict__ part_sum,
+    int64_t chunk_stride) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   __shared__ __align__(16) ValueTile<Traits, ValueCols> value_tile;
+  const int64_t problem = blockIdx.z / value_blocks;
+  const int64_t v0 = static_cast<int64_t>(blockIdx.z % value_blocks) * ValueCols;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * Traits::kBlockRows;
   const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
   const int64_t col_end = min(m, col_begin + cols_per_chunk);
-  const int64_t v0 = static_cast<int64_t>(blockIdx.z) * ValueCols;
-  BarycentricEpilogue<Traits, ValueCols> epi(scale, h, values, k, v0, value_tile);
-  stream_column_tiles<Traits, Width>(x, y, n, d, row0, col_begin, col_end, smem, epi);
+  BarycentricEpilogue<Traits, ValueCols> epi(batch.scale[problem], h + problem * batch.h_stride,
+                                             values + problem * batch.values_stride, k, v0, value_tile);
+  stream_column_tiles<Traits, Width>(x + problem * batch.x_stride, y + problem * batch.y_stride, n, d, row0,
+                                     col_begin, col_end, smem, epi);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  epi.finish(row0 + warp * Traits::kWarpRows, n, lane, mean, lse, part_weighted, part_max, part_sum, blockIdx.y);
+  const int64_t rows_before = problem * n;  // rows of the problems before this one
+  const bool whole = mean != nullptr;
+  epi.finish(row0 + warp * Traits::kWarpRows, n, lane, whole ? mean + rows_before * k : nullptr,
+             whole ? lse + rows_before : nullptr, whole ? nullptr : part_weighted + rows_before * k,
+             whole ? nullptr : part_max + rows_before, whole ? nullptr : part_sum + rows_before, blockIdx.y,
+             chunk_stride);
 }
 
-// mean[i][v] and lse[i] from the chunks' partial (weighted, max, sum): one thread per (i, v).
+// mean[i][v] and lse[i] from the chunks' partial (weighted, max, sum): one thread per (i, v); the
+// rows of a batch's problems are one axis of n rows here.
 __global__ void barycentric_merge_chunks_kernel(const float* __restrict__ part_weighted,
                                                 const float* __restrict__ part_max,
                                                 const float* __restrict__ part_sum, int64_t n, int64_t k,
@@ -64,63 +84,104 @@ void with_value_cols(int64_t k, Fn&& fn) {
   fn(std::integral_constant<int, 64>{});
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor> barycentric_tensor_cores(const at::Tensor& x, const at::Tensor& y,
-                                                            const at::Tensor& h, double scale,
-                                                            const at::Tensor& values, DotMode mode) {
-  TORCH_CHECK(engine_handles(x), "ot_flow.barycentric: the tensor-core engine takes float32 inputs, got ",
-              x.scalar_type());
-  const c10::cuda::CUDAGuard device_guard(x.device());
-  const int64_t n = x.size(0), m = y.size(0), d = x.size(1), k = values.size(1);
-  at::Tensor mean = at::empty({n, k}, x.options());
-  at::Tensor lse = at::empty({n}, x.options());
-  if (n == 0) return {mean, lse};
-  if (k == 0) {
-    // No value columns: the blocks would not exist; the lse alone is what is asked for.
-    return {mean, lse_tensor_cores(x, y, h, scale, mode)};
-  }
+// mean (B, n, k) and lse (B, n) for x (B, n, d), y (B, m, d), h (B, m), values (B, m, k), each
+// problem contiguous, k >= 1; problem b with scales[b].
+void launch_barycentric(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
+                        const std::vector<double>& scales, const at::Tensor& values, DotMode mode, at::Tensor& mean,
+                        at::Tensor& lse) {
+  const int64_t problems = x.size(0), n = x.size(1), m = y.size(1), d = x.size(2), k = values.size(2);
+  if (problems == 0 || n == 0) return;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  with_traits(mode, d, rows_aligned16(x, y), [&](auto traits, auto width) {
+  with_traits(mode, d, rows_aligned16(x, y) && x.stride(0) % 4 == 0 && y.stride(0) % 4 == 0,
+              [&](auto traits, auto width) {
     with_value_cols(k, [&](auto value_cols) {
       using Traits = decltype(traits);
       constexpr int kWidth = decltype(width)::value;
       constexpr int kValueCols = decltype(value_cols)::value;
       const int64_t value_blocks = (k + kValueCols - 1) / kValueCols;
-      // The value blocks already multiply the blocks; split columns only for what remains.
-      const ChunkPlan plan = plan_launch<Traits>(n * value_blocks, m);
+      // The problems and value blocks already multiply the blocks; split columns only for what
+      // remains.
+      const ChunkPlan plan = plan_launch<Traits>(n * value_blocks * problems, m);
       const int64_t row_blocks = (n + Traits::kBlockRows - 1) / Traits::kBlockRows;
-      TORCH_CHECK(row_blocks <= std::numeric_limits<int32_t>::max() && value_blocks <= 65535,
+      TORCH_CHECK(row_blocks <= std::numeric_limits<int32_t>::max() && value_blocks <= kMaxGridZ,
                   "ot_flow.barycentric: problem too large for one launch");
-      const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(plan.chunks),
-                      static_cast<unsigned>(value_blocks));
-      const float s = static_cast<float>(scale);
-      auto kernel = barycentric_engine_kernel<Traits, kWidth, kValueCols>;
-      if (plan.chunks == 1) {
-        kernel<<<grid, Traits::kThreads, 0, stream>>>(
-            x.const_data_ptr<float>(), y.const_data_ptr<float>(), h.const_data_ptr<float>(),
-            values.const_data_ptr<float>(), n, m, d, k, s, plan.cols_per_chunk, mean.data_ptr<float>(),
-            lse.data_ptr<float>(), nullptr, nullptr, nullptr);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        return;
+      // Grid z holds problems x value blocks, at most kMaxGridZ: a launch takes that many problems.
+      const int64_t per_launch = std::min<int64_t>(BarycentricBatch::kMaxProblems, kMaxGridZ / value_blocks);
+      at::Tensor part_weighted, part_stats;
+      if (plan.chunks > 1) {
+        part_weighted = at::empty({plan.chunks, problems, n, k}, x.options());
+        part_stats = at::empty({2, plan.chunks, problems, n}, x.options());
       }
-      at::Tensor part_weighted = at::empty({plan.chunks, n, k}, x.options());
-      at::Tensor part_stats = at::empty({2, plan.chunks, n}, x.options());
-      float* part_max = part_stats[0].data_ptr<float>();
-      float* part_sum = part_stats[1].data_ptr<float>();
-      kernel<<<grid, Traits::kThreads, 0, stream>>>(
-          x.const_data_ptr<float>(), y.const_data_ptr<float>(), h.const_data_ptr<float>(),
-          values.const_data_ptr<float>(), n, m, d, k, s, plan.cols_per_chunk, nullptr, nullptr,
-          part_weighted.data_ptr<float>(), part_max, part_sum);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      auto kernel = barycentric_engine_kernel<Traits, kWidth, kValueCols>;
+      for (int64_t first = 0; first < problems; first += per_launch) {
+        const int64_t count = std::min<int64_t>(per_launch, problems - first);
+        BarycentricBatch batch;
+        batch.set(x.stride(0), y.stride(0), h.stride(0), scales, first, count);
+        batch.values_stride = values.stride(0);
+        const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(plan.chunks),
+                        static_cast<unsigned>(count * value_blocks));
+        const float* xp = x.const_data_ptr<float>() + first * x.stride(0);
+        const float* yp = y.const_data_ptr<float>() + first * y.stride(0);
+        const float* hp = h.const_data_ptr<float>() + first * h.stride(0);
+        const float* vp = values.const_data_ptr<float>() + first * values.stride(0);
+        const int64_t rows_before = first * n;
+        if (plan.chunks == 1) {
+          kernel<<<grid, Traits::kThreads, 0, stream>>>(
+              xp, yp, hp, vp, n, m, d, k, batch, static_cast<unsigned>(value_blocks), plan.cols_per_chunk,
+              mean.data_ptr<float>() + rows_before * k, lse.data_ptr<float>() + rows_before, nullptr, nullptr,
+              nullptr, 0);
+        } else {
+          kernel<<<grid, Traits::kThreads, 0, stream>>>(
+              xp, yp, hp, vp, n, m, d, k, batch, static_cast<unsigned>(value_blocks), plan.cols_per_chunk,
+              nullptr, nullptr, part_weighted.data_ptr<float>() + rows_before * k,
+              part_stats[0].data_ptr<float>() + rows_before, part_stats[1].data_ptr<float>() + rows_before,
+              problems * n);
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if (plan.chunks == 1) return;
+      // Rows of all problems are one (B n)-long axis of the partials: one merge for the batch.
       constexpr int kMergeThreads = 256;
-      const unsigned merge_blocks = static_cast<unsigned>((n * k + kMergeThreads - 1) / kMergeThreads);
+      const int64_t rows = problems * n;
+      const unsigned merge_blocks = static_cast<unsigned>((rows * k + kMergeThreads - 1) / kMergeThreads);
       barycentric_merge_chunks_kernel<<<merge_blocks, kMergeThreads, 0, stream>>>(
-          part_weighted.const_data_ptr<float>(), part_max, part_sum, n, k, plan.chunks, mean.data_ptr<float>(),
+          part_weighted.const_data_ptr<float>(), part_stats[0].const_data_ptr<float>(),
+          part_stats[1].const_data_ptr<float>(), rows, k, plan.chunks, mean.data_ptr<float>(),
           lse.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
+}
+
+void check_float32(const at::Tensor& x) {
+  TORCH_CHECK(engine_handles(x), "ot_flow.barycentric: the tensor-core engine takes float32 inputs, got ",
+              x.scalar_type());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> barycentric_tensor_cores(const at::Tensor& x, const at::Tensor& y,
+                                                            const at::Tensor& h, double scale,
+                                                            const at::Tensor& values, DotMode mode) {
+  auto [mean, lse] = barycentric_tensor_cores_batched(x.unsqueeze(0), y.unsqueeze(0), h.unsqueeze(0), {scale},
+                                                      values.unsqueeze(0), mode);
+  return {mean.squeeze(0), lse.squeeze(0)};
+}
+
+std::tuple<at::Tensor, at::Tensor> barycentric_tensor_cores_batched(const at::Tensor& x, const at::Tensor& y,
+                                                                    const at::Tensor& h,
+                                                                    const std::vector<double>& scales,
+                                                                    const at::Tensor& values, DotMode mode) {
+  check_float32(x);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const int64_t k = values.size(2);
+  at::Tensor mean = at::empty({x.size(0), x.size(1), k}, x.options());
+  if (k == 0) {
+    // No value columns: the blocks would not exist; the lse alone is what is asked for.
+    return {mean, lse_tensor_cores_batched(x, y, h, scales, mode)};
+  }
+  at::Tensor lse = at::empty({x.size(0), x.size(1)}, x.options());
+  launch_barycentric(x, y, h, scales, values, mode, mean, lse);
   return {mean, lse};
 }
 

@@ -157,12 +157,13 @@ struct BarycentricEpilogue {
 
   // Sums each row's weights over its 4 lanes and writes, for one chunk of columns, either the
   // result (mean = weighted / sum, lse = max + log sum; rows without mass get 0 and -inf) or
-  // the chunk's partial (max, sum, weighted) for barycentric_merge_chunks_kernel. Only the
-  // blocks of the first value block write lse.
+  // the chunk's partial (max, sum, weighted) for barycentric_merge_chunks_kernel, row `row` of
+  // chunk c at part_*[c * chunk_stride + row] (times k for the weighted sums). Only the blocks
+  // of the first value block write lse.
   __device__ __forceinline__ void finish(int64_t warp_row0, int64_t n, int lane, float* __restrict__ mean,
                                          float* __restrict__ lse, float* __restrict__ part_weighted,
                                          float* __restrict__ part_max, float* __restrict__ part_sum,
-                                         int64_t chunk) {
+                                         int64_t chunk, int64_t chunk_stride) {
     const int g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -172,7 +173,7 @@ struct BarycentricEpilogue {
       if (row >= n) continue;
       const bool empty = run_max[r] == neg_inf_f();
       const float inv_sum = empty ? 0.0f : 1.0f / run_sum[r];
-      float* out_row = mean != nullptr ? mean + row * k : part_weighted + (chunk * n + row) * k;
+      float* out_row = mean != nullptr ? mean + row * k : part_weighted + (chunk * chunk_stride + row) * k;
 #pragma unroll
       for (int q = 0; q < kValueFrags; ++q)
 #pragma unroll
@@ -184,8 +185,8 @@ struct BarycentricEpilogue {
       if (mean != nullptr) {
         lse[row] = empty ? neg_inf_f() : (run_max[r] + log2f(run_sum[r])) * kLn2;
       } else {
-        part_max[chunk * n + row] = empty ? neg_inf_f() : run_max[r] * kLn2;
-        part_sum[chunk * n + row] = run_sum[r];
+        part_max[chunk * chunk_stride + row] = empty ? neg_inf_f() : run_max[r] * kLn2;
+        part_sum[chunk * chunk_stride + row] = run_sum[r];
       }
     }
   }

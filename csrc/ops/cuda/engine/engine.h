@@ -55,11 +55,28 @@ std::tuple<at::Tensor, at::Tensor> barycentric_tensor_cores(const at::Tensor& x,
                                                             const at::Tensor& h, double scale,
                                                             const at::Tensor& values, DotMode mode);
 
+// Batched: x (B, n, d), y (B, m, d), h (B, m), values (B, m, k), each problem contiguous; mean
+// (B, n, k) and lse (B, n), problem b with scales[b]. The batch is the grid's z dimension (times
+// the value blocks): one launch per 256 problems, or fewer when k needs many value blocks.
+std::tuple<at::Tensor, at::Tensor> barycentric_tensor_cores_batched(const at::Tensor& x, const at::Tensor& y,
+                                                                    const at::Tensor& h,
+                                                                    const std::vector<double>& scales,
+                                                                    const at::Tensor& values, DotMode mode);
+
 // (index, value) of argmax_j scale <x_i, y_j> + h_j + G(key, i, j) (gumbel_argmax.h), the noise
 // drawn only where a column can still win; index int64, value float64.
 std::tuple<at::Tensor, at::Tensor> gumbel_argmax_tensor_cores(const at::Tensor& x, const at::Tensor& y,
                                                               const at::Tensor& h, double scale, const GumbelKey& key,
                                                               DotMode mode);
+
+// Batched: x (B, n, d), y (B, m, d), h (B, m), each problem contiguous; index and value (B, n),
+// problem b with scales[b] and keys[b], drawing exactly what the 2-D call with keys[b] draws. The
+// keys may differ in seed and offset only. One launch per 256 problems (grid z).
+std::tuple<at::Tensor, at::Tensor> gumbel_argmax_tensor_cores_batched(const at::Tensor& x, const at::Tensor& y,
+                                                                      const at::Tensor& h,
+                                                                      const std::vector<double>& scales,
+                                                                      const std::vector<GumbelKey>& keys,
+                                                                      DotMode mode);
 
 // mips with k = 1, exact in every mode: (values (n, 1) float32, indices (n, 1) int64) of
 // max_j <x_i, y_j> + bias_j, the float64 answer rounded to float32, ties to the lower column;

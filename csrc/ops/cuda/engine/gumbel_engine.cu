@@ -1,33 +1,106 @@
 // ot_flow::gumbel_argmax on the tensor-core engine: the streaming loop with the Gumbel-max
 // epilogue (gumbel_epilogue.cuh); each column chunk writes its (value, index) pair per row and
-// gumbel_merge.cuh merges them in chunk order (or the single chunk writes the result).
+// gumbel_merge.cuh merges them in chunk order (or the single chunk writes the result). Batched
+// problems are the grid's z dimension (a 2-D call is a batch of one).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <limits>
 
+#include "../../gumbel_noise.h"
 #include "engine.h"
 #include "gumbel_epilogue.cuh"
 #include "launch.cuh"
+#include "problem_batch.cuh"
 #include "stream_loop.cuh"
 
 namespace ot_flow::cuda::engine {
 namespace {
 
+// Each problem also draws from its own noise stream, the key of its (seed, offset), hashed once
+// on the host: problem b's draws are those of the 2-D call with its seed (the noise is keyed on
+// seed, offset, row and column only, as on the CPU).
+struct GumbelBatch : ProblemBatch {
+  NoiseKey noise[kMaxProblems];
+};
+static_assert(sizeof(GumbelBatch) <= 3584, "a kernel's parameters are limited to 4 KB");
+
+// Problem blockIdx.z, rows of blockIdx.x, one chunk of columns per blockIdx.y: writes the
+// chunk's pair of each row at part_*[chunk * chunk_stride + problem * n + row].
 template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads, 2)
     gumbel_engine_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h,
-                         int64_t n, int64_t m, int64_t d, float scale, int64_t cols_per_chunk, const GumbelKey key,
-                         double* __restrict__ part_value, int64_t* __restrict__ part_index) {
+                         int64_t n, int64_t m, int64_t d, const GumbelBatch batch, int64_t row_offset,
+                         int64_t col_offset, int64_t cols_per_chunk, double* __restrict__ part_value,
+                         int64_t* __restrict__ part_index, int64_t chunk_stride) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
+  const int64_t problem = blockIdx.z;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * Traits::kBlockRows;
   const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
   const int64_t col_end = min(m, col_begin + cols_per_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  GumbelEpilogue<Traits> epi(scale, h, key, row0 + warp * Traits::kWarpRows, n, lane);
-  stream_column_tiles<Traits, Width>(x, y, n, d, row0, col_begin, col_end, smem, epi);
-  epi.finish(n, lane, part_value, part_index, blockIdx.y);
+  GumbelEpilogue<Traits> epi(batch.scale[problem], h + problem * batch.h_stride, batch.noise[problem], row_offset,
+                             col_offset, row0 + warp * Traits::kWarpRows, n, lane);
+  stream_column_tiles<Traits, Width>(x + problem * batch.x_stride, y + problem * batch.y_stride, n, d, row0,
+                                     col_begin, col_end, smem, epi);
+  epi.finish(n, lane, part_value + problem * n, part_index + problem * n, blockIdx.y, chunk_stride);
+}
+
+// index, value (B, n) for x (B, n, d), y (B, m, d), h (B, m), each problem contiguous; problem b
+// with scales[b] and keys[b].
+void launch_gumbel_argmax(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
+                          const std::vector<double>& scales, const std::vector<GumbelKey>& keys, DotMode mode,
+                          at::Tensor& index, at::Tensor& value) {
+  const int64_t problems = x.size(0), n = x.size(1), m = y.size(1), d = x.size(2);
+  if (problems == 0 || n == 0) return;
+  // The row and column offsets are the call's (run_gumbel_argmax): only seeds differ per problem.
+  const int64_t row_offset = keys[0].row_offset, col_offset = keys[0].col_offset;
+  for (const GumbelKey& key : keys) {
+    TORCH_INTERNAL_ASSERT(key.row_offset == row_offset && key.col_offset == col_offset,
+                          "ot_flow.gumbel_argmax: the problems of a batch share their row and column offsets");
+  }
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  with_traits(mode, d, rows_aligned16(x, y) && x.stride(0) % 4 == 0 && y.stride(0) % 4 == 0,
+              [&](auto traits, auto width) {
+    using Traits = decltype(traits);
+    constexpr int kWidth = decltype(width)::value;
+    // The column split aims at the whole batch's blocks, not one problem's.
+    const ChunkPlan plan = plan_launch<Traits>(n * problems, m);
+    const int64_t row_blocks = (n + Traits::kBlockRows - 1) / Traits::kBlockRows;
+    TORCH_CHECK(row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.gumbel_argmax: too many rows");
+    // With one chunk the kernel writes the result directly.
+    at::Tensor part_value = plan.chunks == 1 ? value : at::empty({plan.chunks, problems, n}, value.options());
+    at::Tensor part_index = plan.chunks == 1 ? index : at::empty({plan.chunks, problems, n}, index.options());
+    for (int64_t first = 0; first < problems; first += GumbelBatch::kMaxProblems) {
+      const int64_t count = std::min<int64_t>(GumbelBatch::kMaxProblems, problems - first);
+      GumbelBatch batch;
+      batch.set(x.stride(0), y.stride(0), h.stride(0), scales, first, count);
+      for (int64_t b = 0; b < count; ++b) {
+        const GumbelKey& key = keys[first + b];
+        batch.noise[b] = noise_key(static_cast<uint64_t>(key.seed), static_cast<uint64_t>(key.offset));
+      }
+      const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(plan.chunks),
+                      static_cast<unsigned>(count));
+      gumbel_engine_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
+          x.const_data_ptr<float>() + first * x.stride(0), y.const_data_ptr<float>() + first * y.stride(0),
+          h.const_data_ptr<float>() + first * h.stride(0), n, m, d, batch, row_offset, col_offset,
+          plan.cols_per_chunk, part_value.data_ptr<double>() + first * n, part_index.data_ptr<int64_t>() + first * n,
+          problems * n);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (plan.chunks > 1) {
+      // Rows of all problems are one (B n)-long axis of the partials: one merge for the batch.
+      merge_gumbel_chunks(part_value.data_ptr<double>(), part_index.data_ptr<int64_t>(), problems * n, plan.chunks,
+                          value.data_ptr<double>(), index.data_ptr<int64_t>(), stream);
+    }
+  });
+}
+
+void check_float32(const at::Tensor& x) {
+  TORCH_CHECK(engine_handles(x), "ot_flow.gumbel_argmax: the tensor-core engine takes float32 inputs, got ",
+              x.scalar_type());
 }
 
 }  // namespace
@@ -35,33 +108,24 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
 std::tuple<at::Tensor, at::Tensor> gumbel_argmax_tensor_cores(const at::Tensor& x, const at::Tensor& y,
                                                               const at::Tensor& h, double scale, const GumbelKey& key,
                                                               DotMode mode) {
-  TORCH_CHECK(engine_handles(x), "ot_flow.gumbel_argmax: the tensor-core engine takes float32 inputs, got ",
-              x.scalar_type());
+  check_float32(x);
   const c10::cuda::CUDAGuard device_guard(x.device());
-  const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
-  at::Tensor index = at::empty({n}, x.options().dtype(at::kLong));
-  at::Tensor value = at::empty({n}, x.options().dtype(at::kDouble));
-  if (n == 0) return {index, value};
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  with_traits(mode, d, rows_aligned16(x, y), [&](auto traits, auto width) {
-    using Traits = decltype(traits);
-    constexpr int kWidth = decltype(width)::value;
-    const ChunkPlan plan = plan_launch<Traits>(n, m);
-    TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.gumbel_argmax: too many rows");
-    const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
-    // With one chunk the kernel writes the result directly.
-    at::Tensor part_value = plan.chunks == 1 ? value : at::empty({plan.chunks, n}, value.options());
-    at::Tensor part_index = plan.chunks == 1 ? index : at::empty({plan.chunks, n}, index.options());
-    gumbel_engine_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
-        x.const_data_ptr<float>(), y.const_data_ptr<float>(), h.const_data_ptr<float>(), n, m, d,
-        static_cast<float>(scale), plan.cols_per_chunk, key, part_value.data_ptr<double>(),
-        part_index.data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (plan.chunks > 1) {
-      merge_gumbel_chunks(part_value.data_ptr<double>(), part_index.data_ptr<int64_t>(), n, plan.chunks,
-                          value.data_ptr<double>(), index.data_ptr<int64_t>(), stream);
-    }
-  });
+  at::Tensor index = at::empty({1, x.size(0)}, x.options().dtype(at::kLong));
+  at::Tensor value = at::empty({1, x.size(0)}, x.options().dtype(at::kDouble));
+  launch_gumbel_argmax(x.unsqueeze(0), y.unsqueeze(0), h.unsqueeze(0), {scale}, {key}, mode, index, value);
+  return {index.squeeze(0), value.squeeze(0)};
+}
+
+std::tuple<at::Tensor, at::Tensor> gumbel_argmax_tensor_cores_batched(const at::Tensor& x, const at::Tensor& y,
+                                                                      const at::Tensor& h,
+                                                                      const std::vector<double>& scales,
+                                                                      const std::vector<GumbelKey>& keys,
+                                                                      DotMode mode) {
+  check_float32(x);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  at::Tensor index = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kLong));
+  at::Tensor value = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kDouble));
+  launch_gumbel_argmax(x, y, h, scales, keys, mode, index, value);
   return {index, value};
 }
 

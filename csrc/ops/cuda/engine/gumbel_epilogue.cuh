@@ -7,7 +7,6 @@
 
 #include <cstdint>
 
-#include "../../gumbel_argmax.h"
 #include "../../gumbel_noise.h"
 #include "../gumbel_merge.cuh"
 #include "kernel_traits.cuh"
@@ -26,13 +25,11 @@ struct GumbelEpilogue {
   double best[2];
   int64_t best_j[2];
 
-  __device__ __forceinline__ GumbelEpilogue(float s, const float* bias, const GumbelKey& key, int64_t warp_row0,
-                                            int64_t n, int lane)
-      : scale(s),
-        h(bias),
-        stream(noise_key(static_cast<uint64_t>(key.seed), static_cast<uint64_t>(key.offset))),
-        row_offset(key.row_offset),
-        col_offset(key.col_offset) {
+  // noise: the key of the problem's (seed, offset); row_offset, col_offset: the global index of
+  // the problem's first row and column (gumbel_argmax.h's GumbelKey).
+  __device__ __forceinline__ GumbelEpilogue(float s, const float* bias, NoiseKey noise, int64_t row_offset_,
+                                            int64_t col_offset_, int64_t warp_row0, int64_t n, int lane)
+      : scale(s), h(bias), stream(noise), row_offset(row_offset_), col_offset(col_offset_) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       rows[r] = warp_row0 + (lane >> 2) + 8 * r;
@@ -79,15 +76,15 @@ struct GumbelEpilogue {
     }
   }
 
-  // Merges the row's 4 lanes and writes the chunk's pair at part_*[chunk * n + row].
+  // Merges the row's 4 lanes and writes the chunk's pair at part_*[chunk * chunk_stride + row].
   __device__ __forceinline__ void finish(int64_t n, int lane, double* __restrict__ part_value,
-                                         int64_t* __restrict__ part_index, int64_t chunk) {
+                                         int64_t* __restrict__ part_index, int64_t chunk, int64_t chunk_stride) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       keep_better_over_quad(best[r], best_j[r]);
       if ((lane & 3) == 0 && rows[r] < n) {
-        part_value[chunk * n + rows[r]] = best[r];
-        part_index[chunk * n + rows[r]] = best_j[r];
+        part_value[chunk * chunk_stride + rows[r]] = best[r];
+        part_index[chunk * chunk_stride + rows[r]] = best_j[r];
       }
     }
   }

@@ -60,10 +60,7 @@ void launch_lse(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, c
     for (int64_t first = 0; first < problems; first += ProblemBatch::kMaxProblems) {
       const int64_t count = std::min<int64_t>(ProblemBatch::kMaxProblems, problems - first);
       ProblemBatch batch;
-      batch.x_stride = x.stride(0);
-      batch.y_stride = y.stride(0);
-      batch.h_stride = h.stride(0);
-      for (int64_t b = 0; b < count; ++b) batch.scale[b] = static_cast<float>(scales[first + b]);
+      batch.set(x.stride(0), y.stride(0), h.stride(0), scales, first, count);
       const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(plan.chunks),
                       static_cast<unsigned>(count));
       const float* xp = x.const_data_ptr<float>() + first * x.stride(0);

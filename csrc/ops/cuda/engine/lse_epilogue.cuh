@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "../online_lse.cuh"
 #include "kernel_traits.cuh"
 
 namespace ot_flow::cuda::engine {
@@ -30,17 +31,6 @@ __device__ __forceinline__ void load_tile_bias(const float* __restrict__ h, int6
       const int64_t c = col0 + 8 * j + 2 * t + e;
       bias[j][e] = c < col_end ? h[c] * factor : neg_inf_f();
     }
-}
-
-// Folds (other_max, other_sum) into a running (max, sum of 2^(. - max)).
-__device__ __forceinline__ void merge_lse2(float& max, float& sum, float other_max, float other_sum) {
-  if (other_max == neg_inf_f()) return;
-  if (other_max > max) {
-    sum = sum * exp2f(max - other_max) + other_sum;
-    max = other_max;
-  } else {
-    sum += other_sum * exp2f(other_max - max);
-  }
 }
 
 template <class Traits>
@@ -98,7 +88,7 @@ struct LseEpilogue {
       for (int offset = 1; offset < 4; offset *= 2) {
         const float other_max = __shfl_xor_sync(0xffffffffu, run_max[r], offset);
         const float other_sum = __shfl_xor_sync(0xffffffffu, run_sum[r], offset);
-        merge_lse2(run_max[r], run_sum[r], other_max, other_sum);
+        merge_lse<Base2Exp>(run_max[r], run_sum[r], other_max, other_sum);
       }
       const int64_t row = warp_row0 + (lane >> 2) + 8 * r;
       if ((lane & 3) != 0 || row >= n) continue;
