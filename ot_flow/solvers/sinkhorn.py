@@ -110,7 +110,8 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
     problem k's SinkhornResult. ``tau_a``, ``tau_b`` apply to every problem; ``init`` is a pair
     of (B, n), (B, m) potentials; ``target_entropy`` searches eps per problem. ``cost_cache``
     holds the B matrices ("auto": where a separate solve would hold each and all B fit its
-    budget together; one process only). With ``process_group`` every rank passes
+    budget together; one process only; on the CPU, matrices that overflow the last-level cache
+    are solved in groups that fit it, with the same results). With ``process_group`` every rank passes
     the whole batch and computes its block of rows of every problem; with ``sharded=True`` its
     own rows of every problem, x (B, n_r, d), y (B, m_r, d), a (B, n_r), b (B, m_r) (each
     problem's weights summing to 1 over the ranks), and gets f (B, n_r), g (B, m_r). Either way
