@@ -87,3 +87,21 @@ def test_check_every_is_checked_and_auto_follows_the_device():
     assert validation.check_every("auto", torch.device("cpu")) == 1
     assert validation.check_every("auto", torch.device("cuda")) == 10
     assert validation.check_every(3, torch.device("cuda")) == 3
+
+
+def test_loops_hand_out_ordinary_tensors():
+    """The loops run in inference mode (solvers/inference.py); what they return must work with
+    autograd and in-place ops like any tensor (an inference tensor would refuse all three)."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(2, 30, 2, generator=g), torch.randn(2, 20, 2, generator=g)
+    for res in (ot_flow.sinkhorn(x[0], y[0], progress=False), ot_flow.sinkhorn(x[0], y[0], anneal=True,
+                                                                              progress=False),
+                ot_flow.sinkhorn(x, y, progress=False), ot_flow.sinkhorn(x, y, cost_cache=False, progress=False)):
+        parts = [res.f, res.g] + ([res.working.f, res.working.g] if hasattr(res, "working") else
+                                  [p.working.f for p in res] + [p.working.g for p in res])
+        assert not any(torch.is_inference(t) for t in parts)
+        w = torch.ones_like(res.f, requires_grad=True)
+        (w * res.f).sum().backward()
+        assert torch.equal(w.grad, res.f)
+        res.f.clone().requires_grad_()
+        res.f.add_(0.0)

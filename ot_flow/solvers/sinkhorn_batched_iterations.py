@@ -25,7 +25,7 @@ import torch
 
 from ot_flow.ops import lse, lse_dense
 from ot_flow.ops.layout import stack_aligned
-from ot_flow.solvers import validation
+from ot_flow.solvers import inference, validation
 from ot_flow.solvers.progress import progress_bar
 from ot_flow.solvers.sinkhorn_iterations import _ANNEAL_BELOW, _ANNEAL_DECAY, _Relaxation, log_mass, translation
 
@@ -205,7 +205,7 @@ def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum,
         states.append(_Problem(eps_w[k], spread_w[k], auto if anneal is None else anneal, momentum, max_iter))
 
     bar = progress_bar(progress, max_iter, f"sinkhorn batched B={count}", process_group)
-    with bar:
+    with bar, inference.loop():
         while True:
             active = [k for k in range(count) if not states[k].done]
             if not active:
@@ -246,6 +246,7 @@ def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum,
         warnings.warn(f"ot_flow.sinkhorn: problems {late} of the batch not converged after max_iter={max_iter} "
                       f"iterations (marginal errors {[f'{states[k].error:.3g}' for k in late]} > tol {tol:.3g}); "
                       "raise max_iter or eps", RuntimeWarning, stacklevel=4)
+    fd, gd = inference.ordinary(fd, gd)
     return fd, gd, states
 
 

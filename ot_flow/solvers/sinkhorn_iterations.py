@@ -29,7 +29,7 @@ import warnings
 
 import torch
 
-from ot_flow.solvers import validation
+from ot_flow.solvers import inference, validation
 from ot_flow.solvers.progress import progress_bar
 from ot_flow.solvers.readback import Readback
 from ot_flow.solvers.sinkhorn_halves import LocalHalves, ReplicatedHalves, ShardedHalves
@@ -88,13 +88,14 @@ def solve_at(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, sp
         anneal = init is None and eps_w < _ANNEAL_BELOW * spread_w
     if anneal:
         level = spread_w
-        while level > eps_w and n_iter < max_iter:
-            fd = f_update(gd, level, fd)
-            if balance is not None:
-                fd = balance(fd, gd, level)
-            gd = g_update(fd, level, gd)
-            level *= _ANNEAL_DECAY
-            n_iter += 1
+        with inference.loop():
+            while level > eps_w and n_iter < max_iter:
+                fd = f_update(gd, level, fd)
+                if balance is not None:
+                    fd = balance(fd, gd, level)
+                gd = g_update(fd, level, gd)
+                level *= _ANNEAL_DECAY
+                n_iter += 1
         bar.update(n_iter)
 
     errors = []
@@ -137,7 +138,7 @@ def solve_at(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, sp
             w = relaxation.update(errors)
         return False
 
-    with bar:
+    with bar, inference.loop():
         while n_iter < max_iter:
             f_new = f_update(gd, eps_w, fd)
             if measured:
@@ -166,6 +167,7 @@ def solve_at(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, sp
             bar.update(1)
         if reads.pending():
             read(may_stop=False)  # at max_iter: the errors and the finiteness still queued
+    fd, gd = inference.ordinary(fd, gd)
     if not converged:
         warnings.warn(f"ot_flow.sinkhorn: not converged after {n_iter} iterations (marginal error "
                       f"{error:.3g} > tol {tol:.3g}); raise max_iter or eps", RuntimeWarning)
