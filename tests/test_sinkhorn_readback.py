@@ -105,3 +105,15 @@ def test_loops_hand_out_ordinary_tensors():
         assert torch.equal(w.grad, res.f)
         res.f.clone().requires_grad_()
         res.f.add_(0.0)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.6])
+def test_symmetric_loop_hands_out_an_ordinary_potential(tau):
+    from ot_flow.solvers.symmetric import symmetric_potential
+
+    x = torch.randn(25, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    p = symmetric_potential(x, eps=0.5, tau=tau).p
+    assert not torch.is_inference(p)
+    w = torch.ones_like(p, requires_grad=True)
+    (w * p).sum().backward()
+    p.add_(0.0)

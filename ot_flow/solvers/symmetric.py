@@ -22,7 +22,7 @@ import dataclasses
 import torch
 
 from ot_flow.ops import lse, precision as op_precision
-from ot_flow.solvers import costs, validation
+from ot_flow.solvers import costs, inference, validation
 from ot_flow.solvers.frame import Frame
 from ot_flow.solvers.full_precision import autocast_off
 from ot_flow.solvers.working_problem import row_barycentres
@@ -101,20 +101,23 @@ def symmetric_potential(x, a=None, *, eps, cost="sqeuclidean", tol=1e-4, max_ite
 
     if tau < 1.0:
         return _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x, precision)
-    q = softmin(torch.zeros_like(alpha))
-    error = float("inf")
-    for n_iter in range(1, max_iter + 1):
-        t = softmin(q)
-        error = float((a * torch.expm1((q - t) / eps_w).abs()).sum())
-        q = 0.5 * (q + t)
-        if not torch.isfinite(q).all():
-            raise RuntimeError(f"symmetric Sinkhorn: non-finite potential at iteration {n_iter} (eps = {eps:.3g}); "
-                               "use float64 points or a larger eps")
-        if error < tol:
-            p = frame.potential_out(q - alpha, alpha)
-            return SymmetricResult(p, x, a, eps, cost, n_iter, error, precision=precision)
-    raise RuntimeError(f"symmetric Sinkhorn did not reach tol = {tol:g} in {max_iter} iterations "
-                       f"(marginal error {error:.3g}); raise max_iter or eps")
+    with inference.loop():  # solvers/inference.py: the loop's small ops skip autograd's dispatch
+        q = softmin(torch.zeros_like(alpha))
+        error = float("inf")
+        for n_iter in range(1, max_iter + 1):
+            t = softmin(q)
+            error = float((a * torch.expm1((q - t) / eps_w).abs()).sum())
+            q = 0.5 * (q + t)
+            if not torch.isfinite(q).all():
+                raise RuntimeError(f"symmetric Sinkhorn: non-finite potential at iteration {n_iter} "
+                                   f"(eps = {eps:.3g}); use float64 points or a larger eps")
+            if error < tol:
+                break
+    if not error < tol:
+        raise RuntimeError(f"symmetric Sinkhorn did not reach tol = {tol:g} in {max_iter} iterations "
+                           f"(marginal error {error:.3g}); raise max_iter or eps")
+    (q,) = inference.ordinary(q)
+    return SymmetricResult(frame.potential_out(q - alpha, alpha), x, a, eps, cost, n_iter, error, precision=precision)
 
 
 def _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x, precision):
@@ -126,17 +129,21 @@ def _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x, 
     def step(q):
         return tau * (shift + softmin(q))
 
-    q = step(torch.zeros_like(a))
-    error = math.inf
-    for n_iter in range(1, max_iter + 1):
-        t = step(q)
-        target = a * torch.exp(-q / rho_w)
-        error = float((target * torch.expm1((q - t) / (tau * eps_w)).abs()).sum() / target.sum())
-        q = 0.5 * (q + t)
-        if not (torch.isfinite(q).all() and math.isfinite(error)):
-            raise RuntimeError(f"symmetric Sinkhorn: non-finite potential or mass at iteration {n_iter} "
-                               f"(eps = {eps:.3g}, tau = {tau}); use float64 points, a larger eps or tau")
-        if error < tol:
-            return SymmetricResult(frame.unit * q, x, a, eps, cost, n_iter, error, tau, precision)
-    raise RuntimeError(f"symmetric Sinkhorn did not reach tol = {tol:g} in {max_iter} iterations "
-                       f"(marginal error {error:.3g}); raise max_iter or eps")
+    with inference.loop():
+        q = step(torch.zeros_like(a))
+        error = math.inf
+        for n_iter in range(1, max_iter + 1):
+            t = step(q)
+            target = a * torch.exp(-q / rho_w)
+            error = float((target * torch.expm1((q - t) / (tau * eps_w)).abs()).sum() / target.sum())
+            q = 0.5 * (q + t)
+            if not (torch.isfinite(q).all() and math.isfinite(error)):
+                raise RuntimeError(f"symmetric Sinkhorn: non-finite potential or mass at iteration {n_iter} "
+                                   f"(eps = {eps:.3g}, tau = {tau}); use float64 points, a larger eps or tau")
+            if error < tol:
+                break
+    if not error < tol:
+        raise RuntimeError(f"symmetric Sinkhorn did not reach tol = {tol:g} in {max_iter} iterations "
+                           f"(marginal error {error:.3g}); raise max_iter or eps")
+    (q,) = inference.ordinary(q)
+    return SymmetricResult(frame.unit * q, x, a, eps, cost, n_iter, error, tau, precision)
