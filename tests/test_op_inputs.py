@@ -7,7 +7,6 @@ import torch
 
 import ot_flow
 from problems import random_problem
-from reference import lse_reference
 
 OPS = ot_flow.ops
 

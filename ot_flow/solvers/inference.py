@@ -7,9 +7,9 @@ matching (n = 128 to 512) their dispatch, not their arithmetic, takes the time. 
 autograd wrappers); inference mode skips it, with the same arithmetic and bits. Measured on the
 CPU (d = 2, default solve, against the same loops under no_grad in one process): 1.44x faster at
 n = 128, 1.40x at 256, 1.27x at 512, 1.26x at 1024; the symmetric potential of the Sinkhorn
-divergence (symmetric.py, against its loop with autograd on) 1.28x at n = 128 and 256. Tensors made there are
-inference tensors, which user code could not modify in place, mark ``requires_grad`` or save
-for backward, so what a loop hands out is cloned outside it (O(n)).
+divergence (symmetric.py, against its loop with autograd on) 1.28x at n = 128 and 256. Tensors
+made there are inference tensors, which user code could not modify in place, mark
+``requires_grad`` or save for backward, so what a loop hands out is cloned outside it (O(n)).
 """
 
 import torch
