@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["rank_and_world", "derived_seed", "checked_together", "same_on_all_ranks", "group_info", "even_blocks", "all_gather_uneven", "all_sum", "broadcast_int", "broadcast_ints", "shard_sizes", "ring"]
+__all__ = ["rank_and_world", "derived_seed", "checked_together", "checked_on_ranks", "same_on_all_ranks", "group_info", "even_blocks", "all_gather_uneven", "all_sum", "broadcast_int", "broadcast_ints", "shard_sizes", "ring"]
 
 
 def group_info(process_group):
@@ -125,6 +125,12 @@ def checked_together(check, process_group):
     if failed:
         raise ValueError("; ".join(f"rank {r}: {m}" for r, m in failed))
     return result
+
+
+def checked_on_ranks(check, process_group):
+    """``check()`` on this process when ``process_group`` is None (a solve on one process), else on
+    every rank of the group together (:func:`checked_together`)."""
+    return check() if process_group is None else checked_together(check, process_group)
 
 
 def same_on_all_ranks(settings, what, process_group):

@@ -37,6 +37,7 @@ from ot_flow.solvers.working_problem import WorkingProblem, check_range, row_bar
 
 __all__ = ["SinkhornResult", "caches_costs", "sinkhorn", "row_barycentres"]
 
+
 @torch.compiler.disable
 @autocast_off
 def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeuclidean", tol=1e-3,

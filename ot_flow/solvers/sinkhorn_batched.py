@@ -67,8 +67,8 @@ def sinkhorn_batched(x, y, a, b, *, eps, relative_eps, cost, tol, max_iter, mome
         a = validation.shard_weights("a", a, x, process_group)
         b = validation.shard_weights("b", b, y, process_group)
     else:
-        a, b = _together(lambda: (validation.batched_weights("a", a, count, n, x),
-                                  validation.batched_weights("b", b, count, m, y)), process_group)
+        a, b = distributed.checked_on_ranks(lambda: (validation.batched_weights("a", a, count, n, x),
+                                                     validation.batched_weights("b", b, count, m, y)), process_group)
     x, y = x.detach(), y.detach()
     if x.dtype not in (torch.float32, torch.float64):
         x, y = x.float(), y.float()  # half inputs: potentials and sums in float32
@@ -77,14 +77,14 @@ def sinkhorn_batched(x, y, a, b, *, eps, relative_eps, cost, tol, max_iter, mome
     works = [WorkingProblem.of(x[k], y[k], a[k], b[k], cost, reduce) for k in range(count)]
     spreads = [costs.cost_std(x[k], y[k], a[k], b[k], cost, reduce=reduce) or works[k].frame.unit
                for k in range(count)]
-    _together(lambda: [check_range(works[k], eps * spreads[k] if relative_eps else eps) for k in range(count)],
-              process_group)
+    distributed.checked_on_ranks(
+        lambda: [check_range(works[k], eps * spreads[k] if relative_eps else eps) for k in range(count)], process_group)
     if cost_cache == "auto":
         cost_cache = process_group is None and caches_batched_costs(x, y)
     balanced = tau_a == 1.0 and tau_b == 1.0
     init_w = None
     if init is not None:
-        _together(lambda: _check_init(init, count, n, m), process_group)
+        distributed.checked_on_ranks(lambda: _check_init(init, count, n, m), process_group)
         # sharded: the constant that warm_start moves from f to g is chosen over all ranks' rows
         starts = [warm_start((init[0][k], init[1][k]), works[k], process_group if sharded else None,
                              balanced=balanced) for k in range(count)]
@@ -96,12 +96,6 @@ def sinkhorn_batched(x, y, a, b, *, eps, relative_eps, cost, tol, max_iter, mome
         return _solve(list(range(count)), [eps * s if relative_eps else eps for s in spreads], init_w, problem)
     first = [eps if relative_eps else eps / s for s in spreads]  # the relative eps of each problem
     return _solve_for_entropy(target_entropy, first, entropy_tol, init_w, problem)
-
-
-def _together(check, process_group):
-    """``check()`` here, or on every rank together (distributed.checked_together): a ValueError
-    on one rank raises on all of them instead of leaving the others waiting in a collective."""
-    return check() if process_group is None else distributed.checked_together(check, process_group)
 
 
 def _check_init(init, count, n, m):

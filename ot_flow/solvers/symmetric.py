@@ -101,23 +101,39 @@ def symmetric_potential(x, a=None, *, eps, cost="sqeuclidean", tol=1e-4, max_ite
 
     if tau < 1.0:
         return _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x, precision)
-    with inference.loop():  # solvers/inference.py: the loop's small ops skip autograd's dispatch
-        q = softmin(torch.zeros_like(alpha))
-        error = float("inf")
+
+    def error_of(q, t):
+        return float((a * torch.expm1((q - t) / eps_w).abs()).sum())
+
+    def check(q, error, n_iter):
+        if not torch.isfinite(q).all():
+            raise RuntimeError(f"symmetric Sinkhorn: non-finite potential at iteration {n_iter} (eps = {eps:.3g}); "
+                               "use float64 points or a larger eps")
+
+    q, n_iter, error = _averaged(softmin, error_of, check, torch.zeros_like(alpha), tol, max_iter)
+    return SymmetricResult(frame.potential_out(q - alpha, alpha), x, a, eps, cost, n_iter, error, precision=precision)
+
+
+def _averaged(step, error_of, check, start, tol, max_iter):
+    """The averaged fixed-point iteration q <- (q + step(q)) / 2 from q = step(start), in
+    inference mode (solvers/inference.py), until ``error_of(q, step(q)) < tol``; ``check(q,
+    error, n_iter)`` raises on a non-finite state. Returns (q as an ordinary tensor, n_iter,
+    error); raises when ``max_iter`` iterations do not reach ``tol``."""
+    error = math.inf
+    with inference.loop():
+        q = step(start)
         for n_iter in range(1, max_iter + 1):
-            t = softmin(q)
-            error = float((a * torch.expm1((q - t) / eps_w).abs()).sum())
+            t = step(q)
+            error = error_of(q, t)
             q = 0.5 * (q + t)
-            if not torch.isfinite(q).all():
-                raise RuntimeError(f"symmetric Sinkhorn: non-finite potential at iteration {n_iter} "
-                                   f"(eps = {eps:.3g}); use float64 points or a larger eps")
+            check(q, error, n_iter)
             if error < tol:
                 break
     if not error < tol:
         raise RuntimeError(f"symmetric Sinkhorn did not reach tol = {tol:g} in {max_iter} iterations "
                            f"(marginal error {error:.3g}); raise max_iter or eps")
     (q,) = inference.ordinary(q)
-    return SymmetricResult(frame.potential_out(q - alpha, alpha), x, a, eps, cost, n_iter, error, precision=precision)
+    return q, n_iter, error
 
 
 def _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x, precision):
@@ -129,21 +145,14 @@ def _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x, 
     def step(q):
         return tau * (shift + softmin(q))
 
-    with inference.loop():
-        q = step(torch.zeros_like(a))
-        error = math.inf
-        for n_iter in range(1, max_iter + 1):
-            t = step(q)
-            target = a * torch.exp(-q / rho_w)
-            error = float((target * torch.expm1((q - t) / (tau * eps_w)).abs()).sum() / target.sum())
-            q = 0.5 * (q + t)
-            if not (torch.isfinite(q).all() and math.isfinite(error)):
-                raise RuntimeError(f"symmetric Sinkhorn: non-finite potential or mass at iteration {n_iter} "
-                                   f"(eps = {eps:.3g}, tau = {tau}); use float64 points, a larger eps or tau")
-            if error < tol:
-                break
-    if not error < tol:
-        raise RuntimeError(f"symmetric Sinkhorn did not reach tol = {tol:g} in {max_iter} iterations "
-                           f"(marginal error {error:.3g}); raise max_iter or eps")
-    (q,) = inference.ordinary(q)
+    def error_of(q, t):
+        target = a * torch.exp(-q / rho_w)
+        return float((target * torch.expm1((q - t) / (tau * eps_w)).abs()).sum() / target.sum())
+
+    def check(q, error, n_iter):
+        if not (torch.isfinite(q).all() and math.isfinite(error)):
+            raise RuntimeError(f"symmetric Sinkhorn: non-finite potential or mass at iteration {n_iter} "
+                               f"(eps = {eps:.3g}, tau = {tau}); use float64 points, a larger eps or tau")
+
+    q, n_iter, error = _averaged(step, error_of, check, torch.zeros_like(a), tol, max_iter)
     return SymmetricResult(frame.unit * q, x, a, eps, cost, n_iter, error, tau, precision)

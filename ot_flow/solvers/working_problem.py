@@ -116,7 +116,4 @@ def check_range(work, eps, process_group=None):
                              "gives the independent coupling, and eps below about 1e-30 x std(C) exceeds what "
                              "float32 resolves: pass an eps in between, or float64 points")
 
-    if process_group is None:
-        check()
-    else:
-        distributed.checked_together(check, process_group)
+    distributed.checked_on_ranks(check, process_group)

@@ -20,14 +20,25 @@ __device__ __forceinline__ void keep_better(double& value, int64_t& index, doubl
   }
 }
 
-// The pair of a row held by the 4 lanes of a quad (the engine's accumulator rows), merged by
-// keep_better: every lane of the quad ends with the quad's best.
-__device__ __forceinline__ void keep_better_over_quad(double& value, int64_t& index) {
+// The engine's epilogues hold each of a lane's two rows (rows[r], r = 0, 1) as a (value, index)
+// pair spread over the 4 lanes of a quad (the accumulator layout): merged by keep_better over
+// the quad, the winner stored from the quad's first lane at part_*[base + rows[r]] (rows past n,
+// the padding of the last block, store nothing).
+__device__ __forceinline__ void store_best_over_quad(double (&value)[2], int64_t (&index)[2], const int64_t (&rows)[2],
+                                                     int64_t n, int lane, double* __restrict__ part_value,
+                                                     int64_t* __restrict__ part_index, int64_t base) {
 #pragma unroll
-  for (int offset = 1; offset < 4; offset *= 2) {
-    const double other_value = __shfl_xor_sync(0xffffffffu, value, offset);
-    const int64_t other_index = __shfl_xor_sync(0xffffffffu, index, offset);
-    keep_better(value, index, other_value, other_index);
+  for (int r = 0; r < 2; ++r) {
+#pragma unroll
+    for (int offset = 1; offset < 4; offset *= 2) {
+      const double other_value = __shfl_xor_sync(0xffffffffu, value[r], offset);
+      const int64_t other_index = __shfl_xor_sync(0xffffffffu, index[r], offset);
+      keep_better(value[r], index[r], other_value, other_index);
+    }
+    if ((lane & 3) == 0 && rows[r] < n) {
+      part_value[base + rows[r]] = value[r];
+      part_index[base + rows[r]] = index[r];
+    }
   }
 }
 

@@ -79,14 +79,7 @@ struct GumbelEpilogue {
   // Merges the row's 4 lanes and writes the chunk's pair at part_*[chunk * chunk_stride + row].
   __device__ __forceinline__ void finish(int64_t n, int lane, double* __restrict__ part_value,
                                          int64_t* __restrict__ part_index, int64_t chunk, int64_t chunk_stride) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      keep_better_over_quad(best[r], best_j[r]);
-      if ((lane & 3) == 0 && rows[r] < n) {
-        part_value[chunk * chunk_stride + rows[r]] = best[r];
-        part_index[chunk * chunk_stride + rows[r]] = best_j[r];
-      }
-    }
+    store_best_over_quad(best, best_j, rows, n, lane, part_value, part_index, chunk * chunk_stride);
   }
 };
 

@@ -30,17 +30,14 @@ struct RowMaxEpilogue {
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    const int t = lane & 3;
+    float b[Traits::kColFrags][2];  // -inf past col_end: those columns never count
+    load_tile_bias(bias, col0, col_end, lane, 1.0f, b);
 #pragma unroll
     for (int j = 0; j < Traits::kColFrags; ++j)
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t c = col0 + 8 * j + 2 * t + e;
-        if (c >= col_end) continue;
-        const float b = bias[c];
+      for (int e = 0; e < 2; ++e)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) best[r] = fmaxf(best[r], acc[j][2 * r + e] + b);
-      }
+        for (int r = 0; r < 2; ++r) best[r] = fmaxf(best[r], acc[j][2 * r + e] + b[j][e]);
   }
 
   // The row's best over its 4 lanes, at part_max[chunk * n + row].
@@ -111,19 +108,18 @@ struct RescoreEpilogue {
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    const int t = lane & 3;
+    float b[Traits::kColFrags][2];  // -inf past col_end, like a dropped column: never rescored
+    load_tile_bias(in.bias, col0, col_end, lane, 1.0f, b);
     // Columns 8j + 2t + e rise with (j, e): a strict > keeps the lower column on a tie.
 #pragma unroll
     for (int j = 0; j < Traits::kColFrags; ++j)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const int64_t c = col0 + 8 * j + 2 * t + e;
-        if (c >= col_end) continue;
-        const float b = in.bias[c];
+        const int64_t c = col0 + 8 * j + 2 * (lane & 3) + e;
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          const float computed = acc[j][2 * r + e] + b;
-          if (!(computed >= threshold[r]) || b == neg_inf_f()) continue;
+          const float computed = acc[j][2 * r + e] + b[j][e];
+          if (!(computed >= threshold[r]) || b[j][e] == neg_inf_f()) continue;
           // Its exact score is at most computed + delta: below the lane's best, it cannot win
           // (a later column needs a strictly larger score), so it is not rescored.
           if (static_cast<double>(computed) + static_cast<double>(delta[r]) < best[r]) continue;
@@ -139,14 +135,7 @@ struct RescoreEpilogue {
   // Merges the row's 4 lanes (ties to the lower column) into part_*[chunk * n + row].
   __device__ __forceinline__ void finish(int64_t n, int lane, double* __restrict__ part_value,
                                          int64_t* __restrict__ part_index, int64_t chunk) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      keep_better_over_quad(best[r], best_j[r]);
-      if ((lane & 3) == 0 && rows[r] < n) {
-        part_value[chunk * n + rows[r]] = best[r];
-        part_index[chunk * n + rows[r]] = best_j[r];
-      }
-    }
+    store_best_over_quad(best, best_j, rows, n, lane, part_value, part_index, chunk * n);
   }
 };
 
