@@ -65,7 +65,7 @@ if want tests; then
   [ "$mips_rc" -eq 0 ] || tests_rc=$mips_rc
   echo "## CUDA tests, OT_FLOW_CUDA_ENGINE=tensor_cores" | tee -a "$out"
   OT_FLOW_CUDA_ENGINE=tensor_cores timeout 240 $PY -m pytest tests/test_cuda_engine.py tests/test_cuda_sass.py \
-    tests/test_lse.py tests/test_barycentric.py tests/test_sinkhorn.py tests/test_batched.py -m cuda -q \
+    tests/test_lse.py tests/test_barycentric.py tests/test_mips.py tests/test_sinkhorn.py tests/test_batched.py -m cuda -q \
     -p no:cacheprovider 2>&1 | tail -25 | tee -a "$out"
   engine_rc=${PIPESTATUS[0]}
 fi
@@ -79,7 +79,7 @@ if want sanitize && [ -x "$sanitizer" ]; then
   echo "## compute-sanitizer memcheck: small engine cases" | tee -a "$out"
   OT_FLOW_CUDA_ENGINE=tensor_cores PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 120 "$sanitizer" --tool memcheck \
     --error-exitcode 99 $PY -m pytest tests/test_cuda_engine.py -q -p no:cacheprovider \
-    -k "65-129-17 or large_scale" 2>&1 | tail -8 | tee -a "$out"
+    -k "65-129-17 or large_scale or (top_k and 67-4099-3-5 and random)" 2>&1 | tail -8 | tee -a "$out"
 fi
 if want bench; then
   # Each benchmark under its own limit (seconds), most wanted first: the engine against the FMA

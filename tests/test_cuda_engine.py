@@ -274,3 +274,66 @@ def test_mips_top1_is_the_float64_answer(n, m, d, kind, precision):
     assert torch.equal(indices[:, 0].cpu(), index)  # the contract: the float64 answer's index
     # Values: the float64 score in float32; the reference's BLAS sums in another order (1 ulp).
     torch.testing.assert_close(values[:, 0].cpu().double(), best.float().double(), rtol=2**-23, atol=0)
+
+
+def float64_top_k(x, y, bias, k):
+    scores = x.double().cpu() @ y.double().cpu().T + (0 if bias is None else bias.double().cpu())
+    # A stable descending sort keeps tied columns in index order: ties to the lowest index.
+    values, index = torch.sort(scores, dim=1, descending=True, stable=True)
+    values, index = values[:, :k], index[:, :k]
+    return values, torch.where(values == float("-inf"), -1, index)  # dropped columns: empty slots
+
+
+@pytest.mark.parametrize("precision", MODES)
+@pytest.mark.parametrize("kind", ["random", "integers", "duplicates", "near_ties", "large"])
+@pytest.mark.parametrize("n,m,d,k", [(2, 2, 1, 2), (67, 4099, 3, 5), (130, 20_011, 64, 64), (33, 1000, 1000, 17)])
+def test_mips_top_k_is_the_float64_answer(n, m, d, k, kind, precision):
+    """Three passes (group maxima, candidate lists, float64 rescoring): the float64 answer in every
+    mode, on data whose lists overflow (integers, duplicates: the rescoring scans the row) or not."""
+    g = torch.Generator().manual_seed(n + m + d + k)
+    x, y = adversarial_points(kind, n, m, d, g)
+    bias = torch.randn(m, generator=g) if kind == "random" else None
+    if bias is not None:
+        bias[1::7] = float("-inf")
+    values, indices = ot_flow.ops.mips(x.cuda(), y.cuda(), None if bias is None else bias.cuda(), k,
+                                       precision=precision)
+    best, index = float64_top_k(x, y, bias, k)
+    assert torch.equal(indices.cpu(), index)
+    torch.testing.assert_close(values.cpu().double(), best.float().double(), rtol=2**-23, atol=0)
+
+
+def test_mips_top_k_row_slices_and_half_inputs():
+    """More rows than one slice of candidate lists (2^24 / (16 k + 256) = 13,107 rows at k = 64),
+    bfloat16 inputs (searched in float32) and non-contiguous keys."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(14_000, 5, generator=g).bfloat16()
+    y = torch.randn(5, 1300, generator=g).bfloat16().T  # non-contiguous
+    bias = torch.randn(1300, generator=g).bfloat16()
+    values, indices = ot_flow.ops.mips(x.cuda(), y.cuda(), bias.cuda(), 64)
+    assert values.dtype == torch.float32
+    best, index = float64_top_k(x, y, bias, 64)
+    assert torch.equal(indices.cpu(), index)
+    torch.testing.assert_close(values.cpu().double(), best.float().double(), rtol=2**-23, atol=0)
+
+
+def test_mips_top_k_rows_with_fewer_than_k_columns_left():
+    """Three columns left for k = 6: the threshold is -inf, every column a candidate, and the
+    tail holds empty slots (-inf, -1)."""
+    x, y, bias = random_problem(70, 90, 7, torch.float32, device="cuda", seed=11)
+    bias[3:] = float("-inf")
+    values, indices = ot_flow.ops.mips(x, y, bias, 6)
+    best, index = float64_top_k(x, y, bias, 6)
+    assert torch.equal(indices.cpu(), index)
+    assert (indices[:, 3:] == -1).all() and torch.isneginf(values[:, 3:]).all()
+    torch.testing.assert_close(values.cpu().double(), best.float().double(), rtol=2**-23, atol=0)
+
+
+def test_mips_top_k_agrees_with_the_fma_kernel_and_opcheck(monkeypatch):
+    x, y, bias = random_problem(300, 5000, 32, torch.float32, device="cuda", seed=3)
+    engine = ot_flow.ops.mips(x, y, bias, 10)
+    torch.library.opcheck(torch.ops.ot_flow.mips.default, (x, y, bias, 10))
+    monkeypatch.setenv("OT_FLOW_CUDA_ENGINE", "fma")
+    fma = ot_flow.ops.mips(x, y, bias, 10)
+    # Random data have no near-ties at float32 resolution: the same columns, values to rounding.
+    assert torch.equal(engine[1], fma[1])
+    torch.testing.assert_close(engine[0], fma[0], rtol=1e-6, atol=1e-6)

@@ -21,8 +21,8 @@ def mips(x, y, bias=None, k=1, *, precision="highest", validate=True):
             squared Euclidean cost) when pairing noise with data.
         k: how many per query, 1 <= k <= m (at most 64 on CUDA).
         precision: how the dot products are formed, ``"highest"``, ``"tf32"`` or ``"bf16"`` (see
-            :mod:`ot_flow.ops.precision`); a coarser mode may swap near-ties (not k = 1 on the
-            CUDA engine, which rescores every candidate in float64).
+            :mod:`ot_flow.ops.precision`); a coarser mode may swap near-ties (not on the CUDA
+            engine, which rescores every candidate in float64).
         validate: ``False`` skips the checks that read the values of the inputs (NaN, Inf, the
             range of the scores; a host synchronisation per call on CUDA), as
             :func:`ot_flow.ops.lse`'s: for callers that checked the data once (the solvers).

@@ -84,4 +84,10 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_tensor_cores_batched(const at::
 std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, const at::Tensor& y,
                                                           const at::Tensor& bias, DotMode mode);
 
+// mips with 1 < k <= kMipsCudaMaxK and m < 2^31, exact in every mode: (values (n, k) float32,
+// indices (n, k) int64), each row's k largest float64 scores rounded to float32, sorted, ties
+// to the lower column; dropped columns (bias -inf) never returned (top_k_list.h's empty slots).
+std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, const at::Tensor& y,
+                                                           const at::Tensor& bias, int64_t k, DotMode mode);
+
 }  // namespace ot_flow::cuda::engine

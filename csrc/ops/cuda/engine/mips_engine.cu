@@ -1,14 +1,22 @@
-// ot_flow::mips with k = 1 on the tensor-core engine, exact: pass 1 finds each row's best
-// computed score, pass 2 rescores in float64 every column that could be the exact best
-// (mips_epilogue.cuh). Both passes are the streaming loop with their epilogue; column chunks
-// merge as max (pass 1) and as (value, index) in chunk order (pass 2, gumbel_merge.cuh).
+// ot_flow::mips on the tensor-core engine, exact (mips_epilogue.cuh has the bounds).
+// k = 1: pass 1 finds each row's best computed score, pass 2 rescores in float64 every column
+//   that could be the exact best; column chunks merge as max (pass 1) and as (value, index) in
+//   chunk order (pass 2, gumbel_merge.cuh).
+// k > 1: pass 1 finds the maxima of each row's 64 column groups per chunk, whose k-th largest
+//   (at::topk on the device) sets the row's threshold; pass 2 lists the columns that reach it;
+//   pass 3, one warp per row, rescores the list in float64 into the row's top-k (top_k_list.h).
+// Passes 1 and 2 are the streaming loop with their epilogue. Rows run in slices, which bound
+// the candidate lists' memory.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
+#include "../../mips.h"
+#include "../../top_k_list.h"
 #include "engine.h"
 #include "launch.cuh"
 #include "mips_epilogue.cuh"
@@ -43,6 +51,83 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
   RescoreEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane);
   stream_column_tiles<Traits, Width>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);
   epi.finish(n, lane, part_value, part_index, blockIdx.y);
+}
+
+template <class Traits, int Width>
+__global__ void __launch_bounds__(Traits::kThreads, 2)
+    mips_group_max_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
+                          int64_t n, int64_t m, int64_t d, int64_t cols_per_chunk,
+                          float* __restrict__ part_group_max) {
+  __shared__ __align__(16) StagingBuffers<Traits> smem;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * Traits::kBlockRows;
+  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
+  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+  GroupMaxEpilogue<Traits> epi(bias);
+  stream_column_tiles<Traits, Width>(x, y, n, d, row0, col_begin, col_end, smem, epi);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  epi.finish(row0 + warp * Traits::kWarpRows, n, lane, part_group_max, blockIdx.y);
+}
+
+template <class Traits, int Width>
+__global__ void __launch_bounds__(Traits::kThreads, 2)
+    mips_candidates_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t cols_per_chunk,
+                           int32_t* __restrict__ count, int32_t* __restrict__ candidates, int64_t capacity) {
+  __shared__ __align__(16) StagingBuffers<Traits> smem;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * Traits::kBlockRows;
+  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
+  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  CandidateEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane, count, candidates, capacity);
+  stream_column_tiles<Traits, Width>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);
+}
+
+constexpr int kSelectWarps = 8;
+
+// Pass 3 of top-k, one warp per row: the lanes rescore 32 listed columns at a time in float64
+// (all m columns when the list overflowed), and lane 0 enters those that rank before the
+// row's k-th entry into the row's list in shared memory (any order: top_k_insert ranks ties by
+// column). Writes values (float32, the float64 score rounded) and indices at row * k.
+__global__ void __launch_bounds__(32 * kSelectWarps)
+    mips_select_top_k_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t k,
+                             const int32_t* __restrict__ count, const int32_t* __restrict__ candidates,
+                             int64_t capacity, float* __restrict__ values, int64_t* __restrict__ indices) {
+  __shared__ double list_value[kSelectWarps][kMipsCudaMaxK];
+  __shared__ int64_t list_index[kSelectWarps][kMipsCudaMaxK];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kSelectWarps + warp;
+  if (row >= n) return;  // the whole warp: no block barrier below
+  double* best = list_value[warp];
+  int64_t* best_j = list_index[warp];
+  for (int64_t e = lane; e < k; e += 32) {
+    best[e] = -::cuda::std::numeric_limits<double>::infinity();
+    best_j[e] = -1;
+  }
+  __syncwarp();
+  const bool overflow = count[row] > capacity;
+  const int64_t listed = overflow ? m : count[row];
+  for (int64_t base = 0; base < listed; base += 32) {
+    const int64_t i = base + lane;
+    double score = -::cuda::std::numeric_limits<double>::infinity();
+    int64_t col = -1;
+    if (i < listed) {
+      col = overflow ? i : candidates[row * capacity + i];
+      if (inputs.bias[col] != neg_inf_f()) score = exact_score(inputs, row, col);
+    }
+    unsigned pending = __ballot_sync(0xffffffffu, ranks_before(score, col, best[k - 1], best_j[k - 1]) &&
+                                                      score != -::cuda::std::numeric_limits<double>::infinity());
+    while (pending != 0) {  // warp-uniform
+      const int source = __ffs(pending) - 1;
+      pending &= pending - 1;
+      const double value = __shfl_sync(0xffffffffu, score, source);
+      const int64_t index = __shfl_sync(0xffffffffu, col, source);
+      if (lane == 0) top_k_insert(best, best_j, k, value, index);
+      __syncwarp();
+    }
+  }
+  for (int64_t e = lane; e < k; e += 32) {
+    values[row * k + e] = static_cast<float>(best[e]);
+    indices[row * k + e] = best_j[e];
+  }
 }
 
 }  // namespace
@@ -88,6 +173,66 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
     }
   });
   return {value.to(at::kFloat).unsqueeze(1), index.unsqueeze(1)};
+}
+
+std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, const at::Tensor& y,
+                                                           const at::Tensor& bias, int64_t k, DotMode mode) {
+  TORCH_CHECK(engine_handles(x), "ot_flow.mips: the tensor-core engine takes float32 inputs, got ", x.scalar_type());
+  const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
+  TORCH_CHECK(k >= 1 && k <= kMipsCudaMaxK && k <= m, "ot_flow.mips: k = ", k, " outside [1, min(m, ",
+              kMipsCudaMaxK, ")]");
+  TORCH_CHECK(m <= std::numeric_limits<int32_t>::max(), "ot_flow.mips: the engine's top-k lists hold int32 columns, m = ",
+              m);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  at::Tensor values = at::empty({n, k}, x.options());
+  at::Tensor indices = at::empty({n, k}, x.options().dtype(at::kLong));
+  if (n == 0) return {values, indices};
+  const at::Tensor x_norm = at::linalg_vector_norm(x, 2, {1}, false, std::nullopt).contiguous();
+  const at::Tensor y_norm_max = at::linalg_vector_norm(y, 2, {1}, false, std::nullopt).max();
+  const at::Tensor bias_max = at::linalg_vector_norm(bias.masked_fill(at::isneginf(bias), 0), INFINITY);
+  // Columns that reach the threshold, random N(0, 1) scores (a simulation of the group maxima):
+  // k = 5: 5.1 on average, 7 at most; k = 64: 300 on average, 660 at most with one column chunk,
+  // 68 and 74 with eight. A list 16k + 256 long overflows only on near-ties, where pass 3 scans
+  // the row. Slices of rows keep the lists within 64 MiB.
+  const int64_t capacity = std::min<int64_t>(16 * k + 256, m);
+  const int64_t slice_rows = std::max<int64_t>(64, (int64_t{1} << 24) / capacity);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  for (int64_t first = 0; first < n; first += slice_rows) {
+    const int64_t rows = std::min(slice_rows, n - first);
+    const at::Tensor xs = x.narrow(0, first, rows);
+    at::Tensor count = at::zeros({rows}, x.options().dtype(at::kInt));
+    at::Tensor candidates = at::empty({rows, capacity}, x.options().dtype(at::kInt));
+    at::Tensor threshold_score;  // L_i, kept alive until pass 2 has run
+    RescoreInputs inputs{xs.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(),
+                         nullptr, x_norm.const_data_ptr<float>() + first, y_norm_max.const_data_ptr<float>(),
+                         bias_max.const_data_ptr<float>(), d, dot_error_bound(mode, d)};
+    with_traits(mode, d, rows_aligned16(xs, y), [&](auto traits, auto width) {
+      using Traits = decltype(traits);
+      constexpr int kWidth = decltype(width)::value;
+      constexpr int kGroups = GroupMaxEpilogue<Traits>::kGroups;
+      static_assert(kGroups >= kMipsCudaMaxK, "one chunk's group maxima cover the largest k");
+      const ChunkPlan plan = plan_launch<Traits>(rows, m);
+      const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
+      at::Tensor part_group_max = at::empty({plan.chunks, rows, kGroups}, x.options());
+      mips_group_max_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
+          xs.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(), rows, m, d,
+          plan.cols_per_chunk, part_group_max.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      threshold_score = std::get<0>(part_group_max.permute({1, 0, 2}).reshape({rows, plan.chunks * kGroups}).topk(k, 1))
+                            .select(1, k - 1)
+                            .contiguous();
+      inputs.row_best = threshold_score.const_data_ptr<float>();
+      mips_candidates_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
+          inputs, rows, m, plan.cols_per_chunk, count.data_ptr<int32_t>(), candidates.data_ptr<int32_t>(), capacity);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    const unsigned blocks = static_cast<unsigned>((rows + kSelectWarps - 1) / kSelectWarps);
+    mips_select_top_k_kernel<<<blocks, 32 * kSelectWarps, 0, stream>>>(
+        inputs, rows, m, k, count.const_data_ptr<int32_t>(), candidates.const_data_ptr<int32_t>(), capacity,
+        values.data_ptr<float>() + first * k, indices.data_ptr<int64_t>() + first * k);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {values, indices};
 }
 
 }  // namespace ot_flow::cuda::engine

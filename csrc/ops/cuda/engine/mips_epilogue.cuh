@@ -1,12 +1,21 @@
-// The engine's epilogues of exact top-1 MIPS (mips with k = 1), two passes over the tiles:
-//   RowMaxEpilogue   pass 1: per row, the best computed score s~_ij = <x_i, y_j>~ + bias_j;
-//   RescoreEpilogue  pass 2: every column whose computed score is within 2 delta_i of that best
-//                    (delta_i bounds the error of one computed score, dot_error_bound) is
-//                    rescored in float64 from x and y themselves, and the row keeps the best
-//                    exact score, ties to the lower column.
+// The engine's epilogues of exact MIPS, each pass one streaming loop over the tiles.
+// Top-1 (mips with k = 1), two passes:
+//   RowMaxEpilogue     pass 1: per row, the best computed score s~_ij = <x_i, y_j>~ + bias_j;
+//   RescoreEpilogue    pass 2: every column whose computed score is within 2 delta_i of that best
+//                      (delta_i bounds the error of one computed score, score_error_bound) is
+//                      rescored in float64 from x and y themselves, and the row keeps the best
+//                      exact score, ties to the lower column.
 // The exact best is always rescored: s~_j* >= s_j* - delta >= s_j - delta >= s~_j - 2 delta for
 // every j, so whatever the precision of the tiles, the answer is the float64 one; the tiles only
 // decide how few columns are rescored (about one per row for random data).
+// Top-k, three passes (mips_engine.cu):
+//   GroupMaxEpilogue   pass 1: per row, the best computed score of each of 64 disjoint column
+//                      groups (a lane's fragment slot); the k-th largest of these maxima, L_i, is
+//                      at most the row's k-th largest computed score (k distinct columns reach it);
+//   CandidateEpilogue  pass 2: every column with s~_ij >= L_i - 2 delta_i goes on the row's
+//                      candidate list, which holds the exact top k: k columns score exactly at
+//                      least L_i - delta_i, so a column of the exact top k has s >= L_i - delta_i and
+//                      s~ >= L_i - 2 delta_i. A third, plain kernel rescores the list in float64.
 #pragma once
 
 #include <cuda/std/limits>
@@ -53,20 +62,85 @@ struct RowMaxEpilogue {
   }
 };
 
-// The inputs of the rescoring pass: the points themselves (row-major, d columns), the bias,
-// each row's computed best (pass 1), |x_i|, and max_j |y_j| and max_j |bias_j| (finite ones) on
-// the device, so that no bound is read back on the host.
+// Pass 1 of top-k: the maxima of the 64 column groups (lane t of the quad, fragment slot j, e)
+// of each row, at part_group_max[(chunk * n + row) * kGroups + 16 t + 2 j + e].
+template <class Traits>
+struct GroupMaxEpilogue {
+  static constexpr int kGroups = 4 * Traits::kColFrags * 2;
+  const float* __restrict__ bias;
+  float best[2][Traits::kColFrags][2];  // rows g and g + 8 of the warp's 16 (lane = 4 g + t)
+
+  __device__ __forceinline__ explicit GroupMaxEpilogue(const float* b) : bias(b) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int j = 0; j < Traits::kColFrags; ++j) best[r][j][0] = best[r][j][1] = neg_inf_f();
+  }
+
+  __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
+                                       int lane) {
+    float b[Traits::kColFrags][2];  // -inf past col_end: those columns never count
+    load_tile_bias(bias, col0, col_end, lane, 1.0f, b);
+#pragma unroll
+    for (int j = 0; j < Traits::kColFrags; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) best[r][j][e] = fmaxf(best[r][j][e], acc[j][2 * r + e] + b[j][e]);
+  }
+
+  __device__ __forceinline__ void finish(int64_t warp_row0, int64_t n, int lane, float* __restrict__ part_group_max,
+                                         int64_t chunk) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = warp_row0 + (lane >> 2) + 8 * r;
+      if (row >= n) continue;
+      float* out = part_group_max + (chunk * n + row) * kGroups + (lane & 3) * Traits::kColFrags * 2;
+#pragma unroll
+      for (int j = 0; j < Traits::kColFrags; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) out[2 * j + e] = best[r][j][e];
+    }
+  }
+};
+
+// The inputs of the rescoring passes: the points themselves (row-major, d columns), the bias,
+// each row's reference score (top-1: its computed best; top-k: L_i), |x_i|, and max_j |y_j| and
+// max_j |bias_j| (finite ones) on the device, so that no bound is read back on the host.
 struct RescoreInputs {
   const float* x;
   const float* y;
   const float* bias;
-  const float* row_best;
+  const float* row_best;  // the reference score of each row
   const float* x_norm;
   const float* y_norm_max;
   const float* bias_max;
   int64_t d;
   float error_per_norm;  // dot_error_bound(mode, d)
 };
+
+// delta_i: a bound on |s~_ij - s_ij| for every column of row i: the dot product's bound, plus
+// the float32 rounding of adding the bias (2^-23 of |s~| <= |x| max|y| + max|bias|), doubled for
+// the margin of the bound's own rounding.
+__device__ __forceinline__ float score_error_bound(const RescoreInputs& in, int64_t row) {
+  const float scale = in.x_norm[row] * *in.y_norm_max;
+  return 2.0f * (in.error_per_norm * scale + 0x1p-23f * (scale + *in.bias_max));
+}
+
+// <x_row, y_col> + bias_col in float64, from the points themselves.
+__device__ __forceinline__ double exact_score(const RescoreInputs& in, int64_t row, int64_t col) {
+  const float* xr = in.x + row * in.d;
+  const float* yc = in.y + col * in.d;
+  double sum = 0.0;
+  for (int64_t k = 0; k < in.d; ++k) sum = fma(static_cast<double>(xr[k]), static_cast<double>(yc[k]), sum);
+  return sum + static_cast<double>(in.bias[col]);
+}
+
+// The computed score a column of row i must reach to be rescored: the row's reference score
+// minus 2 delta_i; +inf for the padding rows past n (nothing is rescored there).
+__device__ __forceinline__ float candidate_threshold(const RescoreInputs& in, int64_t row, int64_t n, float delta) {
+  return row < n ? in.row_best[row] - 2.0f * delta : ::cuda::std::numeric_limits<float>::infinity();
+}
 
 template <class Traits>
 struct RescoreEpilogue {
@@ -79,31 +153,14 @@ struct RescoreEpilogue {
 
   __device__ __forceinline__ RescoreEpilogue(const RescoreInputs& inputs, int64_t warp_row0, int64_t n, int lane)
       : in(inputs) {
-    const float y_max = *in.y_norm_max, b_max = *in.bias_max;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       rows[r] = warp_row0 + (lane >> 2) + 8 * r;
       best[r] = -::cuda::std::numeric_limits<double>::infinity();
       best_j[r] = -1;
-      if (rows[r] >= n) {
-        threshold[r] = ::cuda::std::numeric_limits<float>::infinity();  // padding rows: nothing
-        delta[r] = 0.0f;
-        continue;
-      }
-      const float scale = in.x_norm[rows[r]] * y_max;
-      // delta: the dot product's bound, plus the float32 rounding of adding the bias (2^-23
-      // of |s~| <= |x| max|y| + max|bias|), doubled for the margin of the bound's own rounding.
-      delta[r] = 2.0f * (in.error_per_norm * scale + 0x1p-23f * (scale + b_max));
-      threshold[r] = in.row_best[rows[r]] - 2.0f * delta[r];
+      delta[r] = rows[r] < n ? score_error_bound(in, rows[r]) : 0.0f;
+      threshold[r] = candidate_threshold(in, rows[r], n, delta[r]);
     }
-  }
-
-  __device__ __forceinline__ double exact_score(int64_t row, int64_t col) const {
-    const float* xr = in.x + row * in.d;
-    const float* yc = in.y + col * in.d;
-    double sum = 0.0;
-    for (int64_t k = 0; k < in.d; ++k) sum = fma(static_cast<double>(xr[k]), static_cast<double>(yc[k]), sum);
-    return sum + static_cast<double>(in.bias[col]);
   }
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
@@ -123,7 +180,7 @@ struct RescoreEpilogue {
           // Its exact score is at most computed + delta: below the lane's best, it cannot win
           // (a later column needs a strictly larger score), so it is not rescored.
           if (static_cast<double>(computed) + static_cast<double>(delta[r]) < best[r]) continue;
-          const double exact = exact_score(rows[r], c);
+          const double exact = exact_score(in, rows[r], c);
           if (exact > best[r]) {
             best[r] = exact;
             best_j[r] = c;
@@ -136,6 +193,48 @@ struct RescoreEpilogue {
   __device__ __forceinline__ void finish(int64_t n, int lane, double* __restrict__ part_value,
                                          int64_t* __restrict__ part_index, int64_t chunk) {
     store_best_over_quad(best, best_j, rows, n, lane, part_value, part_index, chunk * n);
+  }
+};
+
+// Pass 2 of top-k: appends each column whose computed score reaches the row's threshold
+// (L_i - 2 delta_i) to the row's list, candidates[row * capacity + slot], slot from the row's
+// counter; a row that finds more than `capacity` keeps counting, and the rescoring kernel then
+// scans all of its columns instead (mips_engine.cu). Dropped columns (bias -inf) never count.
+template <class Traits>
+struct CandidateEpilogue {
+  int32_t* __restrict__ count;
+  int32_t* __restrict__ candidates;
+  int64_t capacity;
+  const float* __restrict__ bias;
+  int64_t rows[2];
+  float threshold[2];
+
+  __device__ __forceinline__ CandidateEpilogue(const RescoreInputs& in, int64_t warp_row0, int64_t n, int lane,
+                                               int32_t* row_count, int32_t* row_candidates, int64_t cap)
+      : count(row_count), candidates(row_candidates), capacity(cap), bias(in.bias) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      rows[r] = warp_row0 + (lane >> 2) + 8 * r;
+      threshold[r] = candidate_threshold(in, rows[r], n, rows[r] < n ? score_error_bound(in, rows[r]) : 0.0f);
+    }
+  }
+
+  __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
+                                       int lane) {
+    float b[Traits::kColFrags][2];  // -inf past col_end, like a dropped column: never a candidate
+    load_tile_bias(bias, col0, col_end, lane, 1.0f, b);
+#pragma unroll
+    for (int j = 0; j < Traits::kColFrags; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          if (!(acc[j][2 * r + e] + b[j][e] >= threshold[r]) || b[j][e] == neg_inf_f()) continue;
+          const int slot = atomicAdd(count + rows[r], 1);
+          if (slot < capacity) {
+            candidates[rows[r] * capacity + slot] = static_cast<int32_t>(col0 + 8 * j + 2 * (lane & 3) + e);
+          }
+        }
   }
 };
 
