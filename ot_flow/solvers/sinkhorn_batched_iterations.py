@@ -86,7 +86,9 @@ class BatchedHalves:
 
     def _softmin_cached(self, dots, dim, other, log_w, now, es):
         e = _per_problem(es, other)
-        return -e * lse_dense(dots, other / e + log_w, [1.0 / v for v in es], dim, shift=-now / e, validate=False)
+        neg_e = -e  # the 2-D half-step's arithmetic (sinkhorn_halves.LocalHalves), so the same bits
+        return lse_dense(dots, (other / e).add_(log_w), [1.0 / v for v in es], dim, shift=now / neg_e,
+                         validate=False).mul_(neg_e)
 
     def f_update(self, idx, g, es, f_now):
         if self.dots is not None:

@@ -39,7 +39,9 @@ class _Reductions:
 
 class LocalHalves(_Reductions):
     """One process. With `dots` (the cached n x m dot products) each half-step is one fused
-    pass, given the current potential as the shift hint: lse_i = -f_i / e at the fixed point."""
+    pass, given the current potential as the shift hint: lse_i = -f_i / e at the fixed point.
+    (In place on fresh temporaries, which the loop's inference mode allows: a small solve's
+    iteration is a few dozen small ops, each allocation of which shows.)"""
 
     def __init__(self, x, y, log_a, log_b, dots=None, precision="highest"):
         self.x, self.y, self.log_a, self.log_b, self.dots = x, y, log_a, log_b, dots
@@ -47,12 +49,12 @@ class LocalHalves(_Reductions):
 
     def f_update(self, g, e, f_now):
         if self.dots is not None:
-            return -e * lse_dense(self.dots, g / e + self.log_b, 1.0 / e, 1, shift=-f_now / e, validate=False)
+            return lse_dense(self.dots, (g / e).add_(self.log_b), 1.0 / e, 1, shift=f_now / -e, validate=False).mul_(-e)
         return softmin(self.x, self.y, g, e, self.log_b, precision=self.precision, validate=False)
 
     def g_update(self, f, e, g_now):
         if self.dots is not None:
-            return -e * lse_dense(self.dots, f / e + self.log_a, 1.0 / e, 0, shift=-g_now / e, validate=False)
+            return lse_dense(self.dots, (f / e).add_(self.log_a), 1.0 / e, 0, shift=g_now / -e, validate=False).mul_(-e)
         return softmin(self.y, self.x, f, e, self.log_a, precision=self.precision, validate=False)
 
     def sum(self, per_row):

@@ -21,8 +21,10 @@ namespace ot_flow {
 namespace {
 
 // Strips as wide as the thread count allows (wide strips read long runs of each row: about
-// 2x faster than 256 columns at m = 4096); a column's sum is the same for any width.
-constexpr int64_t kMinStripCols = 256;
+// 2x faster than 256 columns at m = 4096), down to 64 columns, so that small matrices still use
+// every thread (m = 256 on two threads: 25-30 us a call against 42-52 in one strip); a column's
+// sum is the same for any width.
+constexpr int64_t kMinStripCols = 64;
 constexpr int64_t kMaxStripCols = 2048;
 constexpr int64_t kBlockRows = 32;
 constexpr int64_t kSumChunk = 1024;  // float partial sums are folded into double this often
