@@ -116,5 +116,9 @@ if want bench; then
   run_bench 120 benchmarks/bench_unbalanced.py --sizes 4096 65536 --dims 64 --flash-precisions tf32
   run_bench 120 benchmarks/bench_sampling.py --sizes 4096 16384 65536 262144 --methods ot_flow \
     "torch dense + multinomial"
+  # Seed paper 002's scale on one GPU (#16): one full solve at n = 2^20, d = 64, tol 1e-3, on the
+  # engine, with its time and peak device memory. At the engine's lse target (2.6 ms at 65,536^2)
+  # an iteration is ~0.7 s, ~30 iterations; on the FMA kernels it would take ~15 s an iteration.
+  OT_FLOW_CUDA_ENGINE=tensor_cores run_bench 150 benchmarks/bench_sinkhorn.py --memory-run 1048576 --dims 64
 fi
 [ "$tests_rc" -eq 0 ] && exit "$engine_rc"
