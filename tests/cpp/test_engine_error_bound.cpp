@@ -1,0 +1,148 @@
+// The tensor-core engine's bound on the error of one dot product (dot_error_bound in
+// csrc/ops/cuda/engine/kernel_traits.cuh), on which exact MIPS rests: a column is rescored in
+// float64 when its computed score lies within twice the bound of the row's best. Checked here,
+// where no GPU runs, against a model of the engine's arithmetic: the operands rounded as
+// mma_tile.cuh rounds them (cvt.rna.tf32: nearest, ties away from zero; split TF32 as hi + lo;
+// cvt.rn.bf16x2: nearest even), every product exact (TF32 x TF32 and BF16 x BF16 fit a float),
+// and every addition into the float32 accumulator rounded toward zero (truncation, the worst the
+// tensor cores do), one MMA k-step after another in the kernels' order (lo*hi, hi*lo, hi*hi).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "ops/cuda/engine/kernel_traits.cuh"
+
+namespace {
+
+using ot_flow::cuda::engine::dot_error_bound;
+using ot_flow::cuda::engine::DotMode;
+
+uint32_t bits_of(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+}
+
+float float_of(uint32_t b) {
+  float v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
+
+// cvt.rna.tf32.f32: 10 explicit mantissa bits, to nearest, ties away from zero (sign-magnitude:
+// adding half of the dropped unit and truncating rounds the magnitude half away).
+float tf32(float v) { return float_of((bits_of(v) + 0x1000u) & ~0x1FFFu); }
+
+// cvt.rn.bf16x2.f32: 7 explicit mantissa bits, to nearest, ties to even.
+float bf16(float v) {
+  const uint32_t b = bits_of(v);
+  return float_of((b + 0x7FFFu + ((b >> 16) & 1u)) & 0xFFFF0000u);
+}
+
+// s as a float32, rounded toward zero.
+float toward_zero(long double s) {
+  float f = static_cast<float>(s);
+  if (std::fabs(static_cast<long double>(f)) > std::fabs(s)) f = std::nextafter(f, 0.0f);
+  return f;
+}
+
+// One MMA k-step into the accumulator: each product exact, each addition truncated.
+float mma_step(float acc, const float* a, const float* b, int len) {
+  for (int k = 0; k < len; ++k) {
+    acc = toward_zero(static_cast<long double>(acc) + static_cast<long double>(a[k]) * static_cast<long double>(b[k]));
+  }
+  return acc;
+}
+
+// <x, y> as the engine forms it in `mode`: k-steps of 8 (TF32) or 16 (BF16) terms; past d the
+// staged slices hold zeros, which add nothing.
+float engine_dot(DotMode mode, const std::vector<float>& x, const std::vector<float>& y) {
+  const int d = static_cast<int>(x.size()), step = mode == DotMode::kBF16 ? 16 : 8;
+  float acc = 0.0f;
+  for (int k0 = 0; k0 < d; k0 += step) {
+    const int len = std::min(step, d - k0);
+    float a_hi[16], a_lo[16], b_hi[16], b_lo[16];
+    for (int k = 0; k < len; ++k) {
+      const float a = x[k0 + k], b = y[k0 + k];
+      a_hi[k] = mode == DotMode::kBF16 ? bf16(a) : tf32(a);
+      b_hi[k] = mode == DotMode::kBF16 ? bf16(b) : tf32(b);
+      a_lo[k] = tf32(a - a_hi[k]);
+      b_lo[k] = tf32(b - b_hi[k]);
+    }
+    if (mode == DotMode::kSplitTF32) {
+      acc = mma_step(acc, a_lo, b_hi, len);
+      acc = mma_step(acc, a_hi, b_lo, len);
+    }
+    acc = mma_step(acc, a_hi, b_hi, len);
+  }
+  return acc;
+}
+
+// The largest |computed - exact| / (bound |x| |y|) over `trials` pairs drawn by `draw`.
+template <class Draw>
+double worst_ratio(DotMode mode, int d, int trials, Draw&& draw) {
+  double worst = 0.0;
+  std::vector<float> x(d), y(d);
+  for (int t = 0; t < trials; ++t) {
+    draw(x, y);
+    long double exact = 0.0L, xx = 0.0L, yy = 0.0L;
+    for (int k = 0; k < d; ++k) {
+      exact += static_cast<long double>(x[k]) * y[k];
+      xx += static_cast<long double>(x[k]) * x[k];
+      yy += static_cast<long double>(y[k]) * y[k];
+    }
+    const long double scale = std::sqrt(xx * yy);
+    if (scale == 0.0L) continue;
+    const long double error = std::fabs(static_cast<long double>(engine_dot(mode, x, y)) - exact);
+    worst = std::max(worst, static_cast<double>(error / (dot_error_bound(mode, d) * scale)));
+  }
+  return worst;
+}
+
+const DotMode kModes[] = {DotMode::kSplitTF32, DotMode::kTF32, DotMode::kBF16};
+const int kDims[] = {1, 2, 3, 7, 8, 9, 16, 17, 64, 100, 512, 1000, 3072};
+
+TEST(EngineErrorBound, HoldsOnRandomSameSignCancellingAndWideRangeVectors) {
+  std::mt19937 gen(20261130);
+  std::normal_distribution<float> normal;
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f), exponent(-20.0f, 20.0f);
+  const auto gaussian = [&](std::vector<float>& x, std::vector<float>& y) {
+    for (size_t k = 0; k < x.size(); ++k) x[k] = normal(gen), y[k] = normal(gen);
+  };
+  // Every partial sum grows one way: the accumulator's truncations never cancel.
+  const auto same_sign = [&](std::vector<float>& x, std::vector<float>& y) {
+    for (size_t k = 0; k < x.size(); ++k) x[k] = unit(gen), y[k] = unit(gen);
+  };
+  // <x, y> near 0 against |x| |y|: y is x with every other sign flipped.
+  const auto cancelling = [&](std::vector<float>& x, std::vector<float>& y) {
+    for (size_t k = 0; k < x.size(); ++k) x[k] = normal(gen), y[k] = (k % 2 ? -1.0f : 1.0f) * x[k] * (1.0f + 1e-3f * normal(gen));
+  };
+  // Entries from 2^-20 to 2^20: the large ones set |x| |y|, the small ones test the lo parts.
+  const auto wide = [&](std::vector<float>& x, std::vector<float>& y) {
+    for (size_t k = 0; k < x.size(); ++k) {
+      x[k] = std::exp2(exponent(gen)) * (normal(gen) < 0 ? -1.0f : 1.0f);
+      y[k] = std::exp2(exponent(gen)) * (normal(gen) < 0 ? -1.0f : 1.0f);
+    }
+  };
+  for (const DotMode mode : kModes) {
+    double worst = 0.0;
+    for (const int d : kDims) {
+      const int trials = d >= 1000 ? 60 : 400;
+      for (const double ratio : {worst_ratio(mode, d, trials, gaussian), worst_ratio(mode, d, trials, same_sign),
+                                 worst_ratio(mode, d, trials, cancelling), worst_ratio(mode, d, trials, wide)}) {
+        EXPECT_LE(ratio, 1.0) << "mode " << static_cast<int>(mode) << ", d = " << d;
+        worst = std::max(worst, ratio);
+      }
+    }
+    // The model is not trivially inside the bound: its errors reach a sizeable part of it.
+    EXPECT_GT(worst, 0.05) << "mode " << static_cast<int>(mode);
+    std::printf("mode %d: worst error %.3f of the bound\n", static_cast<int>(mode), worst);
+  }
+}
+
+}  // namespace
