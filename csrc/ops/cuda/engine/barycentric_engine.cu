@@ -36,9 +36,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2) barycentric_engine_kernel
   __shared__ __align__(16) ValueTile<Traits, ValueCols> value_tile;
   const int64_t problem = blockIdx.z / value_blocks;
   const int64_t v0 = static_cast<int64_t>(blockIdx.z % value_blocks) * ValueCols;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * Traits::kBlockRows;
-  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
-  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+  const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   BarycentricEpilogue<Traits, ValueCols> epi(batch.scale[problem], h + problem * batch.h_stride,
                                              values + problem * batch.values_stride, k, v0, value_tile);
   stream_column_tiles<Traits, Width>(x + problem * batch.x_stride, y + problem * batch.y_stride, n, d, row0,

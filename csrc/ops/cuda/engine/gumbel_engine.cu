@@ -37,9 +37,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
                          int64_t* __restrict__ part_index, int64_t chunk_stride) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const int64_t problem = blockIdx.z;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * Traits::kBlockRows;
-  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
-  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+  const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   GumbelEpilogue<Traits> epi(batch.scale[problem], h + problem * batch.h_stride, batch.noise[problem], row_offset,
                              col_offset, row0 + warp * Traits::kWarpRows, n, lane);

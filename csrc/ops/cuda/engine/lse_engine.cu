@@ -28,9 +28,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
                       int64_t chunk_stride) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const int64_t problem = blockIdx.z;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * Traits::kBlockRows;
-  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
-  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+  const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   LseEpilogue<Traits> epi(batch.scale[problem], h + problem * batch.h_stride);
   stream_column_tiles<Traits, Width>(x + problem * batch.x_stride, y + problem * batch.y_stride, n, d, row0,
                                      col_begin, col_end, smem, epi);

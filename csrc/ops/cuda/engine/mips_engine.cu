@@ -30,9 +30,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
     mips_row_max_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
                         int64_t n, int64_t m, int64_t d, int64_t cols_per_chunk, float* __restrict__ part_max) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * Traits::kBlockRows;
-  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
-  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+  const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   RowMaxEpilogue<Traits> epi(bias);
   stream_column_tiles<Traits, Width>(x, y, n, d, row0, col_begin, col_end, smem, epi);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -44,9 +42,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
     mips_rescore_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t cols_per_chunk,
                         double* __restrict__ part_value, int64_t* __restrict__ part_index) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * Traits::kBlockRows;
-  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
-  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+  const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   RescoreEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane);
   stream_column_tiles<Traits, Width>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);
@@ -59,9 +55,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
                           int64_t n, int64_t m, int64_t d, int64_t cols_per_chunk,
                           float* __restrict__ part_group_max) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * Traits::kBlockRows;
-  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
-  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+  const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   GroupMaxEpilogue<Traits> epi(bias);
   stream_column_tiles<Traits, Width>(x, y, n, d, row0, col_begin, col_end, smem, epi);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -73,9 +67,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
     mips_candidates_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t cols_per_chunk,
                            int32_t* __restrict__ count, int32_t* __restrict__ candidates, int64_t capacity) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * Traits::kBlockRows;
-  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
-  const int64_t col_end = min(m, col_begin + cols_per_chunk);
+  const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   CandidateEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane, count, candidates, capacity);
   stream_column_tiles<Traits, Width>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);

@@ -28,6 +28,23 @@
 
 namespace ot_flow::cuda::engine {
 
+// Calls visit(r, j, e, score, bias) for each of the lane's scores in a tile: the rows g + 8 r,
+// the columns col0 + 8 j + 2 t + e (lane = 4 g + t), score = acc + bias of the column, bias -inf
+// past col_end (a column that does not exist, like a dropped one). A row's columns come in
+// increasing order, so a strict > keeps the lower column on a tie.
+template <class Traits, class Visit>
+__device__ __forceinline__ void for_each_score(const float (&acc)[Traits::kColFrags][4], const float* __restrict__ bias,
+                                               int64_t col0, int64_t col_end, int lane, Visit&& visit) {
+  float b[Traits::kColFrags][2];
+  load_tile_bias(bias, col0, col_end, lane, 1.0f, b);
+#pragma unroll
+  for (int j = 0; j < Traits::kColFrags; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) visit(r, j, e, acc[j][2 * r + e] + b[j][e], b[j][e]);
+}
+
 template <class Traits>
 struct RowMaxEpilogue {
   const float* __restrict__ bias;
@@ -39,14 +56,8 @@ struct RowMaxEpilogue {
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    float b[Traits::kColFrags][2];  // -inf past col_end: those columns never count
-    load_tile_bias(bias, col0, col_end, lane, 1.0f, b);
-#pragma unroll
-    for (int j = 0; j < Traits::kColFrags; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) best[r] = fmaxf(best[r], acc[j][2 * r + e] + b[j][e]);
+    for_each_score<Traits>(acc, bias, col0, col_end, lane,
+                           [&](int r, int, int, float score, float) { best[r] = fmaxf(best[r], score); });
   }
 
   // The row's best over its 4 lanes, at part_max[chunk * n + row].
@@ -79,14 +90,9 @@ struct GroupMaxEpilogue {
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    float b[Traits::kColFrags][2];  // -inf past col_end: those columns never count
-    load_tile_bias(bias, col0, col_end, lane, 1.0f, b);
-#pragma unroll
-    for (int j = 0; j < Traits::kColFrags; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) best[r][j][e] = fmaxf(best[r][j][e], acc[j][2 * r + e] + b[j][e]);
+    for_each_score<Traits>(acc, bias, col0, col_end, lane, [&](int r, int j, int e, float score, float) {
+      best[r][j][e] = fmaxf(best[r][j][e], score);
+    });
   }
 
   __device__ __forceinline__ void finish(int64_t warp_row0, int64_t n, int lane, float* __restrict__ part_group_max,
@@ -165,28 +171,18 @@ struct RescoreEpilogue {
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    float b[Traits::kColFrags][2];  // -inf past col_end, like a dropped column: never rescored
-    load_tile_bias(in.bias, col0, col_end, lane, 1.0f, b);
-    // Columns 8j + 2t + e rise with (j, e): a strict > keeps the lower column on a tie.
-#pragma unroll
-    for (int j = 0; j < Traits::kColFrags; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t c = col0 + 8 * j + 2 * (lane & 3) + e;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const float computed = acc[j][2 * r + e] + b[j][e];
-          if (!(computed >= threshold[r]) || b[j][e] == neg_inf_f()) continue;
-          // Its exact score is at most computed + delta: below the lane's best, it cannot win
-          // (a later column needs a strictly larger score), so it is not rescored.
-          if (static_cast<double>(computed) + static_cast<double>(delta[r]) < best[r]) continue;
-          const double exact = exact_score(in, rows[r], c);
-          if (exact > best[r]) {
-            best[r] = exact;
-            best_j[r] = c;
-          }
-        }
+    for_each_score<Traits>(acc, in.bias, col0, col_end, lane, [&](int r, int j, int e, float computed, float b) {
+      if (!(computed >= threshold[r]) || b == neg_inf_f()) return;
+      // Its exact score is at most computed + delta: below the lane's best, it cannot win (a
+      // later column needs a strictly larger score), so it is not rescored.
+      if (static_cast<double>(computed) + static_cast<double>(delta[r]) < best[r]) return;
+      const int64_t c = col0 + 8 * j + 2 * (lane & 3) + e;
+      const double exact = exact_score(in, rows[r], c);
+      if (exact > best[r]) {
+        best[r] = exact;
+        best_j[r] = c;
       }
+    });
   }
 
   // Merges the row's 4 lanes (ties to the lower column) into part_*[chunk * n + row].
@@ -221,20 +217,11 @@ struct CandidateEpilogue {
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    float b[Traits::kColFrags][2];  // -inf past col_end, like a dropped column: never a candidate
-    load_tile_bias(bias, col0, col_end, lane, 1.0f, b);
-#pragma unroll
-    for (int j = 0; j < Traits::kColFrags; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          if (!(acc[j][2 * r + e] + b[j][e] >= threshold[r]) || b[j][e] == neg_inf_f()) continue;
-          const int slot = atomicAdd(count + rows[r], 1);
-          if (slot < capacity) {
-            candidates[rows[r] * capacity + slot] = static_cast<int32_t>(col0 + 8 * j + 2 * (lane & 3) + e);
-          }
-        }
+    for_each_score<Traits>(acc, bias, col0, col_end, lane, [&](int r, int j, int e, float computed, float b) {
+      if (!(computed >= threshold[r]) || b == neg_inf_f()) return;
+      const int slot = atomicAdd(count + rows[r], 1);
+      if (slot < capacity) candidates[rows[r] * capacity + slot] = static_cast<int32_t>(col0 + 8 * j + 2 * (lane & 3) + e);
+    });
   }
 };
 

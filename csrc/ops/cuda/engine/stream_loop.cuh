@@ -26,6 +26,18 @@ struct StagingBuffers {
   float y[Traits::kStages][Traits::kBlockCols][Traits::kStride];
 };
 
+// The block's part of the grid: the rows [row0, row0 + kBlockRows) of blockIdx.x and the columns
+// [col_begin, col_end) of chunk blockIdx.y, the m columns cut in chunks of cols_per_chunk.
+struct BlockTiles {
+  int64_t row0, col_begin, col_end;
+};
+
+template <class Traits>
+__device__ __forceinline__ BlockTiles block_tiles(int64_t m, int64_t cols_per_chunk) {
+  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * cols_per_chunk;
+  return {static_cast<int64_t>(blockIdx.x) * Traits::kBlockRows, col_begin, min(m, col_begin + cols_per_chunk)};
+}
+
 // x (n, d) and y (m, d) row-major float32; the block owns rows [row0, row0 + kBlockRows) and
 // columns [col_begin, col_end). Every thread of the block must call it.
 template <class Traits, int Width, class Epilogue>
