@@ -25,16 +25,20 @@
 namespace ot_flow::cuda::engine {
 namespace {
 
-template <class Traits, int Width>
-__global__ void __launch_bounds__(Traits::kThreads)
-    mips_row_max_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
-                        int64_t n, int64_t m, int64_t d, int64_t cols_per_chunk, float* __restrict__ part_max) {
+// Pass 1 (top-1: RowMaxEpilogue, top-k: GroupMaxEpilogue): the computed scores' maxima of each
+// row in this chunk, at part[chunk * n + row] (top-1) or part[(chunk * n + row) * 64 + group].
+// Two blocks per multiprocessor: without the bound ptxas capped the group maxima's kernel at 96
+// registers on sm_90 and spilled.
+template <class Traits, int Width, template <class> class Epilogue>
+__global__ void __launch_bounds__(Traits::kThreads, 2)
+    mips_maxima_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
+                       int64_t n, int64_t m, int64_t d, int64_t cols_per_chunk, float* __restrict__ part) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
-  RowMaxEpilogue<Traits> epi(bias);
+  Epilogue<Traits> epi(bias);
   stream_column_tiles<Traits, Width>(x, y, n, d, row0, col_begin, col_end, smem, epi);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  epi.finish(row0 + warp * Traits::kWarpRows, n, lane, part_max, blockIdx.y);
+  epi.finish(row0 + warp * Traits::kWarpRows, n, lane, part, blockIdx.y);
 }
 
 template <class Traits, int Width>
@@ -47,19 +51,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
   RescoreEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane);
   stream_column_tiles<Traits, Width>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);
   epi.finish(n, lane, part_value, part_index, blockIdx.y);
-}
-
-template <class Traits, int Width>
-__global__ void __launch_bounds__(Traits::kThreads, 2)
-    mips_group_max_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
-                          int64_t n, int64_t m, int64_t d, int64_t cols_per_chunk,
-                          float* __restrict__ part_group_max) {
-  __shared__ __align__(16) StagingBuffers<Traits> smem;
-  const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
-  GroupMaxEpilogue<Traits> epi(bias);
-  stream_column_tiles<Traits, Width>(x, y, n, d, row0, col_begin, col_end, smem, epi);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  epi.finish(row0 + warp * Traits::kWarpRows, n, lane, part_group_max, blockIdx.y);
 }
 
 template <class Traits, int Width>
@@ -144,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
     TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.mips: too many rows");
     const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
     at::Tensor part_max = at::empty({plan.chunks, n}, x.options());
-    mips_row_max_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
+    mips_maxima_kernel<Traits, kWidth, RowMaxEpilogue><<<grid, Traits::kThreads, 0, stream>>>(
         x.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(), n, m, d,
         plan.cols_per_chunk, part_max.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -206,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, 
       const ChunkPlan plan = plan_launch<Traits>(rows, m);
       const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
       at::Tensor part_group_max = at::empty({plan.chunks, rows, kGroups}, x.options());
-      mips_group_max_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
+      mips_maxima_kernel<Traits, kWidth, GroupMaxEpilogue><<<grid, Traits::kThreads, 0, stream>>>(
           xs.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(), rows, m, d,
           plan.cols_per_chunk, part_group_max.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
