@@ -261,7 +261,7 @@ def adversarial_points(kind, n, m, d, g):
 
 @pytest.mark.parametrize("precision", MODES)
 @pytest.mark.parametrize("kind", ["random", "integers", "duplicates", "near_ties", "large"])
-@pytest.mark.parametrize("n,m,d", [(1, 1, 1), (67, 4099, 3), (130, 20_011, 64), (33, 1000, 1000)])
+@pytest.mark.parametrize("n,m,d", [(1, 1, 1), (67, 4099, 3), (130, 20_011, 64), (33, 1000, 1000), (5, 2003, 3072)])
 def test_mips_top1_is_the_float64_answer(n, m, d, kind, precision):
     g = torch.Generator().manual_seed(n + m + d)
     x, y = adversarial_points(kind, n, m, d, g)
@@ -286,7 +286,8 @@ def float64_top_k(x, y, bias, k):
 
 @pytest.mark.parametrize("precision", MODES)
 @pytest.mark.parametrize("kind", ["random", "integers", "duplicates", "near_ties", "large"])
-@pytest.mark.parametrize("n,m,d,k", [(2, 2, 1, 2), (67, 4099, 3, 5), (130, 20_011, 64, 64), (33, 1000, 1000, 17)])
+@pytest.mark.parametrize("n,m,d,k", [(2, 2, 1, 2), (67, 4099, 3, 5), (130, 20_011, 64, 64), (33, 1000, 1000, 17),
+                                     (9, 3001, 3072, 64)])
 def test_mips_top_k_is_the_float64_answer(n, m, d, k, kind, precision):
     """Three passes (group maxima, candidate lists, float64 rescoring): the float64 answer in every
     mode, on data whose lists overflow (integers, duplicates: the rescoring scans the row) or not."""
