@@ -13,7 +13,8 @@ in the kernel domain) with stopThr set to our tolerance; "exact" is POT's networ
 (eps = 0), run up to --exact-max-n. "L1 err" is the 1-norm marginal error of the plan that
 was sampled (POT stops on its own 2-norm criterion). Dense methods are skipped when their n x n float32
 matrices would pass --budget-gb. "floor" is what the sampling pass alone needs at the
-machine's measured GEMM rate (2 n^2 d FLOPs).
+machine's measured GEMM rate (2 n^2 d FLOPs). A method whose first run takes under 0.2 s (the
+OT-FM batch sizes, n = 256-1024) is run --repeats times and its fastest run reported.
 """
 
 import argparse
@@ -86,6 +87,19 @@ def run_torchcfm(x, y, eps, method):
     return {"solve s": solve, "sample s": sample, "L1 err": f"{l1:.1e}", "note": note}
 
 
+def best_of(runner, repeats):
+    """The fastest (solve + sample) of `repeats` runs when the first takes under 0.2 s: a small
+    problem's single run measures first-call costs and the machine's noise as much as the method."""
+    best = runner()
+    if "solve s" not in best or best["solve s"] + best["sample s"] >= 0.2:
+        return best
+    for _ in range(repeats - 1):
+        res = runner()
+        if res["solve s"] + res["sample s"] < best["solve s"] + best["sample s"]:
+            best = res
+    return best
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -94,6 +108,8 @@ def main():
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--budget-gb", type=float, default=12.0)
     parser.add_argument("--exact-max-n", type=int, default=4096, help="POT's network simplex up to this n")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="runs of a method whose first run took under 0.2 s; the fastest is reported")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -118,7 +134,7 @@ def main():
                           "torchcfm sinkhorn (POT)": lambda: run_torchcfm(x, y, eps, "sinkhorn"),
                           "torchcfm exact (POT)": lambda: run_torchcfm(x, y, eps, "exact")}[method]
                 try:
-                    res = runner()
+                    res = best_of(runner, args.repeats)
                 except ImportError as err:
                     res = {"note": f"not installed ({err.name})"}
                 except (RuntimeError, MemoryError) as err:
