@@ -7,7 +7,7 @@
 #   bash scripts/gpu-check.sh [STAGES]   (or: make gpu-check)
 # STAGES, comma-separated, in the order given (default tests,sanitize,bench, the order of what
 # matters most, so that a run cut short has done the first):
-#   tests     build, the CUDA tests on the default kernels, then on the tensor-core engine
+#   tests     build, the CUDA tests on the tensor-core engine, then on the default kernels
 #   sanitize  compute-sanitizer memcheck: the mips crash of issue #16, a small engine subset
 #   bench     the GPU benchmarks, each under its own time limit
 # One device call has 10 minutes and a session 15 in all, start-up included: `tests` alone is the
@@ -57,17 +57,18 @@ if want tests; then
   mips_rc=${PIPESTATUS[0]}
   deselect=()
   [ "$mips_rc" -eq 0 ] || deselect=(--deselect tests/test_mips.py::test_cuda_ties_opcheck_and_limits)
-  # The CUDA tests on the verified FMA kernels (the default), then the same and the engine's own
-  # tests on the tensor-core engine (opt-in until they pass here).
+  # The engine's own tests and the ops' CUDA tests on the tensor-core engine first (it has never
+  # run, and whether its tests pass decides the default), then every CUDA test on the FMA kernels
+  # (the default, verified on an H200 before the newer CUDA code around them).
+  echo "## CUDA tests, OT_FLOW_CUDA_ENGINE=tensor_cores" | tee -a "$out"
+  OT_FLOW_CUDA_ENGINE=tensor_cores timeout 240 $PY -m pytest tests/test_cuda_engine.py tests/test_cuda_sass.py \
+    tests/test_lse.py tests/test_barycentric.py tests/test_mips.py tests/test_sinkhorn.py tests/test_batched.py -m cuda -q \
+    -p no:cacheprovider ${deselect[@]+"${deselect[@]}"} 2>&1 | tail -25 | tee -a "$out"
+  engine_rc=${PIPESTATUS[0]}
   echo "## CUDA tests, default kernels (pytest -m cuda)" | tee -a "$out"
   timeout 300 $PY -m pytest tests -m cuda -q -p no:cacheprovider ${deselect[@]+"${deselect[@]}"} 2>&1 | tail -15 | tee -a "$out"
   tests_rc=${PIPESTATUS[0]}
   [ "$mips_rc" -eq 0 ] || tests_rc=$mips_rc
-  echo "## CUDA tests, OT_FLOW_CUDA_ENGINE=tensor_cores" | tee -a "$out"
-  OT_FLOW_CUDA_ENGINE=tensor_cores timeout 240 $PY -m pytest tests/test_cuda_engine.py tests/test_cuda_sass.py \
-    tests/test_lse.py tests/test_barycentric.py tests/test_mips.py tests/test_sinkhorn.py tests/test_batched.py -m cuda -q \
-    -p no:cacheprovider 2>&1 | tail -25 | tee -a "$out"
-  engine_rc=${PIPESTATUS[0]}
 fi
 if want sanitize && [ -x "$sanitizer" ]; then
   # With the caching allocator off, an access past a tensor's end is not hidden in a pooled block:
