@@ -237,12 +237,23 @@ def test_batched_gumbel_past_one_launch():
         assert torch.equal(index[b], index_b) and torch.equal(value[b], value_b)
 
 
-def float64_top1(x, y, bias):
-    scores = x.double().cpu() @ y.double().cpu().T + (0 if bias is None else bias.double().cpu())
-    best = scores.max(1, keepdim=True).values
-    # Ties to the lowest index: the first column that reaches the row's maximum.
-    index = (scores == best).double().argmax(1)
-    return best[:, 0], index
+def float64_scores(x, y, bias):
+    """<x_i, y_j> + bias_j in float64, summed over the coordinates in one order for every (i, j)
+    (elementwise products, then additions; no BLAS, whose blocking may sum two duplicated columns
+    in different orders and so break their tie)."""
+    x, y = x.double().cpu(), y.double().cpu()
+    scores = torch.zeros(x.shape[0], y.shape[0], dtype=torch.float64)
+    for k in range(x.shape[1]):
+        scores += x[:, k, None] * y[None, :, k]
+    return scores + (0 if bias is None else bias.double().cpu())
+
+
+def float64_top_k(x, y, bias, k):
+    """The float64 answer: the k best scores per row, ties to the lowest index (a stable
+    descending sort keeps tied columns in index order), dropped columns as empty slots (-inf, -1)."""
+    values, index = torch.sort(float64_scores(x, y, bias), dim=1, descending=True, stable=True)
+    values, index = values[:, :k], index[:, :k]
+    return values, torch.where(values == float("-inf"), -1, index)
 
 
 def adversarial_points(kind, n, m, d, g):
@@ -270,18 +281,10 @@ def test_mips_top1_is_the_float64_answer(n, m, d, kind, precision):
         bias[::7] = float("-inf")
     values, indices = ot_flow.ops.mips(x.cuda(), y.cuda(), None if bias is None else bias.cuda(), 1,
                                        precision=precision)
-    best, index = float64_top1(x, y, bias)
-    assert torch.equal(indices[:, 0].cpu(), index)  # the contract: the float64 answer's index
-    # Values: the float64 score in float32; the reference's BLAS sums in another order (1 ulp).
-    torch.testing.assert_close(values[:, 0].cpu().double(), best.float().double(), rtol=2**-23, atol=0)
-
-
-def float64_top_k(x, y, bias, k):
-    scores = x.double().cpu() @ y.double().cpu().T + (0 if bias is None else bias.double().cpu())
-    # A stable descending sort keeps tied columns in index order: ties to the lowest index.
-    values, index = torch.sort(scores, dim=1, descending=True, stable=True)
-    values, index = values[:, :k], index[:, :k]
-    return values, torch.where(values == float("-inf"), -1, index)  # dropped columns: empty slots
+    best, index = float64_top_k(x, y, bias, 1)
+    assert torch.equal(indices.cpu(), index)  # the contract: the float64 answer's index
+    # Values: the float64 score in float32; the reference sums in another order (1 ulp).
+    torch.testing.assert_close(values.cpu().double(), best.float().double(), rtol=2**-23, atol=0)
 
 
 @pytest.mark.parametrize("precision", MODES)
@@ -335,6 +338,7 @@ def test_mips_top_k_agrees_with_the_fma_kernel_and_opcheck(monkeypatch):
     torch.library.opcheck(torch.ops.ot_flow.mips.default, (x, y, bias, 10))
     monkeypatch.setenv("OT_FLOW_CUDA_ENGINE", "fma")
     fma = ot_flow.ops.mips(x, y, bias, 10)
-    # Random data have no near-ties at float32 resolution: the same columns, values to rounding.
-    assert torch.equal(engine[1], fma[1])
+    # The engine returns the float64 answer, the FMA kernel the float32 one: on random data they
+    # may swap a near-tie in a few rows, no more; the values agree to rounding either way.
+    assert (engine[1] == fma[1]).all(1).double().mean() >= 0.99
     torch.testing.assert_close(engine[0], fma[0], rtol=1e-6, atol=1e-6)

@@ -151,11 +151,13 @@ std::tuple<at::Tensor, at::Tensor> mips_engine_kernel(const at::Tensor& x, const
 }
 
 // On the tensor-core engine (exact: rescored in float64) when it is switched on (engine.h), the
-// inputs are not float64 and the columns fit its int32 lists; else on the FMA kernels below.
+// inputs are not float64 and, for top-k, the columns fit its int32 lists; else on the FMA
+// kernels below.
 std::tuple<at::Tensor, at::Tensor> mips_cuda(const at::Tensor& x, const at::Tensor& y,
                                              const std::optional<at::Tensor>& bias, int64_t k,
                                              c10::string_view precision, bool validate) {
-  const bool engine = cuda::engine::engine_takes(x.scalar_type()) && y.size(0) <= std::numeric_limits<int32_t>::max();
+  const bool engine = cuda::engine::engine_takes(x.scalar_type()) &&
+                      (k == 1 || y.size(0) <= std::numeric_limits<int32_t>::max());
   const auto kernel = engine ? &mips_engine_kernel : &mips_cuda_kernel;
   return run_mips(x, y, bias, k, precision, validate, kernel, kMipsCudaMaxK);
 }

@@ -41,7 +41,6 @@ struct GumbelEpilogue {
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    const int t = lane & 3;
     float bias[Traits::kColFrags][2];
     load_tile_bias(h, col0, col_end, lane, 1.0f, bias);
 #pragma unroll
@@ -60,13 +59,13 @@ struct GumbelEpilogue {
       const double bound = fmax(best[r], static_cast<double>(tile_max) + kGumbelMin) - kGumbelMax;
       if (static_cast<double>(tile_max) < bound) continue;
       GumbelRow noise(stream, static_cast<uint64_t>(row_offset + rows[r]));
-      // Columns 8j + 2t + e rise with (j, e): a strict > keeps the lower column on a tie.
+      // Columns rise with (j, e) (tile_column): a strict > keeps the lower column on a tie.
 #pragma unroll
       for (int j = 0; j < Traits::kColFrags; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           if (static_cast<double>(v[j][e]) < bound) continue;
-          const int64_t col = col0 + 8 * j + 2 * t + e;
+          const int64_t col = tile_column(col0, j, e, lane);
           const double perturbed = static_cast<double>(v[j][e]) + noise.at(static_cast<uint64_t>(col_offset + col));
           if (perturbed > best[r]) {
             best[r] = perturbed;

@@ -18,17 +18,22 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 __device__ __forceinline__ float neg_inf_f() { return -::cuda::std::numeric_limits<float>::infinity(); }
 
-// factor * h[c] for the lane's columns c = col0 + 8 j + 2 t + e of a tile (the accumulator
-// layout of mma_tile.cuh), -inf past col_end, so that columns which do not exist never count.
+// The column of a tile starting at col0 that accumulator entry (j, e) of `lane` holds (the
+// layout of mma_tile.cuh): col0 + 8 j + 2 t + e, lane = 4 g + t. A row's columns rise with (j, e).
+__device__ __forceinline__ int64_t tile_column(int64_t col0, int j, int e, int lane) {
+  return col0 + 8 * j + 2 * (lane & 3) + e;
+}
+
+// factor * h[c] for the lane's columns c = tile_column(col0, j, e, lane) of a tile, -inf past
+// col_end, so that columns which do not exist never count.
 template <int ColFrags>
 __device__ __forceinline__ void load_tile_bias(const float* __restrict__ h, int64_t col0, int64_t col_end, int lane,
                                                float factor, float (&bias)[ColFrags][2]) {
-  const int t = lane & 3;
 #pragma unroll
   for (int j = 0; j < ColFrags; ++j)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const int64_t c = col0 + 8 * j + 2 * t + e;
+      const int64_t c = tile_column(col0, j, e, lane);
       bias[j][e] = c < col_end ? h[c] * factor : neg_inf_f();
     }
 }

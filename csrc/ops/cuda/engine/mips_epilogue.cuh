@@ -28,10 +28,10 @@
 
 namespace ot_flow::cuda::engine {
 
-// Calls visit(r, j, e, score, bias) for each of the lane's scores in a tile: the rows g + 8 r,
-// the columns col0 + 8 j + 2 t + e (lane = 4 g + t), score = acc + bias of the column, bias -inf
-// past col_end (a column that does not exist, like a dropped one). A row's columns come in
-// increasing order, so a strict > keeps the lower column on a tie.
+// Calls visit(r, j, e, col, score, bias) for each of the lane's scores in a tile: the rows g + 8 r
+// (lane = 4 g + t), the columns col = tile_column(col0, j, e, lane), score = acc + bias of the
+// column, bias -inf past col_end (a column that does not exist, like a dropped one). A row's
+// columns come in increasing order, so a strict > keeps the lower column on a tie.
 template <class Traits, class Visit>
 __device__ __forceinline__ void for_each_score(const float (&acc)[Traits::kColFrags][4], const float* __restrict__ bias,
                                                int64_t col0, int64_t col_end, int lane, Visit&& visit) {
@@ -42,7 +42,7 @@ __device__ __forceinline__ void for_each_score(const float (&acc)[Traits::kColFr
 #pragma unroll
     for (int e = 0; e < 2; ++e)
 #pragma unroll
-      for (int r = 0; r < 2; ++r) visit(r, j, e, acc[j][2 * r + e] + b[j][e], b[j][e]);
+      for (int r = 0; r < 2; ++r) visit(r, j, e, tile_column(col0, j, e, lane), acc[j][2 * r + e] + b[j][e], b[j][e]);
 }
 
 template <class Traits>
@@ -57,7 +57,7 @@ struct RowMaxEpilogue {
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
     for_each_score<Traits>(acc, bias, col0, col_end, lane,
-                           [&](int r, int, int, float score, float) { best[r] = fmaxf(best[r], score); });
+                           [&](int r, int, int, int64_t, float score, float) { best[r] = fmaxf(best[r], score); });
   }
 
   // The row's best over its 4 lanes, at part_max[chunk * n + row].
@@ -90,7 +90,7 @@ struct GroupMaxEpilogue {
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    for_each_score<Traits>(acc, bias, col0, col_end, lane, [&](int r, int j, int e, float score, float) {
+    for_each_score<Traits>(acc, bias, col0, col_end, lane, [&](int r, int j, int e, int64_t, float score, float) {
       best[r][j][e] = fmaxf(best[r][j][e], score);
     });
   }
@@ -127,8 +127,9 @@ struct RescoreInputs {
 
 // delta_i: a bound on |s~_ij - s_ij| for every column of row i: the dot product's bound, plus
 // the float32 rounding of adding the bias (2^-23 of |s~| <= |x| max|y| + max|bias|), doubled for
-// the margin of the bound's own rounding.
-__device__ __forceinline__ float score_error_bound(const RescoreInputs& in, int64_t row) {
+// the margin of the bound's own rounding; 0 for the padding rows past n.
+__device__ __forceinline__ float score_error_bound(const RescoreInputs& in, int64_t row, int64_t n) {
+  if (row >= n) return 0.0f;
   const float scale = in.x_norm[row] * *in.y_norm_max;
   return 2.0f * (in.error_per_norm * scale + 0x1p-23f * (scale + *in.bias_max));
 }
@@ -164,19 +165,18 @@ struct RescoreEpilogue {
       rows[r] = warp_row0 + (lane >> 2) + 8 * r;
       best[r] = -::cuda::std::numeric_limits<double>::infinity();
       best_j[r] = -1;
-      delta[r] = rows[r] < n ? score_error_bound(in, rows[r]) : 0.0f;
+      delta[r] = score_error_bound(in, rows[r], n);
       threshold[r] = candidate_threshold(in, rows[r], n, delta[r]);
     }
   }
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    for_each_score<Traits>(acc, in.bias, col0, col_end, lane, [&](int r, int j, int e, float computed, float b) {
+    for_each_score<Traits>(acc, in.bias, col0, col_end, lane, [&](int r, int, int, int64_t c, float computed, float b) {
       if (!(computed >= threshold[r]) || b == neg_inf_f()) return;
       // Its exact score is at most computed + delta: below the lane's best, it cannot win (a
       // later column needs a strictly larger score), so it is not rescored.
       if (static_cast<double>(computed) + static_cast<double>(delta[r]) < best[r]) return;
-      const int64_t c = col0 + 8 * j + 2 * (lane & 3) + e;
       const double exact = exact_score(in, rows[r], c);
       if (exact > best[r]) {
         best[r] = exact;
@@ -211,16 +211,16 @@ struct CandidateEpilogue {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       rows[r] = warp_row0 + (lane >> 2) + 8 * r;
-      threshold[r] = candidate_threshold(in, rows[r], n, rows[r] < n ? score_error_bound(in, rows[r]) : 0.0f);
+      threshold[r] = candidate_threshold(in, rows[r], n, score_error_bound(in, rows[r], n));
     }
   }
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    for_each_score<Traits>(acc, bias, col0, col_end, lane, [&](int r, int j, int e, float computed, float b) {
+    for_each_score<Traits>(acc, bias, col0, col_end, lane, [&](int r, int, int, int64_t c, float computed, float b) {
       if (!(computed >= threshold[r]) || b == neg_inf_f()) return;
       const int slot = atomicAdd(count + rows[r], 1);
-      if (slot < capacity) candidates[rows[r] * capacity + slot] = static_cast<int32_t>(col0 + 8 * j + 2 * (lane & 3) + e);
+      if (slot < capacity) candidates[rows[r] * capacity + slot] = static_cast<int32_t>(c);
     });
   }
 };
