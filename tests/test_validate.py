@@ -65,7 +65,7 @@ def test_sinkhorn_half_steps_do_not_validate(monkeypatch, cost_cache):
         return call
 
     monkeypatch.setattr(sinkhorn_halves, "softmin", recording(sinkhorn_halves.softmin))
-    monkeypatch.setattr(sinkhorn_halves, "lse_dense", recording(sinkhorn_halves.lse_dense))
+    monkeypatch.setattr(sinkhorn_halves, "softmin_dense", recording(sinkhorn_halves.softmin_dense))
     x, y, _ = random_problem(50, 60, 2, torch.float32)
     result = ot_flow.sinkhorn(x, y, eps=0.1, cost_cache=cost_cache)
     assert result.converged and len(calls) >= 2 * result.n_iter
@@ -73,19 +73,28 @@ def test_sinkhorn_half_steps_do_not_validate(monkeypatch, cost_cache):
 
 
 @pytest.mark.parametrize("check_every", [1, 4])
-def test_sinkhorn_still_reports_non_finite_potentials(monkeypatch, check_every):
-    # With the ops no longer looking, a NaN half-step must be caught by the loop's own check.
-    softmin, calls = sinkhorn_halves.softmin, []
+@pytest.mark.parametrize("cost_cache", [False, True])
+@pytest.mark.parametrize("call,bad", [(7, float("nan")), (8, float("-inf")), (9, float("inf"))])
+def test_sinkhorn_still_reports_non_finite_potentials(monkeypatch, check_every, cost_cache, call, bad):
+    # With the ops no longer looking, a half-step with one non-finite entry must be caught by the
+    # loop's own checks: an odd call is an f-update (its marginal error), an even one a g-update
+    # (its checksum).
+    name = "softmin_dense" if cost_cache else "softmin"
+    op, calls = getattr(sinkhorn_halves, name), []
 
     def failing(*args, **kwargs):
         calls.append(1)
-        out = softmin(*args, **kwargs)
-        return out * float("nan") if len(calls) == 7 else out
+        out = op(*args, **kwargs)
+        if len(calls) == call:
+            out = out.clone()
+            out[5] = bad
+        return out
 
-    monkeypatch.setattr(sinkhorn_halves, "softmin", failing)
+    monkeypatch.setattr(sinkhorn_halves, name, failing)
     x, y, _ = random_problem(50, 60, 2, torch.float32)
     with pytest.raises(RuntimeError, match="potentials became non-finite"):
-        ot_flow.sinkhorn(x, y, eps=0.01, cost_cache=False, check_every=check_every, tol=1e-9, max_iter=100)
+        ot_flow.sinkhorn(x, y, eps=0.01, cost_cache=cost_cache, check_every=check_every, tol=1e-9, max_iter=100,
+                         anneal=False)
 
 
 def test_mips_and_gumbel_skip_the_value_checks_only():

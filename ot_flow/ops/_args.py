@@ -31,20 +31,20 @@ def integer(op, name, value, low=INT64_MIN, end=INT64_END):
     return result
 
 
-def per_problem(op, name, value, x, kind=None, unused=1.0):
+def per_problem(op, name, value, x, kind=None, unused=1.0, batched_dim=3):
     """The (scalar, list) pair an op takes for an argument that batched calls may give per
     problem (``scale`` -> ``scales``, ``eps`` -> ``epsilons``, ``seed`` -> ``seeds``): a scalar
     stays the scalar (every problem uses it) with the list None; a sequence or 1-D tensor of
     values, allowed only when ``x`` is batched (3-D), becomes the list (its length is checked
     by the op against B), and the scalar ``unused``. ``kind(name, v)`` converts one value
-    (default: :func:`real`)."""
+    (default: :func:`real`). ``batched_dim``: how many axes ``x`` has in a batched call."""
     kind = kind or (lambda n, v: real(op, n, v))
     many = isinstance(value, (list, tuple)) or isinstance(value, torch.Tensor) and value.dim() == 1
     if not many:
         return kind(name, value), None
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+    if not isinstance(x, torch.Tensor) or x.dim() != batched_dim:
         raise ValueError(f"{op}: argument '{name}' holds {len(value)} values (one per problem), which only a "
-                         "batched call (x of shape (B, n, d)) takes; pass one number")
+                         f"batched call (a {batched_dim}-D first argument, B problems) takes; pass one number")
     if isinstance(value, torch.Tensor):
         if value.requires_grad:
             raise ValueError(f"{op}: argument '{name}' must be real numbers, got {_describe(value)}")

@@ -99,9 +99,8 @@ class ShardedBatchedHalves(BatchedHalves):
         x, y = self._selected(idx)
         return self._ring_softmin(y, x, f, _take(self.log_a, idx), self.x_sizes, es)
 
-    def sums(self, *per_row):
-        local = torch.cat([t.sum(1) for t in per_row])
-        return distributed.all_sum(local, self.group).split([t.shape[0] for t in per_row])
+    def totals(self, *local):
+        return distributed.all_sum(torch.cat(local), self.group).split([t.shape[0] for t in local])
 
     def finite(self, t):
         bad = (~torch.isfinite(t)).sum(1)

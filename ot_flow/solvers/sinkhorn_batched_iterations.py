@@ -23,7 +23,7 @@ import warnings
 
 import torch
 
-from ot_flow.ops import lse, lse_dense
+from ot_flow.ops import lse, marginal_error, softmin_dense
 from ot_flow.ops.layout import stack_aligned
 from ot_flow.solvers import inference, validation
 from ot_flow.solvers.progress import progress_bar
@@ -48,7 +48,7 @@ class BatchedHalves:
 
     Streamed: one batched ``lse``; the points of the running problems are kept with every
     problem 64-byte aligned (ops/layout.py), as a separate solve's are, so that the GEMMs round
-    alike. Cached (``dots``, the (B, n, m) dot products): one batched ``lse_dense`` with the
+    alike. Cached (``dots``, the (B, n, m) dot products): one batched ``softmin_dense`` with the
     current potentials as the shift hint, problem by problem the call of a separate cached solve."""
 
     def __init__(self, x, y, log_a, log_b, precision="highest", dots=None):
@@ -85,10 +85,7 @@ class BatchedHalves:
                    validate=False) * (-e)
 
     def _softmin_cached(self, dots, dim, other, log_w, now, es):
-        e = _per_problem(es, other)
-        neg_e = -e  # the 2-D half-step's arithmetic (sinkhorn_halves.LocalHalves), so the same bits
-        return lse_dense(dots, (other / e).add_(log_w), [1.0 / v for v in es], dim, shift=now / neg_e,
-                         validate=False).mul_(neg_e)
+        return softmin_dense(dots, other, es, dim, log_w, now, validate=False)
 
     def f_update(self, idx, g, es, f_now):
         if self.dots is not None:
@@ -102,9 +99,13 @@ class BatchedHalves:
         x, y = self._selected(idx)
         return self._softmin(y, x, f, _take(self.log_a, idx), es)
 
+    def totals(self, *local):
+        """Each (k,) per-problem sum over this process's rows added up over all rows."""
+        return local
+
     def sums(self, *per_row):
         """Each (k, n) per-row quantity summed over its rows: a (k,) float64 tensor per argument."""
-        return tuple(t.sum(1) for t in per_row)
+        return self.totals(*(t.sum(1) for t in per_row))
 
     def finite(self, t):
         """(k,) bool: whether each problem's potential is finite everywhere."""
@@ -274,17 +275,15 @@ def _measure(halves, active, states, f_new, fd, a, alpha_u, tau_a, tol, dtype, i
     errors = [None] * len(active)
     if measured:
         sel = measured if len(measured) < len(active) else slice(None)
-        e64 = _per_problem([states[active[p]].eps_w for p in measured], fd, torch.float64)
-        fd64, fn64, w = fd[sel].double(), f_new[sel].double(), a[sel]
+        fd_m, fn_m, w = fd[sel], f_new[sel], a[sel]
         if tau_a == 1.0:
-            (errs,) = halves.sums(w * (torch.exp((fd64 - fn64) / e64) - 1).abs())
+            (errs,) = halves.totals(marginal_error(fd_m, fn_m, w, [1.0 / states[active[p]].eps_w for p in measured]))
         else:
             rho = _per_problem([validation.relaxation_rho(states[active[p]].eps_w, tau_a) for p in measured],
                                fd, torch.float64)
-            gap = torch.expm1((fd64 - fn64) / _per_problem(
-                [tau_a * states[active[p]].eps_w for p in measured], fd, torch.float64)).abs()
-            target = w * torch.exp(-(fd64 + _take(alpha_u, idx)[sel]) / rho)
-            off, mass = halves.sums(target * gap, target)
+            target = w * torch.exp(-(fd_m.double() + _take(alpha_u, idx)[sel]) / rho)
+            gap = marginal_error(fd_m, fn_m, target, [1.0 / (tau_a * states[active[p]].eps_w) for p in measured])
+            off, mass = halves.totals(gap, target.sum(1))
             errs = off / mass
         for p, v in zip(measured, errs.tolist()):
             errors[p] = v

@@ -8,9 +8,10 @@
   f (and of g) against the other side's shards, which pass round the ranks (ring) together
   with their part of the bias while the current one is used.
 
-The solver loop (sinkhorn_iterations.py) is the same for all three; `sum` sums a per-row quantity
-over all rows (the marginal error), all-reduced where the rows are sharded, so every rank takes
-the same decisions and stops at the same iteration.
+The solver loop (sinkhorn_iterations.py) is the same for all three; `total` adds up a sum over
+this rank's rows (the marginal error of its slice of f) over all rows and `sum` sums a per-row
+quantity so, all-reduced where the rows are sharded, so every rank takes the same decisions and
+stops at the same iteration.
 
 Every op call passes ``validate=False``: sinkhorn() checked the points and weights once, and the
 loop checks the potentials' finiteness itself when it reads its error (readback.py), so no
@@ -18,30 +19,43 @@ half-step reads data back on the host (a host synchronisation per check on CUDA)
 """
 
 
+import math
+
 import torch
 
 from ot_flow import distributed
-from ot_flow.ops import lse, lse_dense, softmin
+from ot_flow.ops import lse, softmin, softmin_dense
 from ot_flow.solvers import merge_rules
 
 __all__ = ["LocalHalves", "ReplicatedHalves", "ShardedHalves"]
 
 
 class _Reductions:
-    """What the loop reads off the rows: ``sum`` (a per-row quantity summed over all rows, a
-    0-dim tensor) and ``finite`` (whether a potential is finite everywhere, a 0-dim bool tensor)
-    stay on the device, so that the loop can read them when it chooses (readback.py);
-    ``all_finite`` reads ``finite`` at once."""
+    """What the loop reads off the rows: ``total`` (a 0-dim sum over this process's rows, added
+    up over all rows), ``sum`` (a per-row quantity summed over all rows, float64) and ``checksum``
+    (a potential's float64 sum: finite exactly when every entry is, one reduction where
+    torch.isfinite(t).all() takes five ops) stay on the device, so that the loop can read them
+    when it chooses (readback.py); ``all_finite`` reads ``checksum`` at once. (A float32 sum
+    cannot overflow float64; a float64 one would need entries near 1e300.)"""
+
+    def total(self, local):
+        return local
+
+    def sum(self, per_row):
+        return self.total(per_row.double().sum())
+
+    def checksum(self, t):
+        return self.total(t.sum(dtype=torch.float64))
 
     def all_finite(self, t):
-        return bool(self.finite(t))
+        return math.isfinite(self.checksum(t))
 
 
 class LocalHalves(_Reductions):
-    """One process. With `dots` (the cached n x m dot products) each half-step is one fused
-    pass, given the current potential as the shift hint: lse_i = -f_i / e at the fixed point.
-    (In place on fresh temporaries, which the loop's inference mode allows: a small solve's
-    iteration is a few dozen small ops, each allocation of which shows.)"""
+    """One process. With `dots` (the cached n x m dot products) each half-step is one
+    ``softmin_dense`` call, given the current potential as the shift hint (lse_i = -f_i / e at
+    the fixed point): a small solve's iteration is a handful of op calls, whose dispatch shows
+    next to passes over a few hundred thousand entries."""
 
     def __init__(self, x, y, log_a, log_b, dots=None, precision="highest"):
         self.x, self.y, self.log_a, self.log_b, self.dots = x, y, log_a, log_b, dots
@@ -49,19 +63,13 @@ class LocalHalves(_Reductions):
 
     def f_update(self, g, e, f_now):
         if self.dots is not None:
-            return lse_dense(self.dots, (g / e).add_(self.log_b), 1.0 / e, 1, shift=f_now / -e, validate=False).mul_(-e)
+            return softmin_dense(self.dots, g, e, 1, self.log_b, f_now, validate=False)
         return softmin(self.x, self.y, g, e, self.log_b, precision=self.precision, validate=False)
 
     def g_update(self, f, e, g_now):
         if self.dots is not None:
-            return lse_dense(self.dots, (f / e).add_(self.log_a), 1.0 / e, 0, shift=g_now / -e, validate=False).mul_(-e)
+            return softmin_dense(self.dots, f, e, 0, self.log_a, g_now, validate=False)
         return softmin(self.y, self.x, f, e, self.log_a, precision=self.precision, validate=False)
-
-    def sum(self, per_row):
-        return per_row.double().sum()
-
-    def finite(self, t):
-        return torch.isfinite(t).all()
 
 
 class ReplicatedHalves(LocalHalves):
@@ -107,9 +115,6 @@ class ShardedHalves(_Reductions):
     def g_update(self, f, e, g_now):
         return self._softmin(self.y, self.x, f, self.log_a, self.x_sizes, e)
 
-    def sum(self, per_row):
-        return distributed.all_sum(per_row.sum().reshape(1), self.group)[0]
+    def total(self, local):
+        return distributed.all_sum(local.reshape(1), self.group)[0]
 
-    def finite(self, t):
-        bad = (~torch.isfinite(t)).sum().reshape(1)
-        return distributed.all_sum(bad, self.group)[0] == 0

@@ -29,6 +29,7 @@ import warnings
 
 import torch
 
+from ot_flow.ops import marginal_error
 from ot_flow.solvers import inference, validation
 from ot_flow.solvers.progress import progress_bar
 from ot_flow.solvers.readback import Readback
@@ -143,12 +144,11 @@ def solve_at(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, sp
             f_new = f_update(gd, eps_w, fd)
             if measured:
                 if tau_a == 1.0:
-                    ratio = torch.exp((fd.double() - f_new.double()) / eps_w)
-                    reads.error(halves.sum(a * (ratio - 1).abs()))
+                    reads.error(halves.total(marginal_error(fd, f_new, a, 1.0 / eps_w)))
                 else:  # |P 1 - a exp(-f / rho_a)|_1 / <a, exp(-f / rho_a)> (module notes), in float64
-                    gap = torch.expm1((fd.double() - f_new.double()) / (tau_a * eps_w)).abs()
                     target = a * torch.exp(-(fd.double() + alpha_u) / rho_a)
-                    reads.error(halves.sum(target * gap) / halves.sum(target))
+                    gap = marginal_error(fd, f_new, target, 1.0 / (tau_a * eps_w))
+                    reads.error(halves.total(gap) / halves.sum(target))
                 # A pending confirmation (finishing) is read at once: it decides the stop.
                 if (finishing or reads.due()) and read(may_stop=True):
                     converged = True
@@ -160,7 +160,7 @@ def solve_at(eps, init, *, x, y, a, b, work, tol, max_iter, momentum, anneal, sp
             if balance is not None:
                 fd = balance(fd, gd, eps_w)
             g_new = g_update(fd, eps_w, gd)
-            reads.require_finite(halves.finite(g_new))  # f_new is checked through the error
+            reads.require_finite(halves.checksum(g_new))  # f_new is checked through the error
             gd = g_new if step == 1.0 else gd + step * (g_new - gd)
             measured = True
             n_iter += 1

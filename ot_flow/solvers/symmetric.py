@@ -21,7 +21,7 @@ import dataclasses
 
 import torch
 
-from ot_flow.ops import lse, precision as op_precision
+from ot_flow.ops import lse, marginal_error, precision as op_precision
 from ot_flow.solvers import costs, inference, validation
 from ot_flow.solvers.frame import Frame
 from ot_flow.solvers.full_precision import autocast_off
@@ -103,7 +103,7 @@ def symmetric_potential(x, a=None, *, eps, cost="sqeuclidean", tol=1e-4, max_ite
         return _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x, precision)
 
     def error_of(q, t):
-        return float((a * torch.expm1((q - t) / eps_w).abs()).sum())
+        return float(marginal_error(q, t, a, 1.0 / eps_w))
 
     def check(q, error, n_iter):
         if not torch.isfinite(q).all():
@@ -147,7 +147,7 @@ def _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x, 
 
     def error_of(q, t):
         target = a * torch.exp(-q / rho_w)
-        return float((target * torch.expm1((q - t) / (tau * eps_w)).abs()).sum() / target.sum())
+        return float(marginal_error(q, t, target, 1.0 / (tau * eps_w)) / target.sum())
 
     def check(q, error, n_iter):
         if not (torch.isfinite(q).all() and math.isfinite(error)):
