@@ -26,15 +26,12 @@ void check_vector(const char* name, const at::Tensor& t, const at::Tensor& d3, b
   }
 }
 
-// Problem b's entries of t ((len) for one problem, (B, len) for B) divided by sign * eps[b],
-// plus `add` where given: a new tensor in t's dtype. On the CPU a plain loop: the ATen ops with a
-// scalar operand cost ~5 us each (the scalar becomes a tensor), more than the whole loop at the
-// batch sizes of OT-FM. Elsewhere ATen ops, with the eps as a (B, 1) column. Either way one IEEE
-// division and addition per entry in t's dtype, so problem b's bits are its 2-D call's.
+}  // namespace
+
 at::Tensor divided_rows(const at::Tensor& t, const std::vector<double>& eps, double sign,
-                        const std::optional<at::Tensor>& add) {
+                        const std::optional<at::Tensor>& add, bool plain_loops) {
   const int64_t batch = static_cast<int64_t>(eps.size());
-  if (t.device().is_cpu()) {
+  if (plain_loops) {
     const at::Tensor tc = t.contiguous();
     const at::Tensor ac = add.has_value() ? add->contiguous() : at::Tensor();
     at::Tensor out = at::empty_like(tc);
@@ -56,9 +53,9 @@ at::Tensor divided_rows(const at::Tensor& t, const std::vector<double>& eps, dou
 }
 
 // out (as divided_rows' t) times sign * eps[b] in place, problem by problem.
-void scale_rows_(at::Tensor& out, const std::vector<double>& eps, double sign) {
+void scale_rows_(at::Tensor& out, const std::vector<double>& eps, double sign, bool plain_loops) {
   const int64_t batch = static_cast<int64_t>(eps.size());
-  if (out.device().is_cpu() && out.is_contiguous()) {
+  if (plain_loops) {
     const int64_t len = out.numel() / batch;
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "ot_flow_softmin_dense_scale", [&] {
       scalar_t* op = out.data_ptr<scalar_t>();
@@ -72,8 +69,6 @@ void scale_rows_(at::Tensor& out, const std::vector<double>& eps, double sign) {
   const at::Tensor e = at::tensor(eps, at::kDouble).mul_(sign).to(out.options(), /*non_blocking=*/true);
   out.mul_(out.dim() == 1 ? e.squeeze(0) : e.unsqueeze(1));
 }
-
-}  // namespace
 
 at::Tensor run_softmin_dense(const at::Tensor& dots, const at::Tensor& g, double eps, int64_t dim,
                              const std::optional<at::Tensor>& log_weights, const std::optional<at::Tensor>& current,
@@ -110,12 +105,13 @@ at::Tensor run_softmin_dense(const at::Tensor& dots, const at::Tensor& g, double
   std::vector<double> scales(batch);
   for (int64_t b = 0; b < batch; ++b) scales[b] = 1.0 / eps_b[b];
   // bias = g / eps + log_w and shift = current / -eps, elementwise in D's dtype, and out * -eps.
-  const at::Tensor bias = divided_rows(g, eps_b, 1.0, log_weights);
+  const bool cpu = dots.device().is_cpu();
+  const at::Tensor bias = divided_rows(g, eps_b, 1.0, log_weights, cpu);
   const std::optional<at::Tensor> shift =
-      current.has_value() ? std::optional(divided_rows(*current, eps_b, -1.0, std::nullopt)) : std::nullopt;
+      current.has_value() ? std::optional(divided_rows(*current, eps_b, -1.0, std::nullopt, cpu)) : std::nullopt;
   at::Tensor out = run_lse_dense(dots, bias, batched ? 1.0 : scales[0], dim, shift, validate,
                                  batched ? std::optional<c10::ArrayRef<double>>(scales) : std::nullopt, kernel);
-  scale_rows_(out, eps_b, -1.0);
+  scale_rows_(out, eps_b, -1.0, cpu && out.is_contiguous());
   return out;
 }
 

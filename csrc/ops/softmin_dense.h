@@ -25,4 +25,16 @@ at::Tensor run_softmin_dense(const at::Tensor& dots, const at::Tensor& g, double
                              const std::optional<c10::ArrayRef<double>>& epsilons, bool validate,
                              LseDenseKernel kernel);
 
+// Problem b's entries of t ((len) for one problem, (B, len) for B) divided by sign * eps[b],
+// plus `add` where given: a new tensor in t's dtype. `plain_loops` (CPU tensors only): C++
+// loops, since the ATen ops with a scalar operand cost ~5 us each (the scalar becomes a tensor),
+// more than the whole loop at the batch sizes of OT-FM; otherwise ATen ops with the eps as a
+// (B, 1) column (the CUDA path). Either way one IEEE division and addition per entry in t's
+// dtype, so problem b's bits are its 2-D call's, and the two paths give the same bits.
+at::Tensor divided_rows(const at::Tensor& t, const std::vector<double>& eps, double sign,
+                        const std::optional<at::Tensor>& add, bool plain_loops);
+// out (as divided_rows' t) times sign * eps[b] in place, problem by problem; `plain_loops` as
+// there (and out contiguous).
+void scale_rows_(at::Tensor& out, const std::vector<double>& eps, double sign, bool plain_loops);
+
 }  // namespace ot_flow
