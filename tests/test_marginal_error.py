@@ -26,9 +26,11 @@ def test_matches_float64_reference(n, dtype):
 def test_is_the_plans_marginal_error():
     """With f_new = softmin(g), the error of (f, g) is |P 1 - a|_1 of the plan P they define."""
     gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(40, 3, generator=gen, dtype=torch.float64), torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    x = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(30, 3, generator=gen, dtype=torch.float64)
     a, b = torch.full((40,), 1 / 40, dtype=torch.float64), torch.full((30,), 1 / 30, dtype=torch.float64)
-    f, g, eps = torch.randn(40, generator=gen, dtype=torch.float64), torch.randn(30, generator=gen, dtype=torch.float64), 0.5
+    f = torch.randn(40, generator=gen, dtype=torch.float64)
+    g, eps = torch.randn(30, generator=gen, dtype=torch.float64), 0.5
     dots = x @ y.T  # cost -<x, y>
     plan = a[:, None] * b[None, :] * torch.exp((f[:, None] + g[None, :] + dots) / eps)
     f_new = ot_flow.ops.softmin_dense(dots, g, eps, 1, b.log())

@@ -87,6 +87,19 @@ def test_cost_spread_survives_a_large_offset():
         assert cost_std(x + t, y + t, w, w, "sqeuclidean") == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("cost", ["sqeuclidean", "dot"])
+def test_cost_spread_in_the_solves_frame_is_the_same(cost):
+    # sinkhorn() passes its working frame to cost_std instead of computing the same frame twice
+    from ot_flow.solvers.working_problem import WorkingProblem
+
+    x, y = clouds(300, 200, 3, seed=8)
+    x, y = x.float() + 40, y.float() + 41
+    a = torch.full((300,), 1 / 300, dtype=torch.float64)
+    b = torch.softmax(torch.randn(200, generator=torch.Generator().manual_seed(1), dtype=torch.float64), 0)
+    frame = WorkingProblem.of(x, y, a, b, cost).frame
+    assert cost_std(x, y, a, b, cost, frame=frame) == cost_std(x, y, a, b, cost)
+
+
 def test_far_from_origin_float32_example_of_the_issue():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(400, 2, generator=g) + 1000, torch.randn(400, 2, generator=g) + 1000.5

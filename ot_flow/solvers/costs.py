@@ -51,7 +51,7 @@ def _subsample(x, w, max_rows, seed):
     return x[idx], ws * (w.sum() / ws.sum())  # the shard's mass is kept (sharded solver)
 
 
-def cost_std(x, y, a, b, cost, reduce=None, reduce_y=None):
+def cost_std(x, y, a, b, cost, reduce=None, reduce_y=None, frame=None):
     """Standard deviation of C_ij under the product weights a_i b_j, in O((n + m) d^2), no matrix.
 
     With x_i = xbar + x~_i and y_j = ybar + y~_j, every cost of the form alpha_i + beta_j -
@@ -62,8 +62,10 @@ def cost_std(x, y, a, b, cost, reduce=None, reduce_y=None):
     Rows are subsampled to 2^14 when n or m is larger, as in seed paper 002. `reduce` sums each
     side's sums over the ranks that hold shards of x and y (the sharded solver), `reduce_y` only
     y's (sharded data against replicated noise). 0.0 when every cost is equal up to rounding.
+    ``frame``, optional: the solve's Frame.of the same clouds (with ``reduce``), which is then
+    not computed again (unless rows were subsampled: a subsample has its own frame).
     """
-    frame, var_rows, var_cols, interaction = _spread_parts(x, y, a, b, cost, reduce, reduce_y)
+    frame, var_rows, var_cols, interaction = _spread_parts(x, y, a, b, cost, reduce, reduce_y, frame)
     std = math.sqrt(max(var_rows + var_cols + interaction, 0.0))
     return frame.unit * std if std > _EQUAL_COSTS else 0.0
 
@@ -77,13 +79,15 @@ def interaction_std(x, y, a, b, reduce=None, reduce_y=None):
     return frame.unit * std if std > _EQUAL_COSTS else 0.0
 
 
-def _spread_parts(x, y, a, b, cost, reduce, reduce_y):
+def _spread_parts(x, y, a, b, cost, reduce, reduce_y, frame=None):
     """(frame, Var u, Var v, tr(Sigma_x Sigma_y)) in the working frame's unit (see cost_std)."""
     rx = _summed(reduce)
     ry = _summed(lambda t: reduce_y(rx(t))) if reduce_y is not None else rx
-    xs, wx = _subsample(x.detach(), a.double(), _MOMENT_MAX_ROWS, 0)
-    ys, wy = _subsample(y.detach(), b.double(), _MOMENT_MAX_ROWS, 1)
-    frame = Frame.of([(xs, wx), (ys, wy)], cost, reduce=[rx, ry])
+    x, y = x.detach(), y.detach()
+    xs, wx = _subsample(x, a.double(), _MOMENT_MAX_ROWS, 0)
+    ys, wy = _subsample(y, b.double(), _MOMENT_MAX_ROWS, 1)
+    if frame is None or xs is not x or ys is not y or reduce_y is not None:
+        frame = Frame.of([(xs, wx), (ys, wy)], cost, reduce=[rx, ry])
     xw, yw = frame.points(xs, torch.float64), frame.points(ys, torch.float64)
     x_mean, y_mean = rx(wx @ xw), ry(wy @ yw)
     u = frame.offsets(xw) - xw @ y_mean

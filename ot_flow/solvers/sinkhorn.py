@@ -167,7 +167,7 @@ def sinkhorn(x, y, a=None, b=None, *, eps=0.05, relative_eps=True, cost="sqeucli
         x, y = x.float(), y.float()  # half inputs: potentials and sums in float32
     y = y.to(x.dtype)
     work = WorkingProblem.of(x, y, a, b, cost, reduce)
-    spread = costs.cost_std(x, y, a, b, cost, reduce=reduce) or work.frame.unit  # 0: any eps is fine
+    spread = costs.cost_std(x, y, a, b, cost, reduce=reduce, frame=work.frame) or work.frame.unit  # 0: any eps is fine
     check_range(work, eps * spread if relative_eps else eps, process_group)
     if cost_cache == "auto":
         cost_cache = caches_costs(x, y, process_group)

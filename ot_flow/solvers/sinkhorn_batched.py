@@ -75,7 +75,7 @@ def sinkhorn_batched(x, y, a, b, *, eps, relative_eps, cost, tol, max_iter, mome
     y = y.to(x.dtype)
     reduce = (lambda t: distributed.all_sum(t, process_group)) if sharded else None
     works = [WorkingProblem.of(x[k], y[k], a[k], b[k], cost, reduce) for k in range(count)]
-    spreads = [costs.cost_std(x[k], y[k], a[k], b[k], cost, reduce=reduce) or works[k].frame.unit
+    spreads = [costs.cost_std(x[k], y[k], a[k], b[k], cost, reduce=reduce, frame=works[k].frame) or works[k].frame.unit
                for k in range(count)]
     distributed.checked_on_ranks(
         lambda: [check_range(works[k], eps * spreads[k] if relative_eps else eps) for k in range(count)], process_group)
