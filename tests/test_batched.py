@@ -273,3 +273,27 @@ def test_cached_batch_in_cache_sized_groups_equals_the_whole_batch(monkeypatch, 
     searched = ot_flow.sinkhorn(x[:3], y[:3], target_entropy=0.3, progress=False)
     for k in range(3):
         assert float(searched.eps[k]) == _separate(x, y, k, target_entropy=0.3).eps
+
+
+@pytest.mark.parametrize("cost_cache", [False, True])
+@pytest.mark.parametrize("call,bad", [(7, float("nan")), (8, float("-inf")), (9, float("inf"))])
+def test_non_finite_half_step_names_the_problem(monkeypatch, cost_cache, call, bad):
+    # The loop's own checks (validate=False in the ops): an odd call is an f-update (caught by its
+    # marginal error), an even one a g-update (by the checksum of g); the error names the problem.
+    from ot_flow.solvers import sinkhorn_batched_iterations as loop
+
+    name = "_softmin_cached" if cost_cache else "_softmin"
+    original, calls = getattr(loop.BatchedHalves, name), []
+
+    def failing(self, *args):
+        calls.append(1)
+        out = original(self, *args)
+        if len(calls) == call:
+            out = out.clone()
+            out[1, 3] = bad  # the second running problem
+        return out
+
+    monkeypatch.setattr(loop.BatchedHalves, name, failing)
+    x, y = _problems(3, 40, 30, 2)[:2]
+    with pytest.raises(RuntimeError, match="problem 1 of the batch"):
+        ot_flow.sinkhorn(x, y, eps=0.01, cost_cache=cost_cache, tol=1e-9, max_iter=100, anneal=False)

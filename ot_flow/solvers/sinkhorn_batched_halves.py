@@ -102,6 +102,3 @@ class ShardedBatchedHalves(BatchedHalves):
     def totals(self, *local):
         return distributed.all_sum(torch.cat(local), self.group).split([t.shape[0] for t in local])
 
-    def finite(self, t):
-        bad = (~torch.isfinite(t)).sum(1)
-        return distributed.all_sum(bad, self.group) == 0

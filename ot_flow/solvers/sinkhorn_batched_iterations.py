@@ -13,7 +13,7 @@ the g-update); a problem that converges drops out of the next kernel call.
 
 Across the ranks of a process group the same loop runs with the half-steps of
 sinkhorn_batched_halves.py: what the loop decides on (the per-problem sums of the marginal errors
-and of the masses, the finiteness of the potentials) comes from the halves' ``sums`` and
+and of the masses, the finiteness of the potentials) comes from the halves' ``totals`` and
 ``finite``, reduced over the ranks where the rows are sharded, so every rank takes the same
 decisions and stops together.
 """
@@ -108,8 +108,10 @@ class BatchedHalves:
         return self.totals(*(t.sum(1) for t in per_row))
 
     def finite(self, t):
-        """(k,) bool: whether each problem's potential is finite everywhere."""
-        return torch.isfinite(t).all(1)
+        """Whether each problem's potential in t (k, n) is finite everywhere, a list of k bools (one
+        host read): its float64 sum is finite exactly when every entry is (sinkhorn_halves'
+        checksum; one reduction where torch.isfinite(t).all(1) takes five ops)."""
+        return [math.isfinite(v) for v in self.totals(t.sum(1, dtype=torch.float64))[0].tolist()]
 
 
 def _relaxed(update, tau, offsets):
@@ -225,18 +227,21 @@ def solve_batched_at(eps, init, *, a, b, works, xw, yw, tol, max_iter, momentum,
             sub_idx = None if len(sub) == count else sub
             f_new, fd_now = f_new[keep] if len(keep) < len(active) else f_new, _take(fd, sub_idx)
             steps = [1.0 if (states[k].finishing or states[k].annealing) else states[k].w for k in sub]
-            plain = _per_problem([s == 1.0 for s in steps], fd, torch.bool)
-            fd_next = torch.where(plain, f_new, fd_now + _per_problem(steps, fd) * (f_new - fd_now))
+            all_plain = all(s == 1.0 for s in steps)  # no momentum step this iteration: no arithmetic
+            plain = None if all_plain else _per_problem([s == 1.0 for s in steps], fd, torch.bool)
+            fd_next = f_new if all_plain else torch.where(
+                plain, f_new, fd_now + _per_problem(steps, fd) * (f_new - fd_now))
             es = [states[k].e for k in sub]
             gd_now = _take(gd, sub_idx)
             if balance is not None:
                 fd_next = balance(sub_idx, fd_next, gd_now, es)
             g_new = g_update(sub_idx, fd_next, es, gd_now)
-            finite = halves.finite(g_new).tolist()  # f_new is checked through the error
+            finite = halves.finite(g_new)  # f_new is checked through the error
             if not all(finite):
                 bad = sub[finite.index(False)]
                 _raise_non_finite(bad, states[bad].n_iter, eps[bad], dtype)
-            gd_next = torch.where(plain, g_new, gd_now + _per_problem(steps, gd) * (g_new - gd_now))
+            gd_next = g_new if all_plain else torch.where(
+                plain, g_new, gd_now + _per_problem(steps, gd) * (g_new - gd_now))
             if sub_idx is None:
                 fd, gd = fd_next, gd_next
             else:
@@ -290,7 +295,7 @@ def _measure(halves, active, states, f_new, fd, a, alpha_u, tau_a, tol, dtype, i
     unmeasured = [p for p in range(len(active)) if errors[p] is None and not states[active[p]].annealing]
     unmeasured += [p for p in range(len(active)) if states[active[p]].annealing]
     if unmeasured:
-        finite = halves.finite(f_new[unmeasured]).tolist()
+        finite = halves.finite(f_new[unmeasured])
         for p, ok in zip(unmeasured, finite):
             if not ok:
                 k = active[p]
