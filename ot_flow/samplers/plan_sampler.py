@@ -10,6 +10,12 @@ joint plan, so ``ConditionalFlowMatcher``-style code runs unchanged. What differ
 * the randomness is torch's (``torch.manual_seed``, or a ``generator=`` keyword on every
   method), not numpy's global state.
 
+"partial" is the balanced entropic plan: torchcfm calls POT's entropic partial Wasserstein
+without a mass m, which POT then sets to min(|a|_1, |b|_1) = 1 for torchcfm's uniform weights, and
+the constraints P 1 <= a, P^T 1 <= b with total mass 1 = |a|_1 = |b|_1 force both marginals. POT
+approaches that plan by 1,000 Bregman projections (at most: it stops there, converged or not);
+ot_flow solves it as "sinkhorn" does, to ``tol``.
+
 Units. torchcfm passes POT the squared distances M_ij = |x_i - y_j|^2 and an absolute
 ``reg``; ot_flow's cost is |x_i - y_j|^2 / 2, so the same plan has eps = reg / 2 (absolute).
 With ``normalize_cost`` POT solves M / max(M) with ``reg``, which is M with reg * max(M):
@@ -30,11 +36,7 @@ from ot_flow.solvers import validation
 
 __all__ = ["OTPlanSampler"]
 
-_METHODS = ("exact", "sinkhorn", "unbalanced")
-_UNSUPPORTED = {
-    "partial": "POT's entropic partial Wasserstein has no ot_flow solver; use torchcfm's OTPlanSampler for it, "
-               "or method='unbalanced', which also lets mass go untransported",
-}
+_METHODS = ("exact", "sinkhorn", "unbalanced", "partial")
 _DENSE_MAX_BYTES = 1 << 30
 
 
@@ -44,7 +46,8 @@ class OTPlanSampler:
     Args:
         method: "exact" (the optimal permutation, :func:`ot_flow.assignment`; n == m),
             "sinkhorn" (entropic, balanced) or "unbalanced" (entropic with KL marginal
-            penalties). "partial" raises ``NotImplementedError``; anything else ``ValueError``.
+            penalties) or "partial" (torchcfm's: the balanced plan, see the module notes);
+            anything else ``ValueError``.
         reg: entropic regularisation in torchcfm's units: absolute, on the squared distances
             (eps = reg / 2 on ot_flow's cost |x - y|^2 / 2).
         reg_m: unbalanced marginal penalty (POT's ``reg_m``): a number, or a pair
@@ -66,8 +69,6 @@ class OTPlanSampler:
 
     def __init__(self, method, reg=0.05, reg_m=1.0, normalize_cost=False, num_threads=1, warn=True, *,
                  tol=1e-3, max_iter=10_000, max_dense_bytes=_DENSE_MAX_BYTES):
-        if method in _UNSUPPORTED:
-            raise NotImplementedError(f"OTPlanSampler: method={method!r} is not supported: {_UNSUPPORTED[method]}")
         if method not in _METHODS:
             raise ValueError(f"OTPlanSampler: unknown method {method!r}; choose one of {_METHODS}")
         self.method = method

@@ -9,9 +9,9 @@
   with their part of the bias while the current one is used.
 
 The solver loop (sinkhorn_iterations.py) is the same for all three; `total` adds up a sum over
-this rank's rows (the marginal error of its slice of f) over all rows and `sum` sums a per-row
-quantity so, all-reduced where the rows are sharded, so every rank takes the same decisions and
-stops at the same iteration.
+this rank's rows (the marginal error of its slice of f) across the ranks and `sum` sums a per-row
+quantity over all rows, both all-reduced where the rows are sharded, so every rank takes the same
+decisions and stops at the same iteration.
 
 Every op call passes ``validate=False``: sinkhorn() checked the points and weights once, and the
 loop checks the potentials' finiteness itself when it reads its error (readback.py), so no
