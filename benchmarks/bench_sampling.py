@@ -11,7 +11,10 @@ reports it. torchcfm's samplers draw n (i, j) pairs from the flattened plan with
 ours one j per row i; both follow P. torchcfm "sinkhorn" is POT's ot.sinkhorn (Sinkhorn-Knopp
 in the kernel domain) with stopThr set to our tolerance, and again ("our L1") with the largest
 stopThr in tol / 2^k at which its plan is as accurate as ours; "exact" is POT's network simplex
-(eps = 0), run up to --exact-max-n. "L1 err" is the 1-norm marginal error of the plan that
+(eps = 0), run up to --exact-max-n. On a GPU, FlashSinkhorn 0.4.1 (optional, Triton; see
+benchmarks/flash_sinkhorn_peer.py) solves in TF32 and torch.multinomial draws each row's partner
+from its potentials, rows in chunks (what a user of that solver writes); elsewhere its row says
+why it is skipped. "L1 err" is the 1-norm marginal error of the plan that
 was sampled (POT stops on its own 2-norm criterion). Dense methods are skipped when their n x n float32
 matrices would pass --budget-gb. "floor" is what the sampling pass alone needs at the
 machine's measured GEMM rate (2 n^2 d FLOPs). A method whose first run takes under 0.2 s (the
@@ -34,7 +37,9 @@ from common import header, machine_rates, publish, sync, table  # noqa: E402
 
 TOL = 1e-3
 MATCHED = "torchcfm sinkhorn (POT), our L1"
-METHODS = ["ot_flow", "torch dense + multinomial", "torchcfm sinkhorn (POT)", MATCHED, "torchcfm exact (POT)"]
+FLASH = "FlashSinkhorn + torch multinomial"
+METHODS = ["ot_flow", "torch dense + multinomial", "torchcfm sinkhorn (POT)", MATCHED, "torchcfm exact (POT)", FLASH]
+_SAMPLE_CHUNK_BYTES = 256 * 2**20  # the rows of logits the torch sampling of the FlashSinkhorn peer holds at once
 
 
 def run_ot_flow(x, y, eps):
@@ -66,6 +71,38 @@ def run_torch_dense(x, y, eps):
     plan /= n * n
     l1 = float((plan.sum(1) - 1 / n).abs().sum() + (plan.sum(0) - 1 / n).abs().sum())
     return {"solve s": solve, "sample s": sample, "iters": n_iter, "L1 err": f"{l1:.1e}", "_pairs": j}
+
+
+def run_flash(x, y, eps):
+    """FlashSinkhorn's balanced solve (TF32, its default; it stops when no potential moved by more
+    than tol eps over 10 iterations), then one partner per row drawn by torch.multinomial from the
+    row's conditional b_j exp((g_j - C_ij) / eps), rows in chunks of at most 256 MiB of logits
+    (what a user of that solver writes: it returns potentials, not samples). L1 err: the 1-norm row
+    error of its plan, in float64 (its last half-step leaves the columns exact)."""
+    import flash_sinkhorn_peer as flash
+
+    reason = flash.unavailable(x.device)
+    if reason:
+        return {"note": f"skipped: {reason}"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flash.warm_up(x, y, eps)
+        sync(x.device)
+        t0 = time.perf_counter()
+        f, g, n_iter = flash.solve(x, y, eps, 10_000, threshold=TOL * eps, check_every=10)
+        sync(x.device)
+        solve = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # row i's partner j ~ b_j exp((g_j - |x_i - y_j|^2 / 2) / eps): |x_i|^2 / 2 is constant along the row
+    column = (g.float() - 0.5 * y.square().sum(1)) / eps
+    rows = max(1, _SAMPLE_CHUNK_BYTES // (4 * y.shape[0]))
+    j = torch.cat([torch.multinomial(torch.softmax(torch.addmm(column, x[i:i + rows], y.T, alpha=1.0 / eps), 1), 1)
+                   for i in range(0, x.shape[0], rows)]).squeeze(1)
+    sync(x.device)
+    sample = time.perf_counter() - t0
+    _, row_error = flash.plan_mass(x, y, f, g, eps, 1.0)
+    return {"solve s": solve, "sample s": sample, "iters": n_iter, "L1 err": f"{row_error:.1e}",
+            "note": "TF32; stops on potential change < tol eps", "_pairs": j}
 
 
 def run_torchcfm(x, y, eps, method, stop=TOL):
@@ -138,7 +175,7 @@ def main():
         eps = absolute_eps(x, y)
         group = []
         for method in args.methods:
-            dense = method != "ot_flow"
+            dense = method not in ("ot_flow", FLASH)
             if dense and 3 * n * n * 4 > args.budget_gb * 2**30:
                 res = {"note": "out of memory budget"}
             elif method == MATCHED and "L1 err" not in group[0]:
@@ -155,7 +192,8 @@ def main():
                           "torch dense + multinomial": lambda: run_torch_dense(x, y, eps),
                           "torchcfm sinkhorn (POT)": lambda: run_torchcfm(x, y, eps, "sinkhorn"),
                           MATCHED: lambda: run_torchcfm(x, y, eps, "sinkhorn", stop),
-                          "torchcfm exact (POT)": lambda: run_torchcfm(x, y, eps, "exact")}[method]
+                          "torchcfm exact (POT)": lambda: run_torchcfm(x, y, eps, "exact"),
+                          FLASH: lambda: run_flash(x, y, eps)}[method]
                 try:
                     res = best_of(runner, args.repeats)
                 except ImportError as err:

@@ -115,8 +115,10 @@ if want bench; then
   # are in Triton's disk cache), its timed and to-tol iterations at ~7 ms, ~2 s; start-up and the
   # floor rates ~10 s. About 40 s; 1.5 minutes if Triton has to compile afresh.
   run_bench 120 benchmarks/bench_unbalanced.py --sizes 4096 65536 --dims 64 --flash-precisions tf32
-  run_bench 120 benchmarks/bench_sampling.py --sizes 4096 16384 65536 262144 --methods ot_flow \
-    "torch dense + multinomial"
+  # bench_sampling: ours against torch dense + multinomial and FlashSinkhorn (TF32) + torch
+  # multinomial (#17), whose autotune adds ~10 s per size (d = 32 shapes are new to it).
+  run_bench 180 benchmarks/bench_sampling.py --sizes 4096 16384 65536 262144 --methods ot_flow \
+    "torch dense + multinomial" "FlashSinkhorn + torch multinomial"
   # Seed paper 002's scale on one GPU (#16): one full solve at n = 2^20, d = 64, tol 1e-3, on the
   # engine, with its time and peak device memory. At the engine's lse target (2.6 ms at 65,536^2)
   # an iteration is ~0.7 s, ~30 iterations; on the FMA kernels it would take ~15 s an iteration.
