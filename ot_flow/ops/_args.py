@@ -22,6 +22,8 @@ def real(op, name, value):
 
 def integer(op, name, value, low=INT64_MIN, end=INT64_END):
     """``value`` as a Python int in ``[low, end)``; floats are refused rather than truncated."""
+    if type(value) is int and low <= value < end:  # the common case, first: the solvers' loops call ops by the thousand
+        return value
     try:
         result = operator.index(value)
     except TypeError:
@@ -38,6 +40,8 @@ def per_problem(op, name, value, x, kind=None, unused=1.0, batched_dim=3):
     values, allowed only when ``x`` is batched (3-D), becomes the list (its length is checked
     by the op against B), and the scalar ``unused``. ``kind(name, v)`` converts one value
     (default: :func:`real`). ``batched_dim``: how many axes ``x`` has in a batched call."""
+    if kind is None and type(value) is float:  # the common case, first (see `integer`)
+        return value, None
     kind = kind or (lambda n, v: real(op, n, v))
     many = isinstance(value, (list, tuple)) or isinstance(value, torch.Tensor) and value.dim() == 1
     if not many:
