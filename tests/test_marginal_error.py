@@ -73,6 +73,8 @@ def test_bad_input_and_opcheck():
         ot_flow.ops.marginal_error(c, u, w.long(), 1.0)
     with pytest.raises(ValueError, match="argument 'scale' must be finite"):
         ot_flow.ops.marginal_error(c, u, w, float("inf"))
+    assert not ot_flow.ops.marginal_error(c.requires_grad_(), u, w, 1.0).requires_grad  # not differentiable
+    c = c.detach()
     torch.library.opcheck(torch.ops.ot_flow.marginal_error.default, (c, u, w, 0.5))
     torch.library.opcheck(torch.ops.ot_flow.marginal_error.default, (c[None], u[None], w[None].double(), 1.0),
                           dict(scales=[0.5]))

@@ -81,4 +81,7 @@ TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
 
 TORCH_LIBRARY_IMPL(ot_flow, CPU, m) { m.impl("marginal_error", &marginal_error_cpu); }
 
+// Not differentiable (a stopping diagnostic): the result does not require grad, as argmax's.
+TORCH_LIBRARY_IMPL(ot_flow, Autograd, m) { m.impl("marginal_error", torch::CppFunction::makeFallthrough()); }
+
 }  // namespace ot_flow
