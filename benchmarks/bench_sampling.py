@@ -10,7 +10,7 @@ partner drawn for each of the n rows. "per pair" is (solve + sampling) / n, as s
 reports it. torchcfm's samplers draw n (i, j) pairs from the flattened plan with replacement,
 ours one j per row i; both follow P. torchcfm "sinkhorn" is POT's ot.sinkhorn (Sinkhorn-Knopp
 in the kernel domain) with stopThr set to our tolerance, and again ("our L1") with the largest
-stopThr in tol / 2^k at which its plan is as accurate as ours; "exact" is POT's network simplex
+stopThr in tol / 2^(k/2) at which its plan is as accurate as ours; "exact" is POT's network simplex
 (eps = 0), run up to --exact-max-n. On a GPU, FlashSinkhorn 0.4.1 (optional, Triton; see
 benchmarks/flash_sinkhorn_peer.py) solves in TF32 and torch.multinomial draws each row's partner
 from its potentials, rows in chunks (what a user of that solver writes); elsewhere its row says
@@ -129,11 +129,11 @@ def run_torchcfm(x, y, eps, method, stop=TOL):
 
 
 def matched_stop(x, y, eps, target):
-    """The largest stopThr in TOL / 2^k (k = 0..12) at which POT's Sinkhorn reaches the L1
+    """The largest stopThr in TOL / 2^(k/2) (k = 0..24) at which POT's Sinkhorn reaches the L1
     marginal error `target` (ours, in the same run): POT stops on the 2-norm of its column
-    marginal's error, which at one tolerance leaves a 4-8x larger 1-norm error than ours."""
-    for k in range(13):
-        stop = TOL / 2**k
+    marginal's error, which at one tolerance leaves an 8-18x larger 1-norm error than ours."""
+    for k in range(25):
+        stop = TOL / 2 ** (k / 2)
         if float(run_torchcfm(x, y, eps, "sinkhorn", stop)["L1 err"]) <= target:
             return stop
     return stop
