@@ -40,7 +40,8 @@ def per_problem(op, name, value, x, kind=None, unused=1.0, batched_dim=3):
     values, allowed only when ``x`` is batched (3-D), becomes the list (its length is checked
     by the op against B), and the scalar ``unused``. ``kind(name, v)`` converts one value
     (default: :func:`real`). ``batched_dim``: how many axes ``x`` has in a batched call."""
-    if kind is None and type(value) is float:  # the common case, first (see `integer`)
+    plain = kind is None  # floats: the common case goes first (see `integer`)
+    if plain and type(value) is float:
         return value, None
     kind = kind or (lambda n, v: real(op, n, v))
     many = isinstance(value, (list, tuple)) or isinstance(value, torch.Tensor) and value.dim() == 1
@@ -53,6 +54,8 @@ def per_problem(op, name, value, x, kind=None, unused=1.0, batched_dim=3):
         if value.requires_grad:
             raise ValueError(f"{op}: argument '{name}' must be real numbers, got {_describe(value)}")
         value = value.detach().cpu().tolist()
+    if plain and all(type(v) is float for v in value):
+        return unused, list(value)
     return unused, [kind(name, v) for v in value]
 
 
