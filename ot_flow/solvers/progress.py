@@ -37,7 +37,8 @@ class _DeferredBar:
             return self._bar.update(n)
         self._n += n
         if time.time() - self._start >= _AUTO_DELAY_S:
-            self._bar = _Bar(initial=self._n, **self._kwargs)
+            # a delay keeps tqdm from drawing the bar before its start time is the solve's
+            self._bar = _Bar(initial=self._n, delay=1e-9, **self._kwargs)
             self._bar.start_t = self._start  # the elapsed time and rate of the whole solve
             if self._postfix is not None:
                 self._bar.set_postfix(self._postfix)
