@@ -18,12 +18,15 @@ stages=",${1:-tests,sanitize,bench},"
 want() { [[ "$stages" == *",$1,"* ]]; }
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# Pure-Python requirements the device image lacks (torchdiffeq; the benchmarks' GPU peer
-# FlashSinkhorn) travel as wheels in .whl/ (git-ignored: fetched, never committed) with
-#   pip download --no-deps -d .whl torchdiffeq==0.2.5 flash-sinkhorn==0.4.1
-# (see requirements.txt, requirements-bench.txt), and are installed without their dependencies:
-# flash-sinkhorn's (numpy, torch>=2.5, triton>=3.1) are the image's own. Without its wheel the
-# benchmarks print why FlashSinkhorn is skipped and go on.
+# Requirements the device image lacks (torchdiffeq; the benchmarks' peers FlashSinkhorn, and POT
+# with torchcfm for the OT-FM batch sizes) travel as wheels in .whl/ (git-ignored: fetched, never
+# committed; ~34 MB, within a device call's 64 MiB) with
+#   pip download --no-deps -d .whl torchdiffeq==0.2.5 flash-sinkhorn==0.4.1 torchcfm==1.0.7
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 -d .whl POT==0.9.7.post1
+# (see requirements.txt, requirements-bench*.txt; the image's python is 3.12), and are installed
+# without their dependencies: flash-sinkhorn's (numpy, torch>=2.5, triton>=3.1) and POT's (numpy,
+# scipy) are the image's own. Without a wheel the benchmarks print why that peer is skipped.
 if compgen -G ".whl/*.whl" > /dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -115,6 +118,12 @@ if want bench; then
   # are in Triton's disk cache), its timed and to-tol iterations at ~7 ms, ~2 s; start-up and the
   # floor rates ~10 s. About 40 s; 1.5 minutes if Triton has to compile afresh.
   run_bench 120 benchmarks/bench_unbalanced.py --sizes 4096 65536 --dims 64 --flash-precisions tf32
+  # OT-FM batch sizes on the GPU, what a torchcfm user compares against: ours on the device against
+  # torchcfm's POT Sinkhorn (on the CPU: it copies the cost matrix over), at its stopThr and at our
+  # accuracy, and FlashSinkhorn + torch multinomial. Small solves, ~20 s with FlashSinkhorn's
+  # autotune per size.
+  run_bench 90 benchmarks/bench_sampling.py --sizes 256 1024 4096 --methods ot_flow "torchcfm sinkhorn (POT)" \
+    "torchcfm sinkhorn (POT), our L1" "FlashSinkhorn + torch multinomial"
   # bench_sampling: ours against torch dense + multinomial and FlashSinkhorn (TF32) + torch
   # multinomial (#17), whose autotune adds ~10 s per size (d = 32 shapes are new to it).
   run_bench 180 benchmarks/bench_sampling.py --sizes 4096 16384 65536 262144 --methods ot_flow \
