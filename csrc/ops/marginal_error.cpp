@@ -13,9 +13,10 @@
 namespace ot_flow {
 
 namespace {
-constexpr const char* kOp = "ot_flow.marginal_error";
-}  // namespace
 
+constexpr const char* kOp = "ot_flow.marginal_error";
+
+// Shape, dtype and device checks; the per-problem scales (B values; one for a 1-D call).
 std::vector<double> check_marginal_error(const at::Tensor& current, const at::Tensor& updated,
                                          const at::Tensor& weights, double scale,
                                          const std::optional<c10::ArrayRef<double>>& scales) {
@@ -37,12 +38,16 @@ std::vector<double> check_marginal_error(const at::Tensor& current, const at::Te
   return batched_scales(kOp, "scales", scale, scales, current.dim() == 2 ? current.size(0) : 1);
 }
 
+}  // namespace
+
 at::Tensor marginal_error_aten(const at::Tensor& current, const at::Tensor& updated, const at::Tensor& weights,
                                double scale, std::optional<c10::ArrayRef<double>> scales) {
   const std::vector<double> s = check_marginal_error(current, updated, weights, scale, scales);
   const at::Tensor diff = current.to(at::kDouble) - updated.to(at::kDouble);
+  // Batched: the scales as a (B, 1) column, an H2D copy from pageable memory that does not wait
+  // for the stream.
   at::Tensor step = current.dim() == 1
-                        ? diff * s[0]  // else an H2D copy from pageable memory, which does not wait for the stream
+                        ? diff * s[0]
                         : diff * at::tensor(s, at::kDouble).to(current.device(), /*non_blocking=*/true).unsqueeze(1);
   const at::Tensor terms = weights.to(at::kDouble) * step.expm1_().abs_();
   return at::where(at::isfinite(diff), terms, std::numeric_limits<double>::quiet_NaN()).sum(-1);
@@ -65,7 +70,8 @@ at::Tensor marginal_error_cpu(const at::Tensor& current, const at::Tensor& updat
       double sum = 0.0;  // in order: O(n) next to the half-step's O(n m), and the same bits on any machine
       for (int64_t i = b * n; i < (b + 1) * n; ++i) {
         const double diff = static_cast<double>(cp[i]) - static_cast<double>(up[i]);
-        sum += std::isfinite(diff) ? wp[i] * std::fabs(std::expm1(s[b] * diff)) : std::numeric_limits<double>::quiet_NaN();
+        sum += std::isfinite(diff) ? wp[i] * std::fabs(std::expm1(s[b] * diff))
+                                   : std::numeric_limits<double>::quiet_NaN();
       }
       o[b] = sum;
     }

@@ -16,11 +16,6 @@
 
 namespace ot_flow {
 
-// Shape, dtype and device checks; the per-problem scales (B values; one for a 1-D call).
-std::vector<double> check_marginal_error(const at::Tensor& current, const at::Tensor& updated,
-                                         const at::Tensor& weights, double scale,
-                                         const std::optional<c10::ArrayRef<double>>& scales);
-
 // The same sum in ATen ops, on any device (the CUDA kernel; the CPU one is a plain loop).
 at::Tensor marginal_error_aten(const at::Tensor& current, const at::Tensor& updated, const at::Tensor& weights,
                                double scale, std::optional<c10::ArrayRef<double>> scales);

@@ -84,7 +84,8 @@ at::Tensor run_softmin_dense(const at::Tensor& dots, const at::Tensor& g, double
   TORCH_CHECK_VALUE(batched || !epsilons.has_value(), kOp,
                     ": argument 'epsilons' is for batched inputs (dots (B, n, m)); a 2-D call takes one eps");
   const int64_t batch = batched ? dots.size(0) : 1;
-  const int64_t len_g = dots.size(dots.dim() - 1 - (1 - dim)), len_out = dots.size(dots.dim() - 2 + (1 - dim));
+  // g runs along the reduced axis (dim of each matrix), the output along the other one
+  const int64_t len_g = dots.size(dots.dim() - 2 + dim), len_out = dots.size(dots.dim() - 1 - dim);
   // The lse_dense checks would name these 'h' and 'shift'; here they carry their own names.
   TORCH_CHECK_VALUE(dots.scalar_type() == at::kFloat || dots.scalar_type() == at::kDouble, kOp,
                     ": argument 'dots' must be float32 or float64, got ", dots.scalar_type());
@@ -115,21 +116,11 @@ at::Tensor run_softmin_dense(const at::Tensor& dots, const at::Tensor& g, double
   return out;
 }
 
-namespace {
-
-at::Tensor softmin_dense_cpu(const at::Tensor& dots, const at::Tensor& g, double eps, int64_t dim,
-                             const std::optional<at::Tensor>& log_weights, const std::optional<at::Tensor>& current,
-                             std::optional<c10::ArrayRef<double>> epsilons, bool validate) {
-  return run_softmin_dense(dots, g, eps, dim, log_weights, current, epsilons, validate, &lse_dense_cpu_kernel);
-}
-
-}  // namespace
-
 TORCH_LIBRARY_FRAGMENT(ot_flow, m) {
   m.def("softmin_dense(Tensor dots, Tensor g, float eps, int dim, Tensor? log_weights=None, Tensor? current=None, "
         "float[]? epsilons=None, bool validate=True) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(ot_flow, CPU, m) { m.impl("softmin_dense", &softmin_dense_cpu); }
+TORCH_LIBRARY_IMPL(ot_flow, CPU, m) { m.impl("softmin_dense", &softmin_dense_on<&lse_dense_cpu_kernel>); }
 
 }  // namespace ot_flow

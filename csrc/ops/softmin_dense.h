@@ -25,6 +25,15 @@ at::Tensor run_softmin_dense(const at::Tensor& dots, const at::Tensor& g, double
                              const std::optional<c10::ArrayRef<double>>& epsilons, bool validate,
                              LseDenseKernel kernel);
 
+// The op's implementation on one backend: run_softmin_dense on that backend's lse_dense kernel
+// (registered for the CPU in softmin_dense.cpp, for CUDA in cuda/dense_half_step_cuda.cpp).
+template <LseDenseKernel kernel>
+at::Tensor softmin_dense_on(const at::Tensor& dots, const at::Tensor& g, double eps, int64_t dim,
+                            const std::optional<at::Tensor>& log_weights, const std::optional<at::Tensor>& current,
+                            std::optional<c10::ArrayRef<double>> epsilons, bool validate) {
+  return run_softmin_dense(dots, g, eps, dim, log_weights, current, epsilons, validate, kernel);
+}
+
 // Problem b's entries of t ((len) for one problem, (B, len) for B) divided by sign * eps[b],
 // plus `add` where given: a new tensor in t's dtype. `plain_loops` (CPU tensors only): C++
 // loops, since the ATen ops with a scalar operand cost ~5 us each (the scalar becomes a tensor),

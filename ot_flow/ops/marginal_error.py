@@ -14,9 +14,9 @@ def marginal_error(current, updated, weights, scale):
     (f, g) has row sums ``a_i exp((f_i - updated_i) / eps)``: with ``weights = a`` and ``scale =
     1 / eps`` this is its marginal error ``|P 1 - a|_1``, the Sinkhorn solvers' stopping rule (the
     unbalanced solver passes its target masses and ``1 / (tau eps)``). Not differentiable: a
-    diagnostic, whose result does not require grad (as argmax's). A NaN or infinite entry of ``current`` or ``updated`` makes the result NaN (a
-    +inf potential would otherwise add a finite ``weights_i``), which the solvers read as
-    non-finite potentials.
+    diagnostic, whose result does not require grad (as argmax's). A NaN or infinite entry of
+    ``current`` or ``updated`` makes the result NaN (a +inf potential would otherwise add a
+    finite ``weights_i``), which the solvers read as non-finite potentials.
 
     Batched: ``current``, ``updated``, ``weights`` (B, n) and ``scale`` one number or B numbers
     (the op's ``scales``): one error per problem, (B,). ``current`` and ``updated`` float32 or
