@@ -20,7 +20,8 @@ def test_matches_float64_reference(n, dtype):
     for scale in (1e-3, 0.5, 20.0):
         out = ot_flow.ops.marginal_error(current, updated, weights, scale)
         assert out.dtype == torch.float64 and out.shape == ()
-        torch.testing.assert_close(out, reference(current, updated, weights, scale), rtol=1e-12, atol=0)
+        # float64 sums of up to 1e5 terms in two orders (a loop, torch's pairwise sum)
+        torch.testing.assert_close(out, reference(current, updated, weights, scale), rtol=1e-10, atol=0)
 
 
 def test_is_the_plans_marginal_error():
@@ -87,6 +88,6 @@ def test_cuda_matches_cpu():
     weights = torch.rand(3, 70_001, generator=gen, dtype=torch.float64)
     cpu = ot_flow.ops.marginal_error(current, updated, weights, [0.5, 2.0, 7.0])
     gpu = ot_flow.ops.marginal_error(current.cuda(), updated.cuda(), weights.cuda(), [0.5, 2.0, 7.0])
-    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-12, atol=0)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-10, atol=0)
     one = ot_flow.ops.marginal_error(current[0].cuda(), updated[0].cuda(), weights[0].cuda(), 0.5)
-    torch.testing.assert_close(one.cpu(), cpu[0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(one.cpu(), cpu[0], rtol=1e-10, atol=0)

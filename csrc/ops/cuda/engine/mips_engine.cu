@@ -175,8 +175,8 @@ std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, 
   const at::Tensor bias_max = at::linalg_vector_norm(bias.masked_fill(at::isneginf(bias), 0), INFINITY);
   // Columns that reach the threshold, random N(0, 1) scores (a simulation of the group maxima,
   // 64 rows, m = 4099 to 10^6): k = 5: 5.1-5.2 on average, 7 at most; k = 64: 280-310 on average,
-  // 660 at most with one column chunk, 68 and 74 with eight. A list 16k + 256 long overflows only on near-ties, where pass 3 scans
-  // the row. Slices of rows keep the lists within 64 MiB.
+  // 660 at most with one column chunk, 68 and 74 with eight. A list 16k + 256 long overflows only
+  // on near-ties, where pass 3 scans the row. Slices of rows keep the lists within 64 MiB.
   const int64_t capacity = std::min<int64_t>(16 * k + 256, m);
   const int64_t slice_rows = std::max<int64_t>(64, (int64_t{1} << 24) / capacity);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
