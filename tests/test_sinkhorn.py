@@ -10,6 +10,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 import ot_flow
+from ot_flow.solvers import validation
 from ot_flow.solvers.costs import cost_matrix, cost_std
 from reference import dense_plan, dense_sinkhorn
 
@@ -185,6 +186,9 @@ BAD = [
     (dict(x=torch.randn(5, 3).long(), y=torch.randn(6, 3)), "argument 'x' must be a floating-point"),
     (dict(x=torch.randn(0, 3), y=torch.randn(6, 3)), "argument 'x' is empty"),
     (dict(x=torch.full((5, 3), float("nan")), y=torch.randn(6, 3)), "argument 'x' contains NaN"),
+    (dict(y=torch.randn(6, 3).index_fill(0, torch.tensor([4]), float("inf"))), "argument 'y' contains NaN or Inf"),
+    (dict(x=torch.tensor([[float("inf")], [-float("inf")], [0.0], [1.0], [2.0]]), y=torch.randn(6, 1)),
+     "argument 'x' contains NaN or Inf"),  # +inf and -inf: a sum of NaN
     (dict(eps=0.0), "argument 'eps' must be a finite number > 0"),
     (dict(eps=-1.0), "argument 'eps'"),
     (dict(tol=float("nan")), "argument 'tol'"),
@@ -196,6 +200,14 @@ BAD = [
     (dict(init=(torch.zeros(4), torch.zeros(6))), r"argument 'init\[0\] \(f\)'"),
     (dict(target_entropy=1.5), "argument 'target_entropy'"),
 ]
+
+
+def test_all_finite_is_decided_entry_by_entry_where_the_sum_overflows():
+    big = torch.full((4, 2), 1e308, dtype=torch.float64)  # finite entries whose sum is inf
+    assert validation.all_finite(big) and validation.all_finite(torch.randn(3, 5))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert not validation.all_finite(big.index_fill(0, torch.tensor([2]), bad))
+        assert not validation.all_finite(torch.randn(3, 5).index_fill(1, torch.tensor([4]), bad))
 
 
 @pytest.mark.parametrize("kwargs,message", BAD)

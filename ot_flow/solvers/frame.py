@@ -36,6 +36,7 @@ class Frame:
     center: torch.Tensor  # (d,) float64
     scale: float  # s, a power of two
     cost: str
+    shifted: bool  # whether c != 0 (else the points only scale, exactly)
 
     @staticmethod
     def of(clouds, cost, reduce=None):
@@ -44,25 +45,21 @@ class Frame:
         function for all clouds or a list of one per cloud."""
         reduces = reduce if isinstance(reduce, (list, tuple)) else [reduce] * len(clouds)
         reduces = [r or (lambda t: t) for r in reduces]
-        center = torch.stack([r(w.double() @ p.detach().double()) for (p, w), r in zip(clouds, reduces)]).mean(0)
-        spreads = [r((w.double() @ (p.detach().double() - center).square().sum(1)).reshape(1))
-                   for (p, w), r in zip(clouds, reduces)]
+        clouds = [(p.detach().double(), w.double()) for p, w in clouds]
+        center = torch.stack([r(w @ p) for (p, w), r in zip(clouds, reduces)]).mean(0)
+        spreads = [r((w @ (p - center).square().sum(1)).reshape(1)) for (p, w), r in zip(clouds, reduces)]
         rms = math.sqrt(max(float(torch.cat(spreads).mean()), 0.0))
         one_point = rms <= _ONE_POINT * float(center.abs().max())  # any unit will do
         scale = 2.0 ** round(math.log2(rms)) if rms > 0 and math.isfinite(rms) and not one_point else 1.0
         grid = scale / _CENTRE_GRID
         center = torch.round(center / grid) * grid
-        return Frame(center, scale, cost)
+        return Frame(center, scale, cost, bool((center != 0).any()))
 
     @property
     def unit(self):
         """s^2, the unit of costs, potentials and eps in the working frame (a float: inf, not an
         error, past float64's range)."""
         return self.scale * self.scale
-
-    @property
-    def shifted(self):
-        return bool((self.center != 0).any())
 
     def points(self, x, dtype=None):
         """x' = (x - c) / s in ``dtype`` (default x's; x itself when the frame is the identity)."""

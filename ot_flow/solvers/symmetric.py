@@ -106,7 +106,7 @@ def symmetric_potential(x, a=None, *, eps, cost="sqeuclidean", tol=1e-4, max_ite
         return float(marginal_error(q, t, a, 1.0 / eps_w))
 
     def check(q, error, n_iter):
-        if not torch.isfinite(q).all():
+        if not validation.all_finite(q):
             raise RuntimeError(f"symmetric Sinkhorn: non-finite potential at iteration {n_iter} (eps = {eps:.3g}); "
                                "use float64 points or a larger eps")
 
@@ -150,7 +150,7 @@ def _unbalanced(frame, xw, a, eps, eps_w, softmin, cost, tol, max_iter, tau, x, 
         return float(marginal_error(q, t, target, 1.0 / (tau * eps_w)) / target.sum())
 
     def check(q, error, n_iter):
-        if not (torch.isfinite(q).all() and math.isfinite(error)):
+        if not (validation.all_finite(q) and math.isfinite(error)):
             raise RuntimeError(f"symmetric Sinkhorn: non-finite potential or mass at iteration {n_iter} "
                                f"(eps = {eps:.3g}, tau = {tau}); use float64 points, a larger eps or tau")
 
