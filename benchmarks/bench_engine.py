@@ -12,7 +12,8 @@ For lse and barycentric at n = m, each row times one call on one engine
 one precision, and reports the largest error over the first 256 rows against float64 (relative
 to the row's largest |logit|, the scale a float32 logit is exact to) and the share of the floor
 reached: the larger of n m exps at the exp rate (common.gpu_floor_rates) and 2 n m d (lse; + 2 n m k for
-barycentric) tensor-core FLOPs at the measured TF32 GEMM rate (x3 for split TF32).
+barycentric) tensor-core FLOPs at the measured TF32 GEMM rate (x3 for split TF32, /2 for bfloat16,
+whose dense rate is twice TF32's).
 """
 
 import argparse
@@ -28,6 +29,8 @@ from common import gpu_floor_rates, header, publish, table, timeit  # noqa: E402
 
 CHECK_ROWS = 256
 RUNS = [("fma", "highest"), ("tensor_cores", "highest"), ("tensor_cores", "tf32"), ("tensor_cores", "bf16")]
+# Tensor-core time per FLOP of each mode, in units of one TF32 product: split TF32 is three.
+MMA_COST = {"highest": 3.0, "tf32": 1.0, "bf16": 0.5}
 
 
 def reference(x, y, h, s, values):
@@ -78,7 +81,7 @@ def main():
                             mean = call()[0][:CHECK_ROWS].double()
                             err = ((mean - ref_mean).abs().amax(1) / ref_mean.abs().amax(1).clamp_min(1e-30)).max().item()
                         t = timeit(call, device)
-                        floor = max(n * n / exp_rate, flops * (3 if precision == "highest" else 1) / tf32_rate)
+                        floor = max(n * n / exp_rate, flops * MMA_COST[precision] / tf32_rate)
                         rows.append({"op": op, "n=m": n, "d": d, "engine": engine, "precision": precision,
                                      "ms": f"{t * 1e3:.3f}", "error": f"{err:.1e}", "of floor": f"{floor / t:.0%}"})
     finally:

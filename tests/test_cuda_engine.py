@@ -70,6 +70,23 @@ def test_barycentric_in_one_pass_within_the_modes_bound(n, m, d, precision):
     assert (err <= 4 * BOUND[precision] * rows * vmax + 1e-5 * vmax).all(), err.max()
 
 
+def test_barycentric_over_one_long_chunk_of_columns():
+    # 65,536 rows fill the GPU with row blocks alone, so every block streams all 65,536 columns
+    # (1,024 tiles) into one weighted sum; values of mean 1 make an error that grows with the
+    # tiles show: MMAs into the running sum would truncate an ulp of it about 24 times a tile
+    # (~1e-3 in all), where each tile summed from zero and added round-to-nearest stays ~1e-6.
+    g = torch.Generator(device="cuda").manual_seed(5)
+    n = m = 65_536
+    x, y = torch.randn(n, 4, device="cuda", generator=g), torch.randn(m, 4, device="cuda", generator=g)
+    h = torch.randn(m, device="cuda", generator=g)
+    values = 1.0 + 0.1 * torch.randn(m, 8, device="cuda", generator=g)
+    mean, lse = ot_flow.ops.barycentric(x, y, h, 0.5, values, precision="highest")
+    checked = 64
+    ref_lse, ref_mean = reference(x[:checked], y, h, 0.5, values)
+    torch.testing.assert_close(mean[:checked].double().cpu(), ref_mean, rtol=2e-5, atol=0)
+    torch.testing.assert_close(lse[:checked].double().cpu(), ref_lse, rtol=2e-6, atol=1e-6)
+
+
 def test_large_scale_dropped_columns_and_empty_rows():
     x, y, h = random_problem(70, 3001, 5, torch.float32, device="cuda")
     h[::3] = float("-inf")

@@ -88,7 +88,7 @@ struct BarycentricEpilogue {
         for (int j = 0; j < Traits::kColFrags; ++j) acc[j][2 * r] = acc[j][2 * r + 1] = 0.0f;
         continue;
       }
-      const float rescale = exp2f(run_max[r] - new_max);  // 0 while run_max is -inf
+      const float rescale = exp2_ftz(run_max[r] - new_max);  // 0 while run_max is -inf
       run_max[r] = new_max;
       run_sum[r] *= rescale;
 #pragma unroll
@@ -102,16 +102,21 @@ struct BarycentricEpilogue {
         for (int e = 0; e < 2; ++e) {
           // The weight as the MMA will multiply it, so that the normaliser sums the same weights
           // as the weighted sum (a constant value column then averages to itself).
-          acc[j][2 * r + e] = as_operand<Traits::kMode>(exp2f(acc[j][2 * r + e] - new_max));
+          acc[j][2 * r + e] = as_operand<Traits::kMode>(exp2_ftz(acc[j][2 * r + e] - new_max));
           run_sum[r] += acc[j][2 * r + e];
         }
     }
   }
 
-  // weighted += W . V on the tensor cores, W in the score registers (see the file comment).
+  // weighted += W . V on the tensor cores, W in the score registers (see the file comment). The
+  // tile's product is summed from zero and added with round-to-nearest FADDs: MMAs into
+  // `weighted` itself would each truncate an ulp of the running sum (the tensor cores round
+  // toward zero), about 24 per tile in split TF32, all in one direction: ~1e-3 relative over the
+  // 1,024 tiles of a 65,536-column chunk.
   __device__ __forceinline__ void multiply_values(const float (&w)[Traits::kColFrags][4], int lane) {
     const int g = lane >> 2, t = lane & 3;
     const float* vals = &tile_values.vals[0][0];
+    float part[kValueFrags][4];  // each block's first MMA (j = 0) starts from the zero register
     if constexpr (Traits::kMode == DotMode::kBF16) {
 #pragma unroll
       for (int j = 0; j < Traits::kColFrags; j += 2) {
@@ -121,7 +126,11 @@ struct BarycentricEpilogue {
         for (int q = 0; q < kValueFrags; ++q) {
           const float* v = vals + (8 * j + 2 * t) * kStride + 8 * q + g;
           const uint32_t b[2] = {to_bf16x2(v[0], v[kStride]), to_bf16x2(v[8 * kStride], v[9 * kStride])};
-          mma_bf16(weighted[q], a, b);
+          if (j == 0) {
+            mma_bf16<true>(part[q], a, b);
+          } else {
+            mma_bf16(part[q], a, b);
+          }
         }
       }
     } else {
@@ -139,13 +148,25 @@ struct BarycentricEpilogue {
           split_tf32(v[0], b_hi[0], b_lo[0]);
           split_tf32(v[kStride], b_hi[1], b_lo[1]);
           if constexpr (Traits::kMode == DotMode::kSplitTF32) {
-            mma_tf32(weighted[q], a_lo, b_hi);
-            mma_tf32(weighted[q], a_hi, b_lo);
+            if (j == 0) {
+              mma_tf32<true>(part[q], a_lo, b_hi);
+            } else {
+              mma_tf32(part[q], a_lo, b_hi);
+            }
+            mma_tf32(part[q], a_hi, b_lo);
+            mma_tf32(part[q], a_hi, b_hi);
+          } else if (j == 0) {
+            mma_tf32<true>(part[q], a_hi, b_hi);
+          } else {
+            mma_tf32(part[q], a_hi, b_hi);
           }
-          mma_tf32(weighted[q], a_hi, b_hi);
         }
       }
     }
+#pragma unroll
+    for (int q = 0; q < kValueFrags; ++q)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) weighted[q][e] += part[q][e];
   }
 
   __device__ __forceinline__ void tile(float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,

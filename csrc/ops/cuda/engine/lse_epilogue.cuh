@@ -69,14 +69,14 @@ struct LseEpilogue {
         }
       if (tile_max == neg_inf_f()) continue;  // every column of the tile dropped for this row
       if (tile_max > run_max[r]) {
-        run_sum[r] *= exp2f(run_max[r] - tile_max);  // 0 while run_max is still -inf
+        run_sum[r] *= exp2_ftz(run_max[r] - tile_max);  // 0 while run_max is still -inf
         run_max[r] = tile_max;
       }
       float tile_sum = 0.0f;
 #pragma unroll
       for (int j = 0; j < Traits::kColFrags; ++j)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) tile_sum += exp2f(v[j][e] - run_max[r]);
+        for (int e = 0; e < 2; ++e) tile_sum += exp2_ftz(v[j][e] - run_max[r]);
       run_sum[r] += tile_sum;
     }
   }

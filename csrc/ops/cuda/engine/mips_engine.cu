@@ -28,7 +28,8 @@ namespace {
 // Pass 1 (top-1: RowMaxEpilogue, top-k: GroupMaxEpilogue): the computed scores' maxima of each
 // row in this chunk, at part[chunk * n + row] (top-1) or part[(chunk * n + row) * 64 + group].
 // Two blocks per multiprocessor: without the bound ptxas capped the group maxima's kernel at 96
-// registers on sm_90 and spilled.
+// registers on sm_90 and spilled. Every mips pass streams with one accumulator per tile
+// (RoundedSlices = false): dot_error_bound budgets the tensor cores' truncation (stream_loop.cuh).
 template <class Traits, int Width, template <class> class Epilogue>
 __global__ void __launch_bounds__(Traits::kThreads, 2)
     mips_maxima_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
@@ -36,7 +37,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   Epilogue<Traits> epi(bias);
-  stream_column_tiles<Traits, Width>(x, y, n, d, row0, col_begin, col_end, smem, epi);
+  stream_column_tiles<Traits, Width, false>(x, y, n, d, row0, col_begin, col_end, smem, epi);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   epi.finish(row0 + warp * Traits::kWarpRows, n, lane, part, blockIdx.y);
 }
@@ -49,7 +50,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   RescoreEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane);
-  stream_column_tiles<Traits, Width>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);
+  stream_column_tiles<Traits, Width, false>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);
   epi.finish(n, lane, part_value, part_index, blockIdx.y);
 }
 
@@ -61,7 +62,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   CandidateEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane, count, candidates, capacity);
-  stream_column_tiles<Traits, Width>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);
+  stream_column_tiles<Traits, Width, false>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);
 }
 
 constexpr int kSelectWarps = 8;

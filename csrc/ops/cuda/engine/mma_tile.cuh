@@ -20,10 +20,12 @@ __device__ __forceinline__ uint32_t to_tf32(float v) {
   return out;
 }
 
-// v = hi + lo + O(2^-22 |v|), hi and lo TF32 values.
+// v = hi + lo + O(2^-22 |v|), hi and lo TF32 values. The PTX ISA leaves the low 13 bits of a
+// cvt.tf32 result unspecified, so hi is masked before it is read as a float (sm_80/sm_90 SASS
+// clears them already; the mask then folds away).
 __device__ __forceinline__ void split_tf32(float v, uint32_t& hi, uint32_t& lo) {
   hi = to_tf32(v);
-  lo = to_tf32(v - __uint_as_float(hi));
+  lo = to_tf32(v - __uint_as_float(hi & 0xffffe000u));
 }
 
 // Two floats as bfloat16x2, `first` in the low half (the lower k index of a fragment register).
@@ -46,25 +48,37 @@ __device__ __forceinline__ float as_operand(float v) {
   }
 }
 
+// c = a . b + c on the tensor cores; FromZero: c = a . b, its zero accumulator taken from the
+// zero register (a fresh sum needs no instructions to clear it).
+template <bool FromZero = false>
 __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const float c_in[4] = {FromZero ? 0.0f : c[0], FromZero ? 0.0f : c[1], FromZero ? 0.0f : c[2],
+                         FromZero ? 0.0f : c[3]};
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+      "{%10,%11,%12,%13};\n"
+      : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c_in[0]), "f"(c_in[1]),
+        "f"(c_in[2]), "f"(c_in[3]));
 }
 
+template <bool FromZero = false>
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const float c_in[4] = {FromZero ? 0.0f : c[0], FromZero ? 0.0f : c[1], FromZero ? 0.0f : c[2],
+                         FromZero ? 0.0f : c[3]};
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+      "{%10,%11,%12,%13};\n"
+      : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c_in[0]), "f"(c_in[1]),
+        "f"(c_in[2]), "f"(c_in[3]));
 }
 
-// acc += x_slice[warp rows] . y_slice^T for one staged slice. xs points at the warp's first row
-// of the staged x slice, ys at the tile's first column of the staged y slice (both [.][kStride]).
-template <class Traits>
+// acc += x_slice[warp rows] . y_slice^T for one staged slice; FromZero: acc = that product (the
+// first MMA of each column block starts from the zero register). xs points at the warp's first
+// row of the staged x slice, ys at the tile's first column of the staged y slice (both
+// [.][kStride]).
+template <class Traits, bool FromZero>
 __device__ __forceinline__ void mma_slice(const float* xs, const float* ys, int lane,
                                           float (&acc)[Traits::kColFrags][4]) {
   constexpr int S = Traits::kStride;
@@ -80,7 +94,11 @@ __device__ __forceinline__ void mma_slice(const float* xs, const float* ys, int 
       for (int j = 0; j < Traits::kColFrags; ++j) {
         const float* y0 = ys + (8 * j + g) * S + kk + 2 * t;
         const uint32_t b[2] = {to_bf16x2(y0[0], y0[1]), to_bf16x2(y0[8], y0[9])};
-        mma_bf16(acc[j], a, b);
+        if (FromZero && kk == 0) {
+          mma_bf16<true>(acc[j], a, b);
+        } else {
+          mma_bf16(acc[j], a, b);
+        }
       }
     } else {
       const float av[4] = {xs[g * S + kk + t], xs[(g + 8) * S + kk + t], xs[g * S + kk + t + 4],
@@ -94,11 +112,19 @@ __device__ __forceinline__ void mma_slice(const float* xs, const float* ys, int 
         uint32_t b_hi[2], b_lo[2];
         split_tf32(y0[0], b_hi[0], b_lo[0]);
         split_tf32(y0[4], b_hi[1], b_lo[1]);
-        if constexpr (Traits::kMode == DotMode::kSplitTF32) {
-          mma_tf32(acc[j], a_lo, b_hi);
+        if constexpr (Traits::kMode == DotMode::kSplitTF32) {  // small terms first
+          if (FromZero && kk == 0) {
+            mma_tf32<true>(acc[j], a_lo, b_hi);
+          } else {
+            mma_tf32(acc[j], a_lo, b_hi);
+          }
           mma_tf32(acc[j], a_hi, b_lo);
+          mma_tf32(acc[j], a_hi, b_hi);
+        } else if (FromZero && kk == 0) {
+          mma_tf32<true>(acc[j], a_hi, b_hi);
+        } else {
+          mma_tf32(acc[j], a_hi, b_hi);
         }
-        mma_tf32(acc[j], a_hi, b_hi);
       }
     }
   }

@@ -40,7 +40,15 @@ __device__ __forceinline__ BlockTiles block_tiles(int64_t m, int64_t cols_per_ch
 
 // x (n, d) and y (m, d) row-major float32; the block owns rows [row0, row0 + kBlockRows) and
 // columns [col_begin, col_end). Every thread of the block must call it.
-template <class Traits, int Width, class Epilogue>
+//
+// RoundedSlices (split TF32 only): each slice of d is summed from zero and added to the tile
+// with round-to-nearest FADDs. The tensor cores truncate their float32 accumulation, so MMAs
+// into the running tile would lose up to an ulp of the whole dot product per k-step, all in one
+// direction: at d = 1000 about the "highest" bound of lse (an emulation of the rounding: 1.1-1.4x
+// the test's tolerance; per slice 0.02x). The other modes' operand errors dwarf it, and mips's
+// bound (dot_error_bound) budgets an ulp per MMA and term, so they keep one accumulator (32
+// registers fewer).
+template <class Traits, int Width, bool RoundedSlices = true, class Epilogue>
 __device__ __forceinline__ void stream_column_tiles(const float* __restrict__ x, const float* __restrict__ y,
                                                     int64_t n, int64_t d, int64_t row0, int64_t col_begin,
                                                     int64_t col_end, StagingBuffers<Traits>& smem,
@@ -51,6 +59,7 @@ __device__ __forceinline__ void stream_column_tiles(const float* __restrict__ x,
   const int64_t tiles = (col_end - col_begin + Traits::kBlockCols - 1) / Traits::kBlockCols;
   const int64_t steps = tiles * slices;
   const bool x_once = slices == 1;
+  constexpr bool kSliceSums = RoundedSlices && Traits::kMode == DotMode::kSplitTF32;
 
   auto stage = [&](int64_t step) {
     const int buffer = static_cast<int>(step % kStages);
@@ -79,15 +88,24 @@ __device__ __forceinline__ void stream_column_tiles(const float* __restrict__ x,
     __syncthreads();                   // ... and for every thread
 
     const int64_t slice = step % slices;
-    if (slice == 0) {
+    const int buffer = static_cast<int>(step % kStages);
+    const float* xs = &smem.x[x_once ? 0 : buffer][warp * Traits::kWarpRows][0];
+    if constexpr (kSliceSums) {
+      float part[Traits::kColFrags][4];
+      mma_slice<Traits, true>(xs, &smem.y[buffer][0][0], lane, part);
 #pragma unroll
       for (int j = 0; j < Traits::kColFrags; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
+        for (int e = 0; e < 4; ++e) acc[j][e] = slice == 0 ? part[j][e] : acc[j][e] + part[j][e];
+    } else {
+      if (slice == 0) {
+#pragma unroll
+        for (int j = 0; j < Traits::kColFrags; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
+      }
+      mma_slice<Traits, false>(xs, &smem.y[buffer][0][0], lane, acc);
     }
-    const int buffer = static_cast<int>(step % kStages);
-    mma_slice<Traits>(&smem.x[x_once ? 0 : buffer][warp * Traits::kWarpRows][0], &smem.y[buffer][0][0], lane,
-                      acc);
     if (slice == slices - 1) {
       epi.tile(acc, col_begin + (step / slices) * Traits::kBlockCols, col_end, lane);
     }
