@@ -83,6 +83,20 @@ float engine_dot(DotMode mode, const std::vector<float>& x, const std::vector<fl
   return acc;
 }
 
+// <x, y> as the lse and barycentric kernels form it in split TF32 (stream_loop.cuh's
+// RoundedSlices): each slice of 16 (8 where d <= 8) summed from zero as above, then added to
+// the running sum in float32, rounded to nearest.
+float engine_dot_in_slices(const std::vector<float>& x, const std::vector<float>& y) {
+  const int d = static_cast<int>(x.size()), slice = d <= 8 ? 8 : 16;
+  float acc = 0.0f;
+  for (int k0 = 0; k0 < d; k0 += slice) {
+    const int len = std::min(slice, d - k0);
+    acc += engine_dot(DotMode::kSplitTF32, std::vector<float>(x.begin() + k0, x.begin() + k0 + len),
+                      std::vector<float>(y.begin() + k0, y.begin() + k0 + len));
+  }
+  return acc;
+}
+
 // The largest |computed - exact| / (bound |x| |y|) over `trials` pairs drawn by `draw`.
 template <class Draw>
 double worst_ratio(DotMode mode, int d, int trials, Draw&& draw) {
@@ -142,6 +156,39 @@ TEST(EngineErrorBound, HoldsOnRandomSameSignCancellingAndWideRangeVectors) {
     // The model is not trivially inside the bound: its errors reach a sizeable part of it.
     EXPECT_GT(worst, 0.05) << "mode " << static_cast<int>(mode);
     std::printf("mode %d: worst error %.3f of the bound\n", static_cast<int>(mode), worst);
+  }
+}
+
+// "highest" promises float32-accurate logits scale <x, y> + h (tests/test_cuda_engine.py: lse
+// within 2e-6 of the row's largest |logit|, plus 1e-6). With one accumulator across d, every
+// truncation is an ulp of the whole running dot product, all in one direction, and at d in the
+// hundreds they add up past that; summed slice by slice they stay inside, even in this model
+// that truncates every addition (checked per logit, against its own size: stricter than the
+// GPU test's row-wise bound). Gaussian points, scale 1 / sqrt(d), h ~ N(0, 1), as the GPU test
+// draws them.
+TEST(EngineErrorBound, SliceSumsKeepHighestLogitsFloat32Accurate) {
+  std::mt19937 gen(20261130);
+  std::normal_distribution<float> normal;
+  for (const int d : {3, 17, 64, 100, 512, 1000, 3072}) {
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    double worst_sliced = 0.0, worst_one = 0.0;
+    std::vector<float> x(d), y(d);
+    for (int t = 0; t < (d >= 1000 ? 100 : 400); ++t) {
+      for (int k = 0; k < d; ++k) x[k] = normal(gen), y[k] = normal(gen);
+      long double exact = 0.0L;
+      for (int k = 0; k < d; ++k) exact += static_cast<long double>(x[k]) * y[k];
+      const double logit = scale * static_cast<double>(exact) + normal(gen);
+      const double allowed = 2e-6 * std::max(std::fabs(logit), 1.0) + 1e-6;
+      const auto ratio = [&](float computed) {
+        return scale * static_cast<double>(std::fabs(static_cast<long double>(computed) - exact)) / allowed;
+      };
+      worst_sliced = std::max(worst_sliced, ratio(engine_dot_in_slices(x, y)));
+      worst_one = std::max(worst_one, ratio(engine_dot(DotMode::kSplitTF32, x, y)));
+    }
+    EXPECT_LE(worst_sliced, 1.0) << "d = " << d;
+    std::printf("d = %d: worst logit error %.3f of the allowed in slices, %.3f in one accumulator\n", d,
+                worst_sliced, worst_one);
+    if (d == 1000) EXPECT_GT(worst_one, 1.0);  // what the slices are for (the GPU test's d)
   }
 }
 
