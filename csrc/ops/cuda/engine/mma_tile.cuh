@@ -14,18 +14,18 @@
 
 namespace ot_flow::cuda::engine {
 
-__device__ __forceinline__ uint32_t to_tf32(float v) {
-  uint32_t out;
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(out) : "f"(v));
-  return out;
-}
+// v rounded to TF32 (10 explicit mantissa bits), to nearest with ties away from zero: half of
+// the dropped unit added to the magnitude's bits, then the low 13 bits cleared. These are the
+// bits cvt.rna.tf32.f32 gives for every finite v and for +-inf (sm_80/sm_90 compile that
+// conversion to this same add and mask, behind a test for non-finite input and a select: four
+// instructions per operand where this is two, and the split below converts every operand
+// value of every k-step). Inputs are finite here (the ops check them; a NaN may come out as inf).
+__device__ __forceinline__ uint32_t to_tf32(float v) { return (__float_as_uint(v) + 0x1000u) & 0xffffe000u; }
 
-// v = hi + lo + O(2^-22 |v|), hi and lo TF32 values. The PTX ISA leaves the low 13 bits of a
-// cvt.tf32 result unspecified, so hi is masked before it is read as a float (sm_80/sm_90 SASS
-// clears them already; the mask then folds away).
+// v = hi + lo + O(2^-22 |v|), hi and lo TF32 values (v - hi is exact in float32).
 __device__ __forceinline__ void split_tf32(float v, uint32_t& hi, uint32_t& lo) {
   hi = to_tf32(v);
-  lo = to_tf32(v - __uint_as_float(hi & 0xffffe000u));
+  lo = to_tf32(v - __uint_as_float(hi));
 }
 
 // Two floats as bfloat16x2, `first` in the low half (the lower k index of a fragment register).
