@@ -111,8 +111,8 @@ struct BarycentricEpilogue {
   // weighted += W . V on the tensor cores, W in the score registers (see the file comment). The
   // tile's product is summed from zero and added with round-to-nearest FADDs: MMAs into
   // `weighted` itself would each truncate an ulp of the running sum (the tensor cores round
-  // toward zero), about 24 per tile in split TF32, all in one direction: ~1e-3 relative over the
-  // 1,024 tiles of a 65,536-column chunk.
+  // toward zero), about 24 per tile in split TF32, all in one direction: 1e-3 and more over the
+  // 1,024 tiles of a 65,536-column chunk (tests/cpp/test_engine_error_bound.cpp models it).
   __device__ __forceinline__ void multiply_values(const float (&w)[Traits::kColFrags][4], int lane) {
     const int g = lane >> 2, t = lane & 3;
     const float* vals = &tile_values.vals[0][0];
