@@ -20,8 +20,10 @@ namespace {
 
 // Problem blockIdx.z, rows of blockIdx.x, one chunk of columns per blockIdx.y: writes out[row]
 // when there is one chunk, else the chunk's partial (max, sum) pair at [chunk][problem][row].
+// Four blocks per multiprocessor (at most 128 registers): with the thread count alone ptxas
+// capped these at 96 registers on sm_90 and spilled.
 template <class Traits, int Width>
-__global__ void __launch_bounds__(Traits::kThreads)
+__global__ void __launch_bounds__(Traits::kThreads, 4)
     lse_engine_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h,
                       int64_t n, int64_t m, int64_t d, const ProblemBatch batch, int64_t cols_per_chunk,
                       float* __restrict__ out, float* __restrict__ part_max, float* __restrict__ part_sum,

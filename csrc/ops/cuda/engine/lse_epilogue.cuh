@@ -25,10 +25,20 @@ __device__ __forceinline__ int64_t tile_column(int64_t col0, int j, int e, int l
 }
 
 // factor * h[c] for the lane's columns c = tile_column(col0, j, e, lane) of a tile, -inf past
-// col_end, so that columns which do not exist never count.
+// col_end, so that columns which do not exist never count. Only a chunk's last tile can reach
+// past col_end: a whole tile (the test is the same for the block) loads at fixed offsets from the
+// lane's first column, without a bound test and a 64-bit address per column.
 template <int ColFrags>
 __device__ __forceinline__ void load_tile_bias(const float* __restrict__ h, int64_t col0, int64_t col_end, int lane,
                                                float factor, float (&bias)[ColFrags][2]) {
+  if (col0 + 8 * ColFrags <= col_end) {
+    const float* __restrict__ lane_h = h + tile_column(col0, 0, 0, lane);
+#pragma unroll
+    for (int j = 0; j < ColFrags; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) bias[j][e] = lane_h[8 * j + e] * factor;
+    return;
+  }
 #pragma unroll
   for (int j = 0; j < ColFrags; ++j)
 #pragma unroll

@@ -58,57 +58,73 @@ __device__ __forceinline__ void stream_column_tiles(const float* __restrict__ x,
   const int64_t slices = (d + Traits::kSliceK - 1) / Traits::kSliceK;
   const int64_t tiles = (col_end - col_begin + Traits::kBlockCols - 1) / Traits::kBlockCols;
   const int64_t steps = tiles * slices;
+  const int64_t d_end = slices * Traits::kSliceK;  // d rounded up to whole slices
   const bool x_once = slices == 1;
   constexpr bool kSliceSums = RoundedSlices && Traits::kMode == DotMode::kSplitTF32;
 
-  auto stage = [&](int64_t step) {
-    const int buffer = static_cast<int>(step % kStages);
-    const int64_t k0 = (step % slices) * Traits::kSliceK;
-    const int64_t col0 = col_begin + (step / slices) * Traits::kBlockCols;
-    if (!x_once || step == 0) {
+  // Where a step stands: its column tile, slice of d and staging buffer, advanced one step at a
+  // time (a step's index would need 64-bit divisions by `slices` and kStages, about 20
+  // instructions each, three a step).
+  struct Cursor {
+    int64_t col0, k0;
+    int buffer;
+    __device__ __forceinline__ void advance(int64_t slices_end) {
+      k0 += Traits::kSliceK;
+      if (k0 == slices_end) {
+        k0 = 0;
+        col0 += Traits::kBlockCols;
+      }
+      buffer = buffer + 1 == kStages ? 0 : buffer + 1;
+    }
+  };
+  Cursor next{col_begin, 0, 0};  // the next step to stage
+  int64_t staged = 0;
+  auto stage_next = [&]() {
+    if (!x_once || staged == 0) {
       stage_rows<Traits::kBlockRows, Traits::kSliceK, Traits::kStride, Traits::kThreads, Width>(
-          &smem.x[buffer][0][0], x, row0, n, k0, d);
+          &smem.x[next.buffer][0][0], x, row0, n, next.k0, d);
     }
     stage_rows<Traits::kBlockCols, Traits::kSliceK, Traits::kStride, Traits::kThreads, Width>(
-        &smem.y[buffer][0][0], y, col0, col_end, k0, d);
+        &smem.y[next.buffer][0][0], y, next.col0, col_end, next.k0, d);
+    next.advance(d_end);
+    ++staged;
   };
 
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < steps) stage(s);
+    if (staged < steps) stage_next();
     commit_async_copies();  // empty groups keep the group count in step with the step count
   }
 
   float acc[Traits::kColFrags][4];
+  Cursor now{col_begin, 0, 0};  // the step computed
   for (int64_t step = 0; step < steps; ++step) {
     // The buffer refilled here was read at step - 1, which every warp left at the barrier below.
-    if (step + kStages - 1 < steps) stage(step + kStages - 1);
+    if (staged < steps) stage_next();  // step + kStages - 1
     commit_async_copies();
     wait_async_copies<kStages - 1>();  // this step's group has landed (for this thread) ...
     __syncthreads();                   // ... and for every thread
 
-    const int64_t slice = step % slices;
-    const int buffer = static_cast<int>(step % kStages);
-    const float* xs = &smem.x[x_once ? 0 : buffer][warp * Traits::kWarpRows][0];
+    const bool first_slice = now.k0 == 0;
+    const float* xs = &smem.x[x_once ? 0 : now.buffer][warp * Traits::kWarpRows][0];
     if constexpr (kSliceSums) {
       float part[Traits::kColFrags][4];
-      mma_slice<Traits, true>(xs, &smem.y[buffer][0][0], lane, part);
+      mma_slice<Traits, true>(xs, &smem.y[now.buffer][0][0], lane, part);
 #pragma unroll
       for (int j = 0; j < Traits::kColFrags; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[j][e] = slice == 0 ? part[j][e] : acc[j][e] + part[j][e];
+        for (int e = 0; e < 4; ++e) acc[j][e] = first_slice ? part[j][e] : acc[j][e] + part[j][e];
     } else {
-      if (slice == 0) {
+      if (first_slice) {
 #pragma unroll
         for (int j = 0; j < Traits::kColFrags; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
       }
-      mma_slice<Traits, false>(xs, &smem.y[buffer][0][0], lane, acc);
+      mma_slice<Traits, false>(xs, &smem.y[now.buffer][0][0], lane, acc);
     }
-    if (slice == slices - 1) {
-      epi.tile(acc, col_begin + (step / slices) * Traits::kBlockCols, col_end, lane);
-    }
+    if (now.k0 + Traits::kSliceK == d_end) epi.tile(acc, now.col0, col_end, lane);  // the tile's last slice
+    now.advance(d_end);
     __syncthreads();
   }
   wait_async_copies<0>();
