@@ -18,7 +18,8 @@ constexpr T neg_inf() {
 // every ex2: three more instructions on the FMA pipe, which also runs the epilogues' FFMA, FMNMX
 // and FADD and, at small d, bounds the engine before the tensor cores do. Everything the engine
 // exponentiates is a term relative to a running max (whose own term is 1), so a flushed term
-// lies below 2^-126 of a sum >= 1; every other result is exp2f's, bit for bit.
+// lies below 2^-126 of a sum >= 1 (in the barycentric numerator: below m 2^-126 max|v|, in
+// absolute terms); every other result is exp2f's, bit for bit.
 __device__ __forceinline__ float exp2_ftz(float v) {
   float out;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(out) : "f"(v));

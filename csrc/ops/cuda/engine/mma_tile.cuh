@@ -19,7 +19,8 @@ namespace ot_flow::cuda::engine {
 // bits cvt.rna.tf32.f32 gives for every finite v and for +-inf (sm_80/sm_90 compile that
 // conversion to this same add and mask, behind a test for non-finite input and a select: four
 // instructions per operand where this is two, and the split below converts every operand
-// value of every k-step). Inputs are finite here (the ops check them; a NaN may come out as inf).
+// value of every k-step). Every operand here is finite (the ops check their inputs, and the
+// engine forms no NaN); a NaN would come out as +-0 or +-inf (checked over all 2^32 patterns).
 __device__ __forceinline__ uint32_t to_tf32(float v) { return (__float_as_uint(v) + 0x1000u) & 0xffffe000u; }
 
 // v = hi + lo + O(2^-22 |v|), hi and lo TF32 values (v - hi is exact in float32).
