@@ -82,6 +82,27 @@ def test_reads_come_every_log_every_steps(monkeypatch):
     assert r20 > r40 and r10 - r20 == 2 * (r20 - r40)  # the same reads at each log, none between
 
 
+@pytest.mark.parametrize("sampler_args", [dict(), dict(eps=0.05), dict(labels=torch.arange(600) % 3),
+                                          dict(chunk_size=128, stream_data=True)],
+                         ids=["hard", "soft", "conditional", "streamed"])
+def test_fit_steps_and_checks_never_recompute_the_datas_cost_offsets(monkeypatch, sampler_args):
+    # |z_j|^2 / 2 of the data is computed once, beside the stored points: a fit step or a chi2
+    # check that formed it again would copy every point to float64 each time (at N = 10^6,
+    # d = 64: 512 MB a step). Every call of cost_offsets on more rows than a noise batch is one.
+    data = torch.randn(600, 3, generator=torch.Generator().manual_seed(0))
+    sampler = ot_flow.SemidiscreteSampler(data, seed=1, **sampler_args)
+    rows = []
+    original = ot_flow.solvers.costs.cost_offsets
+
+    def recording(x, cost):
+        rows.append(x.shape[0])
+        return original(x, cost)
+
+    monkeypatch.setattr(ot_flow.solvers.costs, "cost_offsets", recording)
+    sampler.fit(20, batch_size=100, warm_start=None, progress=False, log_every=10, eval_samples=300)
+    assert rows and max(rows) <= 100, f"cost offsets of {max(rows)} rows during the fit"
+
+
 def fitted(data, fit_args=None, **sampler_args):
     sampler = ot_flow.SemidiscreteSampler(data, seed=4, **sampler_args)
     return sampler.fit(**{"num_steps": 60, "batch_size": 128, "progress": False, "log_every": 20, **(fit_args or {})})

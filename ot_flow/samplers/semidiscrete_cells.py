@@ -54,14 +54,15 @@ def _hard_assignments(sampler, num_samples, batch_size, seed):
     n_local = s.weights.shape[0]
     for _, index in s.groups:
         index_d = None if index is None else index.to(s.device)
+        points, offsets = s._points(index), s._offsets(index)  # a class's: gathered once, not per batch
+        g_c, b_c = (g, weights) if index is None else (g[index_d], weights[index_d])
         done = 0
         while done < num_samples:
             n = min(batch_size, num_samples - done)
             x = s._frame_noise(n, gen)
-            g_c, b_c = (g, weights) if index is None else (g[index_d], weights[index_d])
-            idx = semidiscrete.assign(x, s._points(index), g_c, b_c, 0.0, FRAME_COST, chunk_size=s.chunk_size,
+            idx = semidiscrete.assign(x, points, g_c, b_c, 0.0, FRAME_COST, chunk_size=s.chunk_size,
                                       process_group=s.group, offset=s.offset, precision=s.precision,
-                                      stream=s.stream_data)
+                                      stream=s.stream_data, y_offsets=offsets)
             local = idx - s.offset if index is None else index_d[idx]
             mine = (local >= 0) & (local < n_local)
             yield x, local.clamp(0, n_local - 1), mine

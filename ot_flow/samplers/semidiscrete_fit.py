@@ -238,14 +238,15 @@ class SemidiscreteFit:
             return semidiscrete.semidual_gradient(s._frame_noise(batch_size), s._search, g, b, eps, FRAME_COST,
                                                   chunk_size=s.chunk_size, process_group=s.group, offset=s.offset,
                                                   gaps=gaps, precision=s.precision, stream=s.stream_data,
-                                                  validate=False)
+                                                  validate=False, y_offsets=s._search_offsets)
         fields = ("gradient", "counts") + (("gap_sums", "gap_counts") if gaps else ())
         joined = {name: torch.zeros_like(b) for name in fields}
         value = 0.0
         for index_d, index_y in self.class_index:
             estimate = semidiscrete.semidual_gradient(s._frame_noise(batch_size), s._points(index_y), g[index_d],
                                                       b[index_d], eps, FRAME_COST, chunk_size=s.chunk_size, gaps=gaps,
-                                                      precision=s.precision, stream=s.stream_data, validate=False)
+                                                      precision=s.precision, stream=s.stream_data, validate=False,
+                                                      y_offsets=s._offsets(index_y))
             for name in fields:
                 joined[name][index_d] = getattr(estimate, name)
             value += estimate.value / len(s.groups)
@@ -259,7 +260,7 @@ class SemidiscreteFit:
         gaps = [semidiscrete.score_gap(x, s._points(index), s.g if index is None else s.g[index], FRAME_COST,
                                        b=s.weights if index is None else s.weights[index],
                                        chunk_size=s.chunk_size, process_group=s.group, precision=s.precision,
-                                       stream=s.stream_data)
+                                       stream=s.stream_data, y_offsets=s._offsets(index))
                 for _, index in s.groups]
         gap = sum(gaps) / len(gaps)
         # One data point per class has no runner-up: fall back on the cost spread.

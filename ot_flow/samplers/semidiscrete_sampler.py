@@ -190,6 +190,7 @@ class SemidiscreteSampler:
         self._frame = frame
         standardised = standardise_data(self._flat, frame, self.cost, self._placement.where, self._placement.pinned)
         self._search, self._potential_shift = standardised.points, standardised.potential_shift
+        self._search_offsets = standardised.offsets
         self._fingerprint = semidiscrete_state.measure_fingerprint(
             standardised.projections, self.weights, self.groups, frame, self._flat.shape[1], self.offset, self.total,
             self._flat.device, self.group)
@@ -197,6 +198,10 @@ class SemidiscreteSampler:
     def _points(self, index):
         """The searched points of one class (``index`` its global indices), or all (None)."""
         return self._search if index is None else self._search[index.to(self._search.device)]
+
+    def _offsets(self, index):
+        """Their cost offsets |z_j|^2 / 2 (float64, semidiscrete.dot_bias), as ``_points``."""
+        return self._search_offsets if index is None else self._search_offsets[index.to(self._search.device)]
 
     def _largest_class(self):
         """Points of the largest class (all points, over all ranks, when unconditional)."""
@@ -312,7 +317,8 @@ class SemidiscreteSampler:
         if not self.conditional:
             return semidiscrete.assign(flat, self._search, g, b, eps, FRAME_COST, generator=generator,
                                        chunk_size=self.chunk_size, process_group=self.group, offset=self.offset,
-                                       precision=self.precision, stream=self.stream_data)
+                                       precision=self.precision, stream=self.stream_data,
+                                       y_offsets=self._search_offsets)
         out = torch.full((flat.shape[0],), -1, dtype=torch.long, device=flat.device)
         labels = labels.to(flat.device)
         for label, index in self.groups:
@@ -321,7 +327,7 @@ class SemidiscreteSampler:
                 local = semidiscrete.assign(flat[rows], self._points(index), g[index],
                                             b[index], eps, FRAME_COST,
                                             generator=generator, chunk_size=self.chunk_size, precision=self.precision,
-                                            stream=self.stream_data)
+                                            stream=self.stream_data, y_offsets=self._offsets(index))
                 out[rows] = index.to(flat.device)[local]
         if (out < 0).any():
             unknown = labels[out < 0][0].item()

@@ -34,13 +34,16 @@ __all__ = ["assign", "semidual_gradient", "SemidualEstimate", "marginal_chi2", "
            "extend_potential"]
 
 
-def dot_bias(g, y, cost, b=None):
+def dot_bias(g, y, cost, b=None, offsets=None):
     """h_j = g_j - beta_j: the bias of the MIPS that assigns x to argmin_j C(x, y_j) - g_j.
 
     With the weights ``b``, h_j = -inf where b_j = 0: a point without mass is never assigned,
     whatever its potential (the semi-dual's optimum has g_j = -inf there, which no finite
-    iterate reaches)."""
-    h = g.double() - costs.cost_offsets(y.double(), cost)
+    iterate reaches). ``offsets``: beta = costs.cost_offsets(y.double(), cost), when the caller
+    holds them (a fit's data do not move: computing them per step would copy all of y to
+    float64 each time)."""
+    beta = costs.cost_offsets(y.double(), cost) if offsets is None else offsets.double()
+    h = g.double() - beta
     if b is not None:
         h = torch.where(b.to(h.device) > 0, h, -math.inf)
     return h.to(y.dtype)
@@ -55,6 +58,11 @@ def _on(t, device, dtype=None):
     return t.to(device=device, dtype=dtype or t.dtype, non_blocking=True)
 
 
+def _chunk_of(t, c0, c1, device):
+    """t[c0:c1] on ``device``, or None for None (the optional per-point offsets)."""
+    return None if t is None else _on(t[c0:c1], device)
+
+
 def _target_chunks(x, y, chunk_size, stream):
     """((c0, c1), y[c0:c1] on x's device in x's dtype) per chunk: read in place when y is on x's
     device, else (or with ``stream``) copied chunk by chunk (host_transfer.stream_chunks)."""
@@ -64,14 +72,16 @@ def _target_chunks(x, y, chunk_size, stream):
     return (((c0, c1), y[c0:c1].to(x.dtype)) for c0, c1 in ranges)
 
 
-def _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision, stream=False, validate=True):
+def _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision, stream=False, validate=True, y_offsets=None):
     """(value float64, global index) of each row's winner over this process's target points,
     whose global indices start at `offset`: the MIPS (eps = 0) or the Gumbel-max draw, with dot
     products of `precision` (ot_flow.ops.precision, as every function here); `validate` is the
-    ops' (False: the caller checked the data, and the ops read nothing back)."""
+    ops' (False: the caller checked the data, and the ops read nothing back); `y_offsets` the
+    targets' cost offsets when the caller holds them (dot_bias)."""
     def chunks():
         for (c0, c1), y_c in _target_chunks(x, y, chunk_size, stream):
-            h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
+            h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1],
+                           _chunk_of(y_offsets, c0, c1, x.device))
             if eps == 0:
                 values, index = mips(x, y_c, h_c, 1, precision=precision, validate=validate)
                 yield values[:, 0], index[:, 0] + offset + c0
@@ -84,13 +94,15 @@ def _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision, stream=Fal
     return merge_rules.best_of(chunks(), x.shape[0], x.device)
 
 
-def _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision, stream=False, validate=True):
+def _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision, stream=False, validate=True,
+             y_offsets=None):
     """(top two scores <x_i, y_j> + h_j per row, float64 (n, 2), global index of the best) over
     every chunk and rank (h = dot_bias(g, y, cost, b)); a row with a single target has -inf as
     its second score."""
     def chunks():
         for (c0, c1), y_c in _target_chunks(x, y, chunk_size, stream):
-            h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1])
+            h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1],
+                           _chunk_of(y_offsets, c0, c1, x.device))
             values, idx = mips(x, y_c, h_c, min(2, c1 - c0), precision=precision, validate=validate)
             yield values, idx[:, 0] + offset + c0
 
@@ -101,7 +113,7 @@ def _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision, str
 
 
 def assign(x, y, g, b, eps, cost, *, generator=None, chunk_size=None, process_group=None, offset=0,
-           precision="highest", stream=False):
+           precision="highest", stream=False, y_offsets=None):
     """LongTensor (n,): the target index of each source point x_i.
 
     eps = 0: argmin_j C(x_i, y_j) - g_j over the points with b_j > 0 (ties to the lowest j).
@@ -109,9 +121,11 @@ def assign(x, y, g, b, eps, cost, *, generator=None, chunk_size=None, process_gr
     y, g and b are this rank's shard (global indices from `offset`), every rank passes the
     same x, and every rank gets the global indices. y on another device than x, or any y with
     ``stream``, is copied over in chunks of `chunk_size` (as every function here takes it).
+    ``y_offsets`` (every function here): the targets' cost offsets, float64 (m,), when the caller
+    holds them (dot_bias); else computed from y.
     """
     seed = None if eps == 0 else _seed(generator, x.device, process_group)
-    value, index = _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision, stream)
+    value, index = _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision, stream, y_offsets=y_offsets)
     if process_group is not None:
         value, index = merge_rules.best_over_ranks(value, index, process_group)
     return index
@@ -122,7 +136,8 @@ def _seed(generator, device, process_group):
     return seed if process_group is None else distributed.broadcast_int(seed, device, process_group)
 
 
-def score_gap(x, y, g, cost, *, b=None, chunk_size=None, process_group=None, precision="highest", stream=False):
+def score_gap(x, y, g, cost, *, b=None, chunk_size=None, process_group=None, precision="highest", stream=False,
+              y_offsets=None):
     """Mean over the rows of x of the gap between the best and second-best score
     <x_i, y_j> + h_j (h = dot_bias(g, y, cost, b): points of weight 0 take no part).
 
@@ -131,7 +146,7 @@ def score_gap(x, y, g, cost, *, b=None, chunk_size=None, process_group=None, pre
     denser (more points, lower dimension), where std(C) does not move. A single target has no
     second best: the gap is then taken as 0.
     """
-    top, _ = _top_two(x, y, g, b, cost, chunk_size, process_group, 0, precision, stream)
+    top, _ = _top_two(x, y, g, b, cost, chunk_size, process_group, 0, precision, stream, y_offsets=y_offsets)
     gap = top[:, 0] - top[:, 1]
     return float(gap[torch.isfinite(gap)].mean()) if torch.isfinite(gap).any() else 0.0
 
@@ -146,7 +161,7 @@ class SemidualEstimate(NamedTuple):
 
 
 def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=None, offset=0, gaps=False,
-                      precision="highest", stream=False, validate=True):
+                      precision="highest", stream=False, validate=True, y_offsets=None):
     """SemidualEstimate of the semi-dual F at g on the source batch x.
 
     ``validate=False`` skips the ops' checks of the data (the fit's steps: it draws x itself and
@@ -164,10 +179,12 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
     counts = torch.zeros(m, dtype=torch.float64, device=g.device)
     gap_sums = gap_counts = None
     if gaps:  # the top-2 search also gives the hard assignment
-        top, best_index = _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision, stream, validate)
+        top, best_index = _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision, stream, validate,
+                                   y_offsets)
         best = top[:, 0]
     elif eps == 0:
-        best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset, precision, stream, validate)
+        best, best_index = _best(x, y, g, b, 0.0, cost, chunk_size, None, offset, precision, stream, validate,
+                                 y_offsets)
         if process_group is not None:
             best, best_index = merge_rules.best_over_ranks(best, best_index, process_group)
     if gaps or eps == 0:
@@ -194,7 +211,8 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
         def chunk_lses():
             for (c0, c1), y_c in _target_chunks(x, y, chunk_size, stream):
                 b_c = _on(b[c0:c1], x.device)
-                h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, b_c) / eps + b_c.log().to(x.dtype)
+                h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, b_c, _chunk_of(y_offsets, c0, c1, x.device)) / eps \
+                    + b_c.log().to(x.dtype)
                 biases.append(h_c)
                 yield lse(x, y_c, h_c, 1.0 / eps, precision=precision, validate=validate)
 
