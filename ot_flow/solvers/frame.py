@@ -18,6 +18,7 @@ with alpha'_i = |x'_i|^2 / 2, k = 0 for "sqeuclidean" and alpha'_i = -<x'_i, c> 
 f = s^2 f' + k / 2, g = s^2 g' + k / 2.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -36,7 +37,6 @@ class Frame:
     center: torch.Tensor  # (d,) float64
     scale: float  # s, a power of two
     cost: str
-    shifted: bool  # whether c != 0 (else the points only scale, exactly)
 
     @staticmethod
     def of(clouds, cost, reduce=None):
@@ -53,7 +53,13 @@ class Frame:
         scale = 2.0 ** round(math.log2(rms)) if rms > 0 and math.isfinite(rms) and not one_point else 1.0
         grid = scale / _CENTRE_GRID
         center = torch.round(center / grid) * grid
-        return Frame(center, scale, cost, bool((center != 0).any()))
+        return Frame(center, scale, cost)
+
+    @functools.cached_property
+    def shifted(self):
+        """Whether c != 0 (else the points only scale, exactly); read once, then kept (every
+        ``points`` call asks)."""
+        return bool((self.center != 0).any())
 
     @property
     def unit(self):

@@ -58,9 +58,13 @@ def _on(t, device, dtype=None):
     return t.to(device=device, dtype=dtype or t.dtype, non_blocking=True)
 
 
-def _chunk_of(t, c0, c1, device):
-    """t[c0:c1] on ``device``, or None for None (the optional per-point offsets)."""
-    return None if t is None else _on(t[c0:c1], device)
+def _chunk_bias(g, y_c, cost, b, y_offsets, c0, c1, device):
+    """dot_bias of the targets [c0, c1) (y_c, already on ``device``), on ``device``: g, and b and
+    the offsets where given, sliced and moved there."""
+    def chunk(t):
+        return None if t is None else _on(t[c0:c1], device)
+
+    return dot_bias(chunk(g), y_c, cost, chunk(b), chunk(y_offsets))
 
 
 def _target_chunks(x, y, chunk_size, stream):
@@ -80,8 +84,7 @@ def _best(x, y, g, b, eps, cost, chunk_size, seed, offset, precision, stream=Fal
     targets' cost offsets when the caller holds them (dot_bias)."""
     def chunks():
         for (c0, c1), y_c in _target_chunks(x, y, chunk_size, stream):
-            h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1],
-                           _chunk_of(y_offsets, c0, c1, x.device))
+            h_c = _chunk_bias(g, y_c, cost, b, y_offsets, c0, c1, x.device)
             if eps == 0:
                 values, index = mips(x, y_c, h_c, 1, precision=precision, validate=validate)
                 yield values[:, 0], index[:, 0] + offset + c0
@@ -101,8 +104,7 @@ def _top_two(x, y, g, b, cost, chunk_size, process_group, offset, precision, str
     its second score."""
     def chunks():
         for (c0, c1), y_c in _target_chunks(x, y, chunk_size, stream):
-            h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, None if b is None else b[c0:c1],
-                           _chunk_of(y_offsets, c0, c1, x.device))
+            h_c = _chunk_bias(g, y_c, cost, b, y_offsets, c0, c1, x.device)
             values, idx = mips(x, y_c, h_c, min(2, c1 - c0), precision=precision, validate=validate)
             yield values, idx[:, 0] + offset + c0
 
@@ -211,8 +213,7 @@ def semidual_gradient(x, y, g, b, eps, cost, *, chunk_size=None, process_group=N
         def chunk_lses():
             for (c0, c1), y_c in _target_chunks(x, y, chunk_size, stream):
                 b_c = _on(b[c0:c1], x.device)
-                h_c = dot_bias(_on(g[c0:c1], x.device), y_c, cost, b_c, _chunk_of(y_offsets, c0, c1, x.device)) / eps \
-                    + b_c.log().to(x.dtype)
+                h_c = _chunk_bias(g, y_c, cost, b, y_offsets, c0, c1, x.device) / eps + b_c.log().to(x.dtype)
                 biases.append(h_c)
                 yield lse(x, y_c, h_c, 1.0 / eps, precision=precision, validate=validate)
 

@@ -126,11 +126,7 @@ struct BarycentricEpilogue {
         for (int q = 0; q < kValueFrags; ++q) {
           const float* v = vals + (8 * j + 2 * t) * kStride + 8 * q + g;
           const uint32_t b[2] = {to_bf16x2(v[0], v[kStride]), to_bf16x2(v[8 * kStride], v[9 * kStride])};
-          if (j == 0) {
-            mma_bf16<true>(part[q], a, b);
-          } else {
-            mma_bf16(part[q], a, b);
-          }
+          mma_bf16(part[q], a, b, j == 0);
         }
       }
     } else {
@@ -148,17 +144,11 @@ struct BarycentricEpilogue {
           split_tf32(v[0], b_hi[0], b_lo[0]);
           split_tf32(v[kStride], b_hi[1], b_lo[1]);
           if constexpr (Traits::kMode == DotMode::kSplitTF32) {
-            if (j == 0) {
-              mma_tf32<true>(part[q], a_lo, b_hi);
-            } else {
-              mma_tf32(part[q], a_lo, b_hi);
-            }
+            mma_tf32(part[q], a_lo, b_hi, j == 0);
             mma_tf32(part[q], a_hi, b_lo);
             mma_tf32(part[q], a_hi, b_hi);
-          } else if (j == 0) {
-            mma_tf32<true>(part[q], a_hi, b_hi);
           } else {
-            mma_tf32(part[q], a_hi, b_hi);
+            mma_tf32(part[q], a_hi, b_hi, j == 0);
           }
         }
       }

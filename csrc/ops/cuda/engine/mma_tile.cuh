@@ -49,12 +49,13 @@ __device__ __forceinline__ float as_operand(float v) {
   }
 }
 
-// c = a . b + c on the tensor cores; FromZero: c = a . b, its zero accumulator taken from the
-// zero register (a fresh sum needs no instructions to clear it).
-template <bool FromZero = false>
-__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  const float c_in[4] = {FromZero ? 0.0f : c[0], FromZero ? 0.0f : c[1], FromZero ? 0.0f : c[2],
-                         FromZero ? 0.0f : c[3]};
+// c = a . b + c on the tensor cores; from_zero: c = a . b, its zero accumulator taken from the
+// zero register (a fresh sum needs no instructions to clear it). Callers pass a condition on
+// unrolled loop indices, which the compiler resolves, so either way it is one MMA instruction.
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                         bool from_zero = false) {
+  const float c_in[4] = {from_zero ? 0.0f : c[0], from_zero ? 0.0f : c[1], from_zero ? 0.0f : c[2],
+                         from_zero ? 0.0f : c[3]};
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%10,%11,%12,%13};\n"
@@ -63,10 +64,10 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], 
         "f"(c_in[2]), "f"(c_in[3]));
 }
 
-template <bool FromZero = false>
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  const float c_in[4] = {FromZero ? 0.0f : c[0], FromZero ? 0.0f : c[1], FromZero ? 0.0f : c[2],
-                         FromZero ? 0.0f : c[3]};
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                         bool from_zero = false) {
+  const float c_in[4] = {from_zero ? 0.0f : c[0], from_zero ? 0.0f : c[1], from_zero ? 0.0f : c[2],
+                         from_zero ? 0.0f : c[3]};
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%10,%11,%12,%13};\n"
@@ -95,11 +96,7 @@ __device__ __forceinline__ void mma_slice(const float* xs, const float* ys, int 
       for (int j = 0; j < Traits::kColFrags; ++j) {
         const float* y0 = ys + (8 * j + g) * S + kk + 2 * t;
         const uint32_t b[2] = {to_bf16x2(y0[0], y0[1]), to_bf16x2(y0[8], y0[9])};
-        if (FromZero && kk == 0) {
-          mma_bf16<true>(acc[j], a, b);
-        } else {
-          mma_bf16(acc[j], a, b);
-        }
+        mma_bf16(acc[j], a, b, FromZero && kk == 0);
       }
     } else {
       const float av[4] = {xs[g * S + kk + t], xs[(g + 8) * S + kk + t], xs[g * S + kk + t + 4],
@@ -113,18 +110,13 @@ __device__ __forceinline__ void mma_slice(const float* xs, const float* ys, int 
         uint32_t b_hi[2], b_lo[2];
         split_tf32(y0[0], b_hi[0], b_lo[0]);
         split_tf32(y0[4], b_hi[1], b_lo[1]);
+        const bool fresh = FromZero && kk == 0;
         if constexpr (Traits::kMode == DotMode::kSplitTF32) {  // small terms first
-          if (FromZero && kk == 0) {
-            mma_tf32<true>(acc[j], a_lo, b_hi);
-          } else {
-            mma_tf32(acc[j], a_lo, b_hi);
-          }
+          mma_tf32(acc[j], a_lo, b_hi, fresh);
           mma_tf32(acc[j], a_hi, b_lo);
           mma_tf32(acc[j], a_hi, b_hi);
-        } else if (FromZero && kk == 0) {
-          mma_tf32<true>(acc[j], a_hi, b_hi);
         } else {
-          mma_tf32(acc[j], a_hi, b_hi);
+          mma_tf32(acc[j], a_hi, b_hi, fresh);
         }
       }
     }
