@@ -12,6 +12,7 @@
 #include "../barycentric.h"
 #include "../lse.h"
 #include "engine/engine.h"
+#include "kernel_launch.cuh"
 #include "tile_dot.cuh"
 
 namespace ot_flow {
@@ -146,11 +147,10 @@ std::tuple<at::Tensor, at::Tensor> barycentric_cuda_kernel(const at::Tensor& x, 
     auto kernel = barycentric_weighted_sum_kernel<scalar_t>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem_bytes)));
-    kernel<<<grid, kThreads, smem_bytes, stream>>>(
-        x.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), h.const_data_ptr<scalar_t>(),
-        lse.const_data_ptr<scalar_t>(), values.const_data_ptr<scalar_t>(), n, m, d, k,
-        static_cast<scalar_t>(scale), plan.cols_per_chunk, partial.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(kernel, grid, kThreads, smem_bytes, stream, x.const_data_ptr<scalar_t>(),
+                  y.const_data_ptr<scalar_t>(), h.const_data_ptr<scalar_t>(), lse.const_data_ptr<scalar_t>(),
+                  values.const_data_ptr<scalar_t>(), n, m, d, k, static_cast<scalar_t>(scale), plan.cols_per_chunk,
+                  partial.data_ptr<scalar_t>());
   });
   at::Tensor out = plan.chunks == 1 ? partial : partial.sum(0);
   return {out, lse};

@@ -12,6 +12,7 @@
 #include "../gumbel_noise.h"
 #include "engine/engine.h"
 #include "gumbel_merge.cuh"
+#include "kernel_launch.cuh"
 #include "tile_dot.cuh"
 
 namespace ot_flow {
@@ -134,11 +135,9 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_cuda_kernel(const at::Tensor& x
   at::Tensor part_value = plan.chunks == 1 ? value : at::empty({plan.chunks, n}, value.options());
   at::Tensor part_index = plan.chunks == 1 ? index : at::empty({plan.chunks, n}, index.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ot_flow_gumbel_argmax_cuda", [&] {
-    gumbel_argmax_tiles_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), h.const_data_ptr<scalar_t>(), n, m, d,
-        static_cast<scalar_t>(scale), plan.cols_per_chunk, key, part_value.data_ptr<double>(),
-        part_index.data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(gumbel_argmax_tiles_kernel<scalar_t>, grid, kThreads, 0, stream, x.const_data_ptr<scalar_t>(),
+                  y.const_data_ptr<scalar_t>(), h.const_data_ptr<scalar_t>(), n, m, d, static_cast<scalar_t>(scale),
+                  plan.cols_per_chunk, key, part_value.data_ptr<double>(), part_index.data_ptr<int64_t>());
   });
   if (plan.chunks > 1) {
     merge_gumbel_chunks(part_value.data_ptr<double>(), part_index.data_ptr<int64_t>(), n, plan.chunks,

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "kernel_launch.cuh"
 #include "online_lse.cuh"
 
 namespace ot_flow::cuda {
@@ -67,8 +68,8 @@ static void merge_gumbel_chunks(const double* part_value, const int64_t* part_in
                                 double* value, int64_t* index, cudaStream_t stream) {
   constexpr int kMergeThreads = 256;
   const unsigned blocks = static_cast<unsigned>((n + kMergeThreads - 1) / kMergeThreads);
-  gumbel_merge_chunks_kernel<<<blocks, kMergeThreads, 0, stream>>>(part_value, part_index, n, chunks, value, index);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel(gumbel_merge_chunks_kernel, blocks, kMergeThreads, 0, stream, part_value, part_index, n, chunks, value,
+                index);
 }
 
 }  // namespace ot_flow::cuda

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "../lse_dense.h"
+#include "kernel_launch.cuh"
 #include "online_lse.cuh"
 
 namespace ot_flow {
@@ -72,8 +73,8 @@ void launch_problem(const scalar_t* d, const scalar_t* hp, int64_t n, int64_t m,
                     scalar_t* out, const at::Tensor& like, cudaStream_t stream) {
   if (dim == 1) {
     const int64_t blocks = (n * 32 + kThreads - 1) / kThreads;
-    lse_dense_rows_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(d, hp, n, m, s, out);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(lse_dense_rows_kernel<scalar_t>, static_cast<unsigned>(blocks), kThreads, 0, stream, d, hp, n, m, s,
+                  out);
     return;
   }
   const int64_t col_blocks = (m + kThreads - 1) / kThreads;
@@ -85,11 +86,10 @@ void launch_problem(const scalar_t* d, const scalar_t* hp, int64_t n, int64_t m,
   scalar_t* part_max = partials[0].data_ptr<scalar_t>();
   scalar_t* part_sum = partials[1].data_ptr<scalar_t>();
   const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(chunks));
-  lse_dense_columns_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(d, hp, n, m, s, rows_per_chunk, part_max, part_sum);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  lse_merge_chunks_kernel<scalar_t><<<static_cast<unsigned>(col_blocks), kThreads, 0, stream>>>(
-      part_max, part_sum, m, chunks, out);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel(lse_dense_columns_kernel<scalar_t>, grid, kThreads, 0, stream, d, hp, n, m, s, rows_per_chunk, part_max,
+                part_sum);
+  launch_kernel(lse_merge_chunks_kernel<scalar_t>, static_cast<unsigned>(col_blocks), kThreads, 0, stream, part_max,
+                part_sum, m, chunks, out);
 }
 
 }  // namespace

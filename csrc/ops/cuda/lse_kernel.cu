@@ -10,6 +10,7 @@
 
 #include "../lse.h"
 #include "engine/engine.h"
+#include "kernel_launch.cuh"
 #include "tile_dot.cuh"
 
 namespace ot_flow {
@@ -115,24 +116,19 @@ at::Tensor lse_cuda_kernel(const at::Tensor& x, const at::Tensor& y, const at::T
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     const scalar_t* hp = h.const_data_ptr<scalar_t>();
     if (plan.chunks == 1) {
-      lse_tiles_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-          xp, yp, hp, n, m, d, static_cast<scalar_t>(scale), plan.cols_per_chunk,
-          out.data_ptr<scalar_t>(), nullptr, nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(lse_tiles_kernel<scalar_t>, grid, kThreads, 0, stream, xp, yp, hp, n, m, d,
+                    static_cast<scalar_t>(scale), plan.cols_per_chunk, out.data_ptr<scalar_t>(), nullptr, nullptr);
       return;
     }
     at::Tensor partials = at::empty({2, plan.chunks, n}, x.options());
     scalar_t* part_max = partials[0].data_ptr<scalar_t>();
     scalar_t* part_sum = partials[1].data_ptr<scalar_t>();
-    lse_tiles_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        xp, yp, hp, n, m, d, static_cast<scalar_t>(scale), plan.cols_per_chunk, nullptr, part_max,
-        part_sum);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(lse_tiles_kernel<scalar_t>, grid, kThreads, 0, stream, xp, yp, hp, n, m, d,
+                  static_cast<scalar_t>(scale), plan.cols_per_chunk, nullptr, part_max, part_sum);
     constexpr int kMergeThreads = 256;
     const unsigned merge_blocks = static_cast<unsigned>((n + kMergeThreads - 1) / kMergeThreads);
-    lse_merge_chunks_kernel<scalar_t><<<merge_blocks, kMergeThreads, 0, stream>>>(
-        part_max, part_sum, n, plan.chunks, out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(lse_merge_chunks_kernel<scalar_t>, merge_blocks, kMergeThreads, 0, stream, part_max, part_sum, n,
+                  plan.chunks, out.data_ptr<scalar_t>());
   });
   return out;
 }

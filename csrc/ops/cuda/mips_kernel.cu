@@ -14,6 +14,7 @@
 #include "../mips.h"
 #include "../top_k_list.h"
 #include "engine/engine.h"
+#include "kernel_launch.cuh"
 #include "tile_dot.cuh"
 
 namespace ot_flow {
@@ -189,22 +190,18 @@ std::tuple<at::Tensor, at::Tensor> mips_cuda_kernel(const at::Tensor& x, const a
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     const scalar_t* bp = bias.const_data_ptr<scalar_t>();
     if (k == 1) {
-      mips_top1_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(xp, yp, bp, n, m, d, plan.cols_per_chunk,
-                                                                part_values.data_ptr<scalar_t>(),
-                                                                part_indices.data_ptr<int64_t>());
+      launch_kernel(mips_top1_kernel<scalar_t>, grid, kThreads, 0, stream, xp, yp, bp, n, m, d, plan.cols_per_chunk,
+                    part_values.data_ptr<scalar_t>(), part_indices.data_ptr<int64_t>());
     } else {
-      mips_top_k_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(xp, yp, bp, n, m, d, k, plan.cols_per_chunk,
-                                                                 part_values.data_ptr<scalar_t>(),
-                                                                 part_indices.data_ptr<int64_t>());
+      launch_kernel(mips_top_k_kernel<scalar_t>, grid, kThreads, 0, stream, xp, yp, bp, n, m, d, k, plan.cols_per_chunk,
+                    part_values.data_ptr<scalar_t>(), part_indices.data_ptr<int64_t>());
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (plan.chunks > 1) {
       constexpr int kMergeThreads = 128;
       const unsigned merge_blocks = static_cast<unsigned>((n + kMergeThreads - 1) / kMergeThreads);
-      mips_merge_chunks_kernel<scalar_t><<<merge_blocks, kMergeThreads, 0, stream>>>(
-          part_values.data_ptr<scalar_t>(), part_indices.data_ptr<int64_t>(), n, k, plan.chunks,
-          values.data_ptr<scalar_t>(), indices.data_ptr<int64_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(mips_merge_chunks_kernel<scalar_t>, merge_blocks, kMergeThreads, 0, stream,
+                    part_values.data_ptr<scalar_t>(), part_indices.data_ptr<int64_t>(), n, k, plan.chunks,
+                    values.data_ptr<scalar_t>(), indices.data_ptr<int64_t>());
     }
   });
   return {values, indices};

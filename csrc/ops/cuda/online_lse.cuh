@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "ptx_instructions.cuh"
+
 namespace ot_flow::cuda {
 
 template <typename T>
@@ -20,11 +22,7 @@ constexpr T neg_inf() {
 // exponentiates is a term relative to a running max (whose own term is 1), so a flushed term
 // lies below 2^-126 of a sum >= 1 (in the barycentric numerator: below m 2^-126 max|v|, in
 // absolute terms); every other result is exp2f's, bit for bit.
-__device__ __forceinline__ float exp2_ftz(float v) {
-  float out;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(out) : "f"(v));
-  return out;
-}
+__device__ __forceinline__ float exp2_ftz(float v) { return ptx::ex2_approx_ftz(v); }
 
 // The exponential a (max, sum) pair is kept in: e^v for the FMA kernels, 2^v for the engine
 // (its scores are in log2 units, and exp2 is the hardware's native exponential).

@@ -4,28 +4,23 @@
 
 #include <cstdint>
 
+#include "../ptx_instructions.cuh"
+
 namespace ot_flow::cuda::engine {
 
 // Copies Width floats (4 or 16 bytes) from global `src` to shared `dst`, or writes zeros when
 // !valid (src-size 0: nothing is read, `src` need only be a mapped address).
 template <int Width>
 __device__ __forceinline__ void copy_async_or_zero(float* dst, const float* src, bool valid) {
-  static_assert(Width == 1 || Width == 4, "cp.async moves 4 or 16 bytes here");
-  const unsigned dst_shared = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  const int src_bytes = valid ? 4 * Width : 0;
-  if constexpr (Width == 4) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_shared), "l"(src), "r"(src_bytes));
-  } else {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst_shared), "l"(src), "r"(src_bytes));
-  }
+  ptx::cp_async<4 * Width>(dst, src, valid ? 4 * Width : 0);
 }
 
-__device__ __forceinline__ void commit_async_copies() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void commit_async_copies() { ptx::cp_async_commit_group(); }
 
 // Waits until at most Pending of the committed groups are still in flight.
 template <int Pending>
 __device__ __forceinline__ void wait_async_copies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
+  ptx::cp_async_wait_group<Pending>();
 }
 
 // Stages rows [row0, row0 + Rows) x columns [k0, k0 + SliceK) of the row-major (rows, d) matrix

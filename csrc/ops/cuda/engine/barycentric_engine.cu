@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "../kernel_launch.cuh"
 #include "barycentric_epilogue.cuh"
 #include "engine.h"
 #include "launch.cuh"
@@ -124,29 +125,27 @@ void launch_barycentric(const at::Tensor& x, const at::Tensor& y, const at::Tens
         const float* vp = values.const_data_ptr<float>() + first * values.stride(0);
         const int64_t rows_before = first * n;
         if (plan.chunks == 1) {
-          kernel<<<grid, Traits::kThreads, 0, stream>>>(
-              xp, yp, hp, vp, n, m, d, k, batch, static_cast<unsigned>(value_blocks), plan.cols_per_chunk,
-              mean.data_ptr<float>() + rows_before * k, lse.data_ptr<float>() + rows_before, nullptr, nullptr,
-              nullptr, 0);
+          launch_kernel(kernel, grid, Traits::kThreads, 0, stream, xp, yp, hp, vp, n, m, d, k, batch,
+                        static_cast<unsigned>(value_blocks), plan.cols_per_chunk,
+                        mean.data_ptr<float>() + rows_before * k, lse.data_ptr<float>() + rows_before, nullptr, nullptr,
+                        nullptr, 0);
         } else {
-          kernel<<<grid, Traits::kThreads, 0, stream>>>(
-              xp, yp, hp, vp, n, m, d, k, batch, static_cast<unsigned>(value_blocks), plan.cols_per_chunk,
-              nullptr, nullptr, part_weighted.data_ptr<float>() + rows_before * k,
-              part_stats[0].data_ptr<float>() + rows_before, part_stats[1].data_ptr<float>() + rows_before,
-              problems * n);
+          launch_kernel(kernel, grid, Traits::kThreads, 0, stream, xp, yp, hp, vp, n, m, d, k, batch,
+                        static_cast<unsigned>(value_blocks), plan.cols_per_chunk, nullptr, nullptr,
+                        part_weighted.data_ptr<float>() + rows_before * k,
+                        part_stats[0].data_ptr<float>() + rows_before, part_stats[1].data_ptr<float>() + rows_before,
+                        problems * n);
         }
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       if (plan.chunks == 1) return;
       // Rows of all problems are one (B n)-long axis of the partials: one merge for the batch.
       constexpr int kMergeThreads = 256;
       const int64_t rows = problems * n;
       const unsigned merge_blocks = static_cast<unsigned>((rows * k + kMergeThreads - 1) / kMergeThreads);
-      barycentric_merge_chunks_kernel<<<merge_blocks, kMergeThreads, 0, stream>>>(
-          part_weighted.const_data_ptr<float>(), part_stats[0].const_data_ptr<float>(),
-          part_stats[1].const_data_ptr<float>(), rows, k, plan.chunks, mean.data_ptr<float>(),
-          lse.data_ptr<float>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(barycentric_merge_chunks_kernel, merge_blocks, kMergeThreads, 0, stream,
+                    part_weighted.const_data_ptr<float>(), part_stats[0].const_data_ptr<float>(),
+                    part_stats[1].const_data_ptr<float>(), rows, k, plan.chunks, mean.data_ptr<float>(),
+                    lse.data_ptr<float>());
     });
   });
 }

@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "../../gumbel_noise.h"
+#include "../kernel_launch.cuh"
 #include "engine.h"
 #include "gumbel_epilogue.cuh"
 #include "launch.cuh"
@@ -81,12 +82,11 @@ void launch_gumbel_argmax(const at::Tensor& x, const at::Tensor& y, const at::Te
       }
       const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(plan.chunks),
                       static_cast<unsigned>(count));
-      gumbel_engine_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
-          x.const_data_ptr<float>() + first * x.stride(0), y.const_data_ptr<float>() + first * y.stride(0),
-          h.const_data_ptr<float>() + first * h.stride(0), n, m, d, batch, row_offset, col_offset,
-          plan.cols_per_chunk, part_value.data_ptr<double>() + first * n, part_index.data_ptr<int64_t>() + first * n,
-          problems * n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(gumbel_engine_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream,
+                    x.const_data_ptr<float>() + first * x.stride(0), y.const_data_ptr<float>() + first * y.stride(0),
+                    h.const_data_ptr<float>() + first * h.stride(0), n, m, d, batch, row_offset, col_offset,
+                    plan.cols_per_chunk, part_value.data_ptr<double>() + first * n,
+                    part_index.data_ptr<int64_t>() + first * n, problems * n);
     }
     if (plan.chunks > 1) {
       // Rows of all problems are one (B n)-long axis of the partials: one merge for the batch.

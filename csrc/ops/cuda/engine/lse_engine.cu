@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "../kernel_launch.cuh"
 #include "../online_lse.cuh"
 #include "engine.h"
 #include "launch.cuh"
@@ -67,23 +68,22 @@ void launch_lse(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, c
       const float* yp = y.const_data_ptr<float>() + first * y.stride(0);
       const float* hp = h.const_data_ptr<float>() + first * h.stride(0);
       if (plan.chunks == 1) {
-        lse_engine_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
-            xp, yp, hp, n, m, d, batch, plan.cols_per_chunk, out.data_ptr<float>() + first * n, nullptr, nullptr, 0);
+        launch_kernel(lse_engine_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, xp, yp, hp, n, m, d, batch,
+                      plan.cols_per_chunk, out.data_ptr<float>() + first * n, nullptr, nullptr, 0);
       } else {
-        lse_engine_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
-            xp, yp, hp, n, m, d, batch, plan.cols_per_chunk, nullptr, partials[0].data_ptr<float>() + first * n,
-            partials[1].data_ptr<float>() + first * n, problems * n);
+        launch_kernel(lse_engine_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, xp, yp, hp, n, m, d, batch,
+                      plan.cols_per_chunk, nullptr, partials[0].data_ptr<float>() + first * n,
+                      partials[1].data_ptr<float>() + first * n, problems * n);
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (plan.chunks > 1) {
       // Rows of all problems are one (B n)-long axis of the partials: one merge for the batch.
       constexpr int kMergeThreads = 256;
       const int64_t rows = problems * n;
       const unsigned merge_blocks = static_cast<unsigned>((rows + kMergeThreads - 1) / kMergeThreads);
-      lse_merge_chunks_kernel<float><<<merge_blocks, kMergeThreads, 0, stream>>>(
-          partials[0].data_ptr<float>(), partials[1].data_ptr<float>(), rows, plan.chunks, out.data_ptr<float>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(lse_merge_chunks_kernel<float>, merge_blocks, kMergeThreads, 0, stream,
+                    partials[0].data_ptr<float>(), partials[1].data_ptr<float>(), rows, plan.chunks,
+                    out.data_ptr<float>());
     }
   });
 }

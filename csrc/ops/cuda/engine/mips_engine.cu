@@ -17,6 +17,7 @@
 
 #include "../../mips.h"
 #include "../../top_k_list.h"
+#include "../kernel_launch.cuh"
 #include "engine.h"
 #include "launch.cuh"
 #include "mips_epilogue.cuh"
@@ -136,10 +137,9 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
     TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.mips: too many rows");
     const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
     at::Tensor part_max = at::empty({plan.chunks, n}, x.options());
-    mips_maxima_kernel<Traits, kWidth, RowMaxEpilogue><<<grid, Traits::kThreads, 0, stream>>>(
-        x.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(), n, m, d,
-        plan.cols_per_chunk, part_max.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(mips_maxima_kernel<Traits, kWidth, RowMaxEpilogue>, grid, Traits::kThreads, 0, stream,
+                  x.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(), n, m, d,
+                  plan.cols_per_chunk, part_max.data_ptr<float>());
     const at::Tensor row_best = plan.chunks == 1 ? part_max[0] : part_max.amax(0);
     const RescoreInputs inputs{x.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(),
                                row_best.const_data_ptr<float>(), x_norm.const_data_ptr<float>(),
@@ -148,9 +148,8 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
     // With one chunk the rescoring kernel writes the result directly.
     at::Tensor part_value = plan.chunks == 1 ? value : at::empty({plan.chunks, n}, value.options());
     at::Tensor part_index = plan.chunks == 1 ? index : at::empty({plan.chunks, n}, index.options());
-    mips_rescore_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
-        inputs, n, m, plan.cols_per_chunk, part_value.data_ptr<double>(), part_index.data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(mips_rescore_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, inputs, n, m,
+                  plan.cols_per_chunk, part_value.data_ptr<double>(), part_index.data_ptr<int64_t>());
     if (plan.chunks > 1) {
       merge_gumbel_chunks(part_value.data_ptr<double>(), part_index.data_ptr<int64_t>(), n, plan.chunks,
                           value.data_ptr<double>(), index.data_ptr<int64_t>(), stream);
@@ -198,23 +197,20 @@ std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, 
       const ChunkPlan plan = plan_launch<Traits>(rows, m);
       const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
       at::Tensor part_group_max = at::empty({plan.chunks, rows, kGroups}, x.options());
-      mips_maxima_kernel<Traits, kWidth, GroupMaxEpilogue><<<grid, Traits::kThreads, 0, stream>>>(
-          xs.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(), rows, m, d,
-          plan.cols_per_chunk, part_group_max.data_ptr<float>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(mips_maxima_kernel<Traits, kWidth, GroupMaxEpilogue>, grid, Traits::kThreads, 0, stream,
+                    xs.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(), rows, m, d,
+                    plan.cols_per_chunk, part_group_max.data_ptr<float>());
       threshold_score = std::get<0>(part_group_max.permute({1, 0, 2}).reshape({rows, plan.chunks * kGroups}).topk(k, 1))
                             .select(1, k - 1)
                             .contiguous();
       inputs.row_best = threshold_score.const_data_ptr<float>();
-      mips_candidates_kernel<Traits, kWidth><<<grid, Traits::kThreads, 0, stream>>>(
-          inputs, rows, m, plan.cols_per_chunk, count.data_ptr<int32_t>(), candidates.data_ptr<int32_t>(), capacity);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(mips_candidates_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, inputs, rows, m,
+                    plan.cols_per_chunk, count.data_ptr<int32_t>(), candidates.data_ptr<int32_t>(), capacity);
     });
     const unsigned blocks = static_cast<unsigned>((rows + kSelectWarps - 1) / kSelectWarps);
-    mips_select_top_k_kernel<<<blocks, 32 * kSelectWarps, 0, stream>>>(
-        inputs, rows, m, k, count.const_data_ptr<int32_t>(), candidates.const_data_ptr<int32_t>(), capacity,
-        values.data_ptr<float>() + first * k, indices.data_ptr<int64_t>() + first * k);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(mips_select_top_k_kernel, blocks, 32 * kSelectWarps, 0, stream, inputs, rows, m, k,
+                  count.const_data_ptr<int32_t>(), candidates.const_data_ptr<int32_t>(), capacity,
+                  values.data_ptr<float>() + first * k, indices.data_ptr<int64_t>() + first * k);
   }
   return {values, indices};
 }

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "../ptx_instructions.cuh"
 #include "kernel_traits.cuh"
 
 namespace ot_flow::cuda::engine {
@@ -31,9 +32,7 @@ __device__ __forceinline__ void split_tf32(float v, uint32_t& hi, uint32_t& lo) 
 
 // Two floats as bfloat16x2, `first` in the low half (the lower k index of a fragment register).
 __device__ __forceinline__ uint32_t to_bf16x2(float first, float second) {
-  uint32_t out;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(out) : "f"(second), "f"(first));
-  return out;
+  return ptx::cvt_rn_bf16x2_f32(second, first);
 }
 
 // v as the MMA of `Mode` sees it (TF32 or bfloat16 rounding; split TF32 keeps v to 2^-22), for
@@ -56,24 +55,14 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], 
                                          bool from_zero = false) {
   const float c_in[4] = {from_zero ? 0.0f : c[0], from_zero ? 0.0f : c[1], from_zero ? 0.0f : c[2],
                          from_zero ? 0.0f : c[3]};
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%10,%11,%12,%13};\n"
-      : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c_in[0]), "f"(c_in[1]),
-        "f"(c_in[2]), "f"(c_in[3]));
+  ptx::mma_m16n8k8_tf32(c, a, b, c_in);
 }
 
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                                          bool from_zero = false) {
   const float c_in[4] = {from_zero ? 0.0f : c[0], from_zero ? 0.0f : c[1], from_zero ? 0.0f : c[2],
                          from_zero ? 0.0f : c[3]};
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%10,%11,%12,%13};\n"
-      : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c_in[0]), "f"(c_in[1]),
-        "f"(c_in[2]), "f"(c_in[3]));
+  ptx::mma_m16n8k16_bf16(c, a, b, c_in);
 }
 
 // acc += x_slice[warp rows] . y_slice^T for one staged slice; FromZero: acc = that product (the
