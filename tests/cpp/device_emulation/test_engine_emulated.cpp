@@ -1,0 +1,282 @@
+// The tensor-core engine's own sources (csrc/ops/cuda/engine), host code and kernels, run on the
+// CPU emulation of the device (device_emulation.h) against float64 references: every precision
+// mode of lse, barycentric, gumbel_argmax and mips, at sizes that are not multiples of any tile,
+// 16-byte and 4-byte staging, one column chunk and several (merged), batches of problems.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "device_emulation.h"
+#include "ops/cuda/engine/engine.h"
+#include "ops/gumbel_noise.h"
+
+namespace ot_flow::cuda::engine {
+namespace {
+
+using emulation::Settings;
+
+const char* name(DotMode mode) {
+  return mode == DotMode::kSplitTF32 ? "highest" : (mode == DotMode::kTF32 ? "tf32" : "bf16");
+}
+
+// x as the mode's MMA operand sees it, in float64: TF32 rounds to nearest (ties away, as the
+// engine's to_tf32), bfloat16 to nearest even; split TF32 keeps float32.
+at::Tensor as_operand(const at::Tensor& x, DotMode mode) {
+  at::Tensor bits = x.contiguous().view(at::kInt);
+  if (mode == DotMode::kTF32) {
+    bits = at::bitwise_and(bits + 0x1000, static_cast<int32_t>(0xffffe000u));
+  } else if (mode == DotMode::kBF16) {
+    const at::Tensor odd = at::bitwise_and(at::bitwise_right_shift(bits, 16), 1);
+    bits = at::bitwise_and(bits + 0x7fff + odd, static_cast<int32_t>(0xffff0000u));
+  }
+  return bits.view(at::kFloat).to(at::kDouble);
+}
+
+// Scores scale <x_i, y_j> + h_j in float64 from the operands as the mode rounds them.
+at::Tensor logits(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, double scale, DotMode mode) {
+  return at::matmul(as_operand(x, mode), as_operand(y, mode).t()) * scale + h.to(at::kDouble);
+}
+
+struct Shape {
+  int64_t n, m, d;
+};
+
+// Sizes that are not multiples of a 64 x 64 tile or a slice of 8 / 16, d from 1 to past two
+// slices, one row and many; d % 4 == 0 takes the 16-byte copies, the others 4-byte copies.
+const std::vector<Shape> kShapes = {{1, 1, 1},   {3, 5, 2},    {67, 131, 7}, {64, 64, 8},
+                                    {70, 200, 17}, {33, 129, 64}, {130, 70, 12}};
+const DotMode kModes[] = {DotMode::kSplitTF32, DotMode::kTF32, DotMode::kBF16};
+
+class EngineEmulated : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    emulation::settings() = Settings{};
+    emulation::counters() = emulation::Counters{};
+    at::manual_seed(7);
+  }
+  // One column chunk (a GPU of one multiprocessor) and many (132: the chunks' partials merged).
+  static constexpr int kMultiprocessors[] = {1, 132};
+};
+
+TEST_F(EngineEmulated, LseMatchesFloat64InEveryMode) {
+  for (const Shape& s : kShapes)
+    for (DotMode mode : kModes)
+      for (int sms : kMultiprocessors) {
+        emulation::settings().multiprocessors = sms;
+        const at::Tensor x = at::randn({s.n, s.d}), y = at::randn({s.m, s.d}), h = at::randn({s.m});
+        const double scale = 0.7;
+        const at::Tensor out = lse_tensor_cores(x, y, h, scale, mode).to(at::kDouble);
+        // Against the operands as the mode rounds them (float32 sums and exp2 remain), and the
+        // exact answer within the mode's documented error.
+        const at::Tensor rounded = at::logsumexp(logits(x, y, h, scale, mode), 1);
+        const at::Tensor exact = at::logsumexp(logits(x, y, h, scale, DotMode::kSplitTF32), 1);
+        const double tol = 2e-6 * (1.0 + exact.abs().max().item<double>());
+        const std::string where = std::string(name(mode)) + " n=" + std::to_string(s.n) + " m=" + std::to_string(s.m) +
+                                  " d=" + std::to_string(s.d) + " sms=" + std::to_string(sms);
+        EXPECT_LE((out - rounded).abs().max().item<double>(), tol) << where;
+        const double mode_error = mode == DotMode::kSplitTF32 ? 0.0 : (mode == DotMode::kTF32 ? 2e-3 : 2e-2);
+        EXPECT_LE((out - exact).abs().max().item<double>(), tol + mode_error * std::sqrt(s.d)) << where;
+      }
+  EXPECT_GT(emulation::counters().mma_tf32, 0);
+  EXPECT_GT(emulation::counters().mma_bf16, 0);
+}
+
+// The 16-byte staging needs every row on a 16-byte boundary: a base one float past an aligned
+// address, with d % 4 == 0, must take the 4-byte copies and still be right (a 16-byte cp.async
+// from there would fault; the emulation reports it).
+TEST_F(EngineEmulated, LseOfMisalignedRows) {
+  const at::Tensor xs = at::randn({70 * 16 + 1}), ys = at::randn({90 * 16 + 1}), h = at::randn({90});
+  const at::Tensor x = xs.narrow(0, 1, 70 * 16).view({70, 16}), y = ys.narrow(0, 1, 90 * 16).view({90, 16});
+  const at::Tensor out = lse_tensor_cores(x, y, h, 1.3, DotMode::kSplitTF32).to(at::kDouble);
+  const at::Tensor exact = at::logsumexp(logits(x, y, h, 1.3, DotMode::kSplitTF32), 1);
+  EXPECT_LE((out - exact).abs().max().item<double>(), 2e-6 * (1.0 + exact.abs().max().item<double>()));
+}
+
+// Copies that land at issue (no poison) give the same bits: the poisoned run read nothing early.
+TEST_F(EngineEmulated, LseIndependentOfWhenCopiesLandAndOfTheSchedule) {
+  const at::Tensor x = at::randn({70, 20}), y = at::randn({300, 20}), h = at::randn({300});
+  const at::Tensor first = lse_tensor_cores(x, y, h, 0.5, DotMode::kSplitTF32);
+  emulation::settings().copies = Settings::Copies::kAtIssue;
+  emulation::settings().schedule_seed = 12345;
+  const at::Tensor second = lse_tensor_cores(x, y, h, 0.5, DotMode::kSplitTF32);
+  EXPECT_TRUE(at::equal(first, second));
+}
+
+// Split TF32 stays float32-accurate at large d even when every tensor-core sum truncates
+// (stream_loop.cuh's RoundedSlices).
+TEST_F(EngineEmulated, LseHighestUnderTruncatingMmasAtLargeD) {
+  emulation::settings().mma_rounding = Settings::MmaRounding::kTruncate;
+  const at::Tensor x = at::randn({20, 1000}) * 0.05 + 0.05, y = at::randn({96, 1000}) * 0.05 + 0.05;
+  const at::Tensor h = at::randn({96});
+  const at::Tensor out = lse_tensor_cores(x, y, h, 3.0, DotMode::kSplitTF32).to(at::kDouble);
+  const at::Tensor exact = at::logsumexp(logits(x, y, h, 3.0, DotMode::kSplitTF32), 1);
+  EXPECT_LE((out - exact).abs().max().item<double>(), 2e-6 * (1.0 + exact.abs().max().item<double>()));
+}
+
+// Problems of a batch, each with its own scale, against each alone.
+TEST_F(EngineEmulated, LseBatchedEqualsEachProblemAlone) {
+  for (int sms : kMultiprocessors) {
+    emulation::settings().multiprocessors = sms;
+    const at::Tensor x = at::randn({3, 50, 9}), y = at::randn({3, 77, 9}), h = at::randn({3, 77});
+    const std::vector<double> scales = {0.5, 1.0, 2.0};
+    const at::Tensor batched = lse_tensor_cores_batched(x, y, h, scales, DotMode::kSplitTF32);
+    for (int b = 0; b < 3; ++b) {
+      const at::Tensor alone = lse_tensor_cores(x[b], y[b], h[b], scales[b], DotMode::kSplitTF32);
+      // The batch plans its column chunks for all its rows: sums may run in another order.
+      EXPECT_TRUE(at::allclose(batched[b], alone, 1e-6, 1e-6)) << "problem " << b << " sms " << sms;
+    }
+  }
+}
+
+// A bias of -inf drops a column; a row with every column dropped has lse -inf.
+TEST_F(EngineEmulated, LseDroppedColumns) {
+  const at::Tensor x = at::randn({10, 5}), y = at::randn({70, 5});
+  at::Tensor h = at::randn({70});
+  h.narrow(0, 3, 40).fill_(-std::numeric_limits<float>::infinity());
+  const at::Tensor out = lse_tensor_cores(x, y, h, 1.0, DotMode::kSplitTF32).to(at::kDouble);
+  const at::Tensor exact = at::logsumexp(logits(x, y, h, 1.0, DotMode::kSplitTF32), 1);
+  EXPECT_LE((out - exact).abs().max().item<double>(), 1e-5);
+  const at::Tensor none = at::full({70}, -std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(at::all(at::isneginf(lse_tensor_cores(x, y, none, 1.0, DotMode::kSplitTF32))).item<bool>());
+}
+
+TEST_F(EngineEmulated, BarycentricMatchesFloat64InEveryMode) {
+  const std::vector<std::tuple<Shape, int64_t>> cases = {
+      {{1, 1, 1}, 1}, {{67, 131, 7}, 3}, {{70, 200, 17}, 16}, {{33, 129, 64}, 17}, {{40, 90, 12}, 70}};
+  for (const auto& [s, k] : cases)
+    for (DotMode mode : kModes)
+      for (int sms : kMultiprocessors) {
+        emulation::settings().multiprocessors = sms;
+        const at::Tensor x = at::randn({s.n, s.d}), y = at::randn({s.m, s.d}), h = at::randn({s.m});
+        const at::Tensor values = at::randn({s.m, k}) + 1.0;
+        const auto [mean, lse] = barycentric_tensor_cores(x, y, h, 0.8, values, mode);
+        const at::Tensor l = logits(x, y, h, 0.8, mode);
+        const at::Tensor ref_lse = at::logsumexp(l, 1);
+        const at::Tensor ref_mean = at::matmul(at::softmax(l, 1), values.to(at::kDouble));
+        const std::string where = std::string(name(mode)) + " n=" + std::to_string(s.n) + " m=" + std::to_string(s.m) +
+                                  " d=" + std::to_string(s.d) + " k=" + std::to_string(k) + " sms=" + std::to_string(sms);
+        // In tf32 and bf16 the weights and values are MMA operands too, rounded to the mode's
+        // unit u: the normaliser sums the rounded weights (lse moves by <= u) and the mean moves
+        // by <= 2 u max|v|. (Emulated: tf32 0.3 u, bf16 0.25 u at most.)
+        const double u = mode == DotMode::kSplitTF32 ? 0.0 : (mode == DotMode::kTF32 ? 0x1p-11 : 0x1p-8);
+        const double vmax = values.abs().max().item<double>();
+        EXPECT_LE((lse.to(at::kDouble) - ref_lse).abs().max().item<double>(),
+                  2e-6 * (1.0 + ref_lse.abs().max().item<double>()) + u)
+            << where;
+        EXPECT_LE((mean.to(at::kDouble) - ref_mean).abs().max().item<double>(),
+                  4e-6 * (1.0 + ref_mean.abs().max().item<double>()) + 2 * u * vmax)
+            << where;
+      }
+}
+
+TEST_F(EngineEmulated, BarycentricBatchedEqualsEachProblemAlone) {
+  emulation::settings().multiprocessors = 132;
+  const at::Tensor x = at::randn({2, 40, 6}), y = at::randn({2, 150, 6}), h = at::randn({2, 150});
+  const at::Tensor values = at::randn({2, 150, 20});
+  const std::vector<double> scales = {0.6, 1.4};
+  const auto [mean, lse] = barycentric_tensor_cores_batched(x, y, h, scales, values, DotMode::kSplitTF32);
+  for (int b = 0; b < 2; ++b) {
+    const auto [mean_b, lse_b] = barycentric_tensor_cores(x[b], y[b], h[b], scales[b], values[b], DotMode::kSplitTF32);
+    EXPECT_TRUE(at::allclose(mean[b], mean_b, 0.0, 1e-6)) << b;
+    EXPECT_TRUE(at::allclose(lse[b], lse_b, 0.0, 1e-6)) << b;
+  }
+}
+
+// The Gumbel-max draw: the argmax of the float64 perturbed logits wherever the best and the
+// second best are further apart than the mode's error could move them.
+TEST_F(EngineEmulated, GumbelArgmaxMatchesFloat64InEveryMode) {
+  for (const Shape& s : kShapes)
+    for (DotMode mode : kModes)
+      for (int sms : kMultiprocessors) {
+        emulation::settings().multiprocessors = sms;
+        const at::Tensor x = at::randn({s.n, s.d}), y = at::randn({s.m, s.d}), h = at::randn({s.m});
+        const double scale = 1.5;
+        const GumbelKey key{1234, 5, 11, 3};
+        const auto [index, value] = gumbel_argmax_tensor_cores(x, y, h, scale, key, mode);
+        const at::Tensor l = logits(x, y, h, scale, mode);
+        const NoiseKey noise = noise_key(static_cast<uint64_t>(key.seed), static_cast<uint64_t>(key.offset));
+        const auto la = l.accessor<double, 2>();
+        int64_t checked = 0;
+        for (int64_t i = 0; i < s.n; ++i) {
+          GumbelRow row(noise, static_cast<uint64_t>(key.row_offset + i));
+          double best = -INFINITY, second = -INFINITY;
+          int64_t best_j = -1;
+          for (int64_t j = 0; j < s.m; ++j) {
+            const double p = la[i][j] + row.at(static_cast<uint64_t>(key.col_offset + j));
+            if (p > best) {
+              second = best;
+              best = p;
+              best_j = j;
+            } else if (p > second) {
+              second = p;
+            }
+          }
+          if (best - second < 1e-4 * (1.0 + std::fabs(best))) continue;  // too close to call in float32
+          ++checked;
+          EXPECT_EQ(index[i].item<int64_t>(), best_j) << name(mode) << " row " << i << " sms " << sms;
+          EXPECT_NEAR(value[i].item<double>(), best, 2e-5 * (1.0 + std::fabs(best))) << name(mode) << " row " << i;
+        }
+        EXPECT_GT(checked, s.n / 2) << name(mode);
+      }
+}
+
+// (values, indices) of the k largest float64 scores <x_i, y_j> + bias_j per row, ties to the
+// lower column, dropped columns (bias -inf) never listed.
+std::tuple<at::Tensor, at::Tensor> mips_reference(const at::Tensor& x, const at::Tensor& y, const at::Tensor& bias,
+                                                  int64_t k) {
+  const at::Tensor scores = at::matmul(x.to(at::kDouble), y.to(at::kDouble).t()) + bias.to(at::kDouble);
+  const int64_t n = x.size(0), m = y.size(0);
+  at::Tensor values = at::empty({n, k}, at::kFloat), indices = at::empty({n, k}, at::kLong);
+  const auto sa = scores.accessor<double, 2>();
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<int64_t> order;
+    for (int64_t j = 0; j < m; ++j)
+      if (!std::isinf(sa[i][j])) order.push_back(j);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return sa[i][a] > sa[i][b]; });
+    for (int64_t e = 0; e < k; ++e) {
+      const bool listed = e < static_cast<int64_t>(order.size());
+      values[i][e] = listed ? static_cast<float>(sa[i][order[e]]) : -std::numeric_limits<float>::infinity();
+      indices[i][e] = listed ? order[e] : -1;
+    }
+  }
+  return {values, indices};
+}
+
+// Exact in every mode: the same indices and values as float64, on random points, on
+// integer-valued points full of exact ties and duplicates, and with dropped columns.
+TEST_F(EngineEmulated, MipsIsExactInEveryMode) {
+  const std::vector<Shape> shapes = {{1, 1, 1}, {5, 7, 3}, {67, 131, 7}, {70, 200, 17}, {33, 129, 64}};
+  for (const Shape& s : shapes)
+    for (DotMode mode : kModes)
+      for (bool integers : {false, true})
+        for (int sms : kMultiprocessors) {
+          emulation::settings().multiprocessors = sms;
+          at::Tensor x = at::randn({s.n, s.d}), y = at::randn({s.m, s.d}), bias = at::randn({s.m});
+          if (integers) {
+            x = at::randint(-2, 3, {s.n, s.d}).to(at::kFloat);
+            y = at::randint(-2, 3, {s.m, s.d}).to(at::kFloat);
+            y.narrow(0, 0, s.m / 2).copy_(y.narrow(0, s.m - s.m / 2, s.m / 2));  // duplicated points
+            bias = at::zeros({s.m});
+            if (s.m > 4) bias[2] = -std::numeric_limits<float>::infinity();
+          }
+          const std::string where = std::string(name(mode)) + " n=" + std::to_string(s.n) +
+                                    " m=" + std::to_string(s.m) + " d=" + std::to_string(s.d) +
+                                    (integers ? " integers" : " random") + " sms=" + std::to_string(sms);
+          for (int64_t k : {int64_t{1}, int64_t{5}, int64_t{64}}) {
+            if (k > s.m) continue;
+            const auto [values, indices] =
+                k == 1 ? mips_top1_tensor_cores(x, y, bias, mode) : mips_top_k_tensor_cores(x, y, bias, k, mode);
+            const auto [ref_values, ref_indices] = mips_reference(x, y, bias, k);
+            EXPECT_TRUE(at::equal(indices, ref_indices)) << where << " k=" << k;
+            EXPECT_TRUE(at::equal(values, ref_values)) << where << " k=" << k;
+          }
+        }
+}
+
+}  // namespace
+}  // namespace ot_flow::cuda::engine
