@@ -40,6 +40,20 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t 
 #endif
 }
 
+// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 d, a, b, c (the bf16 shape's layouts).
+__device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                                 const float (&c)[4]) {
+#if defined(OT_FLOW_DEVICE_EMULATION)
+  ::ot_flow::emulation::mma_m16n8k16_f16(d, a, b, c);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%11,%12,%13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#endif
+}
+
 // cvt.rn.bf16x2.f32 d, a, b: a and b rounded to bfloat16 (to nearest even), a in the upper half
 // of d, b in the lower.
 __device__ __forceinline__ uint32_t cvt_rn_bf16x2_f32(float a, float b) {

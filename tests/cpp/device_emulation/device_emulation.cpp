@@ -183,6 +183,20 @@ float round_to_float(double exact, Settings::MmaRounding rounding) {
 float tf32_value(uint32_t bits) { return __uint_as_float(bits & 0xffffe000u); }  // the MMA reads 19 bits
 float bf16_value(uint32_t half) { return __uint_as_float((half & 0xffffu) << 16); }
 
+// An IEEE binary16 (the low 16 bits) as a float, subnormals included.
+float f16_value(uint32_t half) {
+  const uint32_t sign = (half >> 15) & 1u, exponent = (half >> 10) & 0x1fu, mantissa = half & 0x3ffu;
+  float magnitude;
+  if (exponent == 0) {
+    magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+  } else if (exponent == 31) {
+    magnitude = mantissa == 0 ? INFINITY : NAN;
+  } else {
+    magnitude = std::ldexp(static_cast<float>(mantissa | 0x400u), static_cast<int>(exponent) - 25);
+  }
+  return sign ? -magnitude : magnitude;
+}
+
 // The MMA of one warp: every lane publishes its fragments; each lane then forms its own four
 // entries of d from the whole warp's. a_value(frag, row, k) and b_value(frag, k, col) read the
 // matrices' entries out of the published fragments (the ISA's layouts).
@@ -277,21 +291,31 @@ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)
       [](const Fragments* all, int k, int col) { return tf32_value(all[4 * col + (k & 3)].b[k >> 2]); });
 }
 
-// m16n8k16 .bf16: each register holds two bfloat16, the lower k in the lower half;
+// m16n8k16 .bf16 and .f16: each register holds two 16-bit values, the lower k in the lower half;
 // a0 (g, 2t..2t+1), a1 (g + 8, 2t..2t+1), a2 (g, 2t+8..2t+9), a3 (g + 8, 2t+8..2t+9);
 // b0 (k = 2t..2t+1, col = g), b1 (k = 2t+8..2t+9, col = g).
-void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]) {
-  ++device().counters.mma_bf16;
+template <class Value>
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4], Value value) {
   warp_mma<16>(
       d, a, b, c,
-      [](const Fragments* all, int row, int k) {
+      [&](const Fragments* all, int row, int k) {
         const uint32_t reg = all[4 * (row & 7) + ((k & 7) >> 1)].a[(row >> 3) + 2 * (k >> 3)];
-        return bf16_value(reg >> (16 * (k & 1)));
+        return value(reg >> (16 * (k & 1)));
       },
-      [](const Fragments* all, int k, int col) {
+      [&](const Fragments* all, int k, int col) {
         const uint32_t reg = all[4 * col + ((k & 7) >> 1)].b[k >> 3];
-        return bf16_value(reg >> (16 * (k & 1)));
+        return value(reg >> (16 * (k & 1)));
       });
+}
+
+void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]) {
+  ++device().counters.mma_bf16;
+  mma_m16n8k16(d, a, b, c, bf16_value);
+}
+
+void mma_m16n8k16_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]) {
+  ++device().counters.mma_f16;
+  mma_m16n8k16(d, a, b, c, f16_value);
 }
 
 uint32_t cvt_rn_bf16x2_f32(float a, float b) {

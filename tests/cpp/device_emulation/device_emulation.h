@@ -64,7 +64,7 @@ Settings& settings();
 // What the emulated device has done since the last reset, for tests that the work took the
 // path it should (tensor-core MMAs, several column chunks).
 struct Counters {
-  int64_t launches = 0, blocks = 0, mma_tf32 = 0, mma_bf16 = 0, async_copies = 0;
+  int64_t launches = 0, blocks = 0, mma_tf32 = 0, mma_bf16 = 0, mma_f16 = 0, async_copies = 0;
 };
 Counters& counters();
 
@@ -84,6 +84,7 @@ void warp_exchange(const void* mine, size_t bytes, void* all);
 // The PTX instructions of csrc/ops/cuda/ptx_instructions.cuh.
 void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]);
 void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]);
+void mma_m16n8k16_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]);
 uint32_t cvt_rn_bf16x2_f32(float a, float b);
 float ex2_approx_ftz(float v);
 void cp_async(void* dst, const void* src, int bytes, int src_bytes);

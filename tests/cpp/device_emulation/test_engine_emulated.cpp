@@ -21,8 +21,20 @@ namespace {
 using emulation::Settings;
 
 const char* name(DotMode mode) {
-  return mode == DotMode::kSplitTF32 ? "highest" : (mode == DotMode::kTF32 ? "tf32" : "bf16");
+  switch (mode) {
+    case DotMode::kSplitTF32:
+      return "highest (split tf32)";
+    case DotMode::kSplitF16:
+      return "highest (split f16)";
+    case DotMode::kTF32:
+      return "tf32";
+    case DotMode::kBF16:
+      break;
+  }
+  return "bf16";
 }
+
+bool splits(DotMode mode) { return mode == DotMode::kSplitTF32 || mode == DotMode::kSplitF16; }
 
 // x as the mode's MMA operand sees it, in float64: TF32 rounds to nearest (ties away, as the
 // engine's to_tf32), bfloat16 to nearest even; split TF32 keeps float32.
@@ -50,7 +62,7 @@ struct Shape {
 // slices, one row and many; d % 4 == 0 takes the 16-byte copies, the others 4-byte copies.
 const std::vector<Shape> kShapes = {{1, 1, 1},   {3, 5, 2},    {67, 131, 7}, {64, 64, 8},
                                     {70, 200, 17}, {33, 129, 64}, {130, 70, 12}};
-const DotMode kModes[] = {DotMode::kSplitTF32, DotMode::kTF32, DotMode::kBF16};
+const DotMode kModes[] = {DotMode::kSplitTF32, DotMode::kTF32, DotMode::kBF16, DotMode::kSplitF16};
 
 class EngineEmulated : public ::testing::Test {
  protected:
@@ -79,11 +91,35 @@ TEST_F(EngineEmulated, LseMatchesFloat64InEveryMode) {
         const std::string where = std::string(name(mode)) + " n=" + std::to_string(s.n) + " m=" + std::to_string(s.m) +
                                   " d=" + std::to_string(s.d) + " sms=" + std::to_string(sms);
         EXPECT_LE((out - rounded).abs().max().item<double>(), tol) << where;
-        const double mode_error = mode == DotMode::kSplitTF32 ? 0.0 : (mode == DotMode::kTF32 ? 2e-3 : 2e-2);
+        const double mode_error = splits(mode) ? 0.0 : (mode == DotMode::kTF32 ? 2e-3 : 2e-2);
         EXPECT_LE((out - exact).abs().max().item<double>(), tol + mode_error * std::sqrt(s.d)) << where;
       }
   EXPECT_GT(emulation::counters().mma_tf32, 0);
   EXPECT_GT(emulation::counters().mma_bf16, 0);
+  EXPECT_GT(emulation::counters().mma_f16, 0);
+}
+
+// Split float16 scales each problem by its own power of two: problems of very different
+// magnitudes in one batch, rows whose norms span nine orders (their small coordinates fall in
+// float16's subnormal range), and magnitudes far outside float16's, all float32-accurate.
+TEST_F(EngineEmulated, LseSplitF16AcrossMagnitudes) {
+  for (int sms : kMultiprocessors) {
+    emulation::settings().multiprocessors = sms;
+    at::Tensor x = at::randn({3, 70, 24}), y = at::randn({3, 90, 24});
+    x[0] *= 1e-3;
+    y[0] *= 1e-2;
+    x[1] *= at::pow(10.0, at::rand({70, 1}) * 9 - 6);  // row norms from 1e-6 to 1e3
+    x[2] *= 1e18;
+    y[2] *= 1e17;
+    const at::Tensor h = at::randn({3, 90});
+    const std::vector<double> scales = {30.0, 0.5, 1e-35};
+    const at::Tensor out = lse_tensor_cores_batched(x, y, h, scales, DotMode::kSplitF16).to(at::kDouble);
+    for (int b = 0; b < 3; ++b) {
+      const at::Tensor exact = at::logsumexp(logits(x[b], y[b], h[b], scales[b], DotMode::kSplitTF32), 1);
+      EXPECT_LE((out[b] - exact).abs().max().item<double>(), 2e-6 * (1.0 + exact.abs().max().item<double>()))
+          << "problem " << b << " sms " << sms;
+    }
+  }
 }
 
 // The 16-byte staging needs every row on a 16-byte boundary: a base one float past an aligned
@@ -107,15 +143,17 @@ TEST_F(EngineEmulated, LseIndependentOfWhenCopiesLandAndOfTheSchedule) {
   EXPECT_TRUE(at::equal(first, second));
 }
 
-// Split TF32 stays float32-accurate at large d even when every tensor-core sum truncates
+// "highest" stays float32-accurate at large d even when every tensor-core sum truncates
 // (stream_loop.cuh's RoundedSlices).
 TEST_F(EngineEmulated, LseHighestUnderTruncatingMmasAtLargeD) {
   emulation::settings().mma_rounding = Settings::MmaRounding::kTruncate;
   const at::Tensor x = at::randn({20, 1000}) * 0.05 + 0.05, y = at::randn({96, 1000}) * 0.05 + 0.05;
   const at::Tensor h = at::randn({96});
-  const at::Tensor out = lse_tensor_cores(x, y, h, 3.0, DotMode::kSplitTF32).to(at::kDouble);
   const at::Tensor exact = at::logsumexp(logits(x, y, h, 3.0, DotMode::kSplitTF32), 1);
-  EXPECT_LE((out - exact).abs().max().item<double>(), 2e-6 * (1.0 + exact.abs().max().item<double>()));
+  for (DotMode mode : {DotMode::kSplitTF32, DotMode::kSplitF16}) {
+    const at::Tensor out = lse_tensor_cores(x, y, h, 3.0, mode).to(at::kDouble);
+    EXPECT_LE((out - exact).abs().max().item<double>(), 2e-6 * (1.0 + exact.abs().max().item<double>())) << name(mode);
+  }
 }
 
 // Problems of a batch, each with its own scale, against each alone.
@@ -163,7 +201,7 @@ TEST_F(EngineEmulated, BarycentricMatchesFloat64InEveryMode) {
         // In tf32 and bf16 the weights and values are MMA operands too, rounded to the mode's
         // unit u: the normaliser sums the rounded weights (lse moves by <= u) and the mean moves
         // by <= 2 u max|v|. (Emulated: tf32 0.3 u, bf16 0.25 u at most.)
-        const double u = mode == DotMode::kSplitTF32 ? 0.0 : (mode == DotMode::kTF32 ? 0x1p-11 : 0x1p-8);
+        const double u = splits(mode) ? 0.0 : (mode == DotMode::kTF32 ? 0x1p-11 : 0x1p-8);
         const double vmax = values.abs().max().item<double>();
         EXPECT_LE((lse.to(at::kDouble) - ref_lse).abs().max().item<double>(),
                   2e-6 * (1.0 + ref_lse.abs().max().item<double>()) + u)
@@ -248,7 +286,8 @@ std::tuple<at::Tensor, at::Tensor> mips_reference(const at::Tensor& x, const at:
 }
 
 // Exact in every mode: the same indices and values as float64, on random points, on
-// integer-valued points full of exact ties and duplicates, and with dropped columns.
+// integer-valued points full of exact ties and duplicates, and with dropped columns. (Split
+// float16 searches in split TF32.)
 TEST_F(EngineEmulated, MipsIsExactInEveryMode) {
   const std::vector<Shape> shapes = {{1, 1, 1}, {5, 7, 3}, {67, 131, 7}, {70, 200, 17}, {33, 129, 64}};
   for (const Shape& s : shapes)

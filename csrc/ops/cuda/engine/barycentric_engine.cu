@@ -15,6 +15,7 @@
 #include "launch.cuh"
 #include "problem_batch.cuh"
 #include "stream_loop.cuh"
+#include "streamed_operands.h"
 
 namespace ot_flow::cuda::engine {
 namespace {
@@ -27,18 +28,19 @@ struct BarycentricBatch : ProblemBatch {
 // blockIdx.z = problem * value_blocks + value block; rows of blockIdx.x, one chunk of columns per
 // blockIdx.y. Writes mean and lse when there is one chunk, else the chunk's partials (finish).
 template <class Traits, int Width, int ValueCols>
-__global__ void __launch_bounds__(Traits::kThreads, 2) barycentric_engine_kernel(
-    const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h,
-    const float* __restrict__ values, int64_t n, int64_t m, int64_t d, int64_t k, const BarycentricBatch batch,
-    unsigned value_blocks, int64_t cols_per_chunk, float* __restrict__ mean, float* __restrict__ lse,
-    float* __restrict__ part_weighted, float* __restrict__ part_max, float* __restrict__ part_sum,
-    int64_t chunk_stride) {
+__global__ void __launch_bounds__(Traits::kThreads, 2)
+    barycentric_engine_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h,
+                              const float* __restrict__ values, int64_t n, int64_t m, int64_t d, int64_t k,
+                              const BarycentricBatch batch, const double* __restrict__ unscale, unsigned value_blocks,
+                              int64_t cols_per_chunk, float* __restrict__ mean, float* __restrict__ lse,
+                              float* __restrict__ part_weighted, float* __restrict__ part_max,
+                              float* __restrict__ part_sum, int64_t chunk_stride) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   __shared__ __align__(16) ValueTile<Traits, ValueCols> value_tile;
   const int64_t problem = blockIdx.z / value_blocks;
   const int64_t v0 = static_cast<int64_t>(blockIdx.z % value_blocks) * ValueCols;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
-  BarycentricEpilogue<Traits, ValueCols> epi(batch.scale[problem], h + problem * batch.h_stride,
+  BarycentricEpilogue<Traits, ValueCols> epi(dot_scale(batch, problem, unscale), h + problem * batch.h_stride,
                                              values + problem * batch.values_stride, k, v0, value_tile);
   stream_column_tiles<Traits, Width>(x + problem * batch.x_stride, y + problem * batch.y_stride, n, d, row0,
                                      col_begin, col_end, smem, epi);
@@ -85,14 +87,16 @@ void with_value_cols(int64_t k, Fn&& fn) {
 
 // mean (B, n, k) and lse (B, n) for x (B, n, d), y (B, m, d), h (B, m), values (B, m, k), each
 // problem contiguous, k >= 1; problem b with scales[b].
-void launch_barycentric(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
+void launch_barycentric(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& h,
                         const std::vector<double>& scales, const at::Tensor& values, DotMode mode, at::Tensor& mean,
                         at::Tensor& lse) {
-  const int64_t problems = x.size(0), n = x.size(1), m = y.size(1), d = x.size(2), k = values.size(2);
+  const int64_t problems = x_in.size(0), n = x_in.size(1), m = y_in.size(1), k = values.size(2);
   if (problems == 0 || n == 0) return;
+  const StreamedOperands operands = streamed_operands(x_in, y_in, mode);
+  const at::Tensor &x = operands.x, &y = operands.y;
+  const int64_t d = operands.d;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  with_traits(mode, d, rows_aligned16(x, y) && x.stride(0) % 4 == 0 && y.stride(0) % 4 == 0,
-              [&](auto traits, auto width) {
+  with_traits(mode, d, operands.rows_aligned16, [&](auto traits, auto width) {
     with_value_cols(k, [&](auto value_cols) {
       using Traits = decltype(traits);
       constexpr int kWidth = decltype(width)::value;
@@ -126,13 +130,13 @@ void launch_barycentric(const at::Tensor& x, const at::Tensor& y, const at::Tens
         const int64_t rows_before = first * n;
         if (plan.chunks == 1) {
           launch_kernel(kernel, grid, Traits::kThreads, 0, stream, xp, yp, hp, vp, n, m, d, k, batch,
-                        static_cast<unsigned>(value_blocks), plan.cols_per_chunk,
+                        operands.unscale_from(first), static_cast<unsigned>(value_blocks), plan.cols_per_chunk,
                         mean.data_ptr<float>() + rows_before * k, lse.data_ptr<float>() + rows_before, nullptr, nullptr,
                         nullptr, 0);
         } else {
           launch_kernel(kernel, grid, Traits::kThreads, 0, stream, xp, yp, hp, vp, n, m, d, k, batch,
-                        static_cast<unsigned>(value_blocks), plan.cols_per_chunk, nullptr, nullptr,
-                        part_weighted.data_ptr<float>() + rows_before * k,
+                        operands.unscale_from(first), static_cast<unsigned>(value_blocks), plan.cols_per_chunk, nullptr,
+                        nullptr, part_weighted.data_ptr<float>() + rows_before * k,
                         part_stats[0].data_ptr<float>() + rows_before, part_stats[1].data_ptr<float>() + rows_before,
                         problems * n);
         }

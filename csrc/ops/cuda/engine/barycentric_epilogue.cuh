@@ -9,7 +9,9 @@
 // to agree between A and B, so for TF32 the 8 columns of block j are fed in the order
 // k = t <-> column 2t, k = t + 4 <-> column 2t + 1, which is where a lane's accumulator already
 // holds them (mma_tile.cuh); for BF16 the accumulator layout of two blocks is the k16 operand
-// layout as it stands. No shuffles, no trip through shared memory.
+// layout as it stands. No shuffles, no trip through shared memory. Split float16 multiplies the
+// weights in split TF32 (they are formed in registers, where the float16 split would need a
+// per-tile scale).
 #pragma once
 
 #include <cstdint>
@@ -143,7 +145,7 @@ struct BarycentricEpilogue {
           uint32_t b_hi[2], b_lo[2];
           split_tf32(v[0], b_hi[0], b_lo[0]);
           split_tf32(v[kStride], b_hi[1], b_lo[1]);
-          if constexpr (Traits::kMode == DotMode::kSplitTF32) {
+          if constexpr (Traits::kMode == DotMode::kSplitTF32 || Traits::kMode == DotMode::kSplitF16) {
             mma_tf32(part[q], a_lo, b_hi, j == 0);
             mma_tf32(part[q], a_hi, b_lo);
             mma_tf32(part[q], a_hi, b_hi);

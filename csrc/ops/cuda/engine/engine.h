@@ -11,6 +11,7 @@
 #include "../../gumbel_argmax.h"
 #include "../../precision.h"
 #include "kernel_traits.cuh"
+#include "streamed_operands.h"
 
 namespace ot_flow::cuda::engine {
 
@@ -19,7 +20,9 @@ namespace ot_flow::cuda::engine {
 // raises, naming the variable.
 bool tensor_cores_selected();
 
-// How the engine forms the dot products for an op's `precision`.
+// How the engine forms the dot products for an op's `precision`: "highest" in split TF32, or in
+// split float16 where OT_FLOW_ENGINE_HIGHEST selects it (streamed_operands.h; mips stays in
+// split TF32, whose error bound is relative to each row).
 inline DotMode dot_mode(Precision precision) {
   switch (precision) {
     case Precision::TF32:
@@ -29,7 +32,7 @@ inline DotMode dot_mode(Precision precision) {
     case Precision::Highest:
       break;
   }
-  return DotMode::kSplitTF32;
+  return highest_as_split_f16() ? DotMode::kSplitF16 : DotMode::kSplitTF32;
 }
 
 // Whether a call with inputs of `dtype` goes to the engine: the switch is on and the inputs are

@@ -16,6 +16,7 @@
 #include "launch.cuh"
 #include "problem_batch.cuh"
 #include "stream_loop.cuh"
+#include "streamed_operands.h"
 
 namespace ot_flow::cuda::engine {
 namespace {
@@ -33,15 +34,15 @@ static_assert(sizeof(GumbelBatch) <= 3584, "a kernel's parameters are limited to
 template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads, 2)
     gumbel_engine_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h,
-                         int64_t n, int64_t m, int64_t d, const GumbelBatch batch, int64_t row_offset,
-                         int64_t col_offset, int64_t cols_per_chunk, double* __restrict__ part_value,
-                         int64_t* __restrict__ part_index, int64_t chunk_stride) {
+                         int64_t n, int64_t m, int64_t d, const GumbelBatch batch, const double* __restrict__ unscale,
+                         int64_t row_offset, int64_t col_offset, int64_t cols_per_chunk,
+                         double* __restrict__ part_value, int64_t* __restrict__ part_index, int64_t chunk_stride) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const int64_t problem = blockIdx.z;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  GumbelEpilogue<Traits> epi(batch.scale[problem], h + problem * batch.h_stride, batch.noise[problem], row_offset,
-                             col_offset, row0 + warp * Traits::kWarpRows, n, lane);
+  GumbelEpilogue<Traits> epi(dot_scale(batch, problem, unscale), h + problem * batch.h_stride, batch.noise[problem],
+                             row_offset, col_offset, row0 + warp * Traits::kWarpRows, n, lane);
   stream_column_tiles<Traits, Width>(x + problem * batch.x_stride, y + problem * batch.y_stride, n, d, row0,
                                      col_begin, col_end, smem, epi);
   epi.finish(n, lane, part_value + problem * n, part_index + problem * n, blockIdx.y, chunk_stride);
@@ -49,10 +50,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
 
 // index, value (B, n) for x (B, n, d), y (B, m, d), h (B, m), each problem contiguous; problem b
 // with scales[b] and keys[b].
-void launch_gumbel_argmax(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h,
+void launch_gumbel_argmax(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& h,
                           const std::vector<double>& scales, const std::vector<GumbelKey>& keys, DotMode mode,
                           at::Tensor& index, at::Tensor& value) {
-  const int64_t problems = x.size(0), n = x.size(1), m = y.size(1), d = x.size(2);
+  const int64_t problems = x_in.size(0), n = x_in.size(1), m = y_in.size(1);
   if (problems == 0 || n == 0) return;
   // The row and column offsets are the call's (run_gumbel_argmax): only seeds differ per problem.
   const int64_t row_offset = keys[0].row_offset, col_offset = keys[0].col_offset;
@@ -60,9 +61,11 @@ void launch_gumbel_argmax(const at::Tensor& x, const at::Tensor& y, const at::Te
     TORCH_INTERNAL_ASSERT(key.row_offset == row_offset && key.col_offset == col_offset,
                           "ot_flow.gumbel_argmax: the problems of a batch share their row and column offsets");
   }
+  const StreamedOperands operands = streamed_operands(x_in, y_in, mode);
+  const at::Tensor &x = operands.x, &y = operands.y;
+  const int64_t d = operands.d;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  with_traits(mode, d, rows_aligned16(x, y) && x.stride(0) % 4 == 0 && y.stride(0) % 4 == 0,
-              [&](auto traits, auto width) {
+  with_traits(mode, d, operands.rows_aligned16, [&](auto traits, auto width) {
     using Traits = decltype(traits);
     constexpr int kWidth = decltype(width)::value;
     // The column split aims at the whole batch's blocks, not one problem's.
@@ -84,8 +87,8 @@ void launch_gumbel_argmax(const at::Tensor& x, const at::Tensor& y, const at::Te
                       static_cast<unsigned>(count));
       launch_kernel(gumbel_engine_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream,
                     x.const_data_ptr<float>() + first * x.stride(0), y.const_data_ptr<float>() + first * y.stride(0),
-                    h.const_data_ptr<float>() + first * h.stride(0), n, m, d, batch, row_offset, col_offset,
-                    plan.cols_per_chunk, part_value.data_ptr<double>() + first * n,
+                    h.const_data_ptr<float>() + first * h.stride(0), n, m, d, batch, operands.unscale_from(first),
+                    row_offset, col_offset, plan.cols_per_chunk, part_value.data_ptr<double>() + first * n,
                     part_index.data_ptr<int64_t>() + first * n, problems * n);
     }
     if (plan.chunks > 1) {

@@ -19,7 +19,15 @@ namespace ot_flow::cuda::engine {
 //              below 2^-22 of each product);
 //   kTF32      "tf32": one TF32 product, about 2^-11 relative per product;
 //   kBF16      "bf16": bfloat16 operands (8 significant bits), float32 accumulation.
-enum class DotMode { kSplitTF32, kTF32, kBF16 };
+//   kSplitF16  "highest" as well, at twice the tensor-core rate (opt-in, OT_FLOW_ENGINE_HIGHEST):
+//              each problem's x scaled by a power of two so that max|x| lies in [2^14, 2^15),
+//              then x = hi + lo with hi, lo float16, split once per call into a packed array
+//              (operand_split.h) that the loop stages and feeds to the MMAs without converting;
+//              the tile is hi*hi + hi*lo + lo*hi (m16n8k16.f16) times the inverse scales. The
+//              errors are split TF32's (11 + 11 bits), plus float16's subnormal range: an
+//              absolute 2^-25 per scaled coordinate, at most 2^-39 max|x| (not relative to
+//              each row's own norm, so mips keeps split TF32).
+enum class DotMode { kSplitTF32, kTF32, kBF16, kSplitF16 };
 
 // A bound on |computed - exact| of one engine dot product <x, y> over d terms, as a multiple of
 // |x| |y| (Cauchy-Schwarz bounds sum_k |x_k y_k|): the operands' rounding per product (split
@@ -27,7 +35,8 @@ enum class DotMode { kSplitTF32, kTF32, kBF16 };
 // 2^-7, twice the unit roundoff of each operand's format, with margin) plus one float32
 // accumulation of at most 2^-22 per MMA and term (the tensor cores may truncate; split TF32 adds
 // three MMAs per k-step). Exact searches (mips) rescore every column within twice this of a
-// row's best, so the factor 2 is margin, not part of the bound.
+// row's best, so the factor 2 is margin, not part of the bound. (Not for kSplitF16, whose
+// subnormal term is not relative to |x_i|: mips runs it as kSplitTF32.)
 OT_FLOW_HOST_DEVICE constexpr float dot_error_bound(DotMode mode, int64_t d) {
   const float operands = mode == DotMode::kSplitTF32 ? 3 * 0x1p-22f : (mode == DotMode::kTF32 ? 0x1p-10f : 0x1p-7f);
   const float mmas_per_step = mode == DotMode::kSplitTF32 ? 3.0f : 1.0f;
@@ -43,7 +52,9 @@ struct KernelTraits {
   static constexpr int kBlockRows = kWarps * kWarpRows;  // 64
   static constexpr int kBlockCols = 64;
   static constexpr int kColFrags = kBlockCols / 8;  // n8 MMA column blocks per tile
-  static constexpr int kMmaK = Mode == DotMode::kBF16 ? 16 : 8;
+  static constexpr int kMmaK = Mode == DotMode::kBF16 || Mode == DotMode::kSplitF16 ? 16 : 8;
+  // Floats (32-bit words) of a row per staged slice: SliceK values of d; in split float16 the
+  // words of 16 values' packed halves (8 words of hi pairs, then 8 of lo pairs).
   static constexpr int kSliceK = SliceK;
   // Row stride of the staged slices in floats: 4 words of padding put the 8 rows x 4 columns
   // that a warp's fragment load touches in 32 different banks.

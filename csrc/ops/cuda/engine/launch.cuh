@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/util/Exception.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -13,8 +14,10 @@ namespace ot_flow::cuda::engine {
 
 // Calls fn(Traits{}, std::integral_constant<int, Width>{}) with the traits for `mode` and d: the
 // narrowest slice that holds d (8 or 16; bf16 MMAs take 16), and 16-byte copies when every row
-// starts on a 16-byte boundary (d % 4 == 0 and aligned bases), else 4-byte copies.
-template <class Fn>
+// starts on a 16-byte boundary (d % 4 == 0 and aligned bases), else 4-byte copies. Split float16
+// takes its packed operands: d the words per row, whole slices of 16.
+// Ops that never stream split float16 (mips) pass SplitF16 = false: no kernels of its traits.
+template <bool SplitF16 = true, class Fn>
 void with_traits(DotMode mode, int64_t d, bool rows_aligned16, Fn&& fn) {
   auto with_width = [&](auto traits) {
     if (rows_aligned16) {
@@ -32,6 +35,10 @@ void with_traits(DotMode mode, int64_t d, bool rows_aligned16, Fn&& fn) {
       return with_width(KernelTraits<DotMode::kTF32, 16>{});
     case DotMode::kBF16:
       return with_width(KernelTraits<DotMode::kBF16, 16>{});
+    case DotMode::kSplitF16:  // packed operands (streamed_operands.h): whole slices, 16-byte rows
+      TORCH_INTERNAL_ASSERT(SplitF16 && d % 16 == 0 && rows_aligned16, "split float16 stages packed operands");
+      if constexpr (SplitF16) fn(KernelTraits<DotMode::kSplitF16, 16>{}, std::integral_constant<int, 4>{});
+      return;
   }
 }
 

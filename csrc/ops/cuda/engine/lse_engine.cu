@@ -15,6 +15,7 @@
 #include "lse_epilogue.cuh"
 #include "problem_batch.cuh"
 #include "stream_loop.cuh"
+#include "streamed_operands.h"
 
 namespace ot_flow::cuda::engine {
 namespace {
@@ -25,14 +26,14 @@ namespace {
 // capped these at 96 registers on sm_90 and spilled.
 template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads, 4)
-    lse_engine_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h,
-                      int64_t n, int64_t m, int64_t d, const ProblemBatch batch, int64_t cols_per_chunk,
-                      float* __restrict__ out, float* __restrict__ part_max, float* __restrict__ part_sum,
-                      int64_t chunk_stride) {
+    lse_engine_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h, int64_t n,
+                      int64_t m, int64_t d, const ProblemBatch batch, const double* __restrict__ unscale,
+                      int64_t cols_per_chunk, float* __restrict__ out, float* __restrict__ part_max,
+                      float* __restrict__ part_sum, int64_t chunk_stride) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const int64_t problem = blockIdx.z;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
-  LseEpilogue<Traits> epi(batch.scale[problem], h + problem * batch.h_stride);
+  LseEpilogue<Traits> epi(dot_scale(batch, problem, unscale), h + problem * batch.h_stride);
   stream_column_tiles<Traits, Width>(x + problem * batch.x_stride, y + problem * batch.y_stride, n, d, row0,
                                      col_begin, col_end, smem, epi);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -43,13 +44,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 4)
 }
 
 // out (B, n) for x (B, n, d), y (B, m, d), h (B, m), each problem contiguous (problems_contiguous).
-void launch_lse(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, const std::vector<double>& scales,
+void launch_lse(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& h, const std::vector<double>& scales,
                 DotMode mode, at::Tensor& out) {
-  const int64_t problems = x.size(0), n = x.size(1), m = y.size(1), d = x.size(2);
+  const int64_t problems = x_in.size(0), n = x_in.size(1), m = y_in.size(1);
   if (problems == 0 || n == 0) return;
+  const StreamedOperands operands = streamed_operands(x_in, y_in, mode);
+  const at::Tensor &x = operands.x, &y = operands.y;
+  const int64_t d = operands.d;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  with_traits(mode, d, rows_aligned16(x, y) && x.stride(0) % 4 == 0 && y.stride(0) % 4 == 0,
-              [&](auto traits, auto width) {
+  with_traits(mode, d, operands.rows_aligned16, [&](auto traits, auto width) {
     using Traits = decltype(traits);
     constexpr int kWidth = decltype(width)::value;
     // The column split aims at the whole batch's blocks, not one problem's.
@@ -69,11 +72,13 @@ void launch_lse(const at::Tensor& x, const at::Tensor& y, const at::Tensor& h, c
       const float* hp = h.const_data_ptr<float>() + first * h.stride(0);
       if (plan.chunks == 1) {
         launch_kernel(lse_engine_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, xp, yp, hp, n, m, d, batch,
-                      plan.cols_per_chunk, out.data_ptr<float>() + first * n, nullptr, nullptr, 0);
+                      operands.unscale_from(first), plan.cols_per_chunk, out.data_ptr<float>() + first * n, nullptr,
+                      nullptr, 0);
       } else {
         launch_kernel(lse_engine_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, xp, yp, hp, n, m, d, batch,
-                      plan.cols_per_chunk, nullptr, partials[0].data_ptr<float>() + first * n,
-                      partials[1].data_ptr<float>() + first * n, problems * n);
+                      operands.unscale_from(first), plan.cols_per_chunk, nullptr,
+                      partials[0].data_ptr<float>() + first * n, partials[1].data_ptr<float>() + first * n,
+                      problems * n);
       }
     }
     if (plan.chunks > 1) {

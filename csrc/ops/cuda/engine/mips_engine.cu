@@ -115,10 +115,15 @@ __global__ void __launch_bounds__(32 * kSelectWarps)
   }
 }
 
+// mips's bound is relative to each row's norm, which split float16's subnormal term is not
+// (kernel_traits.cuh): "highest" searches in split TF32.
+DotMode searched_mode(DotMode mode) { return mode == DotMode::kSplitF16 ? DotMode::kSplitTF32 : mode; }
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, const at::Tensor& y,
-                                                          const at::Tensor& bias, DotMode mode) {
+                                                          const at::Tensor& bias, DotMode requested) {
+  const DotMode mode = searched_mode(requested);
   TORCH_CHECK(engine_handles(x), "ot_flow.mips: the tensor-core engine takes float32 inputs, got ", x.scalar_type());
   const c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
@@ -130,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
   const at::Tensor y_norm_max = at::linalg_vector_norm(y, 2, {1}, false, std::nullopt).max();
   const at::Tensor bias_max = at::linalg_vector_norm(bias.masked_fill(at::isneginf(bias), 0), INFINITY);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  with_traits(mode, d, rows_aligned16(x, y), [&](auto traits, auto width) {
+  with_traits<false>(mode, d, rows_aligned16(x, y), [&](auto traits, auto width) {
     using Traits = decltype(traits);
     constexpr int kWidth = decltype(width)::value;
     const ChunkPlan plan = plan_launch<Traits>(n, m);
@@ -159,7 +164,8 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
 }
 
 std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, const at::Tensor& y,
-                                                           const at::Tensor& bias, int64_t k, DotMode mode) {
+                                                           const at::Tensor& bias, int64_t k, DotMode requested) {
+  const DotMode mode = searched_mode(requested);
   TORCH_CHECK(engine_handles(x), "ot_flow.mips: the tensor-core engine takes float32 inputs, got ", x.scalar_type());
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
   TORCH_CHECK(k >= 1 && k <= kMipsCudaMaxK && k <= m, "ot_flow.mips: k = ", k, " outside [1, min(m, ",
@@ -189,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, 
     RescoreInputs inputs{xs.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(),
                          nullptr, x_norm.const_data_ptr<float>() + first, y_norm_max.const_data_ptr<float>(),
                          bias_max.const_data_ptr<float>(), d, dot_error_bound(mode, d)};
-    with_traits(mode, d, rows_aligned16(xs, y), [&](auto traits, auto width) {
+    with_traits<false>(mode, d, rows_aligned16(xs, y), [&](auto traits, auto width) {
       using Traits = decltype(traits);
       constexpr int kWidth = decltype(width)::value;
       constexpr int kGroups = GroupMaxEpilogue<Traits>::kGroups;

@@ -35,7 +35,8 @@ __device__ __forceinline__ uint32_t to_bf16x2(float first, float second) {
   return ptx::cvt_rn_bf16x2_f32(second, first);
 }
 
-// v as the MMA of `Mode` sees it (TF32 or bfloat16 rounding; split TF32 keeps v to 2^-22), for
+// v as the MMA of `Mode` sees it (TF32 or bfloat16 rounding; split TF32 keeps v to 2^-22, and
+// so does split float16, whose weights the barycentric epilogue multiplies in split TF32), for
 // sums that must match what the tensor cores multiplied (the barycentric normaliser).
 template <DotMode Mode>
 __device__ __forceinline__ float as_operand(float v) {
@@ -65,6 +66,13 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
   ptx::mma_m16n8k16_bf16(c, a, b, c_in);
 }
 
+__device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                        bool from_zero = false) {
+  const float c_in[4] = {from_zero ? 0.0f : c[0], from_zero ? 0.0f : c[1], from_zero ? 0.0f : c[2],
+                         from_zero ? 0.0f : c[3]};
+  ptx::mma_m16n8k16_f16(c, a, b, c_in);
+}
+
 // acc += x_slice[warp rows] . y_slice^T for one staged slice; FromZero: acc = that product (the
 // first MMA of each column block starts from the zero register). xs points at the warp's first
 // row of the staged x slice, ys at the tile's first column of the staged y slice (both
@@ -74,6 +82,27 @@ __device__ __forceinline__ void mma_slice(const float* xs, const float* ys, int 
                                           float (&acc)[Traits::kColFrags][4]) {
   constexpr int S = Traits::kStride;
   const int g = lane >> 2, t = lane & 3;
+  if constexpr (Traits::kMode == DotMode::kSplitF16) {
+    // The slice of a row is already the MMAs' operands (operand_split.h): words 0-7 the pairs of
+    // hi halves (k = 2w, 2w + 1), words 8-15 those of lo. No conversion in the loop.
+    static_assert(Traits::kSliceK == 16, "a split float16 slice is the 16 words of 16 values' halves");
+    const float* x0 = xs + g * S + t;
+    const float* x1 = x0 + 8 * S;
+    const uint32_t a_hi[4] = {__float_as_uint(x0[0]), __float_as_uint(x1[0]), __float_as_uint(x0[4]),
+                              __float_as_uint(x1[4])};
+    const uint32_t a_lo[4] = {__float_as_uint(x0[8]), __float_as_uint(x1[8]), __float_as_uint(x0[12]),
+                              __float_as_uint(x1[12])};
+#pragma unroll
+    for (int j = 0; j < Traits::kColFrags; ++j) {
+      const float* y0 = ys + (8 * j + g) * S + t;
+      const uint32_t b_hi[2] = {__float_as_uint(y0[0]), __float_as_uint(y0[4])};
+      const uint32_t b_lo[2] = {__float_as_uint(y0[8]), __float_as_uint(y0[12])};
+      mma_f16(acc[j], a_lo, b_hi, FromZero);  // small terms first
+      mma_f16(acc[j], a_hi, b_lo);
+      mma_f16(acc[j], a_hi, b_hi);
+    }
+    return;
+  }
 #pragma unroll
   for (int kk = 0; kk < Traits::kSliceK; kk += Traits::kMmaK) {
     if constexpr (Traits::kMode == DotMode::kBF16) {

@@ -32,4 +32,12 @@ struct ProblemBatch {
   }
 };
 
+// Problem `problem`'s factor on the tile's dot products: its scale, times the operands' inverse
+// scale in split float16 (unscale non-null; streamed_operands.h), multiplied in float64, since
+// 2^-k alone may leave float32's range where the product does not.
+__device__ __forceinline__ float dot_scale(const ProblemBatch& batch, int64_t problem, const double* unscale) {
+  return unscale == nullptr ? batch.scale[problem]
+                            : static_cast<float>(static_cast<double>(batch.scale[problem]) * unscale[problem]);
+}
+
 }  // namespace ot_flow::cuda::engine

@@ -41,7 +41,7 @@ __device__ __forceinline__ BlockTiles block_tiles(int64_t m, int64_t cols_per_ch
 // x (n, d) and y (m, d) row-major float32; the block owns rows [row0, row0 + kBlockRows) and
 // columns [col_begin, col_end). Every thread of the block must call it.
 //
-// RoundedSlices (split TF32 only): each slice of d is summed from zero and added to the tile
+// RoundedSlices (split TF32 and split float16): each slice of d is summed from zero and added to the tile
 // with round-to-nearest FADDs. The tensor cores truncate their float32 accumulation, so MMAs
 // into the running tile would lose up to an ulp of the whole dot product per k-step, all in one
 // direction: at d = 1000 about the "highest" bound of lse (an emulation of the rounding: 1.1-1.4x
@@ -60,7 +60,8 @@ __device__ __forceinline__ void stream_column_tiles(const float* __restrict__ x,
   const int64_t steps = tiles * slices;
   const int64_t d_end = slices * Traits::kSliceK;  // d rounded up to whole slices
   const bool x_once = slices == 1;
-  constexpr bool kSliceSums = RoundedSlices && Traits::kMode == DotMode::kSplitTF32;
+  constexpr bool kSliceSums =
+      RoundedSlices && (Traits::kMode == DotMode::kSplitTF32 || Traits::kMode == DotMode::kSplitF16);
 
   // Where a step stands: its column tile, slice of d and staging buffer, advanced one step at a
   // time (a step's index would need 64-bit divisions by `slices` and kStages, about 20
