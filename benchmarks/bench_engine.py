@@ -13,7 +13,9 @@ one precision, and reports the largest error over the first 256 rows against flo
 to the row's largest |logit|, the scale a float32 logit is exact to) and the share of the floor
 reached: the larger of n m exps at the exp rate (common.gpu_floor_rates) and 2 n m d (lse; + 2 n m k for
 barycentric) tensor-core FLOPs at the measured TF32 GEMM rate (x3 for split TF32, /2 for bfloat16,
-whose dense rate is twice TF32's).
+whose dense rate is twice TF32's, x1.5 for split float16: three products at bfloat16's rate).
+The row "highest/split_f16" is "highest" with OT_FLOW_ENGINE_HIGHEST=split_f16 (lse and
+barycentric; mips keeps split TF32).
 """
 
 import argparse
@@ -29,8 +31,18 @@ from common import gpu_floor_rates, header, publish, table, timeit  # noqa: E402
 
 CHECK_ROWS = 256
 RUNS = [("fma", "highest"), ("tensor_cores", "highest"), ("tensor_cores", "tf32"), ("tensor_cores", "bf16")]
+SPLIT_F16 = "highest/split_f16"
 # Tensor-core time per FLOP of each mode, in units of one TF32 product: split TF32 is three.
-MMA_COST = {"highest": 3.0, "tf32": 1.0, "bf16": 0.5}
+MMA_COST = {"highest": 3.0, "tf32": 1.0, "bf16": 0.5, SPLIT_F16: 1.5}
+
+
+def set_highest(precision):
+    """The precision argument for `precision`, with OT_FLOW_ENGINE_HIGHEST set to match."""
+    if precision == SPLIT_F16:
+        os.environ["OT_FLOW_ENGINE_HIGHEST"] = "split_f16"
+        return "highest"
+    os.environ.pop("OT_FLOW_ENGINE_HIGHEST", None)
+    return precision
 
 
 def reference(x, y, h, s, values):
@@ -71,13 +83,14 @@ def main():
                 ref_lse, ref_mean, logit_scale = reference(x, y, h, s, y)
                 for op in ("lse", "barycentric"):
                     flops = 2 * n * n * d + (2 * n * n * d if op == "barycentric" else 0)
-                    for engine, precision in RUNS:
+                    for engine, precision in RUNS + [("tensor_cores", SPLIT_F16)]:
                         os.environ["OT_FLOW_CUDA_ENGINE"] = engine
+                        mode = set_highest(precision)
                         if op == "lse":
-                            call = lambda: ot_flow.ops.lse(x, y, h, s, precision=precision)  # noqa: E731
+                            call = lambda: ot_flow.ops.lse(x, y, h, s, precision=mode)  # noqa: E731
                             err = ((call()[:CHECK_ROWS].double() - ref_lse).abs() / logit_scale).max().item()
                         else:
-                            call = lambda: ot_flow.ops.barycentric(x, y, h, s, precision=precision)  # noqa: E731
+                            call = lambda: ot_flow.ops.barycentric(x, y, h, s, precision=mode)  # noqa: E731
                             mean = call()[0][:CHECK_ROWS].double()
                             err = ((mean - ref_mean).abs().amax(1) / ref_mean.abs().amax(1).clamp_min(1e-30)).max().item()
                         t = timeit(call, device)
@@ -86,6 +99,7 @@ def main():
                                      "ms": f"{t * 1e3:.3f}", "error": f"{err:.1e}", "of floor": f"{floor / t:.0%}"})
     finally:
         restore(saved)
+        os.environ.pop("OT_FLOW_ENGINE_HIGHEST", None)
     report.append(table(rows, ["op", "n=m", "d", "engine", "precision", "ms", "error", "of floor"]))
     report.append(mips_table(args.mips or [(4096, 1_000_000, 64), (4096, 1_000_000, 512), (4096, 200_000, 3072)],
                              args.mips_k, device, saved))

@@ -360,3 +360,48 @@ def test_mips_top_k_agrees_with_the_fma_kernel_and_opcheck(monkeypatch):
     # may swap a near-tie in a few rows, no more; the values agree to rounding either way.
     assert (engine[1] == fma[1]).all(1).double().mean() >= 0.99
     torch.testing.assert_close(engine[0], fma[0], rtol=1e-6, atol=1e-6)
+
+
+# "highest" as split float16 (opt-in, OT_FLOW_ENGINE_HIGHEST=split_f16; kernel_traits.cuh): the
+# same bounds as split TF32.
+@pytest.fixture
+def split_f16(monkeypatch):
+    monkeypatch.setenv("OT_FLOW_ENGINE_HIGHEST", "split_f16")
+
+
+@pytest.mark.parametrize("n,m,d", SIZES)
+def test_split_f16_within_the_highest_bound(n, m, d, split_f16):
+    test_lse_within_the_modes_bound(n, m, d, "highest")
+    test_barycentric_in_one_pass_within_the_modes_bound(n, m, d, "highest")
+
+
+def test_split_f16_scales_each_problem(split_f16):
+    # Problems of magnitudes 1e-3 to 1e18 in one batch, rows whose norms span nine orders (their
+    # small coordinates fall in float16's subnormal range).
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(3, 300, 24, generator=g), torch.randn(3, 500, 24, generator=g)
+    x[0] *= 1e-3
+    y[0] *= 1e-2
+    x[1] *= 10.0 ** (torch.rand(300, 1, generator=g) * 9 - 6)
+    x[2] *= 1e18
+    y[2] *= 1e17
+    h = torch.randn(3, 500, generator=g)
+    scales = [30.0, 0.5, 1e-35]
+    out = torch.stack([ot_flow.ops.lse(x[b].cuda(), y[b].cuda(), h[b].cuda(), scales[b]) for b in range(3)])
+    for b in range(3):
+        ref, _ = reference(x[b], y[b], h[b], scales[b], y[b])
+        torch.testing.assert_close(out[b].double().cpu(), ref, rtol=2e-6, atol=2e-6)
+
+
+def test_split_f16_sinkhorn_gumbel_and_batches(split_f16):
+    test_sinkhorn_on_the_engine_matches_the_cpu()
+    test_gumbel_draws_match_the_cpu_on_exact_inputs("highest")
+    test_batched_barycentric_past_one_launch()
+    test_batched_gumbel_past_one_launch()
+
+
+def test_bad_highest_switch(monkeypatch):
+    x, y, h = random_problem(9, 70, 5, torch.float32, device="cuda")
+    monkeypatch.setenv("OT_FLOW_ENGINE_HIGHEST", "split_fp16")
+    with pytest.raises(ValueError, match="OT_FLOW_ENGINE_HIGHEST"):
+        ot_flow.ops.lse(x, y, h, 0.5)

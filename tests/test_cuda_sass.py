@@ -18,11 +18,11 @@ from ot_flow import _extension
 
 pytestmark = pytest.mark.skipif(not ot_flow.cuda_built(), reason="ot_flow was built without CUDA")
 
-# Engine kernels by name (templates over KernelTraits<DotMode, slice>, copy width); DotMode 0, 1, 2
-# are split TF32 ("highest"), TF32 and BF16.
+# Engine kernels by name (templates over KernelTraits<DotMode, slice>, copy width); DotMode 0, 1, 2, 3
+# are split TF32 ("highest"), TF32, BF16 and split float16 ("highest", opt-in; not for mips).
 ENGINE_KERNEL = re.compile(r"engine.*_kernel.*KernelTraitsILNS\d+_7DotModeE(\d)E")
 TENSOR_CORE = re.compile(r"\b(HMMA|HGMMA)\.")
-MMA_SHAPE = {"0": "HMMA.1688.F32.TF32", "1": "HMMA.1688.F32.TF32", "2": "HMMA.16816.F32.BF16"}
+MMA_SHAPE = {"0": "HMMA.1688.F32.TF32", "1": "HMMA.1688.F32.TF32", "2": "HMMA.16816.F32.BF16", "3": "HMMA.16816.F32"}
 
 
 def cuobjdump():
@@ -56,11 +56,13 @@ def kernels_sass():
 def test_engine_kernels_use_tensor_cores():
     engine = {name: sass for name, sass in kernels_sass().items() if ENGINE_KERNEL.search(name)}
     modes = {ENGINE_KERNEL.search(name).group(1) for name in engine}
-    assert modes == {"0", "1", "2"}, f"engine kernels for every precision mode, found modes {sorted(modes)}"
+    assert modes == {"0", "1", "2", "3"}, f"engine kernels for every precision mode, found modes {sorted(modes)}"
     for name, sass in engine.items():
         mode = ENGINE_KERNEL.search(name).group(1)
         assert TENSOR_CORE.search(sass), f"{name}: no tensor-core instruction in its SASS"
         assert MMA_SHAPE[mode] in sass, f"{name}: expected {MMA_SHAPE[mode]} for precision mode {mode}"
+        if mode == "3":  # float16 operands: the plain HMMA.16816.F32 (no .BF16 suffix)
+            assert re.search(r"HMMA\.16816\.F32 ", sass), f"{name}: no float16 MMA"
         assert not re.search(r"\b(LDL|STL)\b", sass), f"{name}: registers spill to local memory"
 
 

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -315,6 +316,32 @@ TEST_F(EngineEmulated, MipsIsExactInEveryMode) {
             EXPECT_TRUE(at::equal(values, ref_values)) << where << " k=" << k;
           }
         }
+}
+
+}  // namespace
+}  // namespace ot_flow::cuda::engine
+
+namespace ot_flow::cuda::engine {
+namespace {
+
+// OT_FLOW_ENGINE_HIGHEST picks how "highest" runs; anything but its two values raises.
+TEST(EngineSwitch, HighestIsSplitTF32UnlessSplitF16IsAsked) {
+  const char* saved = std::getenv("OT_FLOW_ENGINE_HIGHEST");
+  const std::string restore = saved == nullptr ? "" : saved;
+  unsetenv("OT_FLOW_ENGINE_HIGHEST");
+  EXPECT_EQ(dot_mode(Precision::Highest), DotMode::kSplitTF32);
+  setenv("OT_FLOW_ENGINE_HIGHEST", "split_f16", 1);
+  EXPECT_EQ(dot_mode(Precision::Highest), DotMode::kSplitF16);
+  EXPECT_EQ(dot_mode(Precision::TF32), DotMode::kTF32);
+  setenv("OT_FLOW_ENGINE_HIGHEST", "split_tf32", 1);
+  EXPECT_EQ(dot_mode(Precision::Highest), DotMode::kSplitTF32);
+  setenv("OT_FLOW_ENGINE_HIGHEST", "f16", 1);
+  EXPECT_THROW(dot_mode(Precision::Highest), c10::ValueError);
+  if (saved == nullptr) {
+    unsetenv("OT_FLOW_ENGINE_HIGHEST");
+  } else {
+    setenv("OT_FLOW_ENGINE_HIGHEST", restore.c_str(), 1);
+  }
 }
 
 }  // namespace

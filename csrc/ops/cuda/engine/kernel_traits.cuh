@@ -22,7 +22,7 @@ namespace ot_flow::cuda::engine {
 //   kSplitF16  "highest" as well, at twice the tensor-core rate (opt-in, OT_FLOW_ENGINE_HIGHEST):
 //              each problem's x scaled by a power of two so that max|x| lies in [2^14, 2^15),
 //              then x = hi + lo with hi, lo float16, split once per call into a packed array
-//              (operand_split.h) that the loop stages and feeds to the MMAs without converting;
+//              (streamed_operands.h) that the loop stages and feeds to the MMAs without converting;
 //              the tile is hi*hi + hi*lo + lo*hi (m16n8k16.f16) times the inverse scales. The
 //              errors are split TF32's (11 + 11 bits), plus float16's subnormal range: an
 //              absolute 2^-25 per scaled coordinate, at most 2^-39 max|x| (not relative to

@@ -83,7 +83,7 @@ __device__ __forceinline__ void mma_slice(const float* xs, const float* ys, int 
   constexpr int S = Traits::kStride;
   const int g = lane >> 2, t = lane & 3;
   if constexpr (Traits::kMode == DotMode::kSplitF16) {
-    // The slice of a row is already the MMAs' operands (operand_split.h): words 0-7 the pairs of
+    // The slice of a row is already the MMAs' operands (streamed_operands.h): words 0-7 the pairs of
     // hi halves (k = 2w, 2w + 1), words 8-15 those of lo. No conversion in the loop.
     static_assert(Traits::kSliceK == 16, "a split float16 slice is the 16 words of 16 values' halves");
     const float* x0 = xs + g * S + t;
@@ -101,40 +101,40 @@ __device__ __forceinline__ void mma_slice(const float* xs, const float* ys, int 
       mma_f16(acc[j], a_hi, b_lo);
       mma_f16(acc[j], a_hi, b_hi);
     }
-    return;
-  }
+  } else {
 #pragma unroll
-  for (int kk = 0; kk < Traits::kSliceK; kk += Traits::kMmaK) {
-    if constexpr (Traits::kMode == DotMode::kBF16) {
-      const float* x0 = xs + g * S + kk + 2 * t;
-      const float* x1 = x0 + 8 * S;
-      const uint32_t a[4] = {to_bf16x2(x0[0], x0[1]), to_bf16x2(x1[0], x1[1]), to_bf16x2(x0[8], x0[9]),
-                             to_bf16x2(x1[8], x1[9])};
+    for (int kk = 0; kk < Traits::kSliceK; kk += Traits::kMmaK) {
+      if constexpr (Traits::kMode == DotMode::kBF16) {
+        const float* x0 = xs + g * S + kk + 2 * t;
+        const float* x1 = x0 + 8 * S;
+        const uint32_t a[4] = {to_bf16x2(x0[0], x0[1]), to_bf16x2(x1[0], x1[1]), to_bf16x2(x0[8], x0[9]),
+                               to_bf16x2(x1[8], x1[9])};
 #pragma unroll
-      for (int j = 0; j < Traits::kColFrags; ++j) {
-        const float* y0 = ys + (8 * j + g) * S + kk + 2 * t;
-        const uint32_t b[2] = {to_bf16x2(y0[0], y0[1]), to_bf16x2(y0[8], y0[9])};
-        mma_bf16(acc[j], a, b, FromZero && kk == 0);
-      }
-    } else {
-      const float av[4] = {xs[g * S + kk + t], xs[(g + 8) * S + kk + t], xs[g * S + kk + t + 4],
-                           xs[(g + 8) * S + kk + t + 4]};
-      uint32_t a_hi[4], a_lo[4];
+        for (int j = 0; j < Traits::kColFrags; ++j) {
+          const float* y0 = ys + (8 * j + g) * S + kk + 2 * t;
+          const uint32_t b[2] = {to_bf16x2(y0[0], y0[1]), to_bf16x2(y0[8], y0[9])};
+          mma_bf16(acc[j], a, b, FromZero && kk == 0);
+        }
+      } else {
+        const float av[4] = {xs[g * S + kk + t], xs[(g + 8) * S + kk + t], xs[g * S + kk + t + 4],
+                             xs[(g + 8) * S + kk + t + 4]};
+        uint32_t a_hi[4], a_lo[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) split_tf32(av[i], a_hi[i], a_lo[i]);
+        for (int i = 0; i < 4; ++i) split_tf32(av[i], a_hi[i], a_lo[i]);
 #pragma unroll
-      for (int j = 0; j < Traits::kColFrags; ++j) {
-        const float* y0 = ys + (8 * j + g) * S + kk + t;
-        uint32_t b_hi[2], b_lo[2];
-        split_tf32(y0[0], b_hi[0], b_lo[0]);
-        split_tf32(y0[4], b_hi[1], b_lo[1]);
-        const bool fresh = FromZero && kk == 0;
-        if constexpr (Traits::kMode == DotMode::kSplitTF32) {  // small terms first
-          mma_tf32(acc[j], a_lo, b_hi, fresh);
-          mma_tf32(acc[j], a_hi, b_lo);
-          mma_tf32(acc[j], a_hi, b_hi);
-        } else {
-          mma_tf32(acc[j], a_hi, b_hi, fresh);
+        for (int j = 0; j < Traits::kColFrags; ++j) {
+          const float* y0 = ys + (8 * j + g) * S + kk + t;
+          uint32_t b_hi[2], b_lo[2];
+          split_tf32(y0[0], b_hi[0], b_lo[0]);
+          split_tf32(y0[4], b_hi[1], b_lo[1]);
+          const bool fresh = FromZero && kk == 0;
+          if constexpr (Traits::kMode == DotMode::kSplitTF32) {  // small terms first
+            mma_tf32(acc[j], a_lo, b_hi, fresh);
+            mma_tf32(acc[j], a_hi, b_lo);
+            mma_tf32(acc[j], a_hi, b_hi);
+          } else {
+            mma_tf32(acc[j], a_hi, b_hi, fresh);
+          }
         }
       }
     }
