@@ -66,6 +66,29 @@ __device__ __forceinline__ uint32_t cvt_rn_bf16x2_f32(float a, float b) {
 #endif
 }
 
+// cvt.rn.f16x2.f32 d, a, b: a and b rounded to float16 (to nearest even; past 65504, to infinity),
+// a in the upper half of d, b in the lower.
+__device__ __forceinline__ uint32_t cvt_rn_f16x2_f32(float a, float b) {
+#if defined(OT_FLOW_DEVICE_EMULATION)
+  return ::ot_flow::emulation::cvt_rn_f16x2_f32(a, b);
+#else
+  uint32_t d;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(d) : "f"(a), "f"(b));
+  return d;
+#endif
+}
+
+// cvt.f32.f16 d, a: the float16 in the low 16 bits of a, exactly, as a float.
+__device__ __forceinline__ float cvt_f32_f16(uint32_t a) {
+#if defined(OT_FLOW_DEVICE_EMULATION)
+  return ::ot_flow::emulation::cvt_f32_f16(a);
+#else
+  float d;
+  asm("cvt.f32.f16 %0, %1;\n" : "=f"(d) : "h"(static_cast<unsigned short>(a & 0xffffu)));
+  return d;
+#endif
+}
+
 // ex2.approx.ftz.f32: 2^v, subnormal inputs and results flushed to zero.
 __device__ __forceinline__ float ex2_approx_ftz(float v) {
 #if defined(OT_FLOW_DEVICE_EMULATION)

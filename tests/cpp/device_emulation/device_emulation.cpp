@@ -327,6 +327,30 @@ uint32_t cvt_rn_bf16x2_f32(float a, float b) {
   return (to_bf16(a) << 16) | to_bf16(b);
 }
 
+// v as IEEE binary16 bits, rounded to nearest even, subnormals included; past the largest finite
+// half (65504; 65520 and up round away) to infinity.
+uint32_t to_f16(float v) {
+  const uint32_t sign = (__float_as_uint(v) >> 16) & 0x8000u;
+  const float a = std::fabs(v);
+  if (std::isnan(v)) return sign | 0x7e00u;
+  if (a >= 65520.0f) return sign | 0x7c00u;
+  if (a < 0x1p-14f) return sign | static_cast<uint32_t>(std::nearbyint(a * 0x1p24f));  // 1024 is 2^-14, encoded right
+  int e;
+  std::frexp(a, &e);  // a = f 2^e, f in [0.5, 1): the half's exponent is e - 1
+  uint32_t q = static_cast<uint32_t>(std::nearbyint(std::ldexp(a, 11 - e)));  // in [1024, 2048]
+  int biased = e - 1 + 15;
+  if (q == 2048u) {
+    q = 1024u;
+    ++biased;
+  }
+  if (biased >= 31) return sign | 0x7c00u;
+  return sign | (static_cast<uint32_t>(biased) << 10) | (q - 1024u);
+}
+
+uint32_t cvt_rn_f16x2_f32(float a, float b) { return (to_f16(a) << 16) | to_f16(b); }
+
+float cvt_f32_f16(uint32_t a) { return f16_value(a & 0xffffu); }
+
 float ex2_approx_ftz(float v) {
   if (std::fpclassify(v) == FP_SUBNORMAL) v = 0.0f;
   const float r = std::exp2(v);

@@ -86,6 +86,8 @@ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)
 void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]);
 void mma_m16n8k16_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]);
 uint32_t cvt_rn_bf16x2_f32(float a, float b);
+uint32_t cvt_rn_f16x2_f32(float a, float b);
+float cvt_f32_f16(uint32_t a);
 float ex2_approx_ftz(float v);
 void cp_async(void* dst, const void* src, int bytes, int src_bytes);
 void cp_async_commit_group();

@@ -14,6 +14,7 @@
 
 #include "device_emulation.h"
 #include "ops/cuda/engine/engine.h"
+#include "ops/cuda/engine/streamed_operands.h"
 #include "ops/gumbel_noise.h"
 
 namespace ot_flow::cuda::engine {
@@ -98,6 +99,28 @@ TEST_F(EngineEmulated, LseMatchesFloat64InEveryMode) {
   EXPECT_GT(emulation::counters().mma_tf32, 0);
   EXPECT_GT(emulation::counters().mma_bf16, 0);
   EXPECT_GT(emulation::counters().mma_f16, 0);
+}
+
+// The packing kernel against the same packing by ATen's own float16 conversion: bit for bit,
+// on values whose lo parts are subnormal halves, d not a multiple of 16, several problems.
+TEST_F(EngineEmulated, SplitF16PackingIsAtensFloat16Conversion) {
+  at::Tensor x = at::randn({3, 37, 21}) * at::pow(10.0, at::rand({3, 37, 21}) * 8 - 4);
+  x[2].zero_();  // an all-zero problem keeps scale 1
+  const at::Tensor y = at::randn({3, 5, 21});
+  const SplitF16Operands split = split_f16_operands(x, y);
+  ASSERT_EQ(split.d_pad, 32);
+  for (int64_t b = 0; b < 3; ++b) {
+    const float amax = x[b].abs().max().item<float>();
+    int e = 0;
+    std::frexp(amax, &e);
+    const int exponent = amax > 0 ? 15 - e : 0;
+    const at::Tensor scaled = x[b] * std::ldexp(1.0, exponent);
+    const at::Tensor hi = scaled.to(at::kHalf), lo = (scaled - hi.to(at::kFloat)).to(at::kHalf);
+    auto slices = [](const at::Tensor& h) { return at::constant_pad_nd(h, {0, 11}).view({37, 2, 16}); };
+    const at::Tensor expected = at::stack({slices(hi), slices(lo)}, 2).contiguous().view(at::kFloat).view({37, 32});
+    EXPECT_TRUE(at::equal(split.x[b].view(at::kInt), expected.view(at::kInt))) << "problem " << b;
+    EXPECT_LT(scaled.abs().max().item<float>(), 32768.0f);
+  }
 }
 
 // Split float16 scales each problem by its own power of two: problems of very different

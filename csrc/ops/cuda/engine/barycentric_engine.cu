@@ -31,7 +31,7 @@ template <class Traits, int Width, int ValueCols>
 __global__ void __launch_bounds__(Traits::kThreads, 2)
     barycentric_engine_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h,
                               const float* __restrict__ values, int64_t n, int64_t m, int64_t d, int64_t k,
-                              const BarycentricBatch batch, const double* __restrict__ unscale, unsigned value_blocks,
+                              const BarycentricBatch batch, const int32_t* __restrict__ scale_exponent, unsigned value_blocks,
                               int64_t cols_per_chunk, float* __restrict__ mean, float* __restrict__ lse,
                               float* __restrict__ part_weighted, float* __restrict__ part_max,
                               float* __restrict__ part_sum, int64_t chunk_stride) {
@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
   const int64_t problem = blockIdx.z / value_blocks;
   const int64_t v0 = static_cast<int64_t>(blockIdx.z % value_blocks) * ValueCols;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
-  BarycentricEpilogue<Traits, ValueCols> epi(dot_scale(batch, problem, unscale), h + problem * batch.h_stride,
+  BarycentricEpilogue<Traits, ValueCols> epi(dot_scale(batch, problem, scale_exponent), h + problem * batch.h_stride,
                                              values + problem * batch.values_stride, k, v0, value_tile);
   stream_column_tiles<Traits, Width>(x + problem * batch.x_stride, y + problem * batch.y_stride, n, d, row0,
                                      col_begin, col_end, smem, epi);
@@ -130,12 +130,12 @@ void launch_barycentric(const at::Tensor& x_in, const at::Tensor& y_in, const at
         const int64_t rows_before = first * n;
         if (plan.chunks == 1) {
           launch_kernel(kernel, grid, Traits::kThreads, 0, stream, xp, yp, hp, vp, n, m, d, k, batch,
-                        operands.unscale_from(first), static_cast<unsigned>(value_blocks), plan.cols_per_chunk,
+                        operands.scale_exponent_from(first), static_cast<unsigned>(value_blocks), plan.cols_per_chunk,
                         mean.data_ptr<float>() + rows_before * k, lse.data_ptr<float>() + rows_before, nullptr, nullptr,
                         nullptr, 0);
         } else {
           launch_kernel(kernel, grid, Traits::kThreads, 0, stream, xp, yp, hp, vp, n, m, d, k, batch,
-                        operands.unscale_from(first), static_cast<unsigned>(value_blocks), plan.cols_per_chunk, nullptr,
+                        operands.scale_exponent_from(first), static_cast<unsigned>(value_blocks), plan.cols_per_chunk, nullptr,
                         nullptr, part_weighted.data_ptr<float>() + rows_before * k,
                         part_stats[0].data_ptr<float>() + rows_before, part_stats[1].data_ptr<float>() + rows_before,
                         problems * n);

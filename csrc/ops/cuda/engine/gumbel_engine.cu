@@ -34,14 +34,14 @@ static_assert(sizeof(GumbelBatch) <= 3584, "a kernel's parameters are limited to
 template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads, 2)
     gumbel_engine_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h,
-                         int64_t n, int64_t m, int64_t d, const GumbelBatch batch, const double* __restrict__ unscale,
+                         int64_t n, int64_t m, int64_t d, const GumbelBatch batch, const int32_t* __restrict__ scale_exponent,
                          int64_t row_offset, int64_t col_offset, int64_t cols_per_chunk,
                          double* __restrict__ part_value, int64_t* __restrict__ part_index, int64_t chunk_stride) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const int64_t problem = blockIdx.z;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  GumbelEpilogue<Traits> epi(dot_scale(batch, problem, unscale), h + problem * batch.h_stride, batch.noise[problem],
+  GumbelEpilogue<Traits> epi(dot_scale(batch, problem, scale_exponent), h + problem * batch.h_stride, batch.noise[problem],
                              row_offset, col_offset, row0 + warp * Traits::kWarpRows, n, lane);
   stream_column_tiles<Traits, Width>(x + problem * batch.x_stride, y + problem * batch.y_stride, n, d, row0,
                                      col_begin, col_end, smem, epi);
@@ -87,7 +87,7 @@ void launch_gumbel_argmax(const at::Tensor& x_in, const at::Tensor& y_in, const 
                       static_cast<unsigned>(count));
       launch_kernel(gumbel_engine_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream,
                     x.const_data_ptr<float>() + first * x.stride(0), y.const_data_ptr<float>() + first * y.stride(0),
-                    h.const_data_ptr<float>() + first * h.stride(0), n, m, d, batch, operands.unscale_from(first),
+                    h.const_data_ptr<float>() + first * h.stride(0), n, m, d, batch, operands.scale_exponent_from(first),
                     row_offset, col_offset, plan.cols_per_chunk, part_value.data_ptr<double>() + first * n,
                     part_index.data_ptr<int64_t>() + first * n, problems * n);
     }

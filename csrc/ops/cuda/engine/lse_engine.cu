@@ -27,13 +27,13 @@ namespace {
 template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads, 4)
     lse_engine_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h, int64_t n,
-                      int64_t m, int64_t d, const ProblemBatch batch, const double* __restrict__ unscale,
+                      int64_t m, int64_t d, const ProblemBatch batch, const int32_t* __restrict__ scale_exponent,
                       int64_t cols_per_chunk, float* __restrict__ out, float* __restrict__ part_max,
                       float* __restrict__ part_sum, int64_t chunk_stride) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const int64_t problem = blockIdx.z;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
-  LseEpilogue<Traits> epi(dot_scale(batch, problem, unscale), h + problem * batch.h_stride);
+  LseEpilogue<Traits> epi(dot_scale(batch, problem, scale_exponent), h + problem * batch.h_stride);
   stream_column_tiles<Traits, Width>(x + problem * batch.x_stride, y + problem * batch.y_stride, n, d, row0,
                                      col_begin, col_end, smem, epi);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -72,11 +72,11 @@ void launch_lse(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor
       const float* hp = h.const_data_ptr<float>() + first * h.stride(0);
       if (plan.chunks == 1) {
         launch_kernel(lse_engine_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, xp, yp, hp, n, m, d, batch,
-                      operands.unscale_from(first), plan.cols_per_chunk, out.data_ptr<float>() + first * n, nullptr,
+                      operands.scale_exponent_from(first), plan.cols_per_chunk, out.data_ptr<float>() + first * n, nullptr,
                       nullptr, 0);
       } else {
         launch_kernel(lse_engine_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, xp, yp, hp, n, m, d, batch,
-                      operands.unscale_from(first), plan.cols_per_chunk, nullptr,
+                      operands.scale_exponent_from(first), plan.cols_per_chunk, nullptr,
                       partials[0].data_ptr<float>() + first * n, partials[1].data_ptr<float>() + first * n,
                       problems * n);
       }

@@ -32,12 +32,14 @@ struct ProblemBatch {
   }
 };
 
-// Problem `problem`'s factor on the tile's dot products: its scale, times the operands' inverse
-// scale in split float16 (unscale non-null; streamed_operands.h), multiplied in float64, since
-// 2^-k alone may leave float32's range where the product does not.
-__device__ __forceinline__ float dot_scale(const ProblemBatch& batch, int64_t problem, const double* unscale) {
-  return unscale == nullptr ? batch.scale[problem]
-                            : static_cast<float>(static_cast<double>(batch.scale[problem]) * unscale[problem]);
+// Problem `problem`'s factor on the tile's dot products: its scale, times 2^-e in split float16
+// (scale_exponent non-null: the operands' scales 2^a 2^b, e = a + b; streamed_operands.h), taken
+// in float64, since 2^-e alone may leave float32's range where the product does not.
+__device__ __forceinline__ float dot_scale(const ProblemBatch& batch, int64_t problem,
+                                           const int32_t* scale_exponent) {
+  return scale_exponent == nullptr
+             ? batch.scale[problem]
+             : static_cast<float>(ldexp(static_cast<double>(batch.scale[problem]), -scale_exponent[problem]));
 }
 
 }  // namespace ot_flow::cuda::engine

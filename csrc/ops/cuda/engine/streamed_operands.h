@@ -1,7 +1,8 @@
 // What the streaming loop reads for a call: x and y themselves, or, in split float16
-// (DotMode::kSplitF16, kernel_traits.cuh), their packing, formed once per call on the device with
-// ATen ops (no host synchronisation) and staged as it is: a row's 16 values per slice are 16
-// words, 8 of hi halves and 8 of lo halves, k in pairs.
+// (DotMode::kSplitF16, kernel_traits.cuh), their packing, formed once per call on the device
+// (per operand a max-norm reduction and one packing kernel; no host synchronisation) and staged
+// as it is: a row's 16 values per slice are 16 words, 8 of hi halves and 8 of lo halves, k in
+// pairs.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -14,7 +15,7 @@ namespace ot_flow::cuda::engine {
 
 struct SplitF16Operands {
   at::Tensor x, y;     // (B, n, d_pad), (B, m, d_pad) float32 words of packed float16 halves
-  at::Tensor unscale;  // (B,) float64: 1 / (s_x s_y), a power of two; the tile times it is <x, y>
+  at::Tensor scale_exponent;  // (B,) int32: a + b for s_x = 2^a, s_y = 2^b; the tile times 2^-(a+b) is <x, y>
   int64_t d_pad;       // d rounded up to whole slices of 16
 };
 
@@ -23,13 +24,13 @@ SplitF16Operands split_f16_operands(const at::Tensor& x, const at::Tensor& y);
 
 struct StreamedOperands {
   at::Tensor x, y;      // (B, n, d), (B, m, d): the call's, or the packed ones (d = d_pad)
-  at::Tensor unscale;   // split float16's (B,) float64; undefined otherwise
+  at::Tensor scale_exponent;  // split float16's (B,) int32; undefined otherwise
   int64_t d;            // words per row the loop walks
   bool rows_aligned16;  // every row of every problem on a 16-byte boundary: 16-byte copies
 
-  // Problem `first`'s inverse scale and those after it, or nullptr (the tile is <x, y> itself).
-  const double* unscale_from(int64_t first) const {
-    return unscale.defined() ? unscale.const_data_ptr<double>() + first : nullptr;
+  // Problem `first`'s scale exponent and those after it, or nullptr (the tile is <x, y> itself).
+  const int32_t* scale_exponent_from(int64_t first) const {
+    return scale_exponent.defined() ? scale_exponent.const_data_ptr<int32_t>() + first : nullptr;
   }
 };
 
