@@ -7,7 +7,11 @@ products ``<x_i, y_j>`` are formed.
 
 The CPU computes every mode exactly (float32/float64 accumulation), and float64 inputs always
 take the exact path, so a mode only trades accuracy for speed on CUDA with float16, bfloat16 or
-float32 inputs. The C++ ops check the same list (csrc/ops/checks.cpp, parse_precision), for
+float32 inputs. On the CUDA tensor-core engine (opt-in, ``OT_FLOW_CUDA_ENGINE=tensor_cores``)
+``"highest"`` is split TF32 (three TF32 products), or, with ``OT_FLOW_ENGINE_HIGHEST=split_f16``,
+split float16 (each problem scaled by a power of two, three float16 products at twice the rate;
+same accuracy, plus an absolute error of about 2^-39 max|x| max|y| per term; ``mips`` stays in
+split TF32). The C++ ops check the same list (csrc/ops/checks.cpp, parse_precision), for
 callers of ``torch.ops.ot_flow.*``; this module is the check of the Python wrappers, solvers,
 samplers and fake kernels."""
 
