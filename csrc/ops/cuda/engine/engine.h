@@ -11,7 +11,6 @@
 #include "../../gumbel_argmax.h"
 #include "../../precision.h"
 #include "kernel_traits.cuh"
-#include "streamed_operands.h"
 
 namespace ot_flow::cuda::engine {
 
@@ -19,6 +18,11 @@ namespace ot_flow::cuda::engine {
 // so tests and scripts can switch it); "fma" or unset selects the FMA kernels. Anything else
 // raises, naming the variable.
 bool tensor_cores_selected();
+
+// Whether "highest" runs as split float16 (OT_FLOW_ENGINE_HIGHEST=split_f16; DotMode::kSplitF16)
+// rather than split TF32 (unset or "split_tf32"): opt-in until a GPU has measured both; anything
+// else raises, naming the variable.
+bool highest_as_split_f16();
 
 // How the engine forms the dot products for an op's `precision`: "highest" in split TF32, or in
 // split float16 where OT_FLOW_ENGINE_HIGHEST selects it (streamed_operands.h; mips stays in

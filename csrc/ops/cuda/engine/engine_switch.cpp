@@ -1,4 +1,5 @@
-// The opt-in switch of the tensor-core engine (engine.h).
+// The opt-in switches of the tensor-core engine (engine.h): the engine itself, and how it runs
+// "highest".
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -9,14 +10,25 @@
 
 namespace ot_flow::cuda::engine {
 
-bool tensor_cores_selected() {
-  const char* value = std::getenv("OT_FLOW_CUDA_ENGINE");
-  if (value == nullptr || value[0] == '\0' || std::strcmp(value, "fma") == 0) return false;
-  if (std::strcmp(value, "tensor_cores") == 0) return true;
-  TORCH_CHECK_VALUE(false, "ot_flow: environment variable OT_FLOW_CUDA_ENGINE must be 'fma' (the default) or ",
-                    "'tensor_cores', got '", value, "'");
+namespace {
+
+// Whether environment variable `name` selects `alternative` (true) or `fallback` (false, also
+// when unset or empty), read on each call so that tests and scripts can switch it; anything else
+// raises, naming the variable.
+bool selects(const char* name, const char* fallback, const char* alternative) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || value[0] == '\0' || std::strcmp(value, fallback) == 0) return false;
+  if (std::strcmp(value, alternative) == 0) return true;
+  TORCH_CHECK_VALUE(false, "ot_flow: environment variable ", name, " must be '", fallback, "' (the default) or '",
+                    alternative, "', got '", value, "'");
   return false;
 }
+
+}  // namespace
+
+bool tensor_cores_selected() { return selects("OT_FLOW_CUDA_ENGINE", "fma", "tensor_cores"); }
+
+bool highest_as_split_f16() { return selects("OT_FLOW_ENGINE_HIGHEST", "split_tf32", "split_f16"); }
 
 bool engine_handles(const at::Tensor& x) { return x.scalar_type() == at::kFloat; }
 

@@ -7,8 +7,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <utility>
 
 #include "../kernel_launch.cuh"
@@ -95,15 +93,6 @@ StreamedOperands streamed_operands(const at::Tensor& x, const at::Tensor& y, Dot
     return reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % 16 == 0 && t.stride(0) % 4 == 0;
   };
   return {x, y, at::Tensor(), x.size(2), x.size(2) % 4 == 0 && aligned(x) && aligned(y)};
-}
-
-bool highest_as_split_f16() {
-  const char* value = std::getenv("OT_FLOW_ENGINE_HIGHEST");
-  if (value == nullptr || value[0] == '\0' || std::strcmp(value, "split_tf32") == 0) return false;
-  if (std::strcmp(value, "split_f16") == 0) return true;
-  TORCH_CHECK_VALUE(false, "ot_flow: environment variable OT_FLOW_ENGINE_HIGHEST must be 'split_tf32' (the default) ",
-                    "or 'split_f16', got '", value, "'");
-  return false;
 }
 
 }  // namespace ot_flow::cuda::engine

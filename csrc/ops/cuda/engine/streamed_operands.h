@@ -37,8 +37,4 @@ struct StreamedOperands {
 // x (B, n, d), y (B, m, d) float32, each problem contiguous.
 StreamedOperands streamed_operands(const at::Tensor& x, const at::Tensor& y, DotMode mode);
 
-// Whether "highest" runs as split float16 (OT_FLOW_ENGINE_HIGHEST=split_f16) rather than split
-// TF32 (unset or "split_tf32"): opt-in until a GPU has measured both; anything else raises.
-bool highest_as_split_f16();
-
 }  // namespace ot_flow::cuda::engine
