@@ -63,6 +63,7 @@ struct Device {
   Fiber* current = nullptr;
   const std::function<void()>* body = nullptr;
   uint64_t events = 0;  // barrier arrivals, releases and exits: a pass without any is a deadlock
+  uint64_t ex2_calls = 0;  // the counter of ex2.approx's error stream
   std::string error;    // set by a fiber that cannot go on; the launch throws it
 };
 
@@ -353,7 +354,17 @@ float cvt_f32_f16(uint32_t a) { return f16_value(a & 0xffffu); }
 
 float ex2_approx_ftz(float v) {
   if (std::fpclassify(v) == FP_SUBNORMAL) v = 0.0f;
-  const float r = std::exp2(v);
+  float r = std::exp2(v);
+  Device& dev = device();
+  if (dev.settings.ex2_error && std::isfinite(r)) {
+    // A deterministic stream (splitmix64 of a counter): runs repeat bit for bit.
+    uint64_t z = ++dev.ex2_calls * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const double e = (static_cast<double>(z >> 11) * 0x1p-53 * 2.0 - 1.0) * 0x1p-22;
+    r = static_cast<float>(static_cast<double>(r) * (1.0 + e));
+  }
   return std::fpclassify(r) == FP_SUBNORMAL ? 0.0f : r;
 }
 

@@ -53,9 +53,13 @@ struct Settings {
   // kPoisonUntilWait: a cp.async writes NaN at once and its bytes at the covering wait_group
   // (the latest the ISA allows); kAtIssue: its bytes at once.
   enum class Copies { kPoisonUntilWait, kAtIssue } copies = Copies::kPoisonUntilWait;
-  // How an MMA rounds its float32 result: the exact sum of products and accumulator rounded to
-  // nearest once, or truncated (what the tensor cores are reported to do, in the worst case).
-  enum class MmaRounding { kNearest, kTruncate } mma_rounding = MmaRounding::kNearest;
+  // How an MMA rounds its float32 result: the exact sum of products and accumulator truncated
+  // (toward zero, as the tensor cores are reported to do: Fasi et al. 2021, V100 to A100), or
+  // rounded to nearest once.
+  enum class MmaRounding { kTruncate, kNearest } mma_rounding = MmaRounding::kTruncate;
+  // ex2.approx's error: its result times (1 + e), e drawn per call in [-2^-22, 2^-22] (the
+  // hardware's approximation is within about 2 ulp), or none.
+  bool ex2_error = true;
   // Seeds the order in which the fibers of a block run between switches.
   uint64_t schedule_seed = 1;
 };

@@ -159,6 +159,7 @@ TEST_F(EngineEmulated, LseOfMisalignedRows) {
 
 // Copies that land at issue (no poison) give the same bits: the poisoned run read nothing early.
 TEST_F(EngineEmulated, LseIndependentOfWhenCopiesLandAndOfTheSchedule) {
+  emulation::settings().ex2_error = false;  // its stream follows the order of the calls
   const at::Tensor x = at::randn({70, 20}), y = at::randn({300, 20}), h = at::randn({300});
   const at::Tensor first = lse_tensor_cores(x, y, h, 0.5, DotMode::kSplitTF32);
   emulation::settings().copies = Settings::Copies::kAtIssue;
@@ -167,10 +168,23 @@ TEST_F(EngineEmulated, LseIndependentOfWhenCopiesLandAndOfTheSchedule) {
   EXPECT_TRUE(at::equal(first, second));
 }
 
-// "highest" stays float32-accurate at large d even when every tensor-core sum truncates
-// (stream_loop.cuh's RoundedSlices).
+// The same results, within the float32 noise, when the MMAs round to nearest and ex2 is exact:
+// the tests' tolerances hold for the pessimistic hardware model and the ideal one alike.
+TEST_F(EngineEmulated, IdealRoundingAgreesWithTheHardwareModel) {
+  const at::Tensor x = at::randn({70, 40}), y = at::randn({300, 40}), h = at::randn({300});
+  for (DotMode mode : kModes) {
+    emulation::settings() = Settings{};
+    const at::Tensor modelled = lse_tensor_cores(x, y, h, 0.5, mode);
+    emulation::settings().mma_rounding = Settings::MmaRounding::kNearest;
+    emulation::settings().ex2_error = false;
+    const at::Tensor ideal = lse_tensor_cores(x, y, h, 0.5, mode);
+    EXPECT_TRUE(at::allclose(modelled, ideal, 1e-6, 1e-6)) << name(mode);
+  }
+}
+
+// "highest" stays float32-accurate at large d even though every tensor-core sum truncates (the
+// emulation's default; stream_loop.cuh's RoundedSlices).
 TEST_F(EngineEmulated, LseHighestUnderTruncatingMmasAtLargeD) {
-  emulation::settings().mma_rounding = Settings::MmaRounding::kTruncate;
   const at::Tensor x = at::randn({20, 1000}) * 0.05 + 0.05, y = at::randn({96, 1000}) * 0.05 + 0.05;
   const at::Tensor h = at::randn({96});
   const at::Tensor exact = at::logsumexp(logits(x, y, h, 3.0, DotMode::kSplitTF32), 1);
