@@ -33,8 +33,14 @@ __device__ __forceinline__ void stage_rows(float* dst, const float* __restrict__
   constexpr int kVectorsPerRow = SliceK / Width;
   constexpr int kVectors = Rows * kVectorsPerRow;
   static_assert(kVectors % Threads == 0, "every thread copies the same number of vectors");
-#pragma unroll
-  for (int e = threadIdx.x; e < kVectors; e += Threads) {
+  // A fixed count of copies per thread (not a loop from threadIdx.x), so that the loop unrolls
+  // without the remainder loop and branches the compiler adds for an unknown trip count: whole
+  // for 16-byte copies (2 a thread), in pairs for 4-byte ones (8), whose whole unrolling keeps
+  // enough addresses live to spill the lse kernels' registers on sm_80.
+  constexpr int kCopies = kVectors / Threads;
+#pragma unroll(kCopies <= 4 ? kCopies : 2)
+  for (int i = 0; i < kCopies; ++i) {
+    const int e = static_cast<int>(threadIdx.x) + i * Threads;
     const int r = e / kVectorsPerRow;
     const int k = (e % kVectorsPerRow) * Width;
     const int64_t gr = row0 + r, gk = k0 + k;
