@@ -258,8 +258,10 @@ TEST_F(EngineEmulated, BarycentricBatchedEqualsEachProblemAlone) {
   const auto [mean, lse] = barycentric_tensor_cores_batched(x, y, h, scales, values, DotMode::kSplitTF32);
   for (int b = 0; b < 2; ++b) {
     const auto [mean_b, lse_b] = barycentric_tensor_cores(x[b], y[b], h[b], scales[b], values[b], DotMode::kSplitTF32);
-    EXPECT_TRUE(at::allclose(mean[b], mean_b, 0.0, 1e-6)) << b;
-    EXPECT_TRUE(at::allclose(lse[b], lse_b, 0.0, 1e-6)) << b;
+    // The batch plans its column chunks for all its rows, and ex2's modelled error differs per
+    // call: the sums may differ in their last bits.
+    EXPECT_LE((mean[b] - mean_b).abs().max().item<float>(), 1e-5f) << b;
+    EXPECT_LE((lse[b] - lse_b).abs().max().item<float>(), 2e-6f * (1.0f + lse_b.abs().max().item<float>())) << b;
   }
 }
 
