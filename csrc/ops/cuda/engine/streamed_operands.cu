@@ -11,6 +11,7 @@
 
 #include "../kernel_launch.cuh"
 #include "../ptx_instructions.cuh"
+#include "launch.cuh"
 
 namespace ot_flow::cuda::engine {
 namespace {
@@ -89,10 +90,8 @@ StreamedOperands streamed_operands(const at::Tensor& x, const at::Tensor& y, Dot
     SplitF16Operands split = split_f16_operands(x, y);
     return {std::move(split.x), std::move(split.y), std::move(split.scale_exponent), split.d_pad, true};
   }
-  auto aligned = [](const at::Tensor& t) {
-    return reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % 16 == 0 && t.stride(0) % 4 == 0;
-  };
-  return {x, y, at::Tensor(), x.size(2), x.size(2) % 4 == 0 && aligned(x) && aligned(y)};
+  // launch.cuh's test of the bases and d, and every problem's rows 16-byte apart too.
+  return {x, y, at::Tensor(), x.size(2), rows_aligned16(x, y) && x.stride(0) % 4 == 0 && y.stride(0) % 4 == 0};
 }
 
 }  // namespace ot_flow::cuda::engine
