@@ -250,6 +250,28 @@ TEST_F(EngineEmulated, BarycentricMatchesFloat64InEveryMode) {
       }
 }
 
+// Scores in the thousands (a cold eps): the weights are 2^(v log2 e - max) with the running max
+// in log2 units, and only a max that tracks the scores keeps them from overflowing float32
+// (2^128); the lse and the mean still within float32 accuracy of float64.
+TEST_F(EngineEmulated, BarycentricOfLargeScores) {
+  for (DotMode mode : {DotMode::kSplitTF32, DotMode::kSplitF16}) {
+    const at::Tensor x = at::randn({45, 9}), y = at::randn({150, 9}), h = at::randn({150}) * 300.0;
+    const at::Tensor values = at::randn({150, 5});
+    const auto [mean, lse] = barycentric_tensor_cores(x, y, h, 400.0, values, mode);
+    const at::Tensor l = logits(x, y, h, 400.0, DotMode::kSplitTF32);
+    const at::Tensor ref_lse = at::logsumexp(l, 1);
+    ASSERT_GT(ref_lse.abs().max().item<double>(), 500.0);
+    EXPECT_LE((lse.to(at::kDouble) - ref_lse).abs().max().item<double>(),
+              2e-6 * (1.0 + ref_lse.abs().max().item<double>()))
+        << name(mode);
+    // A relative error e of the scores moves each weight by e |v|: the mean within 2e-6 |v| max|values|.
+    const at::Tensor ref_mean = at::matmul(at::softmax(l, 1), values.to(at::kDouble));
+    EXPECT_LE((mean.to(at::kDouble) - ref_mean).abs().max().item<double>(),
+              2e-6 * l.abs().max().item<double>() * values.abs().max().item<double>())
+        << name(mode);
+  }
+}
+
 TEST_F(EngineEmulated, BarycentricBatchedEqualsEachProblemAlone) {
   emulation::settings().multiprocessors = 132;
   const at::Tensor x = at::randn({2, 40, 6}), y = at::randn({2, 150, 6}), h = at::randn({2, 150});

@@ -36,7 +36,7 @@ struct BarycentricEpilogue {
   static constexpr int kValueFrags = ValueCols / 8;
   static constexpr int kStride = ValueTile<Traits, ValueCols>::kStride;
 
-  float scale2;
+  float scale;
   const float* __restrict__ h;
   const float* __restrict__ values;  // (m, k) row-major
   int64_t k, v0;                     // value columns [v0, v0 + ValueCols) of this block
@@ -44,9 +44,9 @@ struct BarycentricEpilogue {
   float run_max[2], run_sum[2];        // rows g and g + 8; the max is the same on the row's 4 lanes
   float weighted[kValueFrags][4];      // sum_c w_rc v_c, accumulator layout over value columns
 
-  __device__ __forceinline__ BarycentricEpilogue(float scale, const float* bias, const float* vals, int64_t k_,
+  __device__ __forceinline__ BarycentricEpilogue(float s, const float* bias, const float* vals, int64_t k_,
                                                  int64_t v0_, ValueTile<Traits, ValueCols>& buffer)
-      : scale2(scale * kLog2e), h(bias), values(vals), k(k_), v0(v0_), tile_values(buffer) {
+      : scale(s), h(bias), values(vals), k(k_), v0(v0_), tile_values(buffer) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       run_max[r] = neg_inf_f();
@@ -67,11 +67,12 @@ struct BarycentricEpilogue {
     __syncthreads();  // every thread reaches tile() in the same step (stream_loop.cuh)
   }
 
-  // Turns the scores into weights 2^(v - max) in place, folding them into the running sums.
+  // Turns the scores v into weights 2^(v log2 e - max2) in place (lse_epilogue.cuh's exp_term),
+  // folding them into the running sums.
   __device__ __forceinline__ void weigh(float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    float bias2[Traits::kColFrags][2];
-    load_tile_bias(h, col0, col_end, lane, kLog2e, bias2);
+    float bias[Traits::kColFrags][2];
+    load_tile_bias(h, col0, col_end, lane, bias);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float tile_max = neg_inf_f();
@@ -79,12 +80,12 @@ struct BarycentricEpilogue {
       for (int j = 0; j < Traits::kColFrags; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          acc[j][2 * r + e] = fmaf(acc[j][2 * r + e], scale2, bias2[j][e]);
+          acc[j][2 * r + e] = fmaf(acc[j][2 * r + e], scale, bias[j][e]);
           tile_max = fmaxf(tile_max, acc[j][2 * r + e]);
         }
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      const float new_max = fmaxf(run_max[r], tile_max);
+      const float new_max = fmaxf(run_max[r], tile_max * kLog2e);
       if (new_max == neg_inf_f()) {  // nothing has mass in this row yet: weights 0, never NaN
 #pragma unroll
         for (int j = 0; j < Traits::kColFrags; ++j) acc[j][2 * r] = acc[j][2 * r + 1] = 0.0f;
@@ -104,7 +105,7 @@ struct BarycentricEpilogue {
         for (int e = 0; e < 2; ++e) {
           // The weight as the MMA will multiply it, so that the normaliser sums the same weights
           // as the weighted sum (a constant value column then averages to itself).
-          acc[j][2 * r + e] = as_operand<Traits::kMode>(exp2_ftz(acc[j][2 * r + e] - new_max));
+          acc[j][2 * r + e] = as_operand<Traits::kMode>(exp_term(acc[j][2 * r + e], new_max));
           run_sum[r] += acc[j][2 * r + e];
         }
     }

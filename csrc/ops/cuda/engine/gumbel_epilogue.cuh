@@ -42,7 +42,7 @@ struct GumbelEpilogue {
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
     float bias[Traits::kColFrags][2];
-    load_tile_bias(h, col0, col_end, lane, 1.0f, bias);
+    load_tile_bias(h, col0, col_end, lane, bias);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       if (!live[r]) continue;

@@ -1,7 +1,10 @@
 // The engine's log-sum-exp epilogue (lse, and softmin through lse): an online (max, sum) per
-// row in base 2. The scores arrive as dot products; s * <x, y> + h is formed in log2 units
-// (scale and bias pre-multiplied by log2 e) so each term costs one FMA and one exp2, the
-// hardware's native exponential.
+// row in base 2, the hardware's native exponential. The scores s <x, y> + h are formed in
+// natural units (one FMA from the dot product and the bias as loaded), their tile max taken and
+// converted to log2 units once per row, and each term's exponent formed as one FMA,
+// v log2 e - max2 (exp_term): per term one FMA, one max, one FMA, one exp2 and one add. (Scores
+// in log2 units would need the bias scaled by log2 e: a multiply per column and tile, 16 of
+// the ~330 instructions of a split float16 step at d <= 8.)
 #pragma once
 
 #include <cuda/std/limits>
@@ -24,19 +27,19 @@ __device__ __forceinline__ int64_t tile_column(int64_t col0, int j, int e, int l
   return col0 + 8 * j + 2 * (lane & 3) + e;
 }
 
-// factor * h[c] for the lane's columns c = tile_column(col0, j, e, lane) of a tile, -inf past
+// h[c] for the lane's columns c = tile_column(col0, j, e, lane) of a tile, -inf past
 // col_end, so that columns which do not exist never count. Only a chunk's last tile can reach
 // past col_end: a whole tile (the test is the same for the block) loads at fixed offsets from the
 // lane's first column, without a bound test and a 64-bit address per column.
 template <int ColFrags>
 __device__ __forceinline__ void load_tile_bias(const float* __restrict__ h, int64_t col0, int64_t col_end, int lane,
-                                               float factor, float (&bias)[ColFrags][2]) {
+                                               float (&bias)[ColFrags][2]) {
   if (col0 + 8 * ColFrags <= col_end) {
     const float* __restrict__ lane_h = h + tile_column(col0, 0, 0, lane);
 #pragma unroll
     for (int j = 0; j < ColFrags; ++j)
 #pragma unroll
-      for (int e = 0; e < 2; ++e) bias[j][e] = lane_h[8 * j + e] * factor;
+      for (int e = 0; e < 2; ++e) bias[j][e] = lane_h[8 * j + e];
     return;
   }
 #pragma unroll
@@ -44,17 +47,21 @@ __device__ __forceinline__ void load_tile_bias(const float* __restrict__ h, int6
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int64_t c = tile_column(col0, j, e, lane);
-      bias[j][e] = c < col_end ? h[c] * factor : neg_inf_f();
+      bias[j][e] = c < col_end ? h[c] : neg_inf_f();
     }
 }
 
+// 2^(v log2 e - max2) for a score v in natural units and a max in log2 units: the term of v
+// relative to the max, its exponent formed by one FMA (v = -inf gives 0).
+__device__ __forceinline__ float exp_term(float v, float max2) { return exp2_ftz(fmaf(v, kLog2e, -max2)); }
+
 template <class Traits>
 struct LseEpilogue {
-  float scale2;              // scale * log2 e
-  const float* __restrict__ h;  // the column bias, natural units
-  float run_max[2], run_sum[2];  // rows g and g + 8 of the warp's 16 (lane = 4 g + t)
+  float scale;
+  const float* __restrict__ h;  // the column bias
+  float run_max[2], run_sum[2];  // rows g and g + 8 of the warp's 16 (lane = 4 g + t); max in log2 units
 
-  __device__ __forceinline__ LseEpilogue(float scale, const float* bias) : scale2(scale * kLog2e), h(bias) {
+  __device__ __forceinline__ LseEpilogue(float s, const float* bias) : scale(s), h(bias) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       run_max[r] = neg_inf_f();
@@ -64,8 +71,8 @@ struct LseEpilogue {
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    float bias2[Traits::kColFrags][2];
-    load_tile_bias(h, col0, col_end, lane, kLog2e, bias2);
+    float bias[Traits::kColFrags][2];
+    load_tile_bias(h, col0, col_end, lane, bias);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float v[Traits::kColFrags][2];
@@ -74,19 +81,20 @@ struct LseEpilogue {
       for (int j = 0; j < Traits::kColFrags; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          v[j][e] = fmaf(acc[j][2 * r + e], scale2, bias2[j][e]);
+          v[j][e] = fmaf(acc[j][2 * r + e], scale, bias[j][e]);
           tile_max = fmaxf(tile_max, v[j][e]);
         }
       if (tile_max == neg_inf_f()) continue;  // every column of the tile dropped for this row
-      if (tile_max > run_max[r]) {
-        run_sum[r] *= exp2_ftz(run_max[r] - tile_max);  // 0 while run_max is still -inf
-        run_max[r] = tile_max;
+      const float tile_max2 = tile_max * kLog2e;
+      if (tile_max2 > run_max[r]) {
+        run_sum[r] *= exp2_ftz(run_max[r] - tile_max2);  // 0 while run_max is still -inf
+        run_max[r] = tile_max2;
       }
       float tile_sum = 0.0f;
 #pragma unroll
       for (int j = 0; j < Traits::kColFrags; ++j)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) tile_sum += exp2_ftz(v[j][e] - run_max[r]);
+        for (int e = 0; e < 2; ++e) tile_sum += exp_term(v[j][e], run_max[r]);
       run_sum[r] += tile_sum;
     }
   }

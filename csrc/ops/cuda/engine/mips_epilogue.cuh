@@ -36,7 +36,7 @@ template <class Traits, class Visit>
 __device__ __forceinline__ void for_each_score(const float (&acc)[Traits::kColFrags][4], const float* __restrict__ bias,
                                                int64_t col0, int64_t col_end, int lane, Visit&& visit) {
   float b[Traits::kColFrags][2];
-  load_tile_bias(bias, col0, col_end, lane, 1.0f, b);
+  load_tile_bias(bias, col0, col_end, lane, b);
 #pragma unroll
   for (int j = 0; j < Traits::kColFrags; ++j)
 #pragma unroll
