@@ -63,6 +63,8 @@ def test_engine_kernels_use_tensor_cores():
         assert MMA_SHAPE[mode] in sass, f"{name}: expected {MMA_SHAPE[mode]} for precision mode {mode}"
         if mode == "3":  # float16 operands: the plain HMMA.16816.F32 (no .BF16 suffix)
             assert re.search(r"HMMA\.16816\.F32 ", sass), f"{name}: no float16 MMA"
+            # y's packed words in lane order: a lane's B fragments one 128-bit load (mma_tile.cuh)
+            assert "LDS.128" in sass, f"{name}: B fragments not loaded 128 bits at a time"
         assert not re.search(r"\b(LDL|STL)\b", sass), f"{name}: registers spill to local memory"
 
 

@@ -4,6 +4,7 @@
 // ops' own host code, grids and chunk merges included, with the kernels on its emulated threads.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
 
@@ -20,6 +21,16 @@ void launch_kernel(Kernel kernel, dim3 grid, dim3 block, size_t shared_bytes, cu
   kernel<<<grid, block, shared_bytes, stream>>>(args...);
 #endif
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Whether `t` lives where the kernels read: on a CUDA device, or, on the emulated device (whose
+// memory is the host's), on the CPU.
+inline bool on_kernel_device(const at::Tensor& t) {
+#if defined(OT_FLOW_DEVICE_EMULATION)
+  return t.is_cpu();
+#else
+  return t.is_cuda();
+#endif
 }
 
 }  // namespace ot_flow::cuda

@@ -172,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor> mips_cuda_kernel(const at::Tensor& x, const a
   // run_mips refuses a larger k, and so does this entry point, which nothing else guards.
   TORCH_CHECK(k >= 1 && k <= kMipsCudaMaxK && k <= y.size(0), "ot_flow.mips: k = ", k, " outside [1, min(m, ",
               kMipsCudaMaxK, ")]");
-  TORCH_CHECK(bias.defined() && bias.is_cuda() && bias.numel() == y.size(0),
+  TORCH_CHECK(bias.defined() && on_kernel_device(bias) && bias.numel() == y.size(0),
               "ot_flow.mips: the CUDA kernel needs a bias of m entries on the device");
   const c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);

@@ -368,6 +368,10 @@ float ex2_approx_ftz(float v) {
   return std::fpclassify(r) == FP_SUBNORMAL ? 0.0f : r;
 }
 
+void check_aligned(const void* p, int bytes, const char* what) {
+  if (reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) != 0) fail(what);
+}
+
 void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
   Device& dev = device();
   Fiber& f = *dev.current;

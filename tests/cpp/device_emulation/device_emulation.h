@@ -33,6 +33,9 @@
 struct uint3 {
   unsigned x, y, z;
 };
+struct __attribute__((aligned(16))) uint4 {
+  unsigned x, y, z, w;
+};
 struct dim3 {
   unsigned x, y, z;
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
@@ -73,7 +76,8 @@ struct Counters {
 Counters& counters();
 
 // Runs body() as every thread of every block of the grid, blocks one after another. Throws
-// std::runtime_error for a deadlock, a misaligned or unwaited cp.async, or dynamic shared memory.
+// std::runtime_error for a deadlock, a misaligned or unwaited cp.async, a misaligned vector load
+// (check_aligned), or dynamic shared memory.
 void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
 
 // The calling thread's lane (0..31) within its warp.
@@ -94,6 +98,9 @@ uint32_t cvt_rn_f16x2_f32(float a, float b);
 float cvt_f32_f16(uint32_t a);
 float ex2_approx_ftz(float v);
 void cp_async(void* dst, const void* src, int bytes, int src_bytes);
+// Throws std::runtime_error(what) unless p is a multiple of `bytes` (a vector load's alignment,
+// which the hardware requires and x86 does not).
+void check_aligned(const void* p, int bytes, const char* what);
 void cp_async_commit_group();
 void cp_async_wait_group(int pending);
 

@@ -102,24 +102,38 @@ TEST_F(EngineEmulated, LseMatchesFloat64InEveryMode) {
 }
 
 // The packing kernel against the same packing by ATen's own float16 conversion: bit for bit,
-// on values whose lo parts are subnormal halves, d not a multiple of 16, several problems.
+// on values whose lo parts are subnormal halves, d not a multiple of 16, several problems; x's
+// words in k order, y's in lane order (streamed_operands.h).
 TEST_F(EngineEmulated, SplitF16PackingIsAtensFloat16Conversion) {
   at::Tensor x = at::randn({3, 37, 21}) * at::pow(10.0, at::rand({3, 37, 21}) * 8 - 4);
   x[2].zero_();  // an all-zero problem keeps scale 1
-  const at::Tensor y = at::randn({3, 5, 21});
+  const at::Tensor y = at::randn({3, 5, 21}) * at::pow(10.0, at::rand({3, 5, 21}) * 8 - 4);
   const SplitF16Operands split = split_f16_operands(x, y);
   ASSERT_EQ(split.d_pad, 32);
-  for (int64_t b = 0; b < 3; ++b) {
-    const float amax = x[b].abs().max().item<float>();
+  // t's halves, scaled as the kernel scales them, as (rows, 2 slices, 2 q, 4 t, 2) pairs w = 4 q + t
+  // (k = 2w, 2w + 1) of hi and lo; the exponent of the scale.
+  auto split_pairs = [](const at::Tensor& t) {
+    const float amax = t.abs().max().item<float>();
     int e = 0;
     std::frexp(amax, &e);
     const int exponent = amax > 0 ? 15 - e : 0;
-    const at::Tensor scaled = x[b] * std::ldexp(1.0, exponent);
-    const at::Tensor hi = scaled.to(at::kHalf), lo = (scaled - hi.to(at::kFloat)).to(at::kHalf);
-    auto slices = [](const at::Tensor& h) { return at::constant_pad_nd(h, {0, 11}).view({37, 2, 16}); };
-    const at::Tensor expected = at::stack({slices(hi), slices(lo)}, 2).contiguous().view(at::kFloat).view({37, 32});
-    EXPECT_TRUE(at::equal(split.x[b].view(at::kInt), expected.view(at::kInt))) << "problem " << b;
+    const at::Tensor scaled = t * std::ldexp(1.0, exponent);
     EXPECT_LT(scaled.abs().max().item<float>(), 32768.0f);
+    const at::Tensor hi = scaled.to(at::kHalf), lo = (scaled - hi.to(at::kFloat)).to(at::kHalf);
+    auto pairs = [&](const at::Tensor& h) { return at::constant_pad_nd(h, {0, 11}).view({t.size(0), 2, 2, 4, 2}); };
+    return std::make_tuple(pairs(hi), pairs(lo), exponent);
+  };
+  for (int64_t b = 0; b < 3; ++b) {
+    const auto [x_hi, x_lo, x_exponent] = split_pairs(x[b]);
+    // x: per slice the hi pairs w = 0..7, then the lo pairs.
+    const at::Tensor x_expected = at::stack({x_hi, x_lo}, 2).contiguous().view(at::kFloat).view({37, 32});
+    EXPECT_TRUE(at::equal(split.x[b].view(at::kInt), x_expected.view(at::kInt))) << "x, problem " << b;
+    const auto [y_hi, y_lo, y_exponent] = split_pairs(y[b]);
+    // y: per slice, for t = 0..3, hi pairs t and t + 4 then lo pairs t and t + 4: order (t, hi/lo, q).
+    const at::Tensor y_expected =
+        at::stack({y_hi, y_lo}, 2).permute({0, 1, 4, 2, 3, 5}).contiguous().view(at::kFloat).view({5, 32});
+    EXPECT_TRUE(at::equal(split.y[b].view(at::kInt), y_expected.view(at::kInt))) << "y, problem " << b;
+    EXPECT_EQ(split.scale_exponent[b].item<int>(), x_exponent + y_exponent) << b;
   }
 }
 

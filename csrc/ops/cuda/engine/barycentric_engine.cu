@@ -96,7 +96,7 @@ void launch_barycentric(const at::Tensor& x_in, const at::Tensor& y_in, const at
   const at::Tensor &x = operands.x, &y = operands.y;
   const int64_t d = operands.d;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  with_traits(mode, d, operands.rows_aligned16, [&](auto traits, auto width) {
+  with_traits<16>(mode, d, operands.rows_aligned16, [&](auto traits, auto width) {
     with_value_cols(k, [&](auto value_cols) {
       using Traits = decltype(traits);
       constexpr int kWidth = decltype(width)::value;

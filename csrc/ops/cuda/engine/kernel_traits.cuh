@@ -56,10 +56,19 @@ struct KernelTraits {
   // Floats (32-bit words) of a row per staged slice: SliceK values of d; in split float16 the
   // words of 16 values' packed halves (8 words of hi pairs, then 8 of lo pairs).
   static constexpr int kSliceK = SliceK;
-  // Row stride of the staged slices in floats: 4 words of padding put the 8 rows x 4 columns
-  // that a warp's fragment load touches in 32 different banks.
-  static constexpr int kStride = kSliceK + 4;
-  static constexpr int kStages = 3;
+  // Row strides of the staged slices of x (the MMAs' A operand) and y (B) in floats: 4 words of
+  // padding put the 8 rows x 4 columns that a warp's 32-bit fragment load touches in 32
+  // different banks. Split float16 loads a lane's 4 words of a row of y at once (mma_tile.cuh):
+  // each quarter of the warp reads 16 words of two rows, in 32 different banks when the rows
+  // are an odd multiple of 16 words apart.
+  static constexpr int kStrideX = kSliceK + 4;
+  static constexpr int kStrideY =
+      Mode != DotMode::kSplitF16 ? kSliceK + 4 : (kSliceK % 32 == 16 ? kSliceK : kSliceK + 16);
+  // Steps staged ahead of the MMAs, plus the one they read. Split float16's 32-word slices stage
+  // twice the words a step, and their padded y rows take 48 words: two stages (43 KB of shared
+  // memory a block) keep four blocks on a multiprocessor and under the 48 KB of static shared
+  // memory; as many bytes stay in flight as with three stages of 16.
+  static constexpr int kStages = Mode == DotMode::kSplitF16 && kSliceK == 32 ? 2 : 3;
   static_assert(kSliceK % kMmaK == 0, "a slice holds whole MMA k-steps");
 };
 

@@ -15,9 +15,13 @@ namespace ot_flow::cuda::engine {
 // Calls fn(Traits{}, std::integral_constant<int, Width>{}) with the traits for `mode` and d: the
 // narrowest slice that holds d (8 or 16; bf16 MMAs take 16), and 16-byte copies when every row
 // starts on a 16-byte boundary (d % 4 == 0 and aligned bases), else 4-byte copies. Split float16
-// takes its packed operands: d the words per row, whole slices of 16.
-// Ops that never stream split float16 (mips) pass SplitF16 = false: no kernels of its traits.
-template <bool SplitF16 = true, class Fn>
+// takes its packed operands (d the words per row, whole 16s): one slice of 16 where that holds
+// d, else slices of 32, whose steps do twice the MMAs for the same staging, barrier and loop
+// overhead (about 190 instructions a 16-word step at d = 64, a third of them that overhead).
+// SplitF16Slice is the widest split float16 slice an op takes: 0 for ops that never stream split
+// float16 (mips: no kernels of its traits), 16 where the op's own shared memory leaves no room
+// for the 32-word stages (barycentric's value tile).
+template <int SplitF16Slice = 32, class Fn>
 void with_traits(DotMode mode, int64_t d, bool rows_aligned16, Fn&& fn) {
   auto with_width = [&](auto traits) {
     if (rows_aligned16) {
@@ -35,9 +39,14 @@ void with_traits(DotMode mode, int64_t d, bool rows_aligned16, Fn&& fn) {
       return with_width(KernelTraits<DotMode::kTF32, 16>{});
     case DotMode::kBF16:
       return with_width(KernelTraits<DotMode::kBF16, 16>{});
-    case DotMode::kSplitF16:  // packed operands (streamed_operands.h): whole slices, 16-byte rows
-      TORCH_INTERNAL_ASSERT(SplitF16 && d % 16 == 0 && rows_aligned16, "split float16 stages packed operands");
-      if constexpr (SplitF16) fn(KernelTraits<DotMode::kSplitF16, 16>{}, std::integral_constant<int, 4>{});
+    case DotMode::kSplitF16:  // packed operands (streamed_operands.h): whole 16s of values, 16-byte rows
+      TORCH_INTERNAL_ASSERT(SplitF16Slice > 0 && d % 16 == 0 && rows_aligned16, "split float16 stages packed operands");
+      if constexpr (SplitF16Slice == 16) {
+        fn(KernelTraits<DotMode::kSplitF16, 16>{}, std::integral_constant<int, 4>{});
+      } else if constexpr (SplitF16Slice == 32) {
+        if (d <= 16) return fn(KernelTraits<DotMode::kSplitF16, 16>{}, std::integral_constant<int, 4>{});
+        fn(KernelTraits<DotMode::kSplitF16, 32>{}, std::integral_constant<int, 4>{});
+      }
       return;
   }
 }

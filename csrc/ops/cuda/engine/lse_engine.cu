@@ -23,9 +23,16 @@ namespace {
 // Problem blockIdx.z, rows of blockIdx.x, one chunk of columns per blockIdx.y: writes out[row]
 // when there is one chunk, else the chunk's partial (max, sum) pair at [chunk][problem][row].
 // Four blocks per multiprocessor (at most 128 registers): with the thread count alone ptxas
-// capped these at 96 registers on sm_90 and spilled.
+// capped these at 96 registers on sm_90 and spilled. Split float16's 32-word slices hold two
+// k-steps' fragments beside the running and the slice sums and spilled at 128 (sm_90): three
+// blocks (168 registers).
+template <class Traits>
+constexpr int lse_blocks_per_multiprocessor() {
+  return Traits::kMode == DotMode::kSplitF16 && Traits::kSliceK == 32 ? 3 : 4;
+}
+
 template <class Traits, int Width>
-__global__ void __launch_bounds__(Traits::kThreads, 4)
+__global__ void __launch_bounds__(Traits::kThreads, lse_blocks_per_multiprocessor<Traits>())
     lse_engine_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h, int64_t n,
                       int64_t m, int64_t d, const ProblemBatch batch, const int32_t* __restrict__ scale_exponent,
                       int64_t cols_per_chunk, float* __restrict__ out, float* __restrict__ part_max,

@@ -135,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
   const at::Tensor y_norm_max = at::linalg_vector_norm(y, 2, {1}, false, std::nullopt).max();
   const at::Tensor bias_max = at::linalg_vector_norm(bias.masked_fill(at::isneginf(bias), 0), INFINITY);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  with_traits<false>(mode, d, rows_aligned16(x, y), [&](auto traits, auto width) {
+  with_traits<0>(mode, d, rows_aligned16(x, y), [&](auto traits, auto width) {
     using Traits = decltype(traits);
     constexpr int kWidth = decltype(width)::value;
     const ChunkPlan plan = plan_launch<Traits>(n, m);
@@ -195,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, 
     RescoreInputs inputs{xs.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(),
                          nullptr, x_norm.const_data_ptr<float>() + first, y_norm_max.const_data_ptr<float>(),
                          bias_max.const_data_ptr<float>(), d, dot_error_bound(mode, d)};
-    with_traits<false>(mode, d, rows_aligned16(xs, y), [&](auto traits, auto width) {
+    with_traits<0>(mode, d, rows_aligned16(xs, y), [&](auto traits, auto width) {
       using Traits = decltype(traits);
       constexpr int kWidth = decltype(width)::value;
       constexpr int kGroups = GroupMaxEpilogue<Traits>::kGroups;

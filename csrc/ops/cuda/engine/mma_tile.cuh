@@ -73,33 +73,49 @@ __device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], c
   ptx::mma_m16n8k16_f16(c, a, b, c_in);
 }
 
+// Words p[0..3] of shared memory in one 128-bit load (LDS.128); p 16-byte aligned.
+__device__ __forceinline__ uint4 load_shared_words4(const float* p) {
+#if defined(OT_FLOW_DEVICE_EMULATION)
+  ::ot_flow::emulation::check_aligned(p, 16, "misaligned 128-bit shared-memory load");
+#endif
+  return *reinterpret_cast<const uint4*>(p);
+}
+
 // acc += x_slice[warp rows] . y_slice^T for one staged slice; FromZero: acc = that product (the
 // first MMA of each column block starts from the zero register). xs points at the warp's first
-// row of the staged x slice, ys at the tile's first column of the staged y slice (both
-// [.][kStride]).
+// row of the staged x slice ([.][kStrideX]), ys at the tile's first column of the staged y slice
+// ([.][kStrideY]).
 template <class Traits, bool FromZero>
 __device__ __forceinline__ void mma_slice(const float* xs, const float* ys, int lane,
                                           float (&acc)[Traits::kColFrags][4]) {
-  constexpr int S = Traits::kStride;
+  constexpr int S = Traits::kStrideX, SY = Traits::kStrideY;
   const int g = lane >> 2, t = lane & 3;
   if constexpr (Traits::kMode == DotMode::kSplitF16) {
-    // The slice of a row is already the MMAs' operands (streamed_operands.h): words 0-7 the pairs of
-    // hi halves (k = 2w, 2w + 1), words 8-15 those of lo. No conversion in the loop.
-    static_assert(Traits::kSliceK == 16, "a split float16 slice is the 16 words of 16 values' halves");
-    const float* x0 = xs + g * S + t;
-    const float* x1 = x0 + 8 * S;
-    const uint32_t a_hi[4] = {__float_as_uint(x0[0]), __float_as_uint(x1[0]), __float_as_uint(x0[4]),
-                              __float_as_uint(x1[4])};
-    const uint32_t a_lo[4] = {__float_as_uint(x0[8]), __float_as_uint(x1[8]), __float_as_uint(x0[12]),
-                              __float_as_uint(x1[12])};
+    // The slice of a row is already the MMAs' operands (streamed_operands.h), no conversion in
+    // the loop. x's words are the pairs of hi halves (k = 2w, 2w + 1) in k order, then those of
+    // lo: a lane's A fragments (rows g and g + 8 interleaved) are 8 single-word loads, straight
+    // into place. y's words are in lane order, 4t to 4t + 3 the hi pairs t and t + 4 (k = 2t,
+    // 2t + 1 and 2t + 8, 2t + 9), then the lo pairs: a lane's B fragments of a column block are
+    // one 128-bit load, whose pairs land in the registers the MMAs take them in. (A in lane order
+    // too, as a 128-bit load per row, costs ~50 register moves a step to interleave the rows.)
+    static_assert(Traits::kSliceK % 16 == 0, "a split float16 slice is whole 16s of values' halves");
 #pragma unroll
-    for (int j = 0; j < Traits::kColFrags; ++j) {
-      const float* y0 = ys + (8 * j + g) * S + t;
-      const uint32_t b_hi[2] = {__float_as_uint(y0[0]), __float_as_uint(y0[4])};
-      const uint32_t b_lo[2] = {__float_as_uint(y0[8]), __float_as_uint(y0[12])};
-      mma_f16(acc[j], a_lo, b_hi, FromZero);  // small terms first
-      mma_f16(acc[j], a_hi, b_lo);
-      mma_f16(acc[j], a_hi, b_hi);
+    for (int kk = 0; kk < Traits::kSliceK; kk += 16) {
+      const float* x0 = xs + g * S + kk + t;
+      const float* x1 = x0 + 8 * S;
+      const uint32_t a_hi[4] = {__float_as_uint(x0[0]), __float_as_uint(x1[0]), __float_as_uint(x0[4]),
+                                __float_as_uint(x1[4])};
+      const uint32_t a_lo[4] = {__float_as_uint(x0[8]), __float_as_uint(x1[8]), __float_as_uint(x0[12]),
+                                __float_as_uint(x1[12])};
+#pragma unroll
+      for (int j = 0; j < Traits::kColFrags; ++j) {
+        const uint4 y0 = load_shared_words4(ys + (8 * j + g) * SY + kk + 4 * t);
+        const uint32_t b_hi[2] = {y0.x, y0.y};
+        const uint32_t b_lo[2] = {y0.z, y0.w};
+        mma_f16(acc[j], a_lo, b_hi, FromZero && kk == 0);  // small terms first
+        mma_f16(acc[j], a_hi, b_lo);
+        mma_f16(acc[j], a_hi, b_hi);
+      }
     }
   } else {
 #pragma unroll
@@ -111,7 +127,7 @@ __device__ __forceinline__ void mma_slice(const float* xs, const float* ys, int 
                                to_bf16x2(x1[8], x1[9])};
 #pragma unroll
         for (int j = 0; j < Traits::kColFrags; ++j) {
-          const float* y0 = ys + (8 * j + g) * S + kk + 2 * t;
+          const float* y0 = ys + (8 * j + g) * SY + kk + 2 * t;
           const uint32_t b[2] = {to_bf16x2(y0[0], y0[1]), to_bf16x2(y0[8], y0[9])};
           mma_bf16(acc[j], a, b, FromZero && kk == 0);
         }
@@ -123,7 +139,7 @@ __device__ __forceinline__ void mma_slice(const float* xs, const float* ys, int 
         for (int i = 0; i < 4; ++i) split_tf32(av[i], a_hi[i], a_lo[i]);
 #pragma unroll
         for (int j = 0; j < Traits::kColFrags; ++j) {
-          const float* y0 = ys + (8 * j + g) * S + kk + t;
+          const float* y0 = ys + (8 * j + g) * SY + kk + t;
           uint32_t b_hi[2], b_lo[2];
           split_tf32(y0[0], b_hi[0], b_lo[0]);
           split_tf32(y0[4], b_hi[1], b_lo[1]);

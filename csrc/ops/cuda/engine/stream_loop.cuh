@@ -22,8 +22,8 @@ namespace ot_flow::cuda::engine {
 
 template <class Traits>
 struct StagingBuffers {
-  float x[Traits::kStages][Traits::kBlockRows][Traits::kStride];
-  float y[Traits::kStages][Traits::kBlockCols][Traits::kStride];
+  float x[Traits::kStages][Traits::kBlockRows][Traits::kStrideX];
+  float y[Traits::kStages][Traits::kBlockCols][Traits::kStrideY];
 };
 
 // The block's part of the grid: the rows [row0, row0 + kBlockRows) of blockIdx.x and the columns
@@ -74,8 +74,9 @@ __device__ __forceinline__ void stream_steps(const float* __restrict__ x, const 
       return true;
     }
   };
-  SliceStager<Traits::kBlockRows, Traits::kSliceK, Traits::kStride, Traits::kThreads, Width> x_stager(x, row0, d);
-  SliceStager<Traits::kBlockCols, Traits::kSliceK, Traits::kStride, Traits::kThreads, Width> y_stager(y, col_begin, d);
+  SliceStager<Traits::kBlockRows, Traits::kSliceK, Traits::kStrideX, Traits::kThreads, Width> x_stager(x, row0, d);
+  SliceStager<Traits::kBlockCols, Traits::kSliceK, Traits::kStrideY, Traits::kThreads, Width> y_stager(y, col_begin,
+                                                                                                       d);
   Cursor next{col_begin, 0, 0};  // the next step to stage
   int64_t staged = 0;
   auto stage_next = [&]() {

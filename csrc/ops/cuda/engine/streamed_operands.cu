@@ -30,14 +30,26 @@ __device__ __forceinline__ int split_exponent(float amax) {
   return min(15 - e, 120);
 }
 
-// Thread (row, slice) of problem blockIdx.y writes the slice's 16 words of `packed`: the pairs of
-// float16 hi parts of its 16 scaled values v s (the lower k in the lower half), then the pairs of
-// lo parts, lo = v s - hi (exact in float32) rounded to float16; values past d are 0. Thread 0
-// of each problem also writes its exponent.
+// Where pair w (k = 2w, 2w + 1) of a slice's hi halves, and of its lo halves, go among the
+// slice's 16 words: for the MMAs' A operand (x) in k order, hi pairs then lo pairs; for B (y) in
+// lane order, words 4t to 4t + 3 holding hi pairs t and t + 4, then lo pairs t and t + 4
+// (mma_tile.cuh).
+struct PairWords {
+  int hi, lo;
+};
+__device__ __forceinline__ PairWords pair_words(int w, bool lane_order) {
+  if (lane_order) return {4 * (w % 4) + w / 4, 4 * (w % 4) + 2 + w / 4};
+  return {w, 8 + w};
+}
+
+// Thread (row, slice) of problem blockIdx.y writes the slice's 16 words of `packed`: the pairs
+// (the lower k in the lower half) of float16 hi parts of its 16 scaled values v s and of their lo
+// parts, lo = v s - hi (exact in float32) rounded to float16, placed by pair_words; values past d
+// are 0. Thread 0 of each problem also writes its exponent.
 __global__ void __launch_bounds__(kPackThreads)
     pack_split_f16_kernel(const float* __restrict__ src, int64_t problem_stride, int64_t rows, int64_t d,
-                          int64_t slices, const float* __restrict__ amax, int32_t* __restrict__ exponents,
-                          float* __restrict__ packed) {
+                          int64_t slices, bool lane_order, const float* __restrict__ amax,
+                          int32_t* __restrict__ exponents, float* __restrict__ packed) {
   const int64_t problem = blockIdx.y;
   const int exponent = split_exponent(amax[problem]);
   const int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -54,14 +66,15 @@ __global__ void __launch_bounds__(kPackThreads)
     const uint32_t hi = ptx::cvt_rn_f16x2_f32(v1, v0);
     const uint32_t lo =
         ptx::cvt_rn_f16x2_f32(v1 - ptx::cvt_f32_f16(hi >> 16), v0 - ptx::cvt_f32_f16(hi & 0xffffu));
-    out[w] = __uint_as_float(hi);
-    out[8 + w] = __uint_as_float(lo);
+    const PairWords at = pair_words(w, lane_order);
+    out[at.hi] = __uint_as_float(hi);
+    out[at.lo] = __uint_as_float(lo);
   }
 }
 
 // (packed (B, r, d_pad) words, exponents (B,) int32) for t (B, r, d), each problem contiguous:
 // two launches (the largest |value| of each problem, then the packing).
-std::pair<at::Tensor, at::Tensor> pack(const at::Tensor& t, int64_t d_pad) {
+std::pair<at::Tensor, at::Tensor> pack(const at::Tensor& t, int64_t d_pad, bool lane_order) {
   const int64_t problems = t.size(0), rows = t.size(1), d = t.size(2), slices = d_pad / kSliceValues;
   TORCH_CHECK(problems <= 65535, "ot_flow: split float16 packs at most 65,535 problems a call, got ", problems);
   at::Tensor packed = at::empty({problems, rows, d_pad}, t.options());
@@ -71,7 +84,7 @@ std::pair<at::Tensor, at::Tensor> pack(const at::Tensor& t, int64_t d_pad) {
   const at::Tensor amax = at::linalg_vector_norm(t, INFINITY, at::IntArrayRef{1, 2}, false, std::nullopt).contiguous();
   const dim3 grid(static_cast<unsigned>((items + kPackThreads - 1) / kPackThreads), static_cast<unsigned>(problems));
   launch_kernel(pack_split_f16_kernel, grid, kPackThreads, 0, at::cuda::getCurrentCUDAStream(),
-                t.const_data_ptr<float>(), t.stride(0), rows, d, slices, amax.const_data_ptr<float>(),
+                t.const_data_ptr<float>(), t.stride(0), rows, d, slices, lane_order, amax.const_data_ptr<float>(),
                 exponents.data_ptr<int32_t>(), packed.data_ptr<float>());
   return {packed, exponents};
 }
@@ -80,8 +93,8 @@ std::pair<at::Tensor, at::Tensor> pack(const at::Tensor& t, int64_t d_pad) {
 
 SplitF16Operands split_f16_operands(const at::Tensor& x, const at::Tensor& y) {
   const int64_t d_pad = (x.size(2) + kSliceValues - 1) / kSliceValues * kSliceValues;
-  auto [xs, x_exponent] = pack(x, d_pad);
-  auto [ys, y_exponent] = pack(y, d_pad);
+  auto [xs, x_exponent] = pack(x, d_pad, false);
+  auto [ys, y_exponent] = pack(y, d_pad, true);
   return {std::move(xs), std::move(ys), x_exponent + y_exponent, d_pad};
 }
 

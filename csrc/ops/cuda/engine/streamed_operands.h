@@ -1,8 +1,10 @@
 // What the streaming loop reads for a call: x and y themselves, or, in split float16
 // (DotMode::kSplitF16, kernel_traits.cuh), their packing, formed once per call on the device
 // (per operand a max-norm reduction and one packing kernel; no host synchronisation) and staged
-// as it is: a row's 16 values per slice are 16 words, 8 of hi halves and 8 of lo halves, k in
-// pairs.
+// as it is: a row's 16 values per slice are 16 words of float16 pairs (k = 2w, 2w + 1), 8 of hi
+// halves and 8 of lo halves: x's in k order, y's so that the four words an MMA lane t needs of
+// a row (hi pairs t and t + 4, lo pairs t and t + 4: the m16n8k16 B fragments) are words 4t to
+// 4t + 3, one 128-bit shared-memory load.
 #pragma once
 
 #include <ATen/core/Tensor.h>
