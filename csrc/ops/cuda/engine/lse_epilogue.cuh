@@ -4,7 +4,7 @@
 // converted to log2 units once per row, and each term's exponent formed as one FMA,
 // v log2 e - max2 (exp_term): per term one FMA, one max, one FMA, one exp2 and one add. (Scores
 // in log2 units would need the bias scaled by log2 e: a multiply per column and tile, 16 of
-// the ~330 instructions of a split float16 step at d <= 8.)
+// the ~320 instructions a split float16 step issued at d <= 8.)
 #pragma once
 
 #include <cuda/std/limits>

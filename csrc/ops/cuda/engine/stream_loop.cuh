@@ -140,7 +140,8 @@ __device__ __forceinline__ void stream_steps(const float* __restrict__ x, const 
 // with round-to-nearest FADDs. The tensor cores truncate their float32 accumulation, so MMAs
 // into the running tile would lose up to an ulp of the whole dot product per k-step, all in one
 // direction: at d = 1000 about the "highest" bound of lse (an emulation of the rounding: 1.1-1.4x
-// the test's tolerance; per slice 0.02x). The other modes' operand errors dwarf it, and mips's
+// the test's tolerance; per slice of 16 0.02x, and split float16's slices of 32 hold as many
+// MMAs as split TF32's of 16). The other modes' operand errors dwarf it, and mips's
 // bound (dot_error_bound) budgets an ulp per MMA and term, so they keep one accumulator (32
 // registers fewer).
 //
