@@ -58,11 +58,23 @@ struct BarycentricEpilogue {
       for (int e = 0; e < 4; ++e) weighted[q][e] = 0.0f;
   }
 
+  // The tile's values, zero past col_end and past k. Each thread loads the same value column v
+  // of the tile's rows c, c + kRowsPerPass, ...: one pointer and a fixed stride, a fixed count a
+  // thread (a loop from threadIdx.x has a trip count the compiler cannot know, and with it a
+  // remainder loop and 64-bit index arithmetic per value).
   __device__ __forceinline__ void stage_values(int64_t col0, int64_t col_end) {
-    for (int e = threadIdx.x; e < Traits::kBlockCols * ValueCols; e += Traits::kThreads) {
-      const int c = e / ValueCols, v = e % ValueCols;
-      const int64_t gc = col0 + c, gv = v0 + v;
-      tile_values.vals[c][v] = (gc < col_end && gv < k) ? values[gc * k + gv] : 0.0f;
+    constexpr int kRowsPerPass = Traits::kThreads / ValueCols;
+    static_assert(Traits::kThreads % ValueCols == 0 && Traits::kBlockCols % kRowsPerPass == 0,
+                  "every thread loads one value column of the same number of rows");
+    const int v = static_cast<int>(threadIdx.x) % ValueCols, c0 = static_cast<int>(threadIdx.x) / ValueCols;
+    const bool column_exists = v0 + v < k;
+    const int rows = static_cast<int>(col_end - col0 < Traits::kBlockCols ? col_end - col0 : Traits::kBlockCols);
+    const float* __restrict__ src = values + (col0 + c0) * k + v0 + v;
+    const int64_t pass_stride = kRowsPerPass * k;
+#pragma unroll 8
+    for (int i = 0; i < Traits::kBlockCols / kRowsPerPass; ++i) {
+      const int c = c0 + i * kRowsPerPass;
+      tile_values.vals[c][v] = column_exists && c < rows ? src[i * pass_stride] : 0.0f;
     }
     __syncthreads();  // every thread reaches tile() in the same step (stream_loop.cuh)
   }
