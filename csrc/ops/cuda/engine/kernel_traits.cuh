@@ -66,8 +66,9 @@ struct KernelTraits {
       Mode != DotMode::kSplitF16 ? kSliceK + 4 : (kSliceK % 32 == 16 ? kSliceK : kSliceK + 16);
   // Steps staged ahead of the MMAs, plus the one they read. Split float16's 32-word slices stage
   // twice the words a step, and their padded y rows take 48 words: two stages (43 KB of shared
-  // memory a block) keep four blocks on a multiprocessor and under the 48 KB of static shared
-  // memory; as many bytes stay in flight as with three stages of 16.
+  // memory a block) stay under the 48 KB of static shared memory and leave room for three blocks
+  // on a multiprocessor (lse_engine.cu's register bound); as many words stay in flight as with
+  // three stages of 16.
   static constexpr int kStages = Mode == DotMode::kSplitF16 && kSliceK == 32 ? 2 : 3;
   static_assert(kSliceK % kMmaK == 0, "a slice holds whole MMA k-steps");
 };
