@@ -223,6 +223,39 @@ TEST_F(EngineEmulated, LseBatchedEqualsEachProblemAlone) {
   }
 }
 
+// More problems than one launch takes (launch.cuh's BatchedLaunches: 256 a launch): the
+// launches after the first read their own problems' operands, scales and keys, and write their
+// own rows. Each problem against itself alone (a launch that read or wrote another problem's
+// data would differ: the problems are independent random draws).
+TEST_F(EngineEmulated, BatchesOfSeveralLaunchesEqualEachProblemAlone) {
+  emulation::settings().multiprocessors = 1;  // one column chunk: one block a problem
+  const int64_t problems = 300;
+  const at::Tensor x = at::randn({problems, 3, 2}), y = at::randn({problems, 5, 2}), h = at::randn({problems, 5});
+  const at::Tensor values = at::randn({problems, 5, 3});
+  std::vector<double> scales;
+  std::vector<GumbelKey> keys;
+  for (int64_t b = 0; b < problems; ++b) {
+    scales.push_back(0.5 + 0.01 * static_cast<double>(b));
+    keys.push_back(GumbelKey{1000 + b, 3, 0, 0});
+  }
+  const int64_t launches_before = emulation::counters().launches;
+  const at::Tensor lse = lse_tensor_cores_batched(x, y, h, scales, DotMode::kSplitTF32);
+  EXPECT_EQ(emulation::counters().launches - launches_before, 2) << "300 problems: two launches of the lse kernel";
+  const auto [mean, lse_of_mean] = barycentric_tensor_cores_batched(x, y, h, scales, values, DotMode::kSplitTF32);
+  const auto [index, value] = gumbel_argmax_tensor_cores_batched(x, y, h, scales, keys, DotMode::kSplitTF32);
+  for (int64_t b = 0; b < problems; ++b) {
+    const at::Tensor alone = lse_tensor_cores(x[b], y[b], h[b], scales[b], DotMode::kSplitTF32);
+    ASSERT_TRUE(at::allclose(lse[b], alone, 1e-6, 1e-6)) << "lse, problem " << b;
+    const auto [mean_b, lse_b] =
+        barycentric_tensor_cores(x[b], y[b], h[b], scales[b], values[b], DotMode::kSplitTF32);
+    ASSERT_TRUE(at::allclose(mean[b], mean_b, 1e-5, 1e-5)) << "barycentric, problem " << b;
+    ASSERT_TRUE(at::allclose(lse_of_mean[b], lse_b, 1e-6, 1e-6)) << "barycentric lse, problem " << b;
+    const auto [index_b, value_b] = gumbel_argmax_tensor_cores(x[b], y[b], h[b], scales[b], keys[b], DotMode::kSplitTF32);
+    ASSERT_TRUE(at::equal(index[b], index_b)) << "gumbel_argmax, problem " << b;
+    ASSERT_TRUE(at::allclose(value[b], value_b, 1e-6, 1e-6)) << "gumbel_argmax value, problem " << b;
+  }
+}
+
 // A bias of -inf drops a column; a row with every column dropped has lse -inf.
 TEST_F(EngineEmulated, LseDroppedColumns) {
   const at::Tensor x = at::randn({10, 5}), y = at::randn({70, 5});

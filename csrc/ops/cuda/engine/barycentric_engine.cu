@@ -6,9 +6,6 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <algorithm>
-#include <limits>
-
 #include "../kernel_launch.cuh"
 #include "barycentric_epilogue.cuh"
 #include "engine.h"
@@ -102,27 +99,21 @@ void launch_barycentric(const at::Tensor& x_in, const at::Tensor& y_in, const at
       constexpr int kWidth = decltype(width)::value;
       constexpr int kValueCols = decltype(value_cols)::value;
       const int64_t value_blocks = (k + kValueCols - 1) / kValueCols;
-      // The problems and value blocks already multiply the blocks; split columns only for what
-      // remains.
-      const ChunkPlan plan = plan_launch<Traits>(n * value_blocks * problems, m);
-      const int64_t row_blocks = (n + Traits::kBlockRows - 1) / Traits::kBlockRows;
-      TORCH_CHECK(row_blocks <= std::numeric_limits<int32_t>::max() && value_blocks <= kMaxGridZ,
-                  "ot_flow.barycentric: problem too large for one launch");
-      // Grid z holds problems x value blocks, at most kMaxGridZ: a launch takes that many problems.
-      const int64_t per_launch = std::min<int64_t>(BarycentricBatch::kMaxProblems, kMaxGridZ / value_blocks);
+      // The problems and value blocks already multiply the blocks; columns are split only for
+      // what remains.
+      const BatchedLaunches launches =
+          plan_batched_launches<Traits>("ot_flow.barycentric", problems, n, m, value_blocks);
+      const ChunkPlan& plan = launches.plan;
       at::Tensor part_weighted, part_stats;
       if (plan.chunks > 1) {
         part_weighted = at::empty({plan.chunks, problems, n, k}, x.options());
         part_stats = at::empty({2, plan.chunks, problems, n}, x.options());
       }
       auto kernel = barycentric_engine_kernel<Traits, kWidth, kValueCols>;
-      for (int64_t first = 0; first < problems; first += per_launch) {
-        const int64_t count = std::min<int64_t>(per_launch, problems - first);
+      launches.for_each([&](int64_t first, int64_t count, dim3 grid) {
         BarycentricBatch batch;
         batch.set(x.stride(0), y.stride(0), h.stride(0), scales, first, count);
         batch.values_stride = values.stride(0);
-        const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(plan.chunks),
-                        static_cast<unsigned>(count * value_blocks));
         const float* xp = x.const_data_ptr<float>() + first * x.stride(0);
         const float* yp = y.const_data_ptr<float>() + first * y.stride(0);
         const float* hp = h.const_data_ptr<float>() + first * h.stride(0);
@@ -140,7 +131,7 @@ void launch_barycentric(const at::Tensor& x_in, const at::Tensor& y_in, const at
                         part_stats[0].data_ptr<float>() + rows_before, part_stats[1].data_ptr<float>() + rows_before,
                         problems * n);
         }
-      }
+      });
       if (plan.chunks == 1) return;
       // Rows of all problems are one (B n)-long axis of the partials: one merge for the batch.
       constexpr int kMergeThreads = 256;

@@ -79,22 +79,16 @@ struct BarycentricEpilogue {
     __syncthreads();  // every thread reaches tile() in the same step (stream_loop.cuh)
   }
 
-  // Turns the scores v into weights 2^(v log2 e - max2) in place (lse_epilogue.cuh's exp_term),
-  // folding them into the running sums.
+  // Turns the tile's dot products into the weights 2^(v log2 e - max2) of their scores v, in
+  // place (lse_epilogue.cuh's row_scores and exp_term), folding them into the running sums.
   __device__ __forceinline__ void weigh(float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
     float bias[Traits::kColFrags][2];
     load_tile_bias(h, col0, col_end, lane, bias);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float tile_max = neg_inf_f();
-#pragma unroll
-      for (int j = 0; j < Traits::kColFrags; ++j)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          acc[j][2 * r + e] = fmaf(acc[j][2 * r + e], scale, bias[j][e]);
-          tile_max = fmaxf(tile_max, acc[j][2 * r + e]);
-        }
+      float v[Traits::kColFrags][2];
+      float tile_max = row_scores(acc, r, scale, bias, v);
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
       const float new_max = fmaxf(run_max[r], tile_max * kLog2e);
@@ -117,7 +111,7 @@ struct BarycentricEpilogue {
         for (int e = 0; e < 2; ++e) {
           // The weight as the MMA will multiply it, so that the normaliser sums the same weights
           // as the weighted sum (a constant value column then averages to itself).
-          acc[j][2 * r + e] = as_operand<Traits::kMode>(exp_term(acc[j][2 * r + e], new_max));
+          acc[j][2 * r + e] = as_operand<Traits::kMode>(exp_term(v[j][e], new_max));
           run_sum[r] += acc[j][2 * r + e];
         }
     }

@@ -6,9 +6,6 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <algorithm>
-#include <limits>
-
 #include "../../gumbel_noise.h"
 #include "../kernel_launch.cuh"
 #include "engine.h"
@@ -68,29 +65,24 @@ void launch_gumbel_argmax(const at::Tensor& x_in, const at::Tensor& y_in, const 
   with_traits(mode, d, operands.rows_aligned16, [&](auto traits, auto width) {
     using Traits = decltype(traits);
     constexpr int kWidth = decltype(width)::value;
-    // The column split aims at the whole batch's blocks, not one problem's.
-    const ChunkPlan plan = plan_launch<Traits>(n * problems, m);
-    const int64_t row_blocks = (n + Traits::kBlockRows - 1) / Traits::kBlockRows;
-    TORCH_CHECK(row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.gumbel_argmax: too many rows");
+    const BatchedLaunches launches = plan_batched_launches<Traits>("ot_flow.gumbel_argmax", problems, n, m);
+    const ChunkPlan& plan = launches.plan;
     // With one chunk the kernel writes the result directly.
     at::Tensor part_value = plan.chunks == 1 ? value : at::empty({plan.chunks, problems, n}, value.options());
     at::Tensor part_index = plan.chunks == 1 ? index : at::empty({plan.chunks, problems, n}, index.options());
-    for (int64_t first = 0; first < problems; first += GumbelBatch::kMaxProblems) {
-      const int64_t count = std::min<int64_t>(GumbelBatch::kMaxProblems, problems - first);
+    launches.for_each([&](int64_t first, int64_t count, dim3 grid) {
       GumbelBatch batch;
       batch.set(x.stride(0), y.stride(0), h.stride(0), scales, first, count);
       for (int64_t b = 0; b < count; ++b) {
         const GumbelKey& key = keys[first + b];
         batch.noise[b] = noise_key(static_cast<uint64_t>(key.seed), static_cast<uint64_t>(key.offset));
       }
-      const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(plan.chunks),
-                      static_cast<unsigned>(count));
       launch_kernel(gumbel_engine_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream,
                     x.const_data_ptr<float>() + first * x.stride(0), y.const_data_ptr<float>() + first * y.stride(0),
                     h.const_data_ptr<float>() + first * h.stride(0), n, m, d, batch, operands.scale_exponent_from(first),
                     row_offset, col_offset, plan.cols_per_chunk, part_value.data_ptr<double>() + first * n,
                     part_index.data_ptr<int64_t>() + first * n, problems * n);
-    }
+    });
     if (plan.chunks > 1) {
       // Rows of all problems are one (B n)-long axis of the partials: one merge for the batch.
       merge_gumbel_chunks(part_value.data_ptr<double>(), part_index.data_ptr<int64_t>(), problems * n, plan.chunks,

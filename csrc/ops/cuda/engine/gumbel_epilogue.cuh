@@ -47,14 +47,7 @@ struct GumbelEpilogue {
     for (int r = 0; r < 2; ++r) {
       if (!live[r]) continue;
       float v[Traits::kColFrags][2];
-      float tile_max = neg_inf_f();
-#pragma unroll
-      for (int j = 0; j < Traits::kColFrags; ++j)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          v[j][e] = fmaf(acc[j][2 * r + e], scale, bias[j][e]);
-          tile_max = fmaxf(tile_max, v[j][e]);
-        }
+      const float tile_max = row_scores(acc, r, scale, bias, v);
       if (tile_max == neg_inf_f()) continue;
       const double bound = fmax(best[r], static_cast<double>(tile_max) + kGumbelMin) - kGumbelMax;
       if (static_cast<double>(tile_max) < bound) continue;

@@ -4,11 +4,14 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "../chunk_plan.cuh"
 #include "kernel_traits.cuh"
+#include "problem_batch.cuh"
 
 namespace ot_flow::cuda::engine {
 
@@ -60,6 +63,37 @@ template <class Traits>
 ChunkPlan plan_launch(int64_t n, int64_t m) {
   return plan_chunks(n, m, at::cuda::getCurrentDeviceProperties()->multiProcessorCount, Traits::kBlockRows,
                      Traits::kBlockCols);
+}
+
+// The launches of a batched call (B problems of n rows and m columns): grid x the row blocks of
+// one problem, y the column chunks, z the problems times `z_per_problem` blocks each (the
+// barycentric value blocks), in launches of at most `per_launch` problems (the kernel parameter's
+// batch, and grid z's limit). The column split aims at the whole call's blocks, not one
+// problem's.
+struct BatchedLaunches {
+  ChunkPlan plan;  // plan.row_blocks: one problem's
+  int64_t problems, per_launch, z_per_problem;
+
+  // Calls launch(first, count, grid) for problems [first, first + count), launch after launch.
+  template <class Fn>
+  void for_each(Fn&& launch) const {
+    for (int64_t first = 0; first < problems; first += per_launch) {
+      const int64_t count = std::min(per_launch, problems - first);
+      launch(first, count,
+             dim3(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks),
+                  static_cast<unsigned>(count * z_per_problem)));
+    }
+  }
+};
+
+template <class Traits>
+BatchedLaunches plan_batched_launches(const char* op, int64_t problems, int64_t n, int64_t m,
+                                      int64_t z_per_problem = 1) {
+  ChunkPlan plan = plan_launch<Traits>(n * problems * z_per_problem, m);
+  plan.row_blocks = (n + Traits::kBlockRows - 1) / Traits::kBlockRows;
+  TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max() && z_per_problem <= kMaxGridZ, op,
+              ": problem too large for one launch");
+  return {plan, problems, std::min<int64_t>(ProblemBatch::kMaxProblems, kMaxGridZ / z_per_problem), z_per_problem};
 }
 
 }  // namespace ot_flow::cuda::engine

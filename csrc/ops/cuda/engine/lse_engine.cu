@@ -5,9 +5,6 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <algorithm>
-#include <limits>
-
 #include "../kernel_launch.cuh"
 #include "../online_lse.cuh"
 #include "engine.h"
@@ -62,18 +59,13 @@ void launch_lse(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor
   with_traits(mode, d, operands.rows_aligned16, [&](auto traits, auto width) {
     using Traits = decltype(traits);
     constexpr int kWidth = decltype(width)::value;
-    // The column split aims at the whole batch's blocks, not one problem's.
-    const ChunkPlan plan = plan_launch<Traits>(n * problems, m);
-    const int64_t row_blocks = (n + Traits::kBlockRows - 1) / Traits::kBlockRows;
-    TORCH_CHECK(row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.lse: too many rows");
+    const BatchedLaunches launches = plan_batched_launches<Traits>("ot_flow.lse", problems, n, m);
+    const ChunkPlan& plan = launches.plan;
     at::Tensor partials;
     if (plan.chunks > 1) partials = at::empty({2, plan.chunks, problems, n}, x.options());
-    for (int64_t first = 0; first < problems; first += ProblemBatch::kMaxProblems) {
-      const int64_t count = std::min<int64_t>(ProblemBatch::kMaxProblems, problems - first);
+    launches.for_each([&](int64_t first, int64_t count, dim3 grid) {
       ProblemBatch batch;
       batch.set(x.stride(0), y.stride(0), h.stride(0), scales, first, count);
-      const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(plan.chunks),
-                      static_cast<unsigned>(count));
       const float* xp = x.const_data_ptr<float>() + first * x.stride(0);
       const float* yp = y.const_data_ptr<float>() + first * y.stride(0);
       const float* hp = h.const_data_ptr<float>() + first * h.stride(0);
@@ -87,7 +79,7 @@ void launch_lse(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor
                       partials[0].data_ptr<float>() + first * n, partials[1].data_ptr<float>() + first * n,
                       problems * n);
       }
-    }
+    });
     if (plan.chunks > 1) {
       // Rows of all problems are one (B n)-long axis of the partials: one merge for the batch.
       constexpr int kMergeThreads = 256;

@@ -51,6 +51,23 @@ __device__ __forceinline__ void load_tile_bias(const float* __restrict__ h, int6
     }
 }
 
+// Row r's (0: g, 1: g + 8, lane = 4 g + t) scores v = s <x, y> + h in the lane's columns of a
+// tile, from its dot products acc and the tile's bias; returns their max (-inf when every column
+// is dropped).
+template <int ColFrags>
+__device__ __forceinline__ float row_scores(const float (&acc)[ColFrags][4], int r, float scale,
+                                            const float (&bias)[ColFrags][2], float (&v)[ColFrags][2]) {
+  float tile_max = neg_inf_f();
+#pragma unroll
+  for (int j = 0; j < ColFrags; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      v[j][e] = fmaf(acc[j][2 * r + e], scale, bias[j][e]);
+      tile_max = fmaxf(tile_max, v[j][e]);
+    }
+  return tile_max;
+}
+
 // 2^(v log2 e - max2) for a score v in natural units and a max in log2 units: the term of v
 // relative to the max, its exponent formed by one FMA (v = -inf gives 0).
 __device__ __forceinline__ float exp_term(float v, float max2) { return exp2_ftz(fmaf(v, kLog2e, -max2)); }
@@ -76,14 +93,7 @@ struct LseEpilogue {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float v[Traits::kColFrags][2];
-      float tile_max = neg_inf_f();
-#pragma unroll
-      for (int j = 0; j < Traits::kColFrags; ++j)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          v[j][e] = fmaf(acc[j][2 * r + e], scale, bias[j][e]);
-          tile_max = fmaxf(tile_max, v[j][e]);
-        }
+      const float tile_max = row_scores(acc, r, scale, bias, v);
       if (tile_max == neg_inf_f()) continue;  // every column of the tile dropped for this row
       const float tile_max2 = tile_max * kLog2e;
       if (tile_max2 > run_max[r]) {
