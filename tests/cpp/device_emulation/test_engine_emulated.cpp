@@ -5,15 +5,18 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "device_emulation.h"
 #include "ops/cuda/engine/engine.h"
+#include "ops/cuda/engine/launch.cuh"
 #include "ops/cuda/engine/streamed_operands.h"
 #include "ops/gumbel_noise.h"
 
@@ -254,6 +257,35 @@ TEST_F(EngineEmulated, BatchesOfSeveralLaunchesEqualEachProblemAlone) {
     ASSERT_TRUE(at::equal(index[b], index_b)) << "gumbel_argmax, problem " << b;
     ASSERT_TRUE(at::allclose(value[b], value_b, 1e-6, 1e-6)) << "gumbel_argmax value, problem " << b;
   }
+}
+
+// The cut of a batch into launches: every problem in exactly one launch, in order; at most 256
+// problems a launch, and fewer where each problem takes several blocks of grid z (barycentric's
+// value blocks), so that grid z stays within CUDA's 65,535; a problem that alone needs more
+// blocks than that is refused.
+TEST_F(EngineEmulated, BatchedLaunchesCoverEveryProblemOnceWithinGridZ) {
+  using Traits = KernelTraits<DotMode::kSplitTF32, 16>;
+  for (const auto& [problems, z_per_problem] : std::vector<std::pair<int64_t, int64_t>>{
+           {1, 1}, {256, 1}, {257, 1}, {600, 1}, {600, 300}, {5, 65535}}) {
+    const BatchedLaunches launches = plan_batched_launches<Traits>("test", problems, 100, 70, z_per_problem);
+    EXPECT_EQ(launches.plan.row_blocks, 2);
+    int64_t next = 0, calls = 0;
+    launches.for_each([&](int64_t first, int64_t count, dim3 grid) {
+      EXPECT_EQ(first, next);
+      EXPECT_GE(count, 1);
+      EXPECT_LE(count, ProblemBatch::kMaxProblems);
+      EXPECT_EQ(static_cast<int64_t>(grid.z), count * z_per_problem);
+      EXPECT_LE(static_cast<int64_t>(grid.z), kMaxGridZ);
+      EXPECT_EQ(grid.x, 2u);
+      EXPECT_EQ(static_cast<int64_t>(grid.y), launches.plan.chunks);
+      next = first + count;
+      ++calls;
+    });
+    EXPECT_EQ(next, problems) << problems << " problems x " << z_per_problem;
+    const int64_t per_launch = std::min<int64_t>(256, kMaxGridZ / z_per_problem);
+    EXPECT_EQ(calls, (problems + per_launch - 1) / per_launch) << problems << " problems x " << z_per_problem;
+  }
+  EXPECT_THROW(plan_batched_launches<Traits>("test", 1, 100, 70, kMaxGridZ + 1), c10::Error);
 }
 
 // A bias of -inf drops a column; a row with every column dropped has lse -inf.
