@@ -1,18 +1,24 @@
-"""Biased maximum inner-product search side by side: ot_flow.ops.mips, plain PyTorch
-``(x @ y.T + bias).max(1)`` and FAISS ``IndexFlatIP`` (the bias folded in as an extra
-coordinate: [x, 1] . [y, bias]), same inputs, answers checked; then the time a
-SemidiscreteSampler needs to reach a chi-square marginal error of 1e-2 (measured on fresh
-noise every --fit-log-every steps, the measurements included in the time, then checked once
-more on 50 N other noise points).
+"""Biased maximum inner-product search side by side: ot_flow.ops.mips in each precision mode
+(every one exact: a coarser mode only searches faster and rescores more candidates), plain
+PyTorch ``(x @ y.T + bias).max(1)`` in float32 and in bfloat16 (what a user writes instead, and
+how often it is wrong) and FAISS ``IndexFlatIP`` (the bias folded in as an extra coordinate:
+[x, 1] . [y, bias]), same inputs; then the time a SemidiscreteSampler needs to reach a
+chi-square marginal error of 1e-2 (measured on fresh noise every --fit-log-every steps, the
+measurements included in the time, then checked once more on 50 N other noise points).
 
     python benchmarks/bench_mips.py [--device cpu] [--sizes 10000 100000 1000000] [--dims 64 784 3072]
+    python benchmarks/bench_mips.py --device cuda --queries 4096 --cases 1000000:64 1000000:512 200000:3072
     python benchmarks/bench_mips.py --fit-only --fit-sizes 10000 100000
 
-Queries: --queries (1024) noise vectors per call, float32, top-1. "q/s" = queries per second
-(median call); "floor" = 2 B N d FLOPs at the measured GEMM rate, i.e. the GEMM alone. A method
-whose buffers would pass --budget-gb (PyTorch's B x N scores; the data itself) is not run.
-"agree" is the fraction of queries whose answer equals ot_flow's; where it differs, the
-scores of both answers agree to float32 rounding (checked, not assumed).
+Queries: --queries (1024) noise vectors per call, float32, top-1; the sizes are --sizes x --dims,
+or the (N, d) pairs of --cases. "q/s" = queries per second (median call); "floor" = 2 B N d
+FLOPs at the measured float32 GEMM rate, i.e. that GEMM alone. A method whose buffers would pass
+--budget-gb (PyTorch's B x N scores; the data itself) is not run. Each answer is checked two
+ways: "exact" is the fraction of the first --exact-queries queries whose answer scores the
+float64 maximum (a float64 brute force), "agree" the fraction of all queries with the answer of
+ot_flow's default ("highest"). ot_flow's modes and torch float32 must agree up to float32
+rounding (a differing answer's score within rounding of the other's, else the run stops);
+torch bfloat16 is reported as it is.
 """
 
 import argparse
@@ -26,7 +32,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 from common import header, machine_rates, publish, sync, table, timeit  # noqa: E402
 
-METHODS = ["ot_flow", "torch", "FAISS"]
+# ot_flow's precision modes by method name; torch's dtype likewise.
+OURS = {"ot_flow": "highest", "ot_flow tf32": "tf32", "ot_flow bf16": "bf16"}
+TORCH = {"torch": torch.float32, "torch bf16": torch.bfloat16}
+METHODS = [*OURS, *TORCH, "FAISS"]
+# Methods whose answer must equal the exact one up to float32 rounding (check()).
+EXACT_UP_TO_ROUNDING = {*OURS, "torch", "FAISS"}
 
 
 def problem(n_data, d, queries, device):
@@ -38,12 +49,15 @@ def problem(n_data, d, queries, device):
 
 
 def run_method(method, x, y, bias, device):
-    if method == "ot_flow":
+    if method in OURS:
         import ot_flow
 
-        fn = lambda: ot_flow.ops.mips(x, y, bias)[1][:, 0]  # noqa: E731
-    elif method == "torch":
-        fn = lambda: torch.addmm(bias, x, y.T).max(1).indices  # noqa: E731
+        mode = OURS[method]
+        fn = lambda: ot_flow.ops.mips(x, y, bias, precision=mode)[1][:, 0]  # noqa: E731
+    elif method in TORCH:
+        # The operands converted once, outside the timing, as a user holding them so would.
+        xt, yt, bt = (t.to(TORCH[method]) for t in (x, y, bias))
+        fn = lambda: torch.addmm(bt, xt, yt.T).max(1).indices  # noqa: E731
     else:
         import faiss
 
@@ -55,53 +69,78 @@ def run_method(method, x, y, bias, device):
     return seconds, fn().to(x.device)
 
 
-def check(answer, reference, x, y, bias):
-    """Fraction equal; raises when a differing answer's score is not within rounding."""
+def scores64(x, y, bias, index):
+    """<x_i, y_index_i> + bias_index_i in float64."""
+    return (x.double() * y[index].double()).sum(1) + bias[index].double()
+
+
+def best64(x, y, bias, block=1 << 16):
+    """The float64 maximum of each query's scores (a brute force over blocks of y)."""
+    best = torch.full((x.shape[0],), -float("inf"), dtype=torch.float64, device=x.device)
+    x64 = x.double()
+    for c0 in range(0, y.shape[0], block):
+        scores = torch.addmm(bias[c0:c0 + block].double(), x64, y[c0:c0 + block].double().T)
+        best = torch.maximum(best, scores.max(1).values)
+    return best
+
+
+def check(method, answer, reference, x, y, bias):
+    """Fraction equal to the reference; raises when a method that should be exact gives an
+    answer whose score is not within float32 rounding of the reference's."""
     same = answer == reference
-    if not same.all():
+    if method in EXACT_UP_TO_ROUNDING and not same.all():
         rows = (~same).nonzero().squeeze(1)
-        score = lambda idx: (x[rows].double() * y[idx[rows]].double()).sum(1) + bias[idx[rows]].double()  # noqa: E731
-        gap = (score(answer) - score(reference)).abs().max().item()
-        scale = 1e-5 * (1 + score(reference).abs().max().item())
-        if gap > scale:
-            raise AssertionError(f"answers differ beyond rounding (score gap {gap:.3g})")
+        gap = (scores64(x[rows], y, bias, answer[rows]) - scores64(x[rows], y, bias, reference[rows])).abs().max()
+        scale = 1e-5 * (1 + scores64(x[rows], y, bias, reference[rows]).abs().max().item())
+        if gap.item() > scale:
+            raise AssertionError(f"{method}: answers differ beyond rounding (score gap {gap.item():.3g})")
     return same.double().mean().item()
+
+
+def cases(args):
+    if args.cases:
+        return [tuple(int(v) for v in c.split(":")) for c in args.cases]
+    return [(n_data, d) for n_data in args.sizes for d in args.dims]
 
 
 def search_table(args, rates):
     rows = []
-    for n_data in args.sizes:
-        for d in args.dims:
-            if n_data * d * 4 > args.budget_gb * 2**30 / 3:
-                rows.append({"N": n_data, "d": d, "method": "-", "note": "data out of memory budget"})
-                continue
-            x, y, bias = problem(n_data, d, args.queries, args.device)
-            floor = 2 * args.queries * n_data * d / rates["gemm_flops"]
-            reference = None
-            for method in args.methods:
-                row = {"N": n_data, "d": d, "method": method}
-                if method == "torch" and args.queries * n_data * 4 * 2 > args.budget_gb * 2**30:
-                    row["note"] = "B x N scores out of memory budget"
-                elif method == "FAISS" and args.device != "cpu":
-                    row["note"] = "faiss-cpu only"
+    for n_data, d in cases(args):
+        if n_data * d * 4 > args.budget_gb * 2**30 / 3:
+            rows.append({"N": n_data, "d": d, "method": "-", "note": "data out of memory budget"})
+            continue
+        x, y, bias = problem(n_data, d, args.queries, args.device)
+        floor = 2 * args.queries * n_data * d / rates["gemm_flops"]
+        probe = slice(0, min(args.exact_queries, args.queries))
+        exact_best = best64(x[probe], y, bias)
+        reference = None  # ot_flow's default answer, which runs first
+        for method in sorted(args.methods, key=lambda m: m != "ot_flow"):
+            row = {"N": n_data, "d": d, "method": method}
+            if method in TORCH and args.queries * n_data * TORCH[method].itemsize * 2 > args.budget_gb * 2**30:
+                row["note"] = "B x N scores out of memory budget"
+            elif method == "FAISS" and args.device != "cpu":
+                row["note"] = "faiss-cpu only"
+            else:
+                try:
+                    seconds, answer = run_method(method, x, y, bias, args.device)
+                except ImportError as err:
+                    row["note"] = f"not installed ({err.name})"
                 else:
-                    try:
-                        seconds, answer = run_method(method, x, y, bias, args.device)
-                    except ImportError as err:
-                        row["note"] = f"not installed ({err.name})"
-                    else:
-                        if reference is None:
-                            reference = answer
-                        row.update({"ms/call": f"{seconds * 1e3:.1f}", "q/s": f"{args.queries / seconds:,.0f}",
-                                    "agree": f"{check(answer, reference, x, y, bias):.4f}",
-                                    "floor": f"{floor / seconds:.0%}", "_s": seconds})
-                rows.append(row)
-                print({k: v for k, v in row.items() if not k.startswith("_")}, flush=True)
-            ours = next((r for r in rows[-len(args.methods):] if r["method"] == "ot_flow" and "_s" in r), None)
-            for r in rows[-len(args.methods):]:
-                if ours and "_s" in r:
-                    r["vs ot_flow"] = f"{r['_s'] / ours['_s']:.2f}x"
-    return table(rows, ["N", "d", "method", "ms/call", "q/s", "vs ot_flow", "floor", "agree", "note"])
+                    if reference is None:
+                        reference = answer
+                    # Float64 sums in another order differ by ~1e-16 relative; float32 rounding by ~1e-7.
+                    slack = 1e-10 * (1 + exact_best.abs())
+                    exact = (scores64(x[probe], y, bias, answer[probe]) >= exact_best - slack).double().mean().item()
+                    row.update({"ms/call": f"{seconds * 1e3:.1f}", "q/s": f"{args.queries / seconds:,.0f}",
+                                "exact": f"{exact:.4f}", "agree": f"{check(method, answer, reference, x, y, bias):.4f}",
+                                "floor": f"{floor / seconds:.0%}", "_s": seconds})
+            rows.append(row)
+            print({k: v for k, v in row.items() if not k.startswith("_")}, flush=True)
+        ours = next((r for r in rows[-len(args.methods):] if r["method"] == "ot_flow" and "_s" in r), None)
+        for r in rows[-len(args.methods):]:
+            if ours and "_s" in r:
+                r["vs ot_flow"] = f"{r['_s'] / ours['_s']:.2f}x"
+    return table(rows, ["N", "d", "method", "ms/call", "q/s", "vs ot_flow", "floor", "exact", "agree", "note"])
 
 
 def fit_table(args):
@@ -142,7 +181,11 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 784, 3072])
+    parser.add_argument("--cases", nargs="+", default=None, metavar="N:d",
+                        help="(N, d) pairs to run instead of --sizes x --dims")
     parser.add_argument("--queries", type=int, default=1024)
+    parser.add_argument("--exact-queries", type=int, default=32,
+                        help="queries checked against a float64 brute force (all N columns)")
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--budget-gb", type=float, default=12.0)
     parser.add_argument("--fit-sizes", type=int, nargs="*", default=[10_000, 100_000])

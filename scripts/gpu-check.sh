@@ -108,7 +108,7 @@ if want bench; then
   run_bench 180 benchmarks/bench_lse.py --sizes 16384 65536
   run_bench 180 benchmarks/bench_sinkhorn.py --sizes 4096 65536 --dims 64 --methods ot_flow "ot_flow streamed" \
     "torch dense" OTT-JAX FlashSinkhorn
-  run_bench 120 benchmarks/bench_mips.py --methods ot_flow torch --fit-sizes 10000 100000
+  run_bench 120 benchmarks/bench_mips.py --methods ot_flow torch "torch bf16" --fit-sizes 10000 100000
   # bench_unbalanced: ot_flow unbalanced (tau 0.9) vs its balanced solve per iteration, against
   # FlashSinkhorn's unbalanced solver (reach = sqrt(rho), TF32 only here: each mode is one more
   # autotune per shape) at n = 4096 and 65536, d = 64. GPU time, estimated from the work: ours at
