@@ -74,10 +74,11 @@ def scores64(x, y, bias, index):
     return (x.double() * y[index].double()).sum(1) + bias[index].double()
 
 
-def best64(x, y, bias, block=1 << 16):
-    """The float64 maximum of each query's scores (a brute force over blocks of y)."""
+def best64(x, y, bias):
+    """The float64 maximum of each query's scores (a brute force over blocks of y of 256 MB in
+    float64)."""
     best = torch.full((x.shape[0],), -float("inf"), dtype=torch.float64, device=x.device)
-    x64 = x.double()
+    x64, block = x.double(), max(1, 2**25 // y.shape[1])
     for c0 in range(0, y.shape[0], block):
         scores = torch.addmm(bias[c0:c0 + block].double(), x64, y[c0:c0 + block].double().T)
         best = torch.maximum(best, scores.max(1).values)
