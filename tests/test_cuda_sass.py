@@ -22,6 +22,8 @@ pytestmark = pytest.mark.skipif(not ot_flow.cuda_built(), reason="ot_flow was bu
 # are split TF32 ("highest"), TF32, BF16 and split float16 ("highest", opt-in; not for mips).
 ENGINE_KERNEL = re.compile(r"engine.*_kernel.*KernelTraitsILNS\d+_7DotModeE(\d)E")
 TENSOR_CORE = re.compile(r"\b(HMMA|HGMMA)\.")
+# The copy width (4: 16-byte copies, 1: 4-byte copies), the template argument after the traits.
+COPY_WIDTH = re.compile(r"KernelTraitsILNS\d+_7DotModeE\dELi\d+EEELi(\d)E")
 MMA_SHAPE = {"0": "HMMA.1688.F32.TF32", "1": "HMMA.1688.F32.TF32", "2": "HMMA.16816.F32.BF16", "3": "HMMA.16816.F32"}
 
 
@@ -65,6 +67,11 @@ def test_engine_kernels_use_tensor_cores():
             assert re.search(r"HMMA\.16816\.F32 ", sass), f"{name}: no float16 MMA"
             # y's packed words in lane order: a lane's B fragments one 128-bit load (mma_tile.cuh)
             assert "LDS.128" in sass, f"{name}: B fragments not loaded 128 bits at a time"
+        if COPY_WIDTH.search(name).group(1) == "4":
+            # x's rows, staged again for every column tile, cached in L1; y streamed past it
+            # (stream_loop.cuh): a 16-byte cp.async of each kind.
+            assert re.search(r"LDGSTS\.E\.128\b", sass), f"{name}: x's copies not cached in L1"
+            assert "LDGSTS.E.BYPASS.128" in sass, f"{name}: y's copies not streamed past L1"
         assert not re.search(r"\b(LDL|STL)\b", sass), f"{name}: registers spill to local memory"
 
 

@@ -101,16 +101,20 @@ __device__ __forceinline__ float ex2_approx_ftz(float v) {
 }
 
 // cp.async.{cg,ca}.shared.global [dst], [src], Bytes, src_bytes: copies src_bytes bytes from
-// global src to shared dst and zero-fills the rest of the Bytes, asynchronously (cg for 16
-// bytes, which bypasses L1; ca for 4). It lands by the cp.async.wait_group that covers it.
-template <int Bytes>
+// global src to shared dst and zero-fills the rest of the Bytes, asynchronously. 16 bytes go
+// through L2 only (cg), unless KeepInL1 (ca: cached in L1 too, for data the block reads again);
+// 4 bytes always through L1 (ca, the only form for them). It lands by the cp.async.wait_group
+// that covers it.
+template <int Bytes, bool KeepInL1 = false>
 __device__ __forceinline__ void cp_async(void* dst, const void* src, int src_bytes) {
   static_assert(Bytes == 4 || Bytes == 16, "cp.async moves 4 or 16 bytes here");
 #if defined(OT_FLOW_DEVICE_EMULATION)
   ::ot_flow::emulation::cp_async(dst, src, Bytes, src_bytes);
 #else
   const unsigned dst_shared = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  if constexpr (Bytes == 16) {
+  if constexpr (Bytes == 16 && KeepInL1) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_shared), "l"(src), "r"(src_bytes));
+  } else if constexpr (Bytes == 16) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_shared), "l"(src), "r"(src_bytes));
   } else {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst_shared), "l"(src), "r"(src_bytes));

@@ -9,10 +9,11 @@
 namespace ot_flow::cuda::engine {
 
 // Copies Width floats (4 or 16 bytes) from global `src` to shared `dst`, or writes zeros when
-// !valid (src-size 0: nothing is read, `src` need only be a mapped address).
-template <int Width>
+// !valid (src-size 0: nothing is read, `src` need only be a mapped address); KeepInL1: cached in
+// L1 on the way (ptx::cp_async).
+template <int Width, bool KeepInL1>
 __device__ __forceinline__ void copy_async_or_zero(float* dst, const float* src, bool valid) {
-  ptx::cp_async<4 * Width>(dst, src, valid ? 4 * Width : 0);
+  ptx::cp_async<4 * Width, KeepInL1>(dst, src, valid ? 4 * Width : 0);
 }
 
 __device__ __forceinline__ void commit_async_copies() { ptx::cp_async_commit_group(); }
@@ -34,7 +35,9 @@ __device__ __forceinline__ void wait_async_copies() {
 // a fixed stride: per copy a 64-bit add, one compare and the copy. (Forming each address from
 // the step's tile and slice cost ~30 instructions a copy in 64-bit multiplies and compares: at
 // d <= 8, 4-byte copies, 121 of the ~570 a step issues.)
-template <int Rows, int SliceK, int Stride, int Threads, int Width>
+//
+// KeepInL1: the copies are cached in L1 (for a matrix whose slices the block stages again).
+template <int Rows, int SliceK, int Stride, int Threads, int Width, bool KeepInL1 = false>
 class SliceStager {
   static constexpr int kVectorsPerRow = SliceK / Width;
   static_assert(Threads % kVectorsPerRow == 0, "a thread copies one column of the slice");
@@ -69,7 +72,7 @@ class SliceStager {
 #pragma unroll(kCopies <= 4 ? kCopies : 2)
     for (int i = 0; i < kCopies; ++i) {
       const bool valid = k_inside && row_ + i * kRowsPerPass < rows;
-      copy_async_or_zero<Width>(to + i * kRowsPerPass * Stride, valid ? src : matrix_, valid);
+      copy_async_or_zero<Width, KeepInL1>(to + i * kRowsPerPass * Stride, valid ? src : matrix_, valid);
       src += pass_stride_;
     }
   }
