@@ -91,8 +91,9 @@ def check(method, answer, reference, x, y, bias):
     same = answer == reference
     if method in EXACT_UP_TO_ROUNDING and not same.all():
         rows = (~same).nonzero().squeeze(1)
-        gap = (scores64(x[rows], y, bias, answer[rows]) - scores64(x[rows], y, bias, reference[rows])).abs().max()
-        scale = 1e-5 * (1 + scores64(x[rows], y, bias, reference[rows]).abs().max().item())
+        theirs = scores64(x[rows], y, bias, reference[rows])
+        gap = (scores64(x[rows], y, bias, answer[rows]) - theirs).abs().max()
+        scale = 1e-5 * (1 + theirs.abs().max().item())
         if gap.item() > scale:
             raise AssertionError(f"{method}: answers differ beyond rounding (score gap {gap.item():.3g})")
     return same.double().mean().item()

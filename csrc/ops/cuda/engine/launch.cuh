@@ -67,16 +67,17 @@ ChunkPlan plan_launch(int64_t n, int64_t m) {
 
 // The launches of a batched call (B problems of n rows and m columns): grid x the row blocks of
 // one problem, y the column chunks, z the problems times `z_per_problem` blocks each (the
-// barycentric value blocks), in launches of at most `per_launch` problems (the kernel parameter's
-// batch, and grid z's limit). The column split aims at the whole call's blocks, not one
+// barycentric value blocks), in launches of at most 256 problems (the kernel parameter's batch),
+// fewer where grid z's limit says so. The column split aims at the whole call's blocks, not one
 // problem's.
 struct BatchedLaunches {
   ChunkPlan plan;  // plan.row_blocks: one problem's
-  int64_t problems, per_launch, z_per_problem;
+  int64_t problems, z_per_problem;
 
   // Calls launch(first, count, grid) for problems [first, first + count), launch after launch.
   template <class Fn>
   void for_each(Fn&& launch) const {
+    const int64_t per_launch = std::min<int64_t>(ProblemBatch::kMaxProblems, kMaxGridZ / z_per_problem);
     for (int64_t first = 0; first < problems; first += per_launch) {
       const int64_t count = std::min(per_launch, problems - first);
       launch(first, count,
@@ -93,7 +94,7 @@ BatchedLaunches plan_batched_launches(const char* op, int64_t problems, int64_t 
   plan.row_blocks = (n + Traits::kBlockRows - 1) / Traits::kBlockRows;
   TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max() && z_per_problem <= kMaxGridZ, op,
               ": problem too large for one launch");
-  return {plan, problems, std::min<int64_t>(ProblemBatch::kMaxProblems, kMaxGridZ / z_per_problem), z_per_problem};
+  return {plan, problems, z_per_problem};
 }
 
 }  // namespace ot_flow::cuda::engine

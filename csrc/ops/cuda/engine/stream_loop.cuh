@@ -77,8 +77,8 @@ __device__ __forceinline__ void stream_steps(const float* __restrict__ x, const 
   // The block's rows of x are staged again for every column tile (when d takes several slices),
   // so their copies stay in L1: from L2 the re-reads would double what the block reads there,
   // at d = 64 and n = m = 65,536 16 GB a pass besides y's 16 GB (1,024 row blocks, each reading
-  // y and, tile by tile, its own 16 KB of x), where L2 serves some 5-10 TB/s. y streams once
-  // through each block and bypasses L1.
+  // y and, tile by tile, its own 16 KB of x; at an L2 rate of 5-10 TB/s, assumed, not measured,
+  // 3-6 ms). y streams once through each block and bypasses L1.
   SliceStager<Traits::kBlockRows, Traits::kSliceK, Traits::kStrideX, Traits::kThreads, Width, true> x_stager(x, row0,
                                                                                                            d);
   SliceStager<Traits::kBlockCols, Traits::kSliceK, Traits::kStrideY, Traits::kThreads, Width> y_stager(y, col_begin,
