@@ -15,7 +15,9 @@ reached: the larger of n m exps at the exp rate (common.gpu_floor_rates) and 2 n
 barycentric) tensor-core FLOPs at the measured TF32 GEMM rate (x3 for split TF32, /2 for bfloat16,
 whose dense rate is twice TF32's, x1.5 for split float16: three products at bfloat16's rate).
 The row "highest/split_f16" is "highest" with OT_FLOW_ENGINE_HIGHEST=split_f16 (lse and
-barycentric; mips keeps split TF32).
+barycentric; mips keeps split TF32). Column "rows": the engine's block rows, 64, or 128 for lse's
+opt-in OT_FLOW_ENGINE_BLOCK_ROWS=128 (8-warp blocks, half the L2 reads of y where d > 8; at
+d <= 8 the switch changes nothing, so those rows time the same kernels again).
 """
 
 import argparse
@@ -83,8 +85,12 @@ def main():
                 ref_lse, ref_mean, logit_scale = reference(x, y, h, s, y)
                 for op in ("lse", "barycentric"):
                     flops = 2 * n * n * d + (2 * n * n * d if op == "barycentric" else 0)
-                    for engine, precision in RUNS + [("tensor_cores", SPLIT_F16)]:
+                    runs = [(engine, precision, 64) for engine, precision in RUNS + [("tensor_cores", SPLIT_F16)]]
+                    if op == "lse":
+                        runs += [("tensor_cores", precision, 128) for precision in ("highest", "tf32", "bf16")]
+                    for engine, precision, block_rows in runs:
                         os.environ["OT_FLOW_CUDA_ENGINE"] = engine
+                        os.environ["OT_FLOW_ENGINE_BLOCK_ROWS"] = str(block_rows)
                         mode = set_highest(precision)
                         if op == "lse":
                             call = lambda: ot_flow.ops.lse(x, y, h, s, precision=mode)  # noqa: E731
@@ -96,11 +102,13 @@ def main():
                         t = timeit(call, device)
                         floor = max(n * n / exp_rate, flops * MMA_COST[precision] / tf32_rate)
                         rows.append({"op": op, "n=m": n, "d": d, "engine": engine, "precision": precision,
-                                     "ms": f"{t * 1e3:.3f}", "error": f"{err:.1e}", "of floor": f"{floor / t:.0%}"})
+                                     "rows": block_rows if engine == "tensor_cores" else "", "ms": f"{t * 1e3:.3f}",
+                                     "error": f"{err:.1e}", "of floor": f"{floor / t:.0%}"})
     finally:
         restore(saved)
         os.environ.pop("OT_FLOW_ENGINE_HIGHEST", None)
-    report.append(table(rows, ["op", "n=m", "d", "engine", "precision", "ms", "error", "of floor"]))
+        os.environ.pop("OT_FLOW_ENGINE_BLOCK_ROWS", None)
+    report.append(table(rows, ["op", "n=m", "d", "engine", "precision", "rows", "ms", "error", "of floor"]))
     report.append(mips_table(args.mips or [(4096, 1_000_000, 64), (4096, 1_000_000, 512), (4096, 200_000, 3072)],
                              args.mips_k, device, saved))
     publish("\n".join(report), args.out)

@@ -400,6 +400,29 @@ def test_split_f16_sinkhorn_gumbel_and_batches(split_f16):
     test_batched_gumbel_past_one_launch()
 
 
+# lse in 128-row blocks of 8 warps (opt-in, OT_FLOW_ENGINE_BLOCK_ROWS=128; kernel_traits.cuh): the
+# same bounds, and the Sinkhorn loop on them.
+@pytest.mark.parametrize("precision", MODES)
+@pytest.mark.parametrize("n,m,d", SIZES + [(129, 257, 64), (4099, 300, 33)])
+def test_lse_in_128_row_blocks_within_the_modes_bound(n, m, d, precision, monkeypatch):
+    monkeypatch.setenv("OT_FLOW_ENGINE_BLOCK_ROWS", "128")
+    test_lse_within_the_modes_bound(n, m, d, precision)
+
+
+def test_sinkhorn_in_128_row_blocks(monkeypatch):
+    monkeypatch.setenv("OT_FLOW_ENGINE_BLOCK_ROWS", "128")
+    x, y, _ = random_problem(1000, 1200, 24, torch.float32)  # d > 8: the 16-wide slices, which take 8 warps
+    cpu = ot_flow.sinkhorn(x, y, eps=0.1, cost_cache=False)
+    gpu = ot_flow.sinkhorn(x.cuda(), y.cuda(), eps=0.1, cost_cache=False)
+    assert gpu.path == "streamed" and gpu.converged
+    assert abs(gpu.n_iter - cpu.n_iter) <= 10
+    torch.testing.assert_close(gpu.transport_cost().cpu(), cpu.transport_cost(), rtol=1e-4, atol=1e-5)
+    monkeypatch.setenv("OT_FLOW_ENGINE_BLOCK_ROWS", "96")
+    x, y, h = random_problem(9, 70, 16, torch.float32, device="cuda")
+    with pytest.raises(ValueError, match="OT_FLOW_ENGINE_BLOCK_ROWS"):
+        ot_flow.ops.lse(x, y, h, 0.5)
+
+
 def test_bad_highest_switch(monkeypatch):
     x, y, h = random_problem(9, 70, 5, torch.float32, device="cuda")
     monkeypatch.setenv("OT_FLOW_ENGINE_HIGHEST", "split_fp16")

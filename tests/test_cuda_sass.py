@@ -18,12 +18,14 @@ from ot_flow import _extension
 
 pytestmark = pytest.mark.skipif(not ot_flow.cuda_built(), reason="ot_flow was built without CUDA")
 
-# Engine kernels by name (templates over KernelTraits<DotMode, slice>, copy width); DotMode 0, 1, 2, 3
-# are split TF32 ("highest"), TF32, BF16 and split float16 ("highest", opt-in; not for mips).
+# Engine kernels by name (templates over KernelTraits<DotMode, slice, warps>, copy width); DotMode
+# 0, 1, 2, 3 are split TF32 ("highest"), TF32, BF16 and split float16 ("highest", opt-in; not for
+# mips).
 ENGINE_KERNEL = re.compile(r"engine.*_kernel.*KernelTraitsILNS\d+_7DotModeE(\d)E")
 TENSOR_CORE = re.compile(r"\b(HMMA|HGMMA)\.")
-# The copy width (4: 16-byte copies, 1: 4-byte copies), the template argument after the traits.
-COPY_WIDTH = re.compile(r"KernelTraitsILNS\d+_7DotModeE\dELi\d+EEELi(\d)E")
+# The traits' slice and warps, and the copy width (4: 16-byte copies, 1: 4-byte copies), the
+# template argument after the traits.
+TRAITS = re.compile(r"KernelTraitsILNS\d+_7DotModeE(\d)ELi(\d+)ELi(\d+)EEELi(\d)E")
 MMA_SHAPE = {"0": "HMMA.1688.F32.TF32", "1": "HMMA.1688.F32.TF32", "2": "HMMA.16816.F32.BF16", "3": "HMMA.16816.F32"}
 
 
@@ -67,12 +69,25 @@ def test_engine_kernels_use_tensor_cores():
             assert re.search(r"HMMA\.16816\.F32 ", sass), f"{name}: no float16 MMA"
             # y's packed words in lane order: a lane's B fragments one 128-bit load (mma_tile.cuh)
             assert "LDS.128" in sass, f"{name}: B fragments not loaded 128 bits at a time"
-        if COPY_WIDTH.search(name).group(1) == "4":
+        if TRAITS.search(name).group(4) == "4":
             # x's rows, staged again for every column tile, cached in L1; y streamed past it
             # (stream_loop.cuh): a 16-byte cp.async of each kind.
             assert re.search(r"LDGSTS\.E\.128\b", sass), f"{name}: x's copies not cached in L1"
             assert "LDGSTS.E.BYPASS.128" in sass, f"{name}: y's copies not streamed past L1"
         assert not re.search(r"\b(LDL|STL)\b", sass), f"{name}: registers spill to local memory"
+
+
+def test_lse_has_kernels_in_128_row_blocks():
+    """lse's opt-in 128-row blocks (OT_FLOW_ENGINE_BLOCK_ROWS=128, kernel_traits.cuh): 8-warp
+    kernels of 16-wide slices in split TF32, TF32 and bfloat16, both copy widths; no other op and
+    no other traits take 8 warps."""
+    tall = set()
+    for name in kernels_sass():
+        traits = TRAITS.search(name) if ENGINE_KERNEL.search(name) else None
+        if traits and traits.group(3) == "8":
+            assert "lse_engine_kernel" in name and traits.group(2) == "16", f"{name}: 8 warps outside lse's 16-wide slices"
+            tall.add((traits.group(1), traits.group(4)))
+    assert tall == {(mode, width) for mode in "012" for width in "14"}, sorted(tall)
 
 
 def test_batched_engine_ops_take_the_batch_in_one_kernel():

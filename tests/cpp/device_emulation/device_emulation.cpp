@@ -253,6 +253,7 @@ void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx = uint3{x, y, z};
         ++dev.counters.blocks;
+        dev.counters.threads += threads;
         run_block(threads, order_rng);
       }
   dev.body = nullptr;

@@ -69,9 +69,10 @@ struct Settings {
 Settings& settings();
 
 // What the emulated device has done since the last reset, for tests that the work took the
-// path it should (tensor-core MMAs, several column chunks).
+// path it should (tensor-core MMAs, several column chunks, blocks of so many threads); threads:
+// every block's threads, summed.
 struct Counters {
-  int64_t launches = 0, blocks = 0, mma_tf32 = 0, mma_bf16 = 0, mma_f16 = 0, async_copies = 0;
+  int64_t launches = 0, blocks = 0, threads = 0, mma_tf32 = 0, mma_bf16 = 0, mma_f16 = 0, async_copies = 0;
 };
 Counters& counters();
 

@@ -80,28 +80,81 @@ class EngineEmulated : public ::testing::Test {
   static constexpr int kMultiprocessors[] = {1, 132};
 };
 
+// lse of a fresh random problem of shape s in `mode` on `sms` multiprocessors, against the
+// operands as the mode rounds them (float32 sums and exp2 remain), and the exact answer within
+// the mode's documented error.
+void expect_lse_matches_float64(const Shape& s, DotMode mode, int sms) {
+  emulation::settings().multiprocessors = sms;
+  const at::Tensor x = at::randn({s.n, s.d}), y = at::randn({s.m, s.d}), h = at::randn({s.m});
+  const double scale = 0.7;
+  const at::Tensor out = lse_tensor_cores(x, y, h, scale, mode).to(at::kDouble);
+  const at::Tensor rounded = at::logsumexp(logits(x, y, h, scale, mode), 1);
+  const at::Tensor exact = at::logsumexp(logits(x, y, h, scale, DotMode::kSplitTF32), 1);
+  const double tol = 2e-6 * (1.0 + exact.abs().max().item<double>());
+  const std::string where = std::string(name(mode)) + " n=" + std::to_string(s.n) + " m=" + std::to_string(s.m) +
+                            " d=" + std::to_string(s.d) + " sms=" + std::to_string(sms);
+  EXPECT_LE((out - rounded).abs().max().item<double>(), tol) << where;
+  const double mode_error = splits(mode) ? 0.0 : (mode == DotMode::kTF32 ? 2e-3 : 2e-2);
+  EXPECT_LE((out - exact).abs().max().item<double>(), tol + mode_error * std::sqrt(s.d)) << where;
+}
+
+// Sets environment variable `name` to `value` (nullptr: unset) for the object's lifetime, then
+// restores it.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* saved = std::getenv(name);
+    had_value_ = saved != nullptr;
+    if (had_value_) saved_ = saved;
+    set(value);
+  }
+  ~ScopedEnv() { set(had_value_ ? saved_.c_str() : nullptr); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+  void set(const char* value) const {
+    if (value == nullptr) {
+      unsetenv(name_);
+    } else {
+      setenv(name_, value, 1);
+    }
+  }
+
+ private:
+  const char* name_;
+  std::string saved_;
+  bool had_value_ = false;
+};
+
 TEST_F(EngineEmulated, LseMatchesFloat64InEveryMode) {
   for (const Shape& s : kShapes)
     for (DotMode mode : kModes)
-      for (int sms : kMultiprocessors) {
-        emulation::settings().multiprocessors = sms;
-        const at::Tensor x = at::randn({s.n, s.d}), y = at::randn({s.m, s.d}), h = at::randn({s.m});
-        const double scale = 0.7;
-        const at::Tensor out = lse_tensor_cores(x, y, h, scale, mode).to(at::kDouble);
-        // Against the operands as the mode rounds them (float32 sums and exp2 remain), and the
-        // exact answer within the mode's documented error.
-        const at::Tensor rounded = at::logsumexp(logits(x, y, h, scale, mode), 1);
-        const at::Tensor exact = at::logsumexp(logits(x, y, h, scale, DotMode::kSplitTF32), 1);
-        const double tol = 2e-6 * (1.0 + exact.abs().max().item<double>());
-        const std::string where = std::string(name(mode)) + " n=" + std::to_string(s.n) + " m=" + std::to_string(s.m) +
-                                  " d=" + std::to_string(s.d) + " sms=" + std::to_string(sms);
-        EXPECT_LE((out - rounded).abs().max().item<double>(), tol) << where;
-        const double mode_error = splits(mode) ? 0.0 : (mode == DotMode::kTF32 ? 2e-3 : 2e-2);
-        EXPECT_LE((out - exact).abs().max().item<double>(), tol + mode_error * std::sqrt(s.d)) << where;
-      }
+      for (int sms : kMultiprocessors) expect_lse_matches_float64(s, mode, sms);
   EXPECT_GT(emulation::counters().mma_tf32, 0);
   EXPECT_GT(emulation::counters().mma_bf16, 0);
   EXPECT_GT(emulation::counters().mma_f16, 0);
+}
+
+// lse in 128-row blocks of 8 warps (OT_FLOW_ENGINE_BLOCK_ROWS=128, kernel_traits.cuh): split
+// TF32, TF32 and bfloat16 where d > 8 (d <= 8 and split float16 keep 64 rows); rows ending inside
+// a block's first or second half, one to three blocks, both copy widths.
+TEST_F(EngineEmulated, LseInTallBlocksMatchesFloat64) {
+  const ScopedEnv tall("OT_FLOW_ENGINE_BLOCK_ROWS", "128");
+  const std::vector<Shape> shapes = {{1, 1, 9}, {127, 70, 17}, {129, 131, 64}, {300, 200, 12}, {200, 65, 33}, {90, 3, 5}};
+  for (const Shape& s : shapes)
+    for (DotMode mode : kModes)
+      for (int sms : kMultiprocessors) expect_lse_matches_float64(s, mode, sms);
+  // Three row blocks fill a 1-multiprocessor device (no column chunks, no merge): 128-row blocks
+  // of 256 threads where the switch says so, else five of 128.
+  for (const char* rows : std::vector<const char*>{"128", "64", nullptr}) {
+    tall.set(rows);
+    emulation::counters() = emulation::Counters{};
+    expect_lse_matches_float64({300, 200, 12}, DotMode::kSplitTF32, 1);
+    const bool tall_blocks = rows != nullptr && std::string(rows) == "128";
+    EXPECT_EQ(emulation::counters().blocks, tall_blocks ? 3 : 5) << (rows ? rows : "unset");
+    EXPECT_EQ(emulation::counters().threads, tall_blocks ? 3 * 256 : 5 * 128) << (rows ? rows : "unset");
+  }
+  tall.set("96");
+  EXPECT_THROW(expect_lse_matches_float64({300, 200, 12}, DotMode::kSplitTF32, 1), c10::ValueError);
 }
 
 // The packing kernel against the same packing by ATen's own float16 conversion: bit for bit,
@@ -466,21 +519,33 @@ namespace {
 
 // OT_FLOW_ENGINE_HIGHEST picks how "highest" runs; anything but its two values raises.
 TEST(EngineSwitch, HighestIsSplitTF32UnlessSplitF16IsAsked) {
-  const char* saved = std::getenv("OT_FLOW_ENGINE_HIGHEST");
-  const std::string restore = saved == nullptr ? "" : saved;
-  unsetenv("OT_FLOW_ENGINE_HIGHEST");
+  const ScopedEnv highest("OT_FLOW_ENGINE_HIGHEST", nullptr);
   EXPECT_EQ(dot_mode(Precision::Highest), DotMode::kSplitTF32);
-  setenv("OT_FLOW_ENGINE_HIGHEST", "split_f16", 1);
+  highest.set("split_f16");
   EXPECT_EQ(dot_mode(Precision::Highest), DotMode::kSplitF16);
   EXPECT_EQ(dot_mode(Precision::TF32), DotMode::kTF32);
-  setenv("OT_FLOW_ENGINE_HIGHEST", "split_tf32", 1);
+  highest.set("split_tf32");
   EXPECT_EQ(dot_mode(Precision::Highest), DotMode::kSplitTF32);
-  setenv("OT_FLOW_ENGINE_HIGHEST", "f16", 1);
+  highest.set("f16");
   EXPECT_THROW(dot_mode(Precision::Highest), c10::ValueError);
-  if (saved == nullptr) {
-    unsetenv("OT_FLOW_ENGINE_HIGHEST");
-  } else {
-    setenv("OT_FLOW_ENGINE_HIGHEST", restore.c_str(), 1);
+}
+
+// OT_FLOW_ENGINE_BLOCK_ROWS: 64 (unset, empty or "64") or 128; anything else raises, naming it.
+TEST(EngineSwitch, BlockRowsAre64Unless128IsAsked) {
+  const ScopedEnv rows("OT_FLOW_ENGINE_BLOCK_ROWS", nullptr);
+  EXPECT_FALSE(tall_blocks_selected());
+  for (const char* value : {"", "64"}) {
+    rows.set(value);
+    EXPECT_FALSE(tall_blocks_selected()) << value;
+  }
+  rows.set("128");
+  EXPECT_TRUE(tall_blocks_selected());
+  rows.set("256");
+  try {
+    tall_blocks_selected();
+    ADD_FAILURE() << "256 accepted";
+  } catch (const c10::ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("OT_FLOW_ENGINE_BLOCK_ROWS"), std::string::npos) << e.what();
   }
 }
 

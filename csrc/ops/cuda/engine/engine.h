@@ -24,6 +24,13 @@ bool tensor_cores_selected();
 // else raises, naming the variable.
 bool highest_as_split_f16();
 
+// Whether lse (and so the Sinkhorn loop) streams in 128-row blocks of 8 warps
+// (OT_FLOW_ENGINE_BLOCK_ROWS=128) rather than 64-row blocks of 4 (unset or "64"), in split TF32,
+// TF32 and bfloat16 where d > 8 (launch.cuh's with_traits): half the L2 reads of y, for twice the
+// warps at each barrier; opt-in until a GPU has measured both. Anything else raises, naming the
+// variable.
+bool tall_blocks_selected();
+
 // How the engine forms the dot products for an op's `precision`: "highest" in split TF32, or in
 // split float16 where OT_FLOW_ENGINE_HIGHEST selects it (streamed_operands.h; mips stays in
 // split TF32, whose error bound is relative to each row).

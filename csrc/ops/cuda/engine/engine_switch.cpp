@@ -1,5 +1,5 @@
-// The opt-in switches of the tensor-core engine (engine.h): the engine itself, and how it runs
-// "highest".
+// The opt-in switches of the tensor-core engine (engine.h): the engine itself, how it runs
+// "highest", and lse's block rows.
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -29,6 +29,8 @@ bool selects(const char* name, const char* fallback, const char* alternative) {
 bool tensor_cores_selected() { return selects("OT_FLOW_CUDA_ENGINE", "fma", "tensor_cores"); }
 
 bool highest_as_split_f16() { return selects("OT_FLOW_ENGINE_HIGHEST", "split_tf32", "split_f16"); }
+
+bool tall_blocks_selected() { return selects("OT_FLOW_ENGINE_BLOCK_ROWS", "64", "128"); }
 
 bool engine_handles(const at::Tensor& x) { return x.scalar_type() == at::kFloat; }
 

@@ -43,10 +43,16 @@ OT_FLOW_HOST_DEVICE constexpr float dot_error_bound(DotMode mode, int64_t d) {
   return operands + mmas_per_step * static_cast<float>(d) * 0x1p-22f;
 }
 
-template <DotMode Mode, int SliceK>
+// Warps: 4 (64-row blocks) or 8 (128-row blocks, lse's opt-in OT_FLOW_ENGINE_BLOCK_ROWS=128,
+// launch.cuh). Every block reads all of its chunk's y from L2 (y's copies bypass L1), so y's L2
+// traffic is the row blocks times y: at d = 64, n = m = 65,536, 16 GB a pass in 64-row blocks,
+// 8 GB in 128-row ones, for the same registers a thread (two blocks of 8 warps a multiprocessor
+// instead of four of 4) and a barrier across twice the warps. Which is faster needs a GPU
+// (bench_engine.py times both).
+template <DotMode Mode, int SliceK, int Warps = 4>
 struct KernelTraits {
   static constexpr DotMode kMode = Mode;
-  static constexpr int kWarps = 4;
+  static constexpr int kWarps = Warps;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kWarpRows = 16;
   static constexpr int kBlockRows = kWarps * kWarpRows;  // 64
@@ -71,6 +77,9 @@ struct KernelTraits {
   // three stages of 16.
   static constexpr int kStages = Mode == DotMode::kSplitF16 && kSliceK == 32 ? 2 : 3;
   static_assert(kSliceK % kMmaK == 0, "a slice holds whole MMA k-steps");
+  static_assert(kWarps == 4 || kWarps == 8, "64- or 128-row blocks");
+  static_assert(sizeof(float) * kStages * (kBlockRows * kStrideX + kBlockCols * kStrideY) <= 48 * 1024,
+                "the staging buffers are static shared memory: at most 48 KB a block");
 };
 
 }  // namespace ot_flow::cuda::engine

@@ -23,8 +23,11 @@ namespace ot_flow::cuda::engine {
 // overhead (about 190 instructions a 16-word step at d = 64, a third of them that overhead).
 // SplitF16Slice is the widest split float16 slice an op takes: 0 for ops that never stream split
 // float16 (mips: no kernels of its traits), 16 where the op's own shared memory leaves no room
-// for the 32-word stages (barycentric's value tile).
-template <int SplitF16Slice = 32, class Fn>
+// for the 32-word stages (barycentric's value tile). Slice16Warps: the warps of the 16-wide
+// split TF32, TF32 and bfloat16 kernels, 4 (64-row blocks) or 8 (128-row blocks: half the L2
+// reads of y where d takes several slices, kernel_traits.cuh); the 8-wide ones (d <= 8, whose y
+// is a few bytes a row) and split float16's, whose stages fill the static shared memory, keep 4.
+template <int SplitF16Slice = 32, int Slice16Warps = 4, class Fn>
 void with_traits(DotMode mode, int64_t d, bool rows_aligned16, Fn&& fn) {
   auto with_width = [&](auto traits) {
     if (rows_aligned16) {
@@ -36,12 +39,12 @@ void with_traits(DotMode mode, int64_t d, bool rows_aligned16, Fn&& fn) {
   switch (mode) {
     case DotMode::kSplitTF32:
       if (d <= 8) return with_width(KernelTraits<DotMode::kSplitTF32, 8>{});
-      return with_width(KernelTraits<DotMode::kSplitTF32, 16>{});
+      return with_width(KernelTraits<DotMode::kSplitTF32, 16, Slice16Warps>{});
     case DotMode::kTF32:
       if (d <= 8) return with_width(KernelTraits<DotMode::kTF32, 8>{});
-      return with_width(KernelTraits<DotMode::kTF32, 16>{});
+      return with_width(KernelTraits<DotMode::kTF32, 16, Slice16Warps>{});
     case DotMode::kBF16:
-      return with_width(KernelTraits<DotMode::kBF16, 16>{});
+      return with_width(KernelTraits<DotMode::kBF16, 16, Slice16Warps>{});
     case DotMode::kSplitF16:  // packed operands (streamed_operands.h): whole 16s of values, 16-byte rows
       TORCH_INTERNAL_ASSERT(SplitF16Slice > 0 && d % 16 == 0 && rows_aligned16, "split float16 stages packed operands");
       if constexpr (SplitF16Slice == 16) {

@@ -19,13 +19,13 @@ namespace {
 
 // Problem blockIdx.z, rows of blockIdx.x, one chunk of columns per blockIdx.y: writes out[row]
 // when there is one chunk, else the chunk's partial (max, sum) pair at [chunk][problem][row].
-// Four blocks per multiprocessor (at most 128 registers): with the thread count alone ptxas
-// capped these at 96 registers on sm_90 and spilled. Split float16's 32-word slices hold two
-// k-steps' fragments beside the running and the slice sums and spilled at 128 (sm_90): three
-// blocks (168 registers).
+// Sixteen warps per multiprocessor (at most 128 registers a thread: four blocks of 4 warps, two
+// of 8): with the thread count alone ptxas capped the 4-warp kernels at 96 registers on sm_90
+// and spilled. Split float16's 32-word slices hold two k-steps' fragments beside the running and
+// the slice sums and spilled at 128 (sm_90): three blocks of 4 warps (168 registers).
 template <class Traits>
 constexpr int lse_blocks_per_multiprocessor() {
-  return Traits::kMode == DotMode::kSplitF16 && Traits::kSliceK == 32 ? 3 : 4;
+  return Traits::kMode == DotMode::kSplitF16 && Traits::kSliceK == 32 ? 3 : 16 / Traits::kWarps;
 }
 
 template <class Traits, int Width>
@@ -56,7 +56,7 @@ void launch_lse(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor
   const at::Tensor &x = operands.x, &y = operands.y;
   const int64_t d = operands.d;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  with_traits(mode, d, operands.rows_aligned16, [&](auto traits, auto width) {
+  auto launch = [&](auto traits, auto width) {
     using Traits = decltype(traits);
     constexpr int kWidth = decltype(width)::value;
     const BatchedLaunches launches = plan_batched_launches<Traits>("ot_flow.lse", problems, n, m);
@@ -89,7 +89,12 @@ void launch_lse(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor
                     partials[0].data_ptr<float>(), partials[1].data_ptr<float>(), rows, plan.chunks,
                     out.data_ptr<float>());
     }
-  });
+  };
+  if (tall_blocks_selected()) {
+    with_traits<32, 8>(mode, d, operands.rows_aligned16, launch);
+  } else {
+    with_traits<32, 4>(mode, d, operands.rows_aligned16, launch);
+  }
 }
 
 void check_float32(const at::Tensor& x) {
