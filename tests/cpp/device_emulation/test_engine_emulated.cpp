@@ -320,7 +320,7 @@ TEST_F(EngineEmulated, BatchedLaunchesCoverEveryProblemOnceWithinGridZ) {
   using Traits = KernelTraits<DotMode::kSplitTF32, 16>;
   for (const auto& [problems, z_per_problem] : std::vector<std::pair<int64_t, int64_t>>{
            {1, 1}, {256, 1}, {257, 1}, {600, 1}, {600, 300}, {5, 65535}}) {
-    const BatchedLaunches launches = plan_batched_launches<Traits>("test", problems, 100, 70, z_per_problem);
+    const BatchedLaunches launches = plan_batched_launches<Traits, 4>("test", problems, 100, 70, z_per_problem);
     EXPECT_EQ(launches.plan.row_blocks, 2);
     int64_t next = 0, calls = 0;
     launches.for_each([&](int64_t first, int64_t count, dim3 grid) {
@@ -338,7 +338,36 @@ TEST_F(EngineEmulated, BatchedLaunchesCoverEveryProblemOnceWithinGridZ) {
     const int64_t per_launch = std::min<int64_t>(256, kMaxGridZ / z_per_problem);
     EXPECT_EQ(calls, (problems + per_launch - 1) / per_launch) << problems << " problems x " << z_per_problem;
   }
-  EXPECT_THROW(plan_batched_launches<Traits>("test", 1, 100, 70, kMaxGridZ + 1), c10::Error);
+  EXPECT_THROW((plan_batched_launches<Traits, 4>("test", 1, 100, 70, kMaxGridZ + 1)), c10::Error);
+}
+
+// The engine's column split (chunk_plan.cuh): row blocks x chunks within one wave of the slots
+// (or one chunk where the row blocks alone pass it), chunks of whole tiles that cover the columns
+// with none empty; #17's 4,096 queries in four chunks of 264 slots (five were 1.2 waves), #16's
+// n = 16,384 in 128-row blocks in two.
+TEST(ChunkPlan, EngineChunksFillAtMostOneWave) {
+  EXPECT_EQ(plan_chunks_in_one_wave(4096, 1'000'000, 264, 64, 64).chunks, 4);
+  EXPECT_EQ(plan_chunks_in_one_wave(16384, 16384, 264, 128, 64).chunks, 2);
+  EXPECT_EQ(plan_chunks_in_one_wave(16384, 16384, 528, 64, 64).chunks, 2);
+  EXPECT_EQ(plan_chunks_in_one_wave(65536, 65536, 528, 64, 64).chunks, 1);
+  EXPECT_EQ(plan_chunks_in_one_wave(1, 100, 528, 64, 64).chunks, 2);  // two column tiles
+  for (int64_t n : {1, 63, 64, 65, 1000, 4096, 20'000, 65'536, 300'000})
+    for (int64_t m : {1, 64, 65, 1000, 4099, 1'000'000})
+      for (int64_t slots : {2, 4, 264, 528})
+        for (int64_t rows : {64, 128}) {
+          const ChunkPlan plan = plan_chunks_in_one_wave(n, m, slots, rows, 64);
+          const std::string where = "n=" + std::to_string(n) + " m=" + std::to_string(m) +
+                                    " slots=" + std::to_string(slots) + " rows=" + std::to_string(rows);
+          EXPECT_EQ(plan.row_blocks, (n + rows - 1) / rows) << where;
+          EXPECT_GE(plan.chunks, 1) << where;
+          EXPECT_LE(plan.row_blocks * plan.chunks, std::max(plan.row_blocks, slots)) << where;
+          EXPECT_EQ(plan.cols_per_chunk % 64, 0) << where;
+          EXPECT_LT((plan.chunks - 1) * plan.cols_per_chunk, m) << where << ": an empty chunk";
+          EXPECT_GE(plan.chunks * plan.cols_per_chunk, m) << where << ": columns left out";
+          // At least half of what one wave and the column tiles allow.
+          const int64_t allowed = std::min(std::max<int64_t>(1, slots / plan.row_blocks), (m + 63) / 64);
+          EXPECT_GE(2 * plan.chunks, allowed) << where;
+        }
 }
 
 // A bias of -inf drops a column; a row with every column dropped has lse -inf.

@@ -22,10 +22,14 @@ struct BarycentricBatch : ProblemBatch {
   int64_t values_stride = 0;
 };
 
+// Two blocks a multiprocessor: the staging buffers and the value tile in shared memory, the
+// weighted sums in registers.
+constexpr int kBarycentricBlocksPerMultiprocessor = 2;
+
 // blockIdx.z = problem * value_blocks + value block; rows of blockIdx.x, one chunk of columns per
 // blockIdx.y. Writes mean and lse when there is one chunk, else the chunk's partials (finish).
 template <class Traits, int Width, int ValueCols>
-__global__ void __launch_bounds__(Traits::kThreads, 2)
+__global__ void __launch_bounds__(Traits::kThreads, kBarycentricBlocksPerMultiprocessor)
     barycentric_engine_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h,
                               const float* __restrict__ values, int64_t n, int64_t m, int64_t d, int64_t k,
                               const BarycentricBatch batch, const int32_t* __restrict__ scale_exponent, unsigned value_blocks,
@@ -102,7 +106,8 @@ void launch_barycentric(const at::Tensor& x_in, const at::Tensor& y_in, const at
       // The problems and value blocks already multiply the blocks; columns are split only for
       // what remains.
       const BatchedLaunches launches =
-          plan_batched_launches<Traits>("ot_flow.barycentric", problems, n, m, value_blocks);
+          plan_batched_launches<Traits, kBarycentricBlocksPerMultiprocessor>("ot_flow.barycentric", problems, n, m,
+                                                                               value_blocks);
       const ChunkPlan& plan = launches.plan;
       at::Tensor part_weighted, part_stats;
       if (plan.chunks > 1) {

@@ -26,10 +26,13 @@ struct GumbelBatch : ProblemBatch {
 };
 static_assert(sizeof(GumbelBatch) <= 3584, "a kernel's parameters are limited to 4 KB");
 
+// Two blocks a multiprocessor (the kernels take 134-214 registers a thread on sm_90).
+constexpr int kGumbelBlocksPerMultiprocessor = 2;
+
 // Problem blockIdx.z, rows of blockIdx.x, one chunk of columns per blockIdx.y: writes the
 // chunk's pair of each row at part_*[chunk * chunk_stride + problem * n + row].
 template <class Traits, int Width>
-__global__ void __launch_bounds__(Traits::kThreads, 2)
+__global__ void __launch_bounds__(Traits::kThreads, kGumbelBlocksPerMultiprocessor)
     gumbel_engine_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ h,
                          int64_t n, int64_t m, int64_t d, const GumbelBatch batch, const int32_t* __restrict__ scale_exponent,
                          int64_t row_offset, int64_t col_offset, int64_t cols_per_chunk,
@@ -65,7 +68,8 @@ void launch_gumbel_argmax(const at::Tensor& x_in, const at::Tensor& y_in, const 
   with_traits(mode, d, operands.rows_aligned16, [&](auto traits, auto width) {
     using Traits = decltype(traits);
     constexpr int kWidth = decltype(width)::value;
-    const BatchedLaunches launches = plan_batched_launches<Traits>("ot_flow.gumbel_argmax", problems, n, m);
+    const BatchedLaunches launches =
+        plan_batched_launches<Traits, kGumbelBlocksPerMultiprocessor>("ot_flow.gumbel_argmax", problems, n, m);
     const ChunkPlan& plan = launches.plan;
     // With one chunk the kernel writes the result directly.
     at::Tensor part_value = plan.chunks == 1 ? value : at::empty({plan.chunks, problems, n}, value.options());

@@ -62,17 +62,21 @@ inline bool rows_aligned16(const at::Tensor& a, const at::Tensor& b) {
          reinterpret_cast<std::uintptr_t>(b.const_data_ptr()) % 16 == 0;
 }
 
-template <class Traits>
+// The grid of a launch of n rows and m columns, for a kernel of Traits that BlocksPerMultiprocessor
+// blocks share a multiprocessor (its __launch_bounds__): column chunks up to one wave
+// (plan_chunks_in_one_wave).
+template <class Traits, int BlocksPerMultiprocessor>
 ChunkPlan plan_launch(int64_t n, int64_t m) {
-  return plan_chunks(n, m, at::cuda::getCurrentDeviceProperties()->multiProcessorCount, Traits::kBlockRows,
-                     Traits::kBlockCols);
+  const int64_t slots =
+      int64_t{at::cuda::getCurrentDeviceProperties()->multiProcessorCount} * BlocksPerMultiprocessor;
+  return plan_chunks_in_one_wave(n, m, slots, Traits::kBlockRows, Traits::kBlockCols);
 }
 
 // The launches of a batched call (B problems of n rows and m columns): grid x the row blocks of
 // one problem, y the column chunks, z the problems times `z_per_problem` blocks each (the
 // barycentric value blocks), in launches of at most 256 problems (the kernel parameter's batch),
 // fewer where grid z's limit says so. The column split aims at the whole call's blocks, not one
-// problem's.
+// problem's (plan_launch).
 struct BatchedLaunches {
   ChunkPlan plan;  // plan.row_blocks: one problem's
   int64_t problems, z_per_problem;
@@ -90,10 +94,10 @@ struct BatchedLaunches {
   }
 };
 
-template <class Traits>
+template <class Traits, int BlocksPerMultiprocessor>
 BatchedLaunches plan_batched_launches(const char* op, int64_t problems, int64_t n, int64_t m,
                                       int64_t z_per_problem = 1) {
-  ChunkPlan plan = plan_launch<Traits>(n * problems * z_per_problem, m);
+  ChunkPlan plan = plan_launch<Traits, BlocksPerMultiprocessor>(n * problems * z_per_problem, m);
   plan.row_blocks = (n + Traits::kBlockRows - 1) / Traits::kBlockRows;
   TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max() && z_per_problem <= kMaxGridZ, op,
               ": problem too large for one launch");

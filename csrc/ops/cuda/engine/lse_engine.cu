@@ -59,7 +59,8 @@ void launch_lse(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor
   auto launch = [&](auto traits, auto width) {
     using Traits = decltype(traits);
     constexpr int kWidth = decltype(width)::value;
-    const BatchedLaunches launches = plan_batched_launches<Traits>("ot_flow.lse", problems, n, m);
+    const BatchedLaunches launches =
+        plan_batched_launches<Traits, lse_blocks_per_multiprocessor<Traits>()>("ot_flow.lse", problems, n, m);
     const ChunkPlan& plan = launches.plan;
     at::Tensor partials;
     if (plan.chunks > 1) partials = at::empty({2, plan.chunks, problems, n}, x.options());

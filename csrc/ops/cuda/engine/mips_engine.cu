@@ -28,11 +28,13 @@ namespace {
 
 // Pass 1 (top-1: RowMaxEpilogue, top-k: GroupMaxEpilogue): the computed scores' maxima of each
 // row in this chunk, at part[chunk * n + row] (top-1) or part[(chunk * n + row) * 64 + group].
-// Two blocks per multiprocessor: without the bound ptxas capped the group maxima's kernel at 96
-// registers on sm_90 and spilled. Every mips pass streams with one accumulator per tile
+// Two blocks per multiprocessor (kMipsBlocksPerMultiprocessor): without the bound ptxas capped
+// the group maxima's kernel at 96 registers on sm_90 and spilled. Every mips pass streams with one accumulator per tile
 // (RoundedSlices = false): dot_error_bound budgets the tensor cores' truncation (stream_loop.cuh).
+constexpr int kMipsBlocksPerMultiprocessor = 2;
+
 template <class Traits, int Width, template <class> class Epilogue>
-__global__ void __launch_bounds__(Traits::kThreads, 2)
+__global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
     mips_maxima_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
                        int64_t n, int64_t m, int64_t d, int64_t cols_per_chunk, float* __restrict__ part) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
@@ -44,7 +46,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
 }
 
 template <class Traits, int Width>
-__global__ void __launch_bounds__(Traits::kThreads, 2)
+__global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
     mips_rescore_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t cols_per_chunk,
                         double* __restrict__ part_value, int64_t* __restrict__ part_index) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
@@ -56,7 +58,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 2)
 }
 
 template <class Traits, int Width>
-__global__ void __launch_bounds__(Traits::kThreads, 2)
+__global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
     mips_candidates_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t cols_per_chunk,
                            int32_t* __restrict__ count, int32_t* __restrict__ candidates, int64_t capacity) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
@@ -138,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
   with_traits<0>(mode, d, rows_aligned16(x, y), [&](auto traits, auto width) {
     using Traits = decltype(traits);
     constexpr int kWidth = decltype(width)::value;
-    const ChunkPlan plan = plan_launch<Traits>(n, m);
+    const ChunkPlan plan = plan_launch<Traits, kMipsBlocksPerMultiprocessor>(n, m);
     TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.mips: too many rows");
     const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
     at::Tensor part_max = at::empty({plan.chunks, n}, x.options());
@@ -200,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, 
       constexpr int kWidth = decltype(width)::value;
       constexpr int kGroups = GroupMaxEpilogue<Traits>::kGroups;
       static_assert(kGroups >= kMipsCudaMaxK, "one chunk's group maxima cover the largest k");
-      const ChunkPlan plan = plan_launch<Traits>(rows, m);
+      const ChunkPlan plan = plan_launch<Traits, kMipsBlocksPerMultiprocessor>(rows, m);
       const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
       at::Tensor part_group_max = at::empty({plan.chunks, rows, kGroups}, x.options());
       launch_kernel(mips_maxima_kernel<Traits, kWidth, GroupMaxEpilogue>, grid, Traits::kThreads, 0, stream,
