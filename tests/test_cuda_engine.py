@@ -409,6 +409,12 @@ def test_lse_in_128_row_blocks_within_the_modes_bound(n, m, d, precision, monkey
     test_lse_within_the_modes_bound(n, m, d, precision)
 
 
+@pytest.mark.parametrize("n,m,d", [(129, 257, 64), (300, 1000, 17), (4099, 300, 33)])
+def test_split_f16_lse_in_128_row_blocks(n, m, d, split_f16, monkeypatch):
+    monkeypatch.setenv("OT_FLOW_ENGINE_BLOCK_ROWS", "128")  # 16-value slices where d > 16
+    test_lse_within_the_modes_bound(n, m, d, "highest")
+
+
 def test_sinkhorn_in_128_row_blocks(monkeypatch):
     monkeypatch.setenv("OT_FLOW_ENGINE_BLOCK_ROWS", "128")
     x, y, _ = random_problem(1000, 1200, 24, torch.float32)  # d > 8: the 16-wide slices, which take 8 warps

@@ -79,15 +79,15 @@ def test_engine_kernels_use_tensor_cores():
 
 def test_lse_has_kernels_in_128_row_blocks():
     """lse's opt-in 128-row blocks (OT_FLOW_ENGINE_BLOCK_ROWS=128, kernel_traits.cuh): 8-warp
-    kernels of 16-wide slices in split TF32, TF32 and bfloat16, both copy widths; no other op and
-    no other traits take 8 warps."""
+    kernels of 16-wide slices in split TF32, TF32 and bfloat16, both copy widths, and in split
+    float16 (16-byte copies only: packed operands); no other op and no other traits take 8 warps."""
     tall = set()
     for name in kernels_sass():
         traits = TRAITS.search(name) if ENGINE_KERNEL.search(name) else None
         if traits and traits.group(3) == "8":
             assert "lse_engine_kernel" in name and traits.group(2) == "16", f"{name}: 8 warps outside lse's 16-wide slices"
             tall.add((traits.group(1), traits.group(4)))
-    assert tall == {(mode, width) for mode in "012" for width in "14"}, sorted(tall)
+    assert tall == {(mode, width) for mode in "012" for width in "14"} | {("3", "4")}, sorted(tall)
 
 
 def test_batched_engine_ops_take_the_batch_in_one_kernel():

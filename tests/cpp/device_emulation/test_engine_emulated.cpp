@@ -135,23 +135,35 @@ TEST_F(EngineEmulated, LseMatchesFloat64InEveryMode) {
 }
 
 // lse in 128-row blocks of 8 warps (OT_FLOW_ENGINE_BLOCK_ROWS=128, kernel_traits.cuh): split
-// TF32, TF32 and bfloat16 where d > 8 (d <= 8 and split float16 keep 64 rows); rows ending inside
-// a block's first or second half, one to three blocks, both copy widths.
+// TF32, TF32 and bfloat16 where d > 8, split float16 where d > 8 values (16 packed words; in
+// 16-word slices); rows ending inside a block's first or second half, one to three blocks, both
+// copy widths.
 TEST_F(EngineEmulated, LseInTallBlocksMatchesFloat64) {
   const ScopedEnv tall("OT_FLOW_ENGINE_BLOCK_ROWS", "128");
   const std::vector<Shape> shapes = {{1, 1, 9}, {127, 70, 17}, {129, 131, 64}, {300, 200, 12}, {200, 65, 33}, {90, 3, 5}};
   for (const Shape& s : shapes)
     for (DotMode mode : kModes)
       for (int sms : kMultiprocessors) expect_lse_matches_float64(s, mode, sms);
-  // Three row blocks fill a 1-multiprocessor device (no column chunks, no merge): 128-row blocks
-  // of 256 threads where the switch says so, else five of 128.
-  for (const char* rows : std::vector<const char*>{"128", "64", nullptr}) {
-    tall.set(rows);
-    emulation::counters() = emulation::Counters{};
-    expect_lse_matches_float64({300, 200, 12}, DotMode::kSplitTF32, 1);
-    const bool tall_blocks = rows != nullptr && std::string(rows) == "128";
-    EXPECT_EQ(emulation::counters().blocks, tall_blocks ? 3 : 5) << (rows ? rows : "unset");
-    EXPECT_EQ(emulation::counters().threads, tall_blocks ? 3 * 256 : 5 * 128) << (rows ? rows : "unset");
+  // 300 rows on a 1-multiprocessor device (no column chunks, no merge): three 128-row blocks of
+  // 256 threads where the switch says so, else five 64-row blocks of 128; the warps' MMAs cover
+  // 384 rows instead of 320 (6 : 5). Split float16 (d = 64 values: four 16-word slices or two
+  // of 32, the same MMAs a row) is counted by its MMAs: its packing kernels launch blocks too.
+  for (DotMode mode : {DotMode::kSplitTF32, DotMode::kSplitF16}) {
+    int64_t mmas[3];
+    const char* settings[3] = {nullptr, "64", "128"};
+    for (int i = 0; i < 3; ++i) {
+      tall.set(settings[i]);
+      emulation::counters() = emulation::Counters{};
+      expect_lse_matches_float64({300, 200, mode == DotMode::kSplitF16 ? 64 : 12}, mode, 1);
+      const emulation::Counters& c = emulation::counters();
+      mmas[i] = c.mma_tf32 + c.mma_f16;
+      if (mode == DotMode::kSplitTF32) {
+        EXPECT_EQ(c.blocks, i == 2 ? 3 : 5) << (settings[i] ? settings[i] : "unset");
+        EXPECT_EQ(c.threads, i == 2 ? 3 * 256 : 5 * 128) << (settings[i] ? settings[i] : "unset");
+      }
+    }
+    EXPECT_EQ(mmas[0], mmas[1]) << name(mode);
+    EXPECT_EQ(5 * mmas[2], 6 * mmas[1]) << name(mode);
   }
   tall.set("96");
   EXPECT_THROW(expect_lse_matches_float64({300, 200, 12}, DotMode::kSplitTF32, 1), c10::ValueError);

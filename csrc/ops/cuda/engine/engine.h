@@ -25,10 +25,10 @@ bool tensor_cores_selected();
 bool highest_as_split_f16();
 
 // Whether lse (and so the Sinkhorn loop) streams in 128-row blocks of 8 warps
-// (OT_FLOW_ENGINE_BLOCK_ROWS=128) rather than 64-row blocks of 4 (unset or "64"), in split TF32,
-// TF32 and bfloat16 where d > 8 (launch.cuh's with_traits): half the L2 reads of y, for twice the
-// warps at each barrier; opt-in until a GPU has measured both. Anything else raises, naming the
-// variable.
+// (OT_FLOW_ENGINE_BLOCK_ROWS=128) rather than 64-row blocks of 4 (unset or "64") where d takes
+// several slices (launch.cuh's with_traits; split float16 then in 16-word slices): half the L2
+// reads of y, for twice the warps at each barrier; opt-in until a GPU has measured both.
+// Anything else raises, naming the variable.
 bool tall_blocks_selected();
 
 // How the engine forms the dot products for an op's `precision`: "highest" in split TF32, or in

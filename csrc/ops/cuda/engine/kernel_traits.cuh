@@ -48,7 +48,8 @@ OT_FLOW_HOST_DEVICE constexpr float dot_error_bound(DotMode mode, int64_t d) {
 // traffic is the row blocks times y: at d = 64, n = m = 65,536, 16 GB a pass in 64-row blocks,
 // 8 GB in 128-row ones, for the same registers a thread (two blocks of 8 warps a multiprocessor
 // instead of four of 4) and a barrier across twice the warps. Which is faster needs a GPU
-// (bench_engine.py times both).
+// (bench_engine.py times both). 128 rows take 16-word slices: split float16's 32-word stages
+// would pass the 48 KB below.
 template <DotMode Mode, int SliceK, int Warps = 4>
 struct KernelTraits {
   static constexpr DotMode kMode = Mode;
