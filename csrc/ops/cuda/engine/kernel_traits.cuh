@@ -56,7 +56,7 @@ struct KernelTraits {
   static constexpr int kWarps = Warps;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kWarpRows = 16;
-  static constexpr int kBlockRows = kWarps * kWarpRows;  // 64
+  static constexpr int kBlockRows = kWarps * kWarpRows;  // 64 or 128
   static constexpr int kBlockCols = 64;
   static constexpr int kColFrags = kBlockCols / 8;  // n8 MMA column blocks per tile
   static constexpr int kMmaK = Mode == DotMode::kBF16 || Mode == DotMode::kSplitF16 ? 16 : 8;

@@ -29,8 +29,9 @@ namespace {
 // Pass 1 (top-1: RowMaxEpilogue, top-k: GroupMaxEpilogue): the computed scores' maxima of each
 // row in this chunk, at part[chunk * n + row] (top-1) or part[(chunk * n + row) * 64 + group].
 // Two blocks per multiprocessor (kMipsBlocksPerMultiprocessor): without the bound ptxas capped
-// the group maxima's kernel at 96 registers on sm_90 and spilled. Every mips pass streams with one accumulator per tile
-// (RoundedSlices = false): dot_error_bound budgets the tensor cores' truncation (stream_loop.cuh).
+// the group maxima's kernel at 96 registers on sm_90 and spilled. Every mips pass streams with
+// one accumulator per tile (RoundedSlices = false): dot_error_bound budgets the tensor cores'
+// truncation (stream_loop.cuh).
 constexpr int kMipsBlocksPerMultiprocessor = 2;
 
 template <class Traits, int Width, template <class> class Epilogue>
