@@ -16,9 +16,9 @@ barycentric) tensor-core FLOPs at the measured TF32 GEMM rate (x3 for split TF32
 whose dense rate is twice TF32's, x1.5 for split float16: three products at bfloat16's rate).
 The row "highest/split_f16" is "highest" with OT_FLOW_ENGINE_HIGHEST=split_f16 (lse and
 barycentric; mips keeps split TF32). Column "rows": the engine's block rows, 64, or 128 for lse's
-opt-in OT_FLOW_ENGINE_BLOCK_ROWS=128 (8-warp blocks, half the L2 reads of y where d > 8, split
-float16 in 16-value slices where d > 16 instead of 32-value ones; below those d the switch
-changes nothing, so those rows time the same kernels again).
+opt-in OT_FLOW_ENGINE_BLOCK_ROWS=128 (8-warp blocks, half the L2 reads of y), timed only where
+the switch changes the kernel: d > 8, and for split float16 d > 16 (in 16-value slices instead
+of 32-value ones).
 """
 
 import argparse
@@ -88,7 +88,8 @@ def main():
                     flops = 2 * n * n * d + (2 * n * n * d if op == "barycentric" else 0)
                     runs = [(engine, precision, 64) for engine, precision in RUNS + [("tensor_cores", SPLIT_F16)]]
                     if op == "lse":
-                        runs += [("tensor_cores", precision, 128) for precision in ("highest", "tf32", "bf16", SPLIT_F16)]
+                        runs += [("tensor_cores", precision, 128) for precision in ("highest", "tf32", "bf16", SPLIT_F16)
+                                 if d > (16 if precision == SPLIT_F16 else 8)]
                     for engine, precision, block_rows in runs:
                         os.environ["OT_FLOW_CUDA_ENGINE"] = engine
                         os.environ["OT_FLOW_ENGINE_BLOCK_ROWS"] = str(block_rows)

@@ -135,9 +135,9 @@ TEST_F(EngineEmulated, LseMatchesFloat64InEveryMode) {
 }
 
 // lse in 128-row blocks of 8 warps (OT_FLOW_ENGINE_BLOCK_ROWS=128, kernel_traits.cuh): split
-// TF32, TF32 and bfloat16 where d > 8, split float16 where d > 8 values (16 packed words; in
-// 16-word slices); rows ending inside a block's first or second half, one to three blocks, both
-// copy widths.
+// TF32, TF32 and bfloat16 where d > 8, split float16 where d > 16 (more than one 16-word slice of
+// packed words; in 16-word slices); rows ending inside a block's first or second half, one to
+// three blocks, both copy widths.
 TEST_F(EngineEmulated, LseInTallBlocksMatchesFloat64) {
   const ScopedEnv tall("OT_FLOW_ENGINE_BLOCK_ROWS", "128");
   const std::vector<Shape> shapes = {{1, 1, 9}, {127, 70, 17}, {129, 131, 64}, {300, 200, 12}, {200, 65, 33}, {90, 3, 5}};

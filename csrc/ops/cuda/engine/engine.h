@@ -25,8 +25,8 @@ bool tensor_cores_selected();
 bool highest_as_split_f16();
 
 // Whether lse (and so the Sinkhorn loop) streams in 128-row blocks of 8 warps
-// (OT_FLOW_ENGINE_BLOCK_ROWS=128) rather than 64-row blocks of 4 (unset or "64") where d takes
-// several slices (launch.cuh's with_traits; split float16 then in 16-word slices): half the L2
+// (OT_FLOW_ENGINE_BLOCK_ROWS=128) rather than 64-row blocks of 4 (unset or "64") where d > 8
+// (split float16: d > 16, then in 16-word slices; launch.cuh's with_traits): half the L2
 // reads of y, for twice the warps at each barrier; opt-in until a GPU has measured both.
 // Anything else raises, naming the variable.
 bool tall_blocks_selected();

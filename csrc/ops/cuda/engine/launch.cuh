@@ -24,10 +24,10 @@ namespace ot_flow::cuda::engine {
 // SplitF16Slice is the widest split float16 slice an op takes: 0 for ops that never stream split
 // float16 (mips: no kernels of its traits), 16 where the op's own shared memory leaves no room
 // for the 32-word stages (barycentric's value tile). Slice16Warps: the warps of the 16-wide
-// kernels where d takes several slices, 4 (64-row blocks) or 8 (128-row blocks: half the L2
-// reads of y, kernel_traits.cuh); with 8, split float16 takes 16-word slices where d > 16 (its
-// 32-word stages would not fit 128 rows in the static shared memory). The one-slice kernels
-// (d <= 8, or 16 words of split float16: a few bytes of y a row) keep 4.
+// kernels (d > 8), 4 (64-row blocks) or 8 (128-row blocks: half the L2 reads of y,
+// kernel_traits.cuh); with 8, split float16 takes 16-word slices where d > 16 words (its 32-word
+// stages would not fit 128 rows in the static shared memory). The 8-wide kernels (d <= 8) and
+// split float16's of one 16-word slice (a few bytes of y a row) keep 4.
 template <int SplitF16Slice = 32, int Slice16Warps = 4, class Fn>
 void with_traits(DotMode mode, int64_t d, bool rows_aligned16, Fn&& fn) {
   auto with_width = [&](auto traits) {
