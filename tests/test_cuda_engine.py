@@ -305,6 +305,24 @@ def test_mips_top1_is_the_float64_answer(n, m, d, kind, precision):
     torch.testing.assert_close(values.cpu().double(), best.float().double(), rtol=2**-23, atol=0)
 
 
+def test_mips_top1_row_slices_and_overflowing_lists():
+    """More rows than one slice of top-1's candidate lists (2^17), rows of zeros (every column
+    left ties, so their lists overflow and their row blocks stream a second time) beside random
+    rows whose lists hold, and a bias that drops columns."""
+    g = torch.Generator().manual_seed(17)
+    x = torch.randn(131_200, 7, generator=g)
+    x[:100] = 0
+    x[131_090:131_150] = 0  # in the second slice
+    y = torch.randn(333, 7, generator=g)
+    bias = torch.zeros(333)
+    bias[::9] = float("-inf")  # the zero rows' answer: column 1
+    values, indices = ot_flow.ops.mips(x.cuda(), y.cuda(), bias.cuda(), 1)
+    best, index = float64_top_k(x, y, bias, 1)
+    assert torch.equal(indices.cpu(), index)
+    assert (index[:100] == 1).all()
+    torch.testing.assert_close(values.cpu().double(), best.float().double(), rtol=2**-23, atol=0)
+
+
 @pytest.mark.parametrize("precision", MODES)
 @pytest.mark.parametrize("kind", ["random", "integers", "duplicates", "near_ties", "large"])
 @pytest.mark.parametrize("n,m,d,k", [(2, 2, 1, 2), (67, 4099, 3, 5), (130, 20_011, 64, 64), (33, 1000, 1000, 17),

@@ -21,6 +21,19 @@ __device__ __forceinline__ void keep_better(double& value, int64_t& index, doubl
   }
 }
 
+// Merges a (value, index) pair over each aligned group of `Lanes` lanes of the warp (4: a quad,
+// 32: the warp) by keep_better; every lane of a group ends with the group's winner. All 32
+// lanes must call it.
+template <int Lanes>
+__device__ __forceinline__ void keep_better_over_lanes(double& value, int64_t& index) {
+#pragma unroll
+  for (int offset = 1; offset < Lanes; offset *= 2) {
+    const double other_value = __shfl_xor_sync(0xffffffffu, value, offset);
+    const int64_t other_index = __shfl_xor_sync(0xffffffffu, index, offset);
+    keep_better(value, index, other_value, other_index);
+  }
+}
+
 // The engine's epilogues hold each of a lane's two rows (rows[r], r = 0, 1) as a (value, index)
 // pair spread over the 4 lanes of a quad (the accumulator layout): merged by keep_better over
 // the quad, the winner stored from the quad's first lane at part_*[base + rows[r]] (rows past n,
@@ -30,12 +43,7 @@ __device__ __forceinline__ void store_best_over_quad(double (&value)[2], int64_t
                                                      int64_t* __restrict__ part_index, int64_t base) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-#pragma unroll
-    for (int offset = 1; offset < 4; offset *= 2) {
-      const double other_value = __shfl_xor_sync(0xffffffffu, value[r], offset);
-      const int64_t other_index = __shfl_xor_sync(0xffffffffu, index[r], offset);
-      keep_better(value[r], index[r], other_value, other_index);
-    }
+    keep_better_over_lanes<4>(value[r], index[r]);
     if ((lane & 3) == 0 && rows[r] < n) {
       part_value[base + rows[r]] = value[r];
       part_index[base + rows[r]] = index[r];

@@ -60,6 +60,10 @@ struct Device {
   std::vector<Warp> warps;
   Barrier block_barrier;
   int block_live = 0;
+  // __syncthreads_or's predicates, ORed into the set of the barrier's generation (generation & 1):
+  // the release of generation g clears the set of g + 1, which was last read in generation g - 1,
+  // before any thread passed the barrier of g.
+  int block_or[2] = {0, 0};
   Fiber* current = nullptr;
   const std::function<void()>* body = nullptr;
   uint64_t events = 0;  // barrier arrivals, releases and exits: a pass without any is a deadlock
@@ -91,7 +95,9 @@ void release_if_complete(Barrier& b, int live) {
   if (b.arrived > 0 && b.arrived >= live) {
     b.arrived = 0;
     ++b.generation;
-    ++device().events;
+    Device& dev = device();
+    ++dev.events;
+    if (&b == &dev.block_barrier) dev.block_or[b.generation & 1] = 0;
   }
 }
 
@@ -137,6 +143,7 @@ void run_block(int threads, std::mt19937_64& order_rng) {
   dev.warps.assign(static_cast<size_t>((threads + 31) / 32), Warp{});
   for (int w = 0; w < static_cast<int>(dev.warps.size()); ++w) dev.warps[w].live = std::min(32, threads - 32 * w);
   dev.block_barrier = Barrier{};
+  dev.block_or[0] = dev.block_or[1] = 0;
   dev.block_live = threads;
   for (int t = 0; t < threads; ++t) {
     Fiber& f = dev.fibers[t];
@@ -264,6 +271,14 @@ int lane_id() { return device().current->tid % 32; }
 void block_barrier() {
   Device& dev = device();
   arrive_and_wait(dev.block_barrier, dev.block_live);
+}
+
+int block_barrier_or(int predicate) {
+  Device& dev = device();
+  const int set = static_cast<int>(dev.block_barrier.generation & 1);
+  if (predicate != 0) dev.block_or[set] = 1;
+  arrive_and_wait(dev.block_barrier, dev.block_live);
+  return dev.block_or[set];
 }
 
 void warp_barrier() {

@@ -85,6 +85,9 @@ void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void
 int lane_id();
 // Block barrier (__syncthreads) and warp barrier (__syncwarp) of the calling thread.
 void block_barrier();
+// The block barrier that also returns whether any thread of the block passed a nonzero
+// predicate (__syncthreads_or).
+int block_barrier_or(int predicate);
 void warp_barrier();
 // Publishes `bytes` (<= 64) of the calling lane and gathers the warp's: all[lane * bytes ...].
 // Lanes that have exited read as what they last published (zeros if nothing).
@@ -109,6 +112,7 @@ void cp_async_wait_group(int pending);
 
 // ---- CUDA's intrinsics --------------------------------------------------------------------
 inline void __syncthreads() { ot_flow::emulation::block_barrier(); }
+inline int __syncthreads_or(int predicate) { return ot_flow::emulation::block_barrier_or(predicate); }
 inline void __syncwarp(unsigned = 0xffffffffu) { ot_flow::emulation::warp_barrier(); }
 
 template <class T>

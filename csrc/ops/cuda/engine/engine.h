@@ -92,11 +92,18 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_tensor_cores_batched(const at::
                                                                       const std::vector<GumbelKey>& keys,
                                                                       DotMode mode);
 
+// Entries a row's candidate list holds per column chunk in mips with k = 1 (mips_engine.cu): on
+// random data a row lists ln(tiles) + 1 columns a chunk on average (9 at 4,000 tiles, 15 at a
+// million); a row that lists more takes a second streaming pass.
+constexpr int64_t kMipsTop1ListPerChunk = 32;
+
 // mips with k = 1, exact in every mode: (values (n, 1) float32, indices (n, 1) int64) of
 // max_j <x_i, y_j> + bias_j, the float64 answer rounded to float32, ties to the lower column;
 // bias (m) float32 (-inf drops a column; a row with none left gets -inf and -1).
+// list_per_chunk: the lists' entries per chunk (tests make it small to take the second pass).
 std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, const at::Tensor& y,
-                                                          const at::Tensor& bias, DotMode mode);
+                                                          const at::Tensor& bias, DotMode mode,
+                                                          int64_t list_per_chunk = kMipsTop1ListPerChunk);
 
 // mips with 1 < k <= kMipsCudaMaxK and m < 2^31, exact in every mode: (values (n, k) float32,
 // indices (n, k) int64), each row's k largest float64 scores rounded to float32, sorted, ties

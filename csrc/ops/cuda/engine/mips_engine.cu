@@ -1,12 +1,15 @@
 // ot_flow::mips on the tensor-core engine, exact (mips_epilogue.cuh has the bounds).
-// k = 1: pass 1 finds each row's best computed score, pass 2 rescores in float64 every column
-//   that could be the exact best; column chunks merge as max (pass 1) and as (value, index) in
-//   chunk order (pass 2, gumbel_merge.cuh).
+// k = 1: one streaming pass lists, per row, the columns that could be the exact best against
+//   the row's running best computed score (and records each chunk's best); a warp per row
+//   rescores in float64 the listed columns within the bound of the row's final best. Rows whose
+//   list overflowed take a second streaming pass that rescores as it goes, launched over every
+//   row block but run only by those that hold such a row (no host synchronisation to learn
+//   which); its column chunks are merged by the same warp.
 // k > 1: pass 1 finds the maxima of each row's 64 column groups per chunk, whose k-th largest
 //   (at::topk on the device) sets the row's threshold; pass 2 lists the columns that reach it;
 //   pass 3, one warp per row, rescores the list in float64 into the row's top-k (top_k_list.h).
-// Passes 1 and 2 are the streaming loop with their epilogue. Rows run in slices, which bound
-// the candidate lists' memory.
+// The streaming passes are the engine's loop with their epilogue. Rows run in slices, which
+// bound the candidate lists' memory.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -26,36 +29,61 @@
 namespace ot_flow::cuda::engine {
 namespace {
 
-// Pass 1 (top-1: RowMaxEpilogue, top-k: GroupMaxEpilogue): the computed scores' maxima of each
-// row in this chunk, at part[chunk * n + row] (top-1) or part[(chunk * n + row) * 64 + group].
-// Two blocks per multiprocessor (kMipsBlocksPerMultiprocessor): without the bound ptxas capped
-// the group maxima's kernel at 96 registers on sm_90 and spilled. Every mips pass streams with
-// one accumulator per tile (RoundedSlices = false): dot_error_bound budgets the tensor cores'
-// truncation (stream_loop.cuh).
+// Every mips streaming pass runs two blocks per multiprocessor (kMipsBlocksPerMultiprocessor):
+// without the bound ptxas capped the group maxima's kernel at 96 registers on sm_90 and
+// spilled. They stream with one accumulator per tile (RoundedSlices = false): dot_error_bound
+// budgets the tensor cores' truncation (stream_loop.cuh).
 constexpr int kMipsBlocksPerMultiprocessor = 2;
 
-template <class Traits, int Width, template <class> class Epilogue>
-__global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
-    mips_maxima_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
-                       int64_t n, int64_t m, int64_t d, int64_t cols_per_chunk, float* __restrict__ part) {
-  __shared__ __align__(16) StagingBuffers<Traits> smem;
-  const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
-  Epilogue<Traits> epi(bias);
-  stream_column_tiles<Traits, Width, false>(x, y, n, d, row0, col_begin, col_end, smem, epi);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  epi.finish(row0 + warp * Traits::kWarpRows, n, lane, part, blockIdx.y);
-}
-
+// Top-1's pass: each row's list of columns that could be its best (RunningBestEpilogue) and its
+// best computed score in this chunk, at part_max[chunk * n + row].
 template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
-    mips_rescore_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t cols_per_chunk,
-                        double* __restrict__ part_value, int64_t* __restrict__ part_index) {
+    mips_top1_list_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t cols_per_chunk,
+                          int32_t* __restrict__ count, int64_t* __restrict__ candidates,
+                          float* __restrict__ candidate_scores, int64_t capacity, float* __restrict__ part_max) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  RunningBestEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane, count, candidates,
+                                  candidate_scores, capacity);
+  stream_column_tiles<Traits, Width, false>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);
+  epi.finish(n, lane, part_max, blockIdx.y);
+}
+
+// Top-1's second pass, for the rows whose list overflowed (count > capacity): every column
+// within the bound of the row's best rescored as the tiles stream (RescoreEpilogue), each
+// chunk's (value, index) at part_*[chunk * n + row]. A block none of whose rows overflowed
+// returns at once, all its threads together (no barrier left behind).
+template <class Traits, int Width>
+__global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
+    mips_top1_overflow_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t cols_per_chunk,
+                              const int32_t* __restrict__ count, int64_t capacity, double* __restrict__ part_value,
+                              int64_t* __restrict__ part_index) {
+  const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
+  const int64_t own_row = row0 + threadIdx.x;  // kThreads >= kBlockRows: a thread per row
+  const bool overflowed = threadIdx.x < Traits::kBlockRows && own_row < n && count[own_row] > capacity;
+  if (!__syncthreads_or(overflowed)) return;
+  __shared__ __align__(16) StagingBuffers<Traits> smem;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   RescoreEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane);
   stream_column_tiles<Traits, Width, false>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);
   epi.finish(n, lane, part_value, part_index, blockIdx.y);
+}
+
+// Pass 1 of top-k: the group maxima of each row in this chunk, at
+// part_group_max[(chunk * n + row) * 64 + group] (GroupMaxEpilogue).
+template <class Traits, int Width>
+__global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
+    mips_group_maxima_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
+                             int64_t n, int64_t m, int64_t d, int64_t cols_per_chunk,
+                             float* __restrict__ part_group_max) {
+  __shared__ __align__(16) StagingBuffers<Traits> smem;
+  const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
+  GroupMaxEpilogue<Traits> epi(bias);
+  stream_column_tiles<Traits, Width, false>(x, y, n, d, row0, col_begin, col_end, smem, epi);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  epi.finish(row0 + warp * Traits::kWarpRows, n, lane, part_group_max, blockIdx.y);
 }
 
 template <class Traits, int Width>
@@ -70,6 +98,39 @@ __global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor
 }
 
 constexpr int kSelectWarps = 8;
+
+// Top-1's answer, one warp per row: the lanes rescore in float64 the listed columns whose
+// computed score reaches the row's threshold (its best over all chunks minus 2 delta), or, for a
+// row whose list overflowed, take the overflow pass's chunk answers; the warp merges them
+// (keep_better: ties to the lower column). Writes values (float32, the float64 score rounded)
+// and indices at row; a row with no column left gets -inf and -1.
+__global__ void __launch_bounds__(32 * kSelectWarps)
+    mips_top1_select_kernel(const RescoreInputs inputs, int64_t n, int64_t chunks, const int32_t* __restrict__ count,
+                            const int64_t* __restrict__ candidates, const float* __restrict__ candidate_scores,
+                            int64_t capacity, const double* __restrict__ part_value,
+                            const int64_t* __restrict__ part_index, float* __restrict__ values,
+                            int64_t* __restrict__ indices) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kSelectWarps + warp;
+  if (row >= n) return;  // the whole warp
+  double best = -::cuda::std::numeric_limits<double>::infinity();
+  int64_t best_j = -1;
+  if (count[row] > capacity) {
+    for (int64_t c = lane; c < chunks; c += 32) keep_better(best, best_j, part_value[c * n + row], part_index[c * n + row]);
+  } else {
+    const float threshold = candidate_threshold(inputs, row, n, score_error_bound(inputs, row, n));
+    for (int64_t i = lane; i < count[row]; i += 32) {
+      if (!(candidate_scores[row * capacity + i] >= threshold)) continue;
+      const int64_t col = candidates[row * capacity + i];
+      keep_better(best, best_j, exact_score(inputs, row, col), col);
+    }
+  }
+  keep_better_over_lanes<32>(best, best_j);
+  if (lane == 0) {
+    values[row] = static_cast<float>(best);
+    indices[row] = best_j;
+  }
+}
 
 // Pass 3 of top-k, one warp per row: the lanes rescore 32 listed columns at a time in float64
 // (all m columns when the list overflowed), and lane 0 enters those that rank before the
@@ -125,45 +186,61 @@ DotMode searched_mode(DotMode mode) { return mode == DotMode::kSplitF16 ? DotMod
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, const at::Tensor& y,
-                                                          const at::Tensor& bias, DotMode requested) {
+                                                          const at::Tensor& bias, DotMode requested,
+                                                          int64_t list_per_chunk) {
   const DotMode mode = searched_mode(requested);
   TORCH_CHECK(engine_handles(x), "ot_flow.mips: the tensor-core engine takes float32 inputs, got ", x.scalar_type());
+  TORCH_CHECK(list_per_chunk >= 1, "ot_flow.mips: list_per_chunk = ", list_per_chunk, " must be positive");
   const c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
-  at::Tensor value = at::empty({n}, x.options().dtype(at::kDouble));
-  at::Tensor index = at::empty({n}, x.options().dtype(at::kLong));
-  if (n == 0) return {value.to(at::kFloat).unsqueeze(1), index.unsqueeze(1)};
+  at::Tensor values = at::empty({n, 1}, x.options());
+  at::Tensor indices = at::empty({n, 1}, x.options().dtype(at::kLong));
+  if (n == 0) return {values, indices};
   // The bounds' ingredients stay on the device: no host synchronisation.
   const at::Tensor x_norm = at::linalg_vector_norm(x, 2, {1}, false, std::nullopt).contiguous();
   const at::Tensor y_norm_max = at::linalg_vector_norm(y, 2, {1}, false, std::nullopt).max();
   const at::Tensor bias_max = at::linalg_vector_norm(bias.masked_fill(at::isneginf(bias), 0), INFINITY);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  with_traits<0>(mode, d, rows_aligned16(x, y), [&](auto traits, auto width) {
-    using Traits = decltype(traits);
-    constexpr int kWidth = decltype(width)::value;
-    const ChunkPlan plan = plan_launch<Traits, kMipsBlocksPerMultiprocessor>(n, m);
-    TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.mips: too many rows");
-    const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
-    at::Tensor part_max = at::empty({plan.chunks, n}, x.options());
-    launch_kernel(mips_maxima_kernel<Traits, kWidth, RowMaxEpilogue>, grid, Traits::kThreads, 0, stream,
-                  x.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(), n, m, d,
-                  plan.cols_per_chunk, part_max.data_ptr<float>());
-    const at::Tensor row_best = plan.chunks == 1 ? part_max[0] : part_max.amax(0);
-    const RescoreInputs inputs{x.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(),
-                               row_best.const_data_ptr<float>(), x_norm.const_data_ptr<float>(),
-                               y_norm_max.const_data_ptr<float>(), bias_max.const_data_ptr<float>(), d,
-                               dot_error_bound(mode, d)};
-    // With one chunk the rescoring kernel writes the result directly.
-    at::Tensor part_value = plan.chunks == 1 ? value : at::empty({plan.chunks, n}, value.options());
-    at::Tensor part_index = plan.chunks == 1 ? index : at::empty({plan.chunks, n}, index.options());
-    launch_kernel(mips_rescore_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, inputs, n, m,
-                  plan.cols_per_chunk, part_value.data_ptr<double>(), part_index.data_ptr<int64_t>());
-    if (plan.chunks > 1) {
-      merge_gumbel_chunks(part_value.data_ptr<double>(), part_index.data_ptr<int64_t>(), n, plan.chunks,
-                          value.data_ptr<double>(), index.data_ptr<int64_t>(), stream);
-    }
-  });
-  return {value.to(at::kFloat).unsqueeze(1), index.unsqueeze(1)};
+  // Slices of rows keep the lists within 2^22 entries (48 MiB): slices of 2^17 rows make
+  // 2,048 row blocks, one column chunk on any GPU of fewer than 1,024 block slots.
+  constexpr int64_t kSliceRows = int64_t{1} << 17;
+  for (int64_t first = 0; first < n; first += kSliceRows) {
+    const int64_t rows = std::min(kSliceRows, n - first);
+    const at::Tensor xs = x.narrow(0, first, rows);
+    with_traits<0>(mode, d, rows_aligned16(xs, y), [&](auto traits, auto width) {
+      using Traits = decltype(traits);
+      constexpr int kWidth = decltype(width)::value;
+      const ChunkPlan plan = plan_launch<Traits, kMipsBlocksPerMultiprocessor>(rows, m);
+      TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.mips: too many rows");
+      const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
+      // A row lists about ln(tiles) + 1 columns a chunk on random data (15 at 2^20 tiles).
+      const int64_t capacity = std::min(m, list_per_chunk * plan.chunks);
+      at::Tensor count = at::zeros({rows}, x.options().dtype(at::kInt));
+      at::Tensor candidates = at::empty({rows, capacity}, x.options().dtype(at::kLong));
+      at::Tensor candidate_scores = at::empty({rows, capacity}, x.options());
+      at::Tensor part_max = at::empty({plan.chunks, rows}, x.options());
+      RescoreInputs inputs{xs.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(),
+                           nullptr, x_norm.const_data_ptr<float>() + first, y_norm_max.const_data_ptr<float>(),
+                           bias_max.const_data_ptr<float>(), d, dot_error_bound(mode, d)};
+      launch_kernel(mips_top1_list_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, inputs, rows, m,
+                    plan.cols_per_chunk, count.data_ptr<int32_t>(), candidates.data_ptr<int64_t>(),
+                    candidate_scores.data_ptr<float>(), capacity, part_max.data_ptr<float>());
+      const at::Tensor row_best = plan.chunks == 1 ? part_max[0] : part_max.amax(0);
+      inputs.row_best = row_best.const_data_ptr<float>();
+      at::Tensor part_value = at::empty({plan.chunks, rows}, x.options().dtype(at::kDouble));
+      at::Tensor part_index = at::empty({plan.chunks, rows}, x.options().dtype(at::kLong));
+      launch_kernel(mips_top1_overflow_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, inputs, rows, m,
+                    plan.cols_per_chunk, count.const_data_ptr<int32_t>(), capacity, part_value.data_ptr<double>(),
+                    part_index.data_ptr<int64_t>());
+      const unsigned blocks = static_cast<unsigned>((rows + kSelectWarps - 1) / kSelectWarps);
+      launch_kernel(mips_top1_select_kernel, blocks, 32 * kSelectWarps, 0, stream, inputs, rows, plan.chunks,
+                    count.const_data_ptr<int32_t>(), candidates.const_data_ptr<int64_t>(),
+                    candidate_scores.const_data_ptr<float>(), capacity, part_value.const_data_ptr<double>(),
+                    part_index.const_data_ptr<int64_t>(), values.data_ptr<float>() + first,
+                    indices.data_ptr<int64_t>() + first);
+    });
+  }
+  return {values, indices};
 }
 
 std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, const at::Tensor& y,
@@ -206,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, 
       const ChunkPlan plan = plan_launch<Traits, kMipsBlocksPerMultiprocessor>(rows, m);
       const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
       at::Tensor part_group_max = at::empty({plan.chunks, rows, kGroups}, x.options());
-      launch_kernel(mips_maxima_kernel<Traits, kWidth, GroupMaxEpilogue>, grid, Traits::kThreads, 0, stream,
+      launch_kernel(mips_group_maxima_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream,
                     xs.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(), rows, m, d,
                     plan.cols_per_chunk, part_group_max.data_ptr<float>());
       threshold_score = std::get<0>(part_group_max.permute({1, 0, 2}).reshape({rows, plan.chunks * kGroups}).topk(k, 1))

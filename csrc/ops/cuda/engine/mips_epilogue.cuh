@@ -1,13 +1,22 @@
 // The engine's epilogues of exact MIPS, each pass one streaming loop over the tiles.
-// Top-1 (mips with k = 1), two passes:
-//   RowMaxEpilogue     pass 1: per row, the best computed score s~_ij = <x_i, y_j>~ + bias_j;
-//   RescoreEpilogue    pass 2: every column whose computed score is within 2 delta_i of that best
-//                      (delta_i bounds the error of one computed score, score_error_bound) is
-//                      rescored in float64 from x and y themselves, and the row keeps the best
-//                      exact score, ties to the lower column.
+// Top-1 (mips with k = 1), one streaming pass (mips_engine.cu):
+//   RunningBestEpilogue per row, the best computed score s~_ij = <x_i, y_j>~ + bias_j so far
+//                      (b_i(t), over the row's 4 lanes, updated tile by tile), and a list of
+//                      every column whose computed score reaches b_i(t) - 2 delta_i when its
+//                      tile is seen (delta_i bounds the error of one computed score,
+//                      score_error_bound), with that score. Since b_i(t) never exceeds the
+//                      row's final best B_i, the list holds every column with s~_ij >= B_i -
+//                      2 delta_i; a warp per row then rescores in float64 the listed columns
+//                      that reach B_i - 2 delta_i and keeps the best exact score, ties to the
+//                      lower column. On random data a row lists about one column per tile that
+//                      sets a new best: ln(tiles) + 1 a chunk.
+//   RescoreEpilogue    the same answer for rows whose list overflowed (sorted or tied data):
+//                      a second streaming pass, over the row blocks holding such rows only,
+//                      rescores every column within 2 delta_i of B_i as it streams.
 // The exact best is always rescored: s~_j* >= s_j* - delta >= s_j - delta >= s~_j - 2 delta for
-// every j, so whatever the precision of the tiles, the answer is the float64 one; the tiles only
-// decide how few columns are rescored (about one per row for random data).
+// every j, so s~_j* >= B_i - 2 delta (and so is every column that ties it exactly); whatever the
+// precision of the tiles, the answer is the float64 one, and the tiles only decide how few
+// columns are rescored (about one per row for random data).
 // Top-k, three passes (mips_engine.cu):
 //   GroupMaxEpilogue   pass 1: per row, the best computed score of each of 64 disjoint column
 //                      groups (a lane's fragment slot); the k-th largest of these maxima, L_i, is
@@ -44,34 +53,6 @@ __device__ __forceinline__ void for_each_score(const float (&acc)[Traits::kColFr
 #pragma unroll
       for (int r = 0; r < 2; ++r) visit(r, j, e, tile_column(col0, j, e, lane), acc[j][2 * r + e] + b[j][e], b[j][e]);
 }
-
-template <class Traits>
-struct RowMaxEpilogue {
-  const float* __restrict__ bias;
-  float best[2];  // rows g and g + 8 of the warp's 16 (lane = 4 g + t)
-
-  __device__ __forceinline__ explicit RowMaxEpilogue(const float* b) : bias(b) {
-    best[0] = best[1] = neg_inf_f();
-  }
-
-  __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
-                                       int lane) {
-    for_each_score<Traits>(acc, bias, col0, col_end, lane,
-                           [&](int r, int, int, int64_t, float score, float) { best[r] = fmaxf(best[r], score); });
-  }
-
-  // The row's best over its 4 lanes, at part_max[chunk * n + row].
-  __device__ __forceinline__ void finish(int64_t warp_row0, int64_t n, int lane, float* __restrict__ part_max,
-                                         int64_t chunk) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      best[r] = fmaxf(best[r], __shfl_xor_sync(0xffffffffu, best[r], 1));
-      best[r] = fmaxf(best[r], __shfl_xor_sync(0xffffffffu, best[r], 2));
-      const int64_t row = warp_row0 + (lane >> 2) + 8 * r;
-      if ((lane & 3) == 0 && row < n) part_max[chunk * n + row] = best[r];
-    }
-  }
-};
 
 // Pass 1 of top-k: the maxima of the 64 column groups (lane t of the quad, fragment slot j, e)
 // of each row, at part_group_max[(chunk * n + row) * kGroups + 16 t + 2 j + e].
@@ -148,6 +129,70 @@ __device__ __forceinline__ double exact_score(const RescoreInputs& in, int64_t r
 __device__ __forceinline__ float candidate_threshold(const RescoreInputs& in, int64_t row, int64_t n, float delta) {
   return row < n ? in.row_best[row] - 2.0f * delta : ::cuda::std::numeric_limits<float>::infinity();
 }
+
+// Top-1's streaming pass: per row the running best computed score b (the same in the row's 4
+// lanes) and the list of columns that reach b - 2 delta when their tile is seen, at
+// candidates / candidate_scores[row * capacity + slot], slot from the row's counter (a row whose
+// count passes `capacity` has overflowed: the overflow pass answers it, mips_engine.cu).
+// A tile's scores first raise b (their max over the quad: two shuffles a row), then are tested
+// against it, so a column listed is one that could still be the best, and a column that sets a
+// new best is listed with it. Dropped columns (bias -inf) and the padding rows past n list nothing.
+template <class Traits>
+struct RunningBestEpilogue {
+  const float* __restrict__ bias;
+  int32_t* __restrict__ count;
+  int64_t* __restrict__ candidates;
+  float* __restrict__ candidate_scores;
+  int64_t capacity;
+  int64_t rows[2];
+  float margin[2];  // 2 delta of row r; NaN for the padding rows past n: no score reaches a NaN threshold
+  float best[2];    // rows g and g + 8 of the warp's 16 (lane = 4 g + t)
+
+  __device__ __forceinline__ RunningBestEpilogue(const RescoreInputs& in, int64_t warp_row0, int64_t n, int lane,
+                                                 int32_t* row_count, int64_t* row_candidates, float* row_scores,
+                                                 int64_t cap)
+      : bias(in.bias), count(row_count), candidates(row_candidates), candidate_scores(row_scores), capacity(cap) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      rows[r] = warp_row0 + (lane >> 2) + 8 * r;
+      margin[r] = rows[r] < n ? 2.0f * score_error_bound(in, rows[r], n) : ::cuda::std::numeric_limits<float>::quiet_NaN();
+      best[r] = neg_inf_f();
+    }
+  }
+
+  __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
+                                       int lane) {
+    float tile_best[2] = {neg_inf_f(), neg_inf_f()};
+    for_each_score<Traits>(acc, bias, col0, col_end, lane,
+                           [&](int r, int, int, int64_t, float score, float) { tile_best[r] = fmaxf(tile_best[r], score); });
+    float threshold[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tile_best[r] = fmaxf(tile_best[r], __shfl_xor_sync(0xffffffffu, tile_best[r], 1));
+      tile_best[r] = fmaxf(tile_best[r], __shfl_xor_sync(0xffffffffu, tile_best[r], 2));
+      best[r] = fmaxf(best[r], tile_best[r]);
+      threshold[r] = best[r] - margin[r];
+    }
+    for_each_score<Traits>(acc, bias, col0, col_end, lane, [&](int r, int, int, int64_t c, float score, float b) {
+      if (!(score >= threshold[r]) || b == neg_inf_f()) return;
+      // A row past its capacity stops counting (give or take the lanes that raced it there), so
+      // the counter stays far from int32's end whatever m, and tied data costs no more atomics.
+      if (count[rows[r]] > capacity) return;
+      const int slot = atomicAdd(count + rows[r], 1);
+      if (slot < capacity) {
+        candidates[rows[r] * capacity + slot] = c;
+        candidate_scores[rows[r] * capacity + slot] = score;
+      }
+    });
+  }
+
+  // The row's best computed score in this chunk, at part_max[chunk * n + row].
+  __device__ __forceinline__ void finish(int64_t n, int lane, float* __restrict__ part_max, int64_t chunk) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      if ((lane & 3) == 0 && rows[r] < n) part_max[chunk * n + rows[r]] = best[r];
+  }
+};
 
 template <class Traits>
 struct RescoreEpilogue {
