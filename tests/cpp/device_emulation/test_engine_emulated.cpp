@@ -64,9 +64,10 @@ struct Shape {
 };
 
 // Sizes that are not multiples of a 64 x 64 tile or a slice of 8 / 16, d from 1 to past two
-// slices, one row and many; d % 4 == 0 takes the 16-byte copies, the others 4-byte copies.
-const std::vector<Shape> kShapes = {{1, 1, 1},   {3, 5, 2},    {67, 131, 7}, {64, 64, 8},
-                                    {70, 200, 17}, {33, 129, 64}, {130, 70, 12}};
+// slices (and past two packed slices of 32 words, 64 bfloat16 values: d = 97), one row and
+// many; d % 4 == 0 takes the 16-byte copies, the others 4-byte copies.
+const std::vector<Shape> kShapes = {{1, 1, 1},     {3, 5, 2},     {67, 131, 7}, {64, 64, 8},
+                                    {70, 200, 17}, {33, 129, 64}, {130, 70, 12}, {37, 150, 97}};
 const DotMode kModes[] = {DotMode::kSplitTF32, DotMode::kTF32, DotMode::kBF16, DotMode::kSplitF16};
 
 class EngineEmulated : public ::testing::Test {
@@ -202,6 +203,31 @@ TEST_F(EngineEmulated, SplitF16PackingIsAtensFloat16Conversion) {
         at::stack({y_hi, y_lo}, 2).permute({0, 1, 4, 2, 3, 5}).contiguous().view(at::kFloat).view({5, 32});
     EXPECT_TRUE(at::equal(split.y[b].view(at::kInt), y_expected.view(at::kInt))) << "y, problem " << b;
     EXPECT_EQ(split.scale_exponent[b].item<int>(), x_exponent + y_exponent) << b;
+  }
+}
+
+// The bfloat16 packing against ATen's own bfloat16 conversion (round to nearest even), bit for
+// bit: d not a multiple of 32, several problems, values around bfloat16's rounding ties; x's
+// words in k order, y's in lane order (streamed_operands.h).
+TEST_F(EngineEmulated, BF16PackingIsAtensBFloat16Conversion) {
+  at::Tensor x = at::randn({3, 37, 45}), y = at::randn({3, 5, 45});
+  // Exact ties between two bfloat16 values: their float32 halfway points.
+  x[1] = (x[1].to(at::kBFloat16).to(at::kFloat).view(at::kInt) | 0x8000).view(at::kFloat);
+  const StreamedOperands packed = streamed_operands(x, y, DotMode::kBF16);
+  ASSERT_EQ(packed.d, 32);  // two slices of 16 words (64 values)
+  ASSERT_FALSE(packed.scale_exponent.defined());
+  // t's values in bfloat16, zero past d, as (rows, 2 slices, 2 eights, 2 q, 4 t, 2): pair
+  // w = 4 q + t of each eight (values 16 e + 2w, 16 e + 2w + 1 of the slice).
+  auto pairs = [](const at::Tensor& t) {
+    return at::constant_pad_nd(t.to(at::kBFloat16), {0, 64 - t.size(1)}).view({t.size(0), 2, 2, 2, 4, 2});
+  };
+  for (int64_t b = 0; b < 3; ++b) {
+    // x: per slice the first eight's pairs w = 0..7, then the next eight's.
+    const at::Tensor x_expected = pairs(x[b]).contiguous().view(at::kFloat).view({37, 32});
+    EXPECT_TRUE(at::equal(packed.x[b].view(at::kInt), x_expected.view(at::kInt))) << "x, problem " << b;
+    // y: per slice, for t = 0..3, the first eight's pairs t and t + 4, then the next eight's.
+    const at::Tensor y_expected = pairs(y[b]).permute({0, 1, 4, 2, 3, 5}).contiguous().view(at::kFloat).view({5, 32});
+    EXPECT_TRUE(at::equal(packed.y[b].view(at::kInt), y_expected.view(at::kInt))) << "y, problem " << b;
   }
 }
 

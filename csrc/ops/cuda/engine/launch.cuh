@@ -16,25 +16,42 @@
 namespace ot_flow::cuda::engine {
 
 // Calls fn(Traits{}, std::integral_constant<int, Width>{}) with the traits for `mode` and d: the
-// narrowest slice that holds d (8 or 16; bf16 MMAs take 16), and 16-byte copies when every row
-// starts on a 16-byte boundary (d % 4 == 0 and aligned bases), else 4-byte copies. Split float16
-// takes its packed operands (d the words per row, whole 16s): one slice of 16 where that holds
-// d, else slices of 32, whose steps do twice the MMAs for the same staging, barrier and loop
-// overhead (about 190 instructions a 16-word step at d = 64, a third of them that overhead).
-// SplitF16Slice is the widest split float16 slice an op takes: 0 for ops that never stream split
-// float16 (mips: no kernels of its traits), 16 where the op's own shared memory leaves no room
-// for the 32-word stages (barycentric's value tile). Slice16Warps: the warps of the 16-wide
-// kernels (d > 8), 4 (64-row blocks) or 8 (128-row blocks: half the L2 reads of y,
-// kernel_traits.cuh); with 8, split float16 takes 16-word slices where d > 16 words (its 32-word
-// stages would not fit 128 rows in the static shared memory). The 8-wide kernels (d <= 8) and
-// split float16's of one 16-word slice (a few bytes of y a row) keep 4.
-template <int SplitF16Slice = 32, int Slice16Warps = 4, class Fn>
+// narrowest slice that holds d (8 or 16), and 16-byte copies when every row starts on a 16-byte
+// boundary (d % 4 == 0 and aligned bases), else 4-byte copies. Split float16 and bfloat16 take
+// their packed operands (streamed_operands.h; d the words per row, whole 16s, 16-byte rows): one
+// slice of 16 words where that holds d, else slices of 32, whose steps do twice the MMAs for the
+// same staging, barrier and loop overhead (about 190 instructions a 16-word step of split
+// float16 at d = 64, a third of them that overhead). PackedSlice is the widest packed slice an
+// op takes: 16 where the op's own shared memory leaves no room for the 32-word stages
+// (barycentric's value tile). Slice16Warps: the warps of the 16-wide kernels (d > 8), 4 (64-row
+// blocks) or 8 (128-row blocks: half the L2 reads of y, kernel_traits.cuh); with 8, packed
+// operands take 16-word slices where d > 16 words (32-word stages would not fit 128 rows in the
+// static shared memory). The 8-wide kernels (d <= 8) and the packed ones of one 16-word slice (a
+// few bytes of y a row) keep 4. TakesSplitF16: false for ops that never stream split float16
+// (mips: no kernels of its traits).
+template <int PackedSlice = 32, int Slice16Warps = 4, bool TakesSplitF16 = true, class Fn>
 void with_traits(DotMode mode, int64_t d, bool rows_aligned16, Fn&& fn) {
   auto with_width = [&](auto traits) {
     if (rows_aligned16) {
       fn(traits, std::integral_constant<int, 4>{});
     } else {
       fn(traits, std::integral_constant<int, 1>{});
+    }
+  };
+  auto packed = [&](auto mode_constant) {
+    constexpr DotMode kMode = decltype(mode_constant)::value;
+    TORCH_INTERNAL_ASSERT(d % 16 == 0 && rows_aligned16, "the engine stages packed operands in whole 16-byte rows");
+    using Four = std::integral_constant<int, 4>;
+    if constexpr (PackedSlice == 16) {
+      fn(KernelTraits<kMode, 16>{}, Four{});
+    } else {
+      static_assert(PackedSlice == 32, "packed slices of 16 or 32 words");
+      if (d <= 16) return fn(KernelTraits<kMode, 16>{}, Four{});
+      if constexpr (Slice16Warps == 8) {
+        fn(KernelTraits<kMode, 16, 8>{}, Four{});
+      } else {
+        fn(KernelTraits<kMode, 32>{}, Four{});
+      }
     }
   };
   switch (mode) {
@@ -45,20 +62,10 @@ void with_traits(DotMode mode, int64_t d, bool rows_aligned16, Fn&& fn) {
       if (d <= 8) return with_width(KernelTraits<DotMode::kTF32, 8>{});
       return with_width(KernelTraits<DotMode::kTF32, 16, Slice16Warps>{});
     case DotMode::kBF16:
-      return with_width(KernelTraits<DotMode::kBF16, 16, Slice16Warps>{});
-    case DotMode::kSplitF16:  // packed operands (streamed_operands.h): whole 16s of values, 16-byte rows
-      TORCH_INTERNAL_ASSERT(SplitF16Slice > 0 && d % 16 == 0 && rows_aligned16, "split float16 stages packed operands");
-      if constexpr (SplitF16Slice == 16) {
-        fn(KernelTraits<DotMode::kSplitF16, 16>{}, std::integral_constant<int, 4>{});
-      } else if constexpr (SplitF16Slice == 32) {
-        if (d <= 16) return fn(KernelTraits<DotMode::kSplitF16, 16>{}, std::integral_constant<int, 4>{});
-        if constexpr (Slice16Warps == 8) {
-          fn(KernelTraits<DotMode::kSplitF16, 16, 8>{}, std::integral_constant<int, 4>{});
-        } else {
-          fn(KernelTraits<DotMode::kSplitF16, 32>{}, std::integral_constant<int, 4>{});
-        }
-      }
-      return;
+      return packed(std::integral_constant<DotMode, DotMode::kBF16>{});
+    case DotMode::kSplitF16:
+      if constexpr (TakesSplitF16) return packed(std::integral_constant<DotMode, DotMode::kSplitF16>{});
+      TORCH_INTERNAL_ASSERT(false, "this op streams no split float16");
   }
 }
 

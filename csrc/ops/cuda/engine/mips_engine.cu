@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "../../mips.h"
@@ -25,9 +26,18 @@
 #include "launch.cuh"
 #include "mips_epilogue.cuh"
 #include "stream_loop.cuh"
+#include "streamed_operands.h"
 
 namespace ot_flow::cuda::engine {
 namespace {
+
+// What a streaming pass reads (streamed_operands.h): x and y themselves, or their bfloat16
+// packing (d its words per row); the rescoring reads x and y themselves (RescoreInputs).
+struct Streamed {
+  const float* x;
+  const float* y;
+  int64_t d;
+};
 
 // Every mips streaming pass runs two blocks per multiprocessor (kMipsBlocksPerMultiprocessor):
 // without the bound ptxas capped the group maxima's kernel at 96 registers on sm_90 and
@@ -39,7 +49,8 @@ constexpr int kMipsBlocksPerMultiprocessor = 2;
 // best computed score in this chunk, at part_max[chunk * n + row].
 template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
-    mips_top1_list_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t cols_per_chunk,
+    mips_top1_list_kernel(const Streamed streamed, const RescoreInputs inputs, int64_t n, int64_t m,
+                          int64_t cols_per_chunk,
                           int32_t* __restrict__ count, int64_t* __restrict__ candidates,
                           float* __restrict__ candidate_scores, int64_t capacity, float* __restrict__ part_max) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
@@ -47,7 +58,8 @@ __global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   RunningBestEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane, count, candidates,
                                   candidate_scores, capacity);
-  stream_column_tiles<Traits, Width, false>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);
+  stream_column_tiles<Traits, Width, false>(streamed.x, streamed.y, n, streamed.d, row0, col_begin, col_end, smem,
+                                            epi);
   epi.finish(n, lane, part_max, blockIdx.y);
 }
 
@@ -57,7 +69,8 @@ __global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor
 // returns at once, all its threads together (no barrier left behind).
 template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
-    mips_top1_overflow_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t cols_per_chunk,
+    mips_top1_overflow_kernel(const Streamed streamed, const RescoreInputs inputs, int64_t n, int64_t m,
+                              int64_t cols_per_chunk,
                               const int32_t* __restrict__ count, int64_t capacity, double* __restrict__ part_value,
                               int64_t* __restrict__ part_index) {
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
@@ -67,7 +80,8 @@ __global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   RescoreEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane);
-  stream_column_tiles<Traits, Width, false>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);
+  stream_column_tiles<Traits, Width, false>(streamed.x, streamed.y, n, streamed.d, row0, col_begin, col_end, smem,
+                                            epi);
   epi.finish(n, lane, part_value, part_index, blockIdx.y);
 }
 
@@ -75,26 +89,28 @@ __global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor
 // part_group_max[(chunk * n + row) * 64 + group] (GroupMaxEpilogue).
 template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
-    mips_group_maxima_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
-                             int64_t n, int64_t m, int64_t d, int64_t cols_per_chunk,
-                             float* __restrict__ part_group_max) {
+    mips_group_maxima_kernel(const Streamed streamed, const float* __restrict__ bias, int64_t n, int64_t m,
+                             int64_t cols_per_chunk, float* __restrict__ part_group_max) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   GroupMaxEpilogue<Traits> epi(bias);
-  stream_column_tiles<Traits, Width, false>(x, y, n, d, row0, col_begin, col_end, smem, epi);
+  stream_column_tiles<Traits, Width, false>(streamed.x, streamed.y, n, streamed.d, row0, col_begin, col_end, smem,
+                                            epi);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   epi.finish(row0 + warp * Traits::kWarpRows, n, lane, part_group_max, blockIdx.y);
 }
 
 template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
-    mips_candidates_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t cols_per_chunk,
+    mips_candidates_kernel(const Streamed streamed, const RescoreInputs inputs, int64_t n, int64_t m,
+                           int64_t cols_per_chunk,
                            int32_t* __restrict__ count, int32_t* __restrict__ candidates, int64_t capacity) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   CandidateEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane, count, candidates, capacity);
-  stream_column_tiles<Traits, Width, false>(inputs.x, inputs.y, n, inputs.d, row0, col_begin, col_end, smem, epi);
+  stream_column_tiles<Traits, Width, false>(streamed.x, streamed.y, n, streamed.d, row0, col_begin, col_end, smem,
+                                            epi);
 }
 
 constexpr int kSelectWarps = 8;
@@ -179,6 +195,41 @@ __global__ void __launch_bounds__(32 * kSelectWarps)
   }
 }
 
+// What both searches read beside x, y and the bias: the operands their passes stream (x and y, or
+// their bfloat16 packing) and the bounds' ingredients, |x_i|, max_j |y_j| and max_j |bias_j|
+// (finite ones), all on the device: no host synchronisation.
+struct SearchOperands {
+  StreamedOperands operands;  // problems of one: (1, n, words), (1, m, words)
+  at::Tensor x_norm, y_norm_max, bias_max;
+
+  SearchOperands(const at::Tensor& x, const at::Tensor& y, const at::Tensor& bias, DotMode mode)
+      : operands(streamed_operands(x.unsqueeze(0), y.unsqueeze(0), mode)),
+        x_norm(at::linalg_vector_norm(x, 2, {1}, false, std::nullopt).contiguous()),
+        y_norm_max(at::linalg_vector_norm(y, 2, {1}, false, std::nullopt).max()),
+        bias_max(at::linalg_vector_norm(bias.masked_fill(at::isneginf(bias), 0), INFINITY)) {}
+
+  // The streamed operands from row `first` of x on.
+  Streamed streamed_from(int64_t first) const {
+    return {operands.x.const_data_ptr<float>() + first * operands.d, operands.y.const_data_ptr<float>(), operands.d};
+  }
+
+  // Whether those rows take 16-byte copies (launch.cuh's rows_aligned16 for the slice).
+  bool rows_aligned16_from(int64_t first) const {
+    const Streamed s = streamed_from(first);
+    return s.d % 4 == 0 && reinterpret_cast<std::uintptr_t>(s.x) % 16 == 0 &&
+           reinterpret_cast<std::uintptr_t>(s.y) % 16 == 0;
+  }
+
+  // The rescoring inputs of rows [first, ...) of x (contiguous float32), reference scores unset.
+  RescoreInputs rescore_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& bias, int64_t first,
+                               DotMode mode) const {
+    const int64_t d = x.size(1);
+    return {x.const_data_ptr<float>() + first * d, y.const_data_ptr<float>(), bias.const_data_ptr<float>(), nullptr,
+            x_norm.const_data_ptr<float>() + first, y_norm_max.const_data_ptr<float>(),
+            bias_max.const_data_ptr<float>(), d, dot_error_bound(mode, d)};
+  }
+};
+
 // mips's bound is relative to each row's norm, which split float16's subnormal term is not
 // (kernel_traits.cuh): "highest" searches in split TF32.
 DotMode searched_mode(DotMode mode) { return mode == DotMode::kSplitF16 ? DotMode::kSplitTF32 : mode; }
@@ -192,22 +243,19 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
   TORCH_CHECK(engine_handles(x), "ot_flow.mips: the tensor-core engine takes float32 inputs, got ", x.scalar_type());
   TORCH_CHECK(list_per_chunk >= 1, "ot_flow.mips: list_per_chunk = ", list_per_chunk, " must be positive");
   const c10::cuda::CUDAGuard device_guard(x.device());
-  const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
+  const int64_t n = x.size(0), m = y.size(0);
   at::Tensor values = at::empty({n, 1}, x.options());
   at::Tensor indices = at::empty({n, 1}, x.options().dtype(at::kLong));
   if (n == 0) return {values, indices};
-  // The bounds' ingredients stay on the device: no host synchronisation.
-  const at::Tensor x_norm = at::linalg_vector_norm(x, 2, {1}, false, std::nullopt).contiguous();
-  const at::Tensor y_norm_max = at::linalg_vector_norm(y, 2, {1}, false, std::nullopt).max();
-  const at::Tensor bias_max = at::linalg_vector_norm(bias.masked_fill(at::isneginf(bias), 0), INFINITY);
+  const SearchOperands search(x, y, bias, mode);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   // Slices of rows keep the lists within 2^22 entries (48 MiB): slices of 2^17 rows make
   // 2,048 row blocks, one column chunk on any GPU of fewer than 1,024 block slots.
   constexpr int64_t kSliceRows = int64_t{1} << 17;
   for (int64_t first = 0; first < n; first += kSliceRows) {
     const int64_t rows = std::min(kSliceRows, n - first);
-    const at::Tensor xs = x.narrow(0, first, rows);
-    with_traits<0>(mode, d, rows_aligned16(xs, y), [&](auto traits, auto width) {
+    const Streamed streamed = search.streamed_from(first);
+    with_traits<32, 4, false>(mode, streamed.d, search.rows_aligned16_from(first), [&](auto traits, auto width) {
       using Traits = decltype(traits);
       constexpr int kWidth = decltype(width)::value;
       const ChunkPlan plan = plan_launch<Traits, kMipsBlocksPerMultiprocessor>(rows, m);
@@ -219,17 +267,16 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
       at::Tensor candidates = at::empty({rows, capacity}, x.options().dtype(at::kLong));
       at::Tensor candidate_scores = at::empty({rows, capacity}, x.options());
       at::Tensor part_max = at::empty({plan.chunks, rows}, x.options());
-      RescoreInputs inputs{xs.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(),
-                           nullptr, x_norm.const_data_ptr<float>() + first, y_norm_max.const_data_ptr<float>(),
-                           bias_max.const_data_ptr<float>(), d, dot_error_bound(mode, d)};
-      launch_kernel(mips_top1_list_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, inputs, rows, m,
+      RescoreInputs inputs = search.rescore_inputs(x, y, bias, first, mode);
+      launch_kernel(mips_top1_list_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, streamed, inputs, rows, m,
                     plan.cols_per_chunk, count.data_ptr<int32_t>(), candidates.data_ptr<int64_t>(),
                     candidate_scores.data_ptr<float>(), capacity, part_max.data_ptr<float>());
       const at::Tensor row_best = plan.chunks == 1 ? part_max[0] : part_max.amax(0);
       inputs.row_best = row_best.const_data_ptr<float>();
       at::Tensor part_value = at::empty({plan.chunks, rows}, x.options().dtype(at::kDouble));
       at::Tensor part_index = at::empty({plan.chunks, rows}, x.options().dtype(at::kLong));
-      launch_kernel(mips_top1_overflow_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, inputs, rows, m,
+      launch_kernel(mips_top1_overflow_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, streamed, inputs,
+                    rows, m,
                     plan.cols_per_chunk, count.const_data_ptr<int32_t>(), capacity, part_value.data_ptr<double>(),
                     part_index.data_ptr<int64_t>());
       const unsigned blocks = static_cast<unsigned>((rows + kSelectWarps - 1) / kSelectWarps);
@@ -247,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, 
                                                            const at::Tensor& bias, int64_t k, DotMode requested) {
   const DotMode mode = searched_mode(requested);
   TORCH_CHECK(engine_handles(x), "ot_flow.mips: the tensor-core engine takes float32 inputs, got ", x.scalar_type());
-  const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
+  const int64_t n = x.size(0), m = y.size(0);
   TORCH_CHECK(k >= 1 && k <= kMipsCudaMaxK && k <= m, "ot_flow.mips: k = ", k, " outside [1, min(m, ",
               kMipsCudaMaxK, ")]");
   TORCH_CHECK(m <= std::numeric_limits<int32_t>::max(), "ot_flow.mips: the engine's top-k lists hold int32 columns, m = ",
@@ -256,9 +303,7 @@ std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, 
   at::Tensor values = at::empty({n, k}, x.options());
   at::Tensor indices = at::empty({n, k}, x.options().dtype(at::kLong));
   if (n == 0) return {values, indices};
-  const at::Tensor x_norm = at::linalg_vector_norm(x, 2, {1}, false, std::nullopt).contiguous();
-  const at::Tensor y_norm_max = at::linalg_vector_norm(y, 2, {1}, false, std::nullopt).max();
-  const at::Tensor bias_max = at::linalg_vector_norm(bias.masked_fill(at::isneginf(bias), 0), INFINITY);
+  const SearchOperands search(x, y, bias, mode);
   // Columns that reach the threshold, random N(0, 1) scores (a simulation of the group maxima,
   // 64 rows, m = 4099 to 10^6): k = 5: 5.1-5.2 on average, 7 at most; k = 64: 280-310 on average,
   // 660 at most with one column chunk, 68 and 74 with eight. A list 16k + 256 long overflows only
@@ -268,14 +313,12 @@ std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   for (int64_t first = 0; first < n; first += slice_rows) {
     const int64_t rows = std::min(slice_rows, n - first);
-    const at::Tensor xs = x.narrow(0, first, rows);
+    const Streamed streamed = search.streamed_from(first);
     at::Tensor count = at::zeros({rows}, x.options().dtype(at::kInt));
     at::Tensor candidates = at::empty({rows, capacity}, x.options().dtype(at::kInt));
     at::Tensor threshold_score;  // L_i, kept alive until pass 2 has run
-    RescoreInputs inputs{xs.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(),
-                         nullptr, x_norm.const_data_ptr<float>() + first, y_norm_max.const_data_ptr<float>(),
-                         bias_max.const_data_ptr<float>(), d, dot_error_bound(mode, d)};
-    with_traits<0>(mode, d, rows_aligned16(xs, y), [&](auto traits, auto width) {
+    RescoreInputs inputs = search.rescore_inputs(x, y, bias, first, mode);
+    with_traits<32, 4, false>(mode, streamed.d, search.rows_aligned16_from(first), [&](auto traits, auto width) {
       using Traits = decltype(traits);
       constexpr int kWidth = decltype(width)::value;
       constexpr int kGroups = GroupMaxEpilogue<Traits>::kGroups;
@@ -283,14 +326,14 @@ std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, 
       const ChunkPlan plan = plan_launch<Traits, kMipsBlocksPerMultiprocessor>(rows, m);
       const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
       at::Tensor part_group_max = at::empty({plan.chunks, rows, kGroups}, x.options());
-      launch_kernel(mips_group_maxima_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream,
-                    xs.const_data_ptr<float>(), y.const_data_ptr<float>(), bias.const_data_ptr<float>(), rows, m, d,
-                    plan.cols_per_chunk, part_group_max.data_ptr<float>());
+      launch_kernel(mips_group_maxima_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, streamed,
+                    bias.const_data_ptr<float>(), rows, m, plan.cols_per_chunk, part_group_max.data_ptr<float>());
       threshold_score = std::get<0>(part_group_max.permute({1, 0, 2}).reshape({rows, plan.chunks * kGroups}).topk(k, 1))
                             .select(1, k - 1)
                             .contiguous();
       inputs.row_best = threshold_score.const_data_ptr<float>();
-      launch_kernel(mips_candidates_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, inputs, rows, m,
+      launch_kernel(mips_candidates_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, streamed, inputs,
+                    rows, m,
                     plan.cols_per_chunk, count.data_ptr<int32_t>(), candidates.data_ptr<int32_t>(), capacity);
     });
     const unsigned blocks = static_cast<unsigned>((rows + kSelectWarps - 1) / kSelectWarps);

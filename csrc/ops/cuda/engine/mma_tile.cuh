@@ -90,67 +90,61 @@ __device__ __forceinline__ void mma_slice(const float* xs, const float* ys, int 
                                           float (&acc)[Traits::kColFrags][4]) {
   constexpr int S = Traits::kStrideX, SY = Traits::kStrideY;
   const int g = lane >> 2, t = lane & 3;
-  if constexpr (Traits::kMode == DotMode::kSplitF16) {
+  if constexpr (Traits::kPacked) {
     // The slice of a row is already the MMAs' operands (streamed_operands.h), no conversion in
-    // the loop. x's words are the pairs of hi halves (k = 2w, 2w + 1) in k order, then those of
-    // lo: a lane's A fragments (rows g and g + 8 interleaved) are 8 single-word loads, straight
-    // into place. y's words are in lane order, 4t to 4t + 3 the hi pairs t and t + 4 (k = 2t,
-    // 2t + 1 and 2t + 8, 2t + 9), then the lo pairs: a lane's B fragments of a column block are
-    // one 128-bit load, whose pairs land in the registers the MMAs take them in. (A in lane order
-    // too, as a 128-bit load per row, costs ~50 register moves a step to interleave the rows.)
-    static_assert(Traits::kSliceK % 16 == 0, "a split float16 slice is whole 16s of values' halves");
+    // the loop. Per 16 words, x's words are 8 pairs (k = 2w, 2w + 1) in k order, then 8 more:
+    // split float16's hi halves then lo halves of 16 values, or bfloat16's first 16 values then
+    // the next 16. A lane's A fragments (rows g and g + 8 interleaved) are 8 single-word loads,
+    // straight into place. y's words are in lane order, 4t to 4t + 3 the pairs t and t + 4 of the
+    // first 8 (k = 2t, 2t + 1 and 2t + 8, 2t + 9), then of the next 8: a lane's B fragments of a
+    // column block are one 128-bit load, whose pairs land in the registers the MMAs take them
+    // in. (A in lane order too, as a 128-bit load per row, costs ~50 register moves a step to
+    // interleave the rows.)
+    static_assert(Traits::kSliceK % 16 == 0, "a packed slice is whole 16s of words");
 #pragma unroll
     for (int kk = 0; kk < Traits::kSliceK; kk += 16) {
       const float* x0 = xs + g * S + kk + t;
       const float* x1 = x0 + 8 * S;
-      const uint32_t a_hi[4] = {__float_as_uint(x0[0]), __float_as_uint(x1[0]), __float_as_uint(x0[4]),
-                                __float_as_uint(x1[4])};
-      const uint32_t a_lo[4] = {__float_as_uint(x0[8]), __float_as_uint(x1[8]), __float_as_uint(x0[12]),
-                                __float_as_uint(x1[12])};
+      const uint32_t a_first[4] = {__float_as_uint(x0[0]), __float_as_uint(x1[0]), __float_as_uint(x0[4]),
+                                   __float_as_uint(x1[4])};
+      const uint32_t a_next[4] = {__float_as_uint(x0[8]), __float_as_uint(x1[8]), __float_as_uint(x0[12]),
+                                  __float_as_uint(x1[12])};
 #pragma unroll
       for (int j = 0; j < Traits::kColFrags; ++j) {
         const uint4 y0 = load_shared_words4(ys + (8 * j + g) * SY + kk + 4 * t);
-        const uint32_t b_hi[2] = {y0.x, y0.y};
-        const uint32_t b_lo[2] = {y0.z, y0.w};
-        mma_f16(acc[j], a_lo, b_hi, FromZero && kk == 0);  // small terms first
-        mma_f16(acc[j], a_hi, b_lo);
-        mma_f16(acc[j], a_hi, b_hi);
+        const uint32_t b_first[2] = {y0.x, y0.y};
+        const uint32_t b_next[2] = {y0.z, y0.w};
+        if constexpr (Traits::kMode == DotMode::kSplitF16) {  // first: hi, next: lo; small terms first
+          mma_f16(acc[j], a_next, b_first, FromZero && kk == 0);
+          mma_f16(acc[j], a_first, b_next);
+          mma_f16(acc[j], a_first, b_first);
+        } else {  // bfloat16: two k-steps of 16 values
+          mma_bf16(acc[j], a_first, b_first, FromZero && kk == 0);
+          mma_bf16(acc[j], a_next, b_next);
+        }
       }
     }
   } else {
 #pragma unroll
     for (int kk = 0; kk < Traits::kSliceK; kk += Traits::kMmaK) {
-      if constexpr (Traits::kMode == DotMode::kBF16) {
-        const float* x0 = xs + g * S + kk + 2 * t;
-        const float* x1 = x0 + 8 * S;
-        const uint32_t a[4] = {to_bf16x2(x0[0], x0[1]), to_bf16x2(x1[0], x1[1]), to_bf16x2(x0[8], x0[9]),
-                               to_bf16x2(x1[8], x1[9])};
+      const float av[4] = {xs[g * S + kk + t], xs[(g + 8) * S + kk + t], xs[g * S + kk + t + 4],
+                           xs[(g + 8) * S + kk + t + 4]};
+      uint32_t a_hi[4], a_lo[4];
 #pragma unroll
-        for (int j = 0; j < Traits::kColFrags; ++j) {
-          const float* y0 = ys + (8 * j + g) * SY + kk + 2 * t;
-          const uint32_t b[2] = {to_bf16x2(y0[0], y0[1]), to_bf16x2(y0[8], y0[9])};
-          mma_bf16(acc[j], a, b, FromZero && kk == 0);
-        }
-      } else {
-        const float av[4] = {xs[g * S + kk + t], xs[(g + 8) * S + kk + t], xs[g * S + kk + t + 4],
-                             xs[(g + 8) * S + kk + t + 4]};
-        uint32_t a_hi[4], a_lo[4];
+      for (int i = 0; i < 4; ++i) split_tf32(av[i], a_hi[i], a_lo[i]);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) split_tf32(av[i], a_hi[i], a_lo[i]);
-#pragma unroll
-        for (int j = 0; j < Traits::kColFrags; ++j) {
-          const float* y0 = ys + (8 * j + g) * SY + kk + t;
-          uint32_t b_hi[2], b_lo[2];
-          split_tf32(y0[0], b_hi[0], b_lo[0]);
-          split_tf32(y0[4], b_hi[1], b_lo[1]);
-          const bool fresh = FromZero && kk == 0;
-          if constexpr (Traits::kMode == DotMode::kSplitTF32) {  // small terms first
-            mma_tf32(acc[j], a_lo, b_hi, fresh);
-            mma_tf32(acc[j], a_hi, b_lo);
-            mma_tf32(acc[j], a_hi, b_hi);
-          } else {
-            mma_tf32(acc[j], a_hi, b_hi, fresh);
-          }
+      for (int j = 0; j < Traits::kColFrags; ++j) {
+        const float* y0 = ys + (8 * j + g) * SY + kk + t;
+        uint32_t b_hi[2], b_lo[2];
+        split_tf32(y0[0], b_hi[0], b_lo[0]);
+        split_tf32(y0[4], b_hi[1], b_lo[1]);
+        const bool fresh = FromZero && kk == 0;
+        if constexpr (Traits::kMode == DotMode::kSplitTF32) {  // small terms first
+          mma_tf32(acc[j], a_lo, b_hi, fresh);
+          mma_tf32(acc[j], a_hi, b_lo);
+          mma_tf32(acc[j], a_hi, b_hi);
+        } else {
+          mma_tf32(acc[j], a_hi, b_hi, fresh);
         }
       }
     }

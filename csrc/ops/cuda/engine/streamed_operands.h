@@ -1,10 +1,12 @@
-// What the streaming loop reads for a call: x and y themselves, or, in split float16
-// (DotMode::kSplitF16, kernel_traits.cuh), their packing, formed once per call on the device
-// (per operand a max-norm reduction and one packing kernel; no host synchronisation) and staged
-// as it is: a row's 16 values per slice are 16 words of float16 pairs (k = 2w, 2w + 1), 8 of hi
-// halves and 8 of lo halves: x's in k order, y's so that the four words an MMA lane t needs of
-// a row (hi pairs t and t + 4, lo pairs t and t + 4: the m16n8k16 B fragments) are words 4t to
-// 4t + 3, one 128-bit shared-memory load.
+// What the streaming loop reads for a call: x and y themselves (split TF32, TF32), or their
+// packing into 16-bit pairs (split float16 and bfloat16, kernel_traits.cuh), formed once per
+// call on the device (one packing kernel per operand, after a max-norm reduction in split
+// float16; no host synchronisation) and staged as it is. Per slice of 16 words, a row holds 16
+// pairs (k = 2w, 2w + 1 in the lower and upper half) in two eights: split float16's hi halves
+// and lo halves of 16 values, or bfloat16's first 16 values and next 16. x's words in k order
+// (the first eight, then the next); y's so that the four words an MMA lane t needs of a row
+// (pairs t and t + 4 of each eight: the m16n8k16 B fragments) are words 4t to 4t + 3, one
+// 128-bit shared-memory load.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -25,7 +27,7 @@ struct SplitF16Operands {
 SplitF16Operands split_f16_operands(const at::Tensor& x, const at::Tensor& y);
 
 struct StreamedOperands {
-  at::Tensor x, y;      // (B, n, d), (B, m, d): the call's, or the packed ones (d = d_pad)
+  at::Tensor x, y;      // (B, n, d), (B, m, d): the call's, or the packed ones (d their words per row)
   at::Tensor scale_exponent;  // split float16's (B,) int32; undefined otherwise
   int64_t d;            // words per row the loop walks
   bool rows_aligned16;  // every row of every problem on a 16-byte boundary: 16-byte copies
