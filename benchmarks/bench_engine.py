@@ -4,7 +4,7 @@
 
 Second table: exact mips (issue #17's sizes: queries x N, d) against the FMA kernel and torch
 `addmm + max` in float32 and bfloat16, with each one's agreement with the float64 answer; top-1 at
-every size, and top-k (`--mips-k`, default 2 (the semidiscrete fit's) and 16) at the first size
+every size (the engine's also in the opt-in 128-row blocks, "rows=128"), and top-k (`--mips-k`, default 2 (the semidiscrete fit's) and 16) at the first size
 against `addmm + topk`, agreeing where a row's k indices all equal the float64 answer's.
 
 For lse and barycentric at n = m, each row times one call on one engine
@@ -132,10 +132,16 @@ def mips_table(sizes, top_k, device, saved_engine):
         xb, yb = x.bfloat16(), y.bfloat16()
         for k in [1] + (list(top_k) if position == 0 else []):
             exact = exact_top_k(x, y, k)
-            for engine, precision in RUNS:
+            # Top-1 also in the opt-in 128-row blocks, where they change the kernel (d > 8;
+            # bfloat16's packed pairs: d > 32).
+            tall = [("tensor_cores", p, 128) for _, p in RUNS[1:] if k == 1 and d > (32 if p == "bf16" else 8)]
+            for engine, precision, block_rows in [(e, p, 64) for e, p in RUNS] + tall:
                 os.environ["OT_FLOW_CUDA_ENGINE"] = engine
+                os.environ["OT_FLOW_ENGINE_BLOCK_ROWS"] = str(block_rows)
                 call = lambda: ot_flow.ops.mips(x, y, None, k, precision=precision)[1]  # noqa: E731
-                rows.append(mips_row(queries, n_points, d, k, f"ot_flow {engine} {precision}", call, exact, device))
+                label = f"ot_flow {engine} {precision}" + (" rows=128" if block_rows == 128 else "")
+                rows.append(mips_row(queries, n_points, d, k, label, call, exact, device))
+            os.environ.pop("OT_FLOW_ENGINE_BLOCK_ROWS", None)
             restore(saved_engine)
             select = (lambda s: s.max(1).indices[:, None]) if k == 1 else (lambda s: s.topk(k, 1).indices)
             name = "addmm+max" if k == 1 else "addmm+topk"

@@ -442,6 +442,21 @@ def test_sinkhorn_in_128_row_blocks(monkeypatch):
         ot_flow.ops.lse(x, y, h, 0.5)
 
 
+# mips top-1 in 128-row blocks (the same switch): the float64 answer on the adversarial data, and
+# over two row slices with overflowing lists.
+@pytest.mark.parametrize("precision", MODES)
+@pytest.mark.parametrize("kind", ["random", "integers", "near_ties"])
+@pytest.mark.parametrize("n,m,d", [(67, 4099, 3), (130, 20_011, 64), (33, 1000, 1000)])
+def test_mips_top1_in_128_row_blocks(n, m, d, kind, precision, monkeypatch):
+    monkeypatch.setenv("OT_FLOW_ENGINE_BLOCK_ROWS", "128")
+    test_mips_top1_is_the_float64_answer(n, m, d, kind, precision)
+
+
+def test_mips_top1_row_slices_in_128_row_blocks(monkeypatch):
+    monkeypatch.setenv("OT_FLOW_ENGINE_BLOCK_ROWS", "128")
+    test_mips_top1_row_slices_and_overflowing_lists()
+
+
 def test_bad_highest_switch(monkeypatch):
     x, y, h = random_problem(9, 70, 5, torch.float32, device="cuda")
     monkeypatch.setenv("OT_FLOW_ENGINE_HIGHEST", "split_fp16")

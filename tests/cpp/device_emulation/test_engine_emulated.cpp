@@ -595,25 +595,25 @@ TEST_F(EngineEmulated, MipsTop1ListsAndTheirOverflowAreExact) {
       {"near ties", at::randn({1, d}) + 1e-5 * at::randn({m, d})},
       {"rising", rising + 1e-3 * at::randn({m, d})},
   };
-  for (const auto& [what, y] : data)
-    for (DotMode mode : {DotMode::kSplitTF32, DotMode::kTF32, DotMode::kBF16})
-      for (int sms : kMultiprocessors)
-        for (int64_t list_per_chunk : {int64_t{1}, int64_t{2}, kMipsTop1ListPerChunk, int64_t{1000}}) {
-          emulation::settings().multiprocessors = sms;
-          const at::Tensor bias = 0.1 * at::randn({m});
-          const auto [values, indices] = mips_top1_tensor_cores(x, y, bias, mode, list_per_chunk);
-          const auto [ref_values, ref_indices] = mips_reference(x, y, bias, 1);
-          const std::string where = std::string(what) + " " + name(mode) + " sms=" + std::to_string(sms) +
-                                    " list=" + std::to_string(list_per_chunk);
-          EXPECT_TRUE(at::equal(indices, ref_indices)) << where;
-          EXPECT_TRUE(at::equal(values, ref_values)) << where;
-        }
+  const ScopedEnv block_rows("OT_FLOW_ENGINE_BLOCK_ROWS", nullptr);
+  for (const char* rows : {"64", "128"})
+    for (const auto& [what, y] : data)
+      for (DotMode mode : {DotMode::kSplitTF32, DotMode::kTF32, DotMode::kBF16})
+        for (int sms : kMultiprocessors)
+          for (int64_t list_per_chunk : {int64_t{1}, int64_t{2}, kMipsTop1ListPerChunk, int64_t{1000}}) {
+            block_rows.set(rows);
+            emulation::settings().multiprocessors = sms;
+            const at::Tensor bias = 0.1 * at::randn({m});
+            const auto [values, indices] = mips_top1_tensor_cores(x, y, bias, mode, list_per_chunk);
+            const auto [ref_values, ref_indices] = mips_reference(x, y, bias, 1);
+            const std::string where = std::string(what) + " " + name(mode) + " sms=" + std::to_string(sms) +
+                                      " list=" + std::to_string(list_per_chunk) + " rows=" + rows;
+            EXPECT_TRUE(at::equal(indices, ref_indices)) << where;
+            EXPECT_TRUE(at::equal(values, ref_values)) << where;
+          }
 }
 
-// The second pass streams only in row blocks that hold a row whose list overflowed: none on
-// random data with the default lists (the copies of one pass), every one where all points are
-// identical and the lists hold one entry a chunk (the copies of two).
-TEST_F(EngineEmulated, MipsTop1StreamsTwiceOnlyWhereAListOverflowed) {
+void expect_top1_streams_twice_only_where_a_list_overflowed(bool tall) {
   const int64_t n = 200, m = 1000, d = 24;
   const at::Tensor x = at::randn({n, d}), bias = at::zeros({m});
   auto copies = [&](const at::Tensor& y, int64_t list_per_chunk) {
@@ -623,19 +623,38 @@ TEST_F(EngineEmulated, MipsTop1StreamsTwiceOnlyWhereAListOverflowed) {
   };
   const int64_t one_pass = copies(at::randn({m, d}), kMipsTop1ListPerChunk);
   EXPECT_GT(one_pass, 0);
+  const emulation::Counters& c = emulation::counters();
+  if (tall) {
+    EXPECT_EQ(c.threads, 256 * c.blocks);
+  } else {
+    EXPECT_LT(c.threads, 256 * c.blocks);
+  }
   EXPECT_EQ(copies(at::randn({1, d}).expand({m, d}).contiguous(), 1), 2 * one_pass);
   // Rows of zeros score 0 against every column (zero bias): all tie, and each lists every column.
-  // Only the first of the four row blocks holds them, and only it streams again.
-  x.narrow(0, 0, 64).zero_();
+  // Rows 70 to 127 are in one row block, the second of four or the first of two (its second
+  // half), and only it streams again.
+  x.narrow(0, 70, 58).zero_();
   const at::Tensor y = at::randn({m, d});
   const int64_t mixed = copies(y, kMipsTop1ListPerChunk);
   const auto [values, indices] = mips_top1_tensor_cores(x, y, bias, DotMode::kTF32);
   const auto [ref_values, ref_indices] = mips_reference(x, y, bias, 1);
   EXPECT_TRUE(at::equal(indices, ref_indices));
   EXPECT_TRUE(at::equal(values, ref_values));
-  EXPECT_EQ(indices[0].item<int64_t>(), 0);
+  EXPECT_EQ(indices[70].item<int64_t>(), 0);
   EXPECT_GT(mixed, one_pass);
   EXPECT_LT(mixed, 2 * one_pass);
+}
+
+// The second pass streams only in row blocks that hold a row whose list overflowed: none on
+// random data with the default lists (the copies of one pass), every one where all points are
+// identical and the lists hold one entry a chunk (the copies of two); in 64- and 128-row blocks
+// (every block of 256 threads with OT_FLOW_ENGINE_BLOCK_ROWS=128, the select kernel's too).
+TEST_F(EngineEmulated, MipsTop1StreamsTwiceOnlyWhereAListOverflowed) {
+  const ScopedEnv block_rows("OT_FLOW_ENGINE_BLOCK_ROWS", nullptr);
+  for (const char* rows : {"64", "128"}) {
+    block_rows.set(rows);
+    expect_top1_streams_twice_only_where_a_list_overflowed(std::string(rows) == "128");
+  }
 }
 
 }  // namespace

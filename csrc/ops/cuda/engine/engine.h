@@ -24,10 +24,10 @@ bool tensor_cores_selected();
 // else raises, naming the variable.
 bool highest_as_split_f16();
 
-// Whether lse (and so the Sinkhorn loop) streams in 128-row blocks of 8 warps
+// Whether lse (and so the Sinkhorn loop) and mips with k = 1 stream in 128-row blocks of 8 warps
 // (OT_FLOW_ENGINE_BLOCK_ROWS=128) rather than 64-row blocks of 4 (unset or "64") where d > 8
-// (split float16: d > 16, then in 16-word slices; launch.cuh's with_traits): half the L2
-// reads of y, for twice the warps at each barrier; opt-in until a GPU has measured both.
+// (packed operands: d > 16 words, then in 16-word slices; launch.cuh's with_traits): half the
+// L2 reads of y, for twice the warps at each barrier; opt-in until a GPU has measured both.
 // Anything else raises, naming the variable.
 bool tall_blocks_selected();
 

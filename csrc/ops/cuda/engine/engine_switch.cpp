@@ -1,5 +1,5 @@
 // The opt-in switches of the tensor-core engine (engine.h): the engine itself, how it runs
-// "highest", and lse's block rows.
+// "highest", and the block rows of lse and mips top-1.
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 

@@ -46,8 +46,8 @@ OT_FLOW_HOST_DEVICE constexpr float dot_error_bound(DotMode mode, int64_t d) {
   return operands + mmas_per_step * static_cast<float>(d) * 0x1p-22f;
 }
 
-// Warps: 4 (64-row blocks) or 8 (128-row blocks, lse's opt-in OT_FLOW_ENGINE_BLOCK_ROWS=128,
-// launch.cuh). Every block reads all of its chunk's y from L2 (y's copies bypass L1), so y's L2
+// Warps: 4 (64-row blocks) or 8 (128-row blocks, the opt-in OT_FLOW_ENGINE_BLOCK_ROWS=128 of lse
+// and mips top-1, launch.cuh). Every block reads all of its chunk's y from L2 (y's copies bypass L1), so y's L2
 // traffic is the row blocks times y: at d = 64, n = m = 65,536, 16 GB a pass in 64-row blocks,
 // 8 GB in 128-row ones, for the same registers a thread (two blocks of 8 warps a multiprocessor
 // instead of four of 4) and a barrier across twice the warps. Which is faster needs a GPU

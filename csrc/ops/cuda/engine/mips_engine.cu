@@ -39,16 +39,20 @@ struct Streamed {
   int64_t d;
 };
 
-// Every mips streaming pass runs two blocks per multiprocessor (kMipsBlocksPerMultiprocessor):
-// without the bound ptxas capped the group maxima's kernel at 96 registers on sm_90 and
-// spilled. They stream with one accumulator per tile (RoundedSlices = false): dot_error_bound
-// budgets the tensor cores' truncation (stream_loop.cuh).
-constexpr int kMipsBlocksPerMultiprocessor = 2;
+// Every mips streaming pass runs eight warps a multiprocessor: two blocks of 4 warps, or one of 8
+// (top-1's opt-in 128-row blocks), up to 255 registers a thread: the 4-warp group maxima's
+// kernel spilled on sm_90 when ptxas capped it at 96 without the bound; the passes hold 106-198
+// (the bfloat16 32-word slices the most). They stream with one accumulator per tile
+// (RoundedSlices = false): dot_error_bound budgets the tensor cores' truncation (stream_loop.cuh).
+template <class Traits>
+constexpr int mips_blocks_per_multiprocessor() {
+  return 8 / Traits::kWarps;
+}
 
 // Top-1's pass: each row's list of columns that could be its best (RunningBestEpilogue) and its
 // best computed score in this chunk, at part_max[chunk * n + row].
 template <class Traits, int Width>
-__global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
+__global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocessor<Traits>())
     mips_top1_list_kernel(const Streamed streamed, const RescoreInputs inputs, int64_t n, int64_t m,
                           int64_t cols_per_chunk,
                           int32_t* __restrict__ count, int64_t* __restrict__ candidates,
@@ -68,7 +72,7 @@ __global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor
 // chunk's (value, index) at part_*[chunk * n + row]. A block none of whose rows overflowed
 // returns at once, all its threads together (no barrier left behind).
 template <class Traits, int Width>
-__global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
+__global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocessor<Traits>())
     mips_top1_overflow_kernel(const Streamed streamed, const RescoreInputs inputs, int64_t n, int64_t m,
                               int64_t cols_per_chunk,
                               const int32_t* __restrict__ count, int64_t capacity, double* __restrict__ part_value,
@@ -88,7 +92,7 @@ __global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor
 // Pass 1 of top-k: the group maxima of each row in this chunk, at
 // part_group_max[(chunk * n + row) * 64 + group] (GroupMaxEpilogue).
 template <class Traits, int Width>
-__global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
+__global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocessor<Traits>())
     mips_group_maxima_kernel(const Streamed streamed, const float* __restrict__ bias, int64_t n, int64_t m,
                              int64_t cols_per_chunk, float* __restrict__ part_group_max) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
@@ -101,7 +105,7 @@ __global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor
 }
 
 template <class Traits, int Width>
-__global__ void __launch_bounds__(Traits::kThreads, kMipsBlocksPerMultiprocessor)
+__global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocessor<Traits>())
     mips_candidates_kernel(const Streamed streamed, const RescoreInputs inputs, int64_t n, int64_t m,
                            int64_t cols_per_chunk,
                            int32_t* __restrict__ count, int32_t* __restrict__ candidates, int64_t capacity) {
@@ -255,10 +259,10 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
   for (int64_t first = 0; first < n; first += kSliceRows) {
     const int64_t rows = std::min(kSliceRows, n - first);
     const Streamed streamed = search.streamed_from(first);
-    with_traits<32, 4, false>(mode, streamed.d, search.rows_aligned16_from(first), [&](auto traits, auto width) {
+    auto search_rows = [&](auto traits, auto width) {
       using Traits = decltype(traits);
       constexpr int kWidth = decltype(width)::value;
-      const ChunkPlan plan = plan_launch<Traits, kMipsBlocksPerMultiprocessor>(rows, m);
+      const ChunkPlan plan = plan_launch<Traits, mips_blocks_per_multiprocessor<Traits>()>(rows, m);
       TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.mips: too many rows");
       const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
       // A row lists about ln(tiles) + 1 columns a chunk on random data (15 at 2^20 tiles).
@@ -285,7 +289,15 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
                     candidate_scores.const_data_ptr<float>(), capacity, part_value.const_data_ptr<double>(),
                     part_index.const_data_ptr<int64_t>(), values.data_ptr<float>() + first,
                     indices.data_ptr<int64_t>() + first);
-    });
+    };
+    // 128-row blocks (OT_FLOW_ENGINE_BLOCK_ROWS=128, opt-in as lse's): half the L2 reads of y,
+    // which bound the search at large d (the README's counts: 65 GB a pass at #17's d = 512 in
+    // bfloat16 64-row blocks).
+    if (tall_blocks_selected()) {
+      with_traits<32, 8, false>(mode, streamed.d, search.rows_aligned16_from(first), search_rows);
+    } else {
+      with_traits<32, 4, false>(mode, streamed.d, search.rows_aligned16_from(first), search_rows);
+    }
   }
   return {values, indices};
 }
@@ -323,7 +335,7 @@ std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, 
       constexpr int kWidth = decltype(width)::value;
       constexpr int kGroups = GroupMaxEpilogue<Traits>::kGroups;
       static_assert(kGroups >= kMipsCudaMaxK, "one chunk's group maxima cover the largest k");
-      const ChunkPlan plan = plan_launch<Traits, kMipsBlocksPerMultiprocessor>(rows, m);
+      const ChunkPlan plan = plan_launch<Traits, mips_blocks_per_multiprocessor<Traits>()>(rows, m);
       const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
       at::Tensor part_group_max = at::empty({plan.chunks, rows, kGroups}, x.options());
       launch_kernel(mips_group_maxima_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, streamed,
