@@ -4,8 +4,9 @@
 
 Second table: exact mips (issue #17's sizes: queries x N, d) against the FMA kernel and torch
 `addmm + max` in float32 and bfloat16, with each one's agreement with the float64 answer; top-1 at
-every size (the engine's also in the opt-in 128-row blocks, "rows=128"), and top-k (`--mips-k`, default 2 (the semidiscrete fit's) and 16) at the first size
-against `addmm + topk`, agreeing where a row's k indices all equal the float64 answer's.
+every size (the engine's also in the opt-in 128-row blocks, "rows=128"), and top-k (`--mips-k`,
+default 2 (the semidiscrete fit's) and 16) at the first size against `addmm + topk`, agreeing
+where a row's k indices all equal the float64 answer's. Rows print on stderr as they are measured.
 
 For lse and barycentric at n = m, each row times one call on one engine
 (OT_FLOW_CUDA_ENGINE=fma: the verified FMA kernels; tensor_cores: csrc/ops/cuda/engine/) and
@@ -103,9 +104,9 @@ def main():
                             err = ((mean - ref_mean).abs().amax(1) / ref_mean.abs().amax(1).clamp_min(1e-30)).max().item()
                         t = timeit(call, device)
                         floor = max(n * n / exp_rate, flops * MMA_COST[precision] / tf32_rate)
-                        rows.append({"op": op, "n=m": n, "d": d, "engine": engine, "precision": precision,
-                                     "rows": block_rows if engine == "tensor_cores" else "", "ms": f"{t * 1e3:.3f}",
-                                     "error": f"{err:.1e}", "of floor": f"{floor / t:.0%}"})
+                        record(rows, {"op": op, "n=m": n, "d": d, "engine": engine, "precision": precision,
+                                      "rows": block_rows if engine == "tensor_cores" else "", "ms": f"{t * 1e3:.3f}",
+                                      "error": f"{err:.1e}", "of floor": f"{floor / t:.0%}"})
     finally:
         restore(saved)
         os.environ.pop("OT_FLOW_ENGINE_HIGHEST", None)
@@ -140,14 +141,15 @@ def mips_table(sizes, top_k, device, saved_engine):
                 os.environ["OT_FLOW_ENGINE_BLOCK_ROWS"] = str(block_rows)
                 call = lambda: ot_flow.ops.mips(x, y, None, k, precision=precision)[1]  # noqa: E731
                 label = f"ot_flow {engine} {precision}" + (" rows=128" if block_rows == 128 else "")
-                rows.append(mips_row(queries, n_points, d, k, label, call, exact, device))
+                record(rows, mips_row(queries, n_points, d, k, label, call, exact, device))
             os.environ.pop("OT_FLOW_ENGINE_BLOCK_ROWS", None)
             restore(saved_engine)
             select = (lambda s: s.max(1).indices[:, None]) if k == 1 else (lambda s: s.topk(k, 1).indices)
             name = "addmm+max" if k == 1 else "addmm+topk"
-            rows.append(mips_row(queries, n_points, d, k, f"torch fp32 {name}", lambda: select(x @ y.T), exact, device))
-            rows.append(mips_row(queries, n_points, d, k, f"torch bf16 {name}", lambda: select(xb @ yb.T), exact,
-                                 device))
+            record(rows, mips_row(queries, n_points, d, k, f"torch fp32 {name}", lambda: select(x @ y.T), exact,
+                                  device))
+            record(rows, mips_row(queries, n_points, d, k, f"torch bf16 {name}", lambda: select(xb @ yb.T), exact,
+                                  device))
     return "\n" + table(rows, ["queries", "N", "d", "k", "method", "ms", "agrees with float64"])
 
 
@@ -155,6 +157,13 @@ def mips_row(queries, n_points, d, k, name, call, exact, device):
     agree = (call()[:CHECK_ROWS] == exact).all(1).double().mean().item()
     return {"queries": queries, "N": n_points, "d": d, "k": k, "method": name,
             "ms": f"{timeit(call, device) * 1e3:.2f}", "agrees with float64": f"{agree:.1%} of {CHECK_ROWS}"}
+
+
+def record(rows, row):
+    """Adds a row to its table, and prints it at once on stderr: a run cut short by its time limit
+    (gpu-check's) still shows what it measured."""
+    rows.append(row)
+    print(" | ".join(str(v) for v in row.values()), file=sys.stderr, flush=True)
 
 
 def restore(saved):

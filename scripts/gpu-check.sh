@@ -96,8 +96,10 @@ if want bench; then
     echo "## $* --device cuda (limit ${limit} s)" | tee -a "$out"
     timeout "$limit" $PY "$@" --device cuda 2>&1 | tail -40 | tee -a "$out"
   }
+  # Its rows print as they are measured (stderr), its tables at the end, whole under $OUT too.
   echo "## benchmarks/bench_engine.py (limit 180 s)" | tee -a "$out"
-  timeout 180 $PY benchmarks/bench_engine.py 2>&1 | tail -60 | tee -a "$out"
+  timeout 180 $PY benchmarks/bench_engine.py --out "$(dirname "$out")/bench_engine-$gpu-$stamp.txt" 2>&1 | tail -250 \
+    | tee -a "$out"
   # bench_batched: 10 problems x n = 1024, d = 2 and 64, one batched call vs 10 calls (streamed), on
   # the FMA kernels and on the tensor-core engine. Each solve is launch-bound (a half-step's 1024^2
   # entries take microseconds; ~25 iterations per problem): ~0.2 s for the 10 separate calls, less
