@@ -47,10 +47,10 @@ OT_FLOW_HOST_DEVICE constexpr float dot_error_bound(DotMode mode, int64_t d) {
 }
 
 // Warps: 4 (64-row blocks) or 8 (128-row blocks, the opt-in OT_FLOW_ENGINE_BLOCK_ROWS=128 of lse
-// and mips top-1, launch.cuh). Every block reads all of its chunk's y from L2 (y's copies bypass L1), so y's L2
-// traffic is the row blocks times y: at d = 64, n = m = 65,536, 16 GB a pass in 64-row blocks,
-// 8 GB in 128-row ones, for the same registers a thread (two blocks of 8 warps a multiprocessor
-// instead of four of 4) and a barrier across twice the warps. Which is faster needs a GPU
+// and mips top-1, launch.cuh). Every block reads all of its chunk's y from L2 (y's copies
+// bypass L1), so y's L2 traffic is the row blocks times y: at d = 64, n = m = 65,536, 16 GB a
+// pass in 64-row blocks, 8 GB in 128-row ones, for the same registers a thread (lse: two blocks
+// of 8 warps a multiprocessor instead of four of 4) and a barrier across twice the warps. Which is faster needs a GPU
 // (bench_engine.py times both). 128 rows take 16-word slices: packed 32-word stages would pass
 // the 48 KB below.
 template <DotMode Mode, int SliceK, int Warps = 4>

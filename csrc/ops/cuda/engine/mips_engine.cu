@@ -136,7 +136,9 @@ __global__ void __launch_bounds__(32 * kSelectWarps)
   double best = -::cuda::std::numeric_limits<double>::infinity();
   int64_t best_j = -1;
   if (count[row] > capacity) {
-    for (int64_t c = lane; c < chunks; c += 32) keep_better(best, best_j, part_value[c * n + row], part_index[c * n + row]);
+    for (int64_t c = lane; c < chunks; c += 32) {
+      keep_better(best, best_j, part_value[c * n + row], part_index[c * n + row]);
+    }
   } else {
     const float threshold = candidate_threshold(inputs, row, n, score_error_bound(inputs, row, n));
     for (int64_t i = lane; i < count[row]; i += 32) {

@@ -155,7 +155,8 @@ struct RunningBestEpilogue {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       rows[r] = warp_row0 + (lane >> 2) + 8 * r;
-      margin[r] = rows[r] < n ? 2.0f * score_error_bound(in, rows[r], n) : ::cuda::std::numeric_limits<float>::quiet_NaN();
+      margin[r] = rows[r] < n ? 2.0f * score_error_bound(in, rows[r], n)
+                              : ::cuda::std::numeric_limits<float>::quiet_NaN();
       best[r] = neg_inf_f();
     }
   }
@@ -163,8 +164,9 @@ struct RunningBestEpilogue {
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
     float tile_best[2] = {neg_inf_f(), neg_inf_f()};
-    for_each_score<Traits>(acc, bias, col0, col_end, lane,
-                           [&](int r, int, int, int64_t, float score, float) { tile_best[r] = fmaxf(tile_best[r], score); });
+    for_each_score<Traits>(acc, bias, col0, col_end, lane, [&](int r, int, int, int64_t, float score, float) {
+      tile_best[r] = fmaxf(tile_best[r], score);
+    });
     float threshold[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
