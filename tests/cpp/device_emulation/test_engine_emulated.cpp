@@ -528,10 +528,23 @@ TEST_F(EngineEmulated, GumbelArgmaxMatchesFloat64InEveryMode) {
 // lower column, dropped columns (bias -inf) never listed.
 std::tuple<at::Tensor, at::Tensor> mips_reference(const at::Tensor& x, const at::Tensor& y, const at::Tensor& bias,
                                                   int64_t k) {
-  const at::Tensor scores = at::matmul(x.to(at::kDouble), y.to(at::kDouble).t()) + bias.to(at::kDouble);
-  const int64_t n = x.size(0), m = y.size(0);
+  // Each score summed in float64 in k order, one fma a term, then the bias: an order the IEEE
+  // standard fixes, so the same bits on any CPU (a BLAS product's order is its own, and could
+  // split identical points' scores, or round a value to the other float32). The contract's
+  // float64 answer; the engine's rescoring forms it the same way (exact_score).
+  const int64_t n = x.size(0), m = y.size(0), d = x.size(1);
+  const at::Tensor xc = x.contiguous(), yc = y.contiguous(), bc = bias.contiguous();
+  const auto xa = xc.accessor<float, 2>(), ya = yc.accessor<float, 2>();
+  const auto ba = bc.accessor<float, 1>();
+  at::Tensor scores = at::empty({n, m}, at::kDouble);
+  auto sa = scores.accessor<double, 2>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m; ++j) {
+      double sum = 0.0;
+      for (int64_t c = 0; c < d; ++c) sum = std::fma(static_cast<double>(xa[i][c]), static_cast<double>(ya[j][c]), sum);
+      sa[i][j] = sum + static_cast<double>(ba[j]);
+    }
   at::Tensor values = at::empty({n, k}, at::kFloat), indices = at::empty({n, k}, at::kLong);
-  const auto sa = scores.accessor<double, 2>();
   for (int64_t i = 0; i < n; ++i) {
     std::vector<int64_t> order;
     for (int64_t j = 0; j < m; ++j)

@@ -93,8 +93,9 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_tensor_cores_batched(const at::
                                                                       DotMode mode);
 
 // Entries a row's candidate list holds per column chunk in mips with k = 1 (mips_engine.cu): on
-// random data a row lists ln(tiles) + 1 columns a chunk on average (9 at 4,000 tiles, 15 at a
-// million); a row that lists more takes a second streaming pass.
+// random data a row is expected to list ln(tiles) + 1 columns a chunk, the tiles that raise its
+// best (a harmonic number, 9 at 4,000 tiles, 15 at a million; not measured); a row that lists
+// more takes a second streaming pass.
 constexpr int64_t kMipsTop1ListPerChunk = 32;
 
 // mips with k = 1, exact in every mode: (values (n, 1) float32, indices (n, 1) int64) of

@@ -69,9 +69,13 @@ void with_traits(DotMode mode, int64_t d, bool rows_aligned16, Fn&& fn) {
   }
 }
 
+// Whether rows of d floats from a and from b all start on 16-byte boundaries (16-byte copies).
+inline bool rows_aligned16(const void* a, const void* b, int64_t d) {
+  return d % 4 == 0 && reinterpret_cast<std::uintptr_t>(a) % 16 == 0 && reinterpret_cast<std::uintptr_t>(b) % 16 == 0;
+}
+
 inline bool rows_aligned16(const at::Tensor& a, const at::Tensor& b) {
-  return a.size(-1) % 4 == 0 && reinterpret_cast<std::uintptr_t>(a.const_data_ptr()) % 16 == 0 &&
-         reinterpret_cast<std::uintptr_t>(b.const_data_ptr()) % 16 == 0;
+  return rows_aligned16(a.const_data_ptr(), b.const_data_ptr(), a.size(-1));
 }
 
 // The grid of a launch of n rows and m columns, for a kernel of Traits that BlocksPerMultiprocessor

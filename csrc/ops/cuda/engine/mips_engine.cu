@@ -135,13 +135,14 @@ __global__ void __launch_bounds__(32 * kSelectWarps)
   if (row >= n) return;  // the whole warp
   double best = -::cuda::std::numeric_limits<double>::infinity();
   int64_t best_j = -1;
-  if (count[row] > capacity) {
+  const int64_t listed = count[row];
+  if (listed > capacity) {
     for (int64_t c = lane; c < chunks; c += 32) {
       keep_better(best, best_j, part_value[c * n + row], part_index[c * n + row]);
     }
   } else {
     const float threshold = candidate_threshold(inputs, row, n, score_error_bound(inputs, row, n));
-    for (int64_t i = lane; i < count[row]; i += 32) {
+    for (int64_t i = lane; i < listed; i += 32) {
       if (!(candidate_scores[row * capacity + i] >= threshold)) continue;
       const int64_t col = candidates[row * capacity + i];
       keep_better(best, best_j, exact_score(inputs, row, col), col);
@@ -219,11 +220,10 @@ struct SearchOperands {
     return {operands.x.const_data_ptr<float>() + first * operands.d, operands.y.const_data_ptr<float>(), operands.d};
   }
 
-  // Whether those rows take 16-byte copies (launch.cuh's rows_aligned16 for the slice).
+  // Whether those rows take 16-byte copies.
   bool rows_aligned16_from(int64_t first) const {
     const Streamed s = streamed_from(first);
-    return s.d % 4 == 0 && reinterpret_cast<std::uintptr_t>(s.x) % 16 == 0 &&
-           reinterpret_cast<std::uintptr_t>(s.y) % 16 == 0;
+    return rows_aligned16(s.x, s.y, s.d);
   }
 
   // The rescoring inputs of rows [first, ...) of x (contiguous float32), reference scores unset.
@@ -267,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
       const ChunkPlan plan = plan_launch<Traits, mips_blocks_per_multiprocessor<Traits>()>(rows, m);
       TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.mips: too many rows");
       const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
-      // A row lists about ln(tiles) + 1 columns a chunk on random data (15 at 2^20 tiles).
+      // A row lists about ln(tiles) + 1 columns a chunk on random data (engine.h).
       const int64_t capacity = std::min(m, list_per_chunk * plan.chunks);
       at::Tensor count = at::zeros({rows}, x.options().dtype(at::kInt));
       at::Tensor candidates = at::empty({rows, capacity}, x.options().dtype(at::kLong));

@@ -9,7 +9,7 @@
 //                      2 delta_i; a warp per row then rescores in float64 the listed columns
 //                      that reach B_i - 2 delta_i and keeps the best exact score, ties to the
 //                      lower column. On random data a row lists about one column per tile that
-//                      sets a new best: ln(tiles) + 1 a chunk.
+//                      sets a new best: ln(tiles) + 1 a chunk expected.
 //   RescoreEpilogue    the same answer for rows whose list overflowed (sorted or tied data):
 //                      a second streaming pass, over the row blocks holding such rows only,
 //                      rescores every column within 2 delta_i of B_i as it streams.
