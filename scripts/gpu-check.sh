@@ -84,7 +84,7 @@ if want sanitize && [ -x "$sanitizer" ]; then
   OT_FLOW_CUDA_ENGINE=tensor_cores PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 120 "$sanitizer" --tool memcheck \
     --error-exitcode 99 $PY -m pytest tests/test_cuda_engine.py -q -p no:cacheprovider \
     -k "65-129-17 or large_scale or (top_k and 67-4099-3-5 and random) or (128_row_blocks and 129-257-64) \
-        or (mips_top1_is and 67-4099-3-integers)" 2>&1 \
+        or (mips_one_pass_is and 67-4099-3 and integers)" 2>&1 \
     | tail -8 | tee -a "$out"
 fi
 if want bench; then

@@ -290,45 +290,50 @@ def adversarial_points(kind, n, m, d, g):
 
 @pytest.mark.parametrize("precision", MODES)
 @pytest.mark.parametrize("kind", ["random", "integers", "duplicates", "near_ties", "large"])
-@pytest.mark.parametrize("n,m,d", [(1, 1, 1), (67, 4099, 3), (130, 20_011, 64), (33, 1000, 1000), (5, 2003, 3072)])
-def test_mips_top1_is_the_float64_answer(n, m, d, kind, precision):
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("n,m,d", [(2, 2, 1), (67, 4099, 3), (130, 20_011, 64), (33, 1000, 1000), (5, 2003, 3072)])
+def test_mips_one_pass_is_the_float64_answer(n, m, d, k, kind, precision):
+    """k <= 2, one streaming pass against a running bound of each row's k-th score: the float64
+    answer in every mode, on data whose lists overflow (integers, duplicates, near ties) or not."""
     g = torch.Generator().manual_seed(n + m + d)
     x, y = adversarial_points(kind, n, m, d, g)
     bias = torch.randn(m, generator=g) if kind == "random" else None
     if bias is not None:
         bias[::7] = float("-inf")
-    values, indices = ot_flow.ops.mips(x.cuda(), y.cuda(), None if bias is None else bias.cuda(), 1,
+    values, indices = ot_flow.ops.mips(x.cuda(), y.cuda(), None if bias is None else bias.cuda(), k,
                                        precision=precision)
-    best, index = float64_top_k(x, y, bias, 1)
+    best, index = float64_top_k(x, y, bias, k)
     assert torch.equal(indices.cpu(), index)  # the contract: the float64 answer's index
     # Values: the float64 score in float32; the reference sums in another order (1 ulp).
     torch.testing.assert_close(values.cpu().double(), best.float().double(), rtol=2**-23, atol=0)
 
 
-def test_mips_top1_row_slices_and_overflowing_lists():
-    """More rows than one slice of top-1's candidate lists (2^17), rows of zeros (every column
-    left ties, so their lists overflow and their row blocks stream a second time) beside random
-    rows whose lists hold, and a bias that drops columns."""
+@pytest.mark.parametrize("k", [1, 2])
+def test_mips_one_pass_row_slices_and_overflowing_lists(k):
+    """More rows than one slice of the one pass's candidate lists (2^17 / k), rows of zeros (every
+    column left ties, so their lists overflow: top-1's row blocks stream a second time, top-2
+    rescores all their columns) beside random rows whose lists hold, and a bias that drops
+    columns."""
     g = torch.Generator().manual_seed(17)
     x = torch.randn(131_200, 7, generator=g)
     x[:100] = 0
     x[131_090:131_150] = 0  # in the second slice
     y = torch.randn(333, 7, generator=g)
     bias = torch.zeros(333)
-    bias[::9] = float("-inf")  # the zero rows' answer: column 1
-    values, indices = ot_flow.ops.mips(x.cuda(), y.cuda(), bias.cuda(), 1)
-    best, index = float64_top_k(x, y, bias, 1)
+    bias[::9] = float("-inf")  # the zero rows' answer: columns 1 (and 2)
+    values, indices = ot_flow.ops.mips(x.cuda(), y.cuda(), bias.cuda(), k)
+    best, index = float64_top_k(x, y, bias, k)
     assert torch.equal(indices.cpu(), index)
-    assert (index[:100] == 1).all()
+    assert (index[:100] == torch.arange(1, k + 1)).all()
     torch.testing.assert_close(values.cpu().double(), best.float().double(), rtol=2**-23, atol=0)
 
 
 @pytest.mark.parametrize("precision", MODES)
 @pytest.mark.parametrize("kind", ["random", "integers", "duplicates", "near_ties", "large"])
-@pytest.mark.parametrize("n,m,d,k", [(2, 2, 1, 2), (67, 4099, 3, 5), (130, 20_011, 64, 64), (33, 1000, 1000, 17),
+@pytest.mark.parametrize("n,m,d,k", [(3, 3, 1, 3), (67, 4099, 3, 5), (130, 20_011, 64, 64), (33, 1000, 1000, 17),
                                      (9, 3001, 3072, 64)])
 def test_mips_top_k_is_the_float64_answer(n, m, d, k, kind, precision):
-    """Three passes (group maxima, candidate lists, float64 rescoring): the float64 answer in every
+    """k > 2, three passes (group maxima, candidate lists, float64 rescoring): the float64 answer in every
     mode, on data whose lists overflow (integers, duplicates: the rescoring scans the row) or not."""
     g = torch.Generator().manual_seed(n + m + d + k)
     x, y = adversarial_points(kind, n, m, d, g)
@@ -442,19 +447,21 @@ def test_sinkhorn_in_128_row_blocks(monkeypatch):
         ot_flow.ops.lse(x, y, h, 0.5)
 
 
-# mips top-1 in 128-row blocks (the same switch): the float64 answer on the adversarial data, and
-# over two row slices with overflowing lists.
+# mips's one pass (k <= 2) in 128-row blocks (the same switch): the float64 answer on the
+# adversarial data, and over row slices with overflowing lists.
 @pytest.mark.parametrize("precision", MODES)
 @pytest.mark.parametrize("kind", ["random", "integers", "near_ties"])
+@pytest.mark.parametrize("k", [1, 2])
 @pytest.mark.parametrize("n,m,d", [(67, 4099, 3), (130, 20_011, 64), (33, 1000, 1000)])
-def test_mips_top1_in_128_row_blocks(n, m, d, kind, precision, monkeypatch):
+def test_mips_one_pass_in_128_row_blocks(n, m, d, k, kind, precision, monkeypatch):
     monkeypatch.setenv("OT_FLOW_ENGINE_BLOCK_ROWS", "128")
-    test_mips_top1_is_the_float64_answer(n, m, d, kind, precision)
+    test_mips_one_pass_is_the_float64_answer(n, m, d, k, kind, precision)
 
 
-def test_mips_top1_row_slices_in_128_row_blocks(monkeypatch):
+@pytest.mark.parametrize("k", [1, 2])
+def test_mips_one_pass_row_slices_in_128_row_blocks(k, monkeypatch):
     monkeypatch.setenv("OT_FLOW_ENGINE_BLOCK_ROWS", "128")
-    test_mips_top1_row_slices_and_overflowing_lists()
+    test_mips_one_pass_row_slices_and_overflowing_lists(k)
 
 
 def test_bad_highest_switch(monkeypatch):

@@ -147,19 +147,15 @@ __global__ void mips_merge_chunks_kernel(const scalar_t* __restrict__ part_value
 std::tuple<at::Tensor, at::Tensor> mips_engine_kernel(const at::Tensor& x, const at::Tensor& y,
                                                       const at::Tensor& bias, int64_t k, Precision precision) {
   const auto mode = cuda::engine::dot_mode(precision);
-  if (k == 1) return cuda::engine::mips_top1_tensor_cores(x, y, bias, mode);
-  return cuda::engine::mips_top_k_tensor_cores(x, y, bias, k, mode);
+  return cuda::engine::mips_tensor_cores(x, y, bias, k, mode);
 }
 
-// On the tensor-core engine (exact: rescored in float64) when it is switched on (engine.h), the
-// inputs are not float64 and, for top-k, the columns fit its int32 lists; else on the FMA
-// kernels below.
+// On the tensor-core engine (exact: rescored in float64) when it is switched on (engine.h) and
+// the inputs are not float64; else on the FMA kernels below.
 std::tuple<at::Tensor, at::Tensor> mips_cuda(const at::Tensor& x, const at::Tensor& y,
                                              const std::optional<at::Tensor>& bias, int64_t k,
                                              c10::string_view precision, bool validate) {
-  const bool engine = cuda::engine::engine_takes(x.scalar_type()) &&
-                      (k == 1 || y.size(0) <= std::numeric_limits<int32_t>::max());
-  const auto kernel = engine ? &mips_engine_kernel : &mips_cuda_kernel;
+  const auto kernel = cuda::engine::engine_takes(x.scalar_type()) ? &mips_engine_kernel : &mips_cuda_kernel;
   return run_mips(x, y, bias, k, precision, validate, kernel, kMipsCudaMaxK);
 }
 

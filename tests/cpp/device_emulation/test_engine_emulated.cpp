@@ -580,10 +580,9 @@ TEST_F(EngineEmulated, MipsIsExactInEveryMode) {
           const std::string where = std::string(name(mode)) + " n=" + std::to_string(s.n) +
                                     " m=" + std::to_string(s.m) + " d=" + std::to_string(s.d) +
                                     (integers ? " integers" : " random") + " sms=" + std::to_string(sms);
-          for (int64_t k : {int64_t{1}, int64_t{5}, int64_t{64}}) {
+          for (int64_t k : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{64}}) {
             if (k > s.m) continue;
-            const auto [values, indices] =
-                k == 1 ? mips_top1_tensor_cores(x, y, bias, mode) : mips_top_k_tensor_cores(x, y, bias, k, mode);
+            const auto [values, indices] = mips_tensor_cores(x, y, bias, k, mode);
             const auto [ref_values, ref_indices] = mips_reference(x, y, bias, k);
             EXPECT_TRUE(at::equal(indices, ref_indices)) << where << " k=" << k;
             EXPECT_TRUE(at::equal(values, ref_values)) << where << " k=" << k;
@@ -591,12 +590,12 @@ TEST_F(EngineEmulated, MipsIsExactInEveryMode) {
         }
 }
 
-// Top-1's lists against the running best (mips_engine.cu): exact where they hold every
-// candidate, and where rows overflow them and take the second pass, alone or beside rows that
-// do not (lists of one entry a chunk). Adversarial data: identical points (every column ties:
-// column 0 wins), near-ties below every mode's resolution, and scores rising along the columns
-// (every tile sets a new best).
-TEST_F(EngineEmulated, MipsTop1ListsAndTheirOverflowAreExact) {
+// The one pass's lists (k = 1, 2) against the running bound (mips_engine.cu): exact where they
+// hold every candidate, and where rows overflow them (top-1: and take the second pass; top-2:
+// and have every column rescored), alone or beside rows that do not (lists of one entry a
+// chunk). Adversarial data: identical points (every column ties: columns 0 and 1 win), near-ties
+// below every mode's resolution, and scores rising along the columns (every tile raises the bound).
+TEST_F(EngineEmulated, MipsOnePassListsAndTheirOverflowAreExact) {
   const int64_t n = 70, m = 300, d = 17;
   const at::Tensor x = at::randn({n, d});
   const at::Tensor direction = at::randn({d});
@@ -613,28 +612,30 @@ TEST_F(EngineEmulated, MipsTop1ListsAndTheirOverflowAreExact) {
     for (const auto& [what, y] : data)
       for (DotMode mode : {DotMode::kSplitTF32, DotMode::kTF32, DotMode::kBF16})
         for (int sms : kMultiprocessors)
-          for (int64_t list_per_chunk : {int64_t{1}, int64_t{2}, kMipsTop1ListPerChunk, int64_t{1000}}) {
-            block_rows.set(rows);
-            emulation::settings().multiprocessors = sms;
-            const at::Tensor bias = 0.1 * at::randn({m});
-            const auto [values, indices] = mips_top1_tensor_cores(x, y, bias, mode, list_per_chunk);
-            const auto [ref_values, ref_indices] = mips_reference(x, y, bias, 1);
-            const std::string where = std::string(what) + " " + name(mode) + " sms=" + std::to_string(sms) +
-                                      " list=" + std::to_string(list_per_chunk) + " rows=" + rows;
-            EXPECT_TRUE(at::equal(indices, ref_indices)) << where;
-            EXPECT_TRUE(at::equal(values, ref_values)) << where;
-          }
+          for (int64_t list_per_chunk : {int64_t{1}, int64_t{2}, kMipsListPerChunk, int64_t{1000}})
+            for (int64_t k = 1; k <= kMipsOnePassMaxK; ++k) {
+              block_rows.set(rows);
+              emulation::settings().multiprocessors = sms;
+              const at::Tensor bias = 0.1 * at::randn({m});
+              const auto [values, indices] = mips_tensor_cores(x, y, bias, k, mode, list_per_chunk);
+              const auto [ref_values, ref_indices] = mips_reference(x, y, bias, k);
+              const std::string where = std::string(what) + " " + name(mode) + " sms=" + std::to_string(sms) +
+                                        " list=" + std::to_string(list_per_chunk) + " rows=" + rows +
+                                        " k=" + std::to_string(k);
+              EXPECT_TRUE(at::equal(indices, ref_indices)) << where;
+              EXPECT_TRUE(at::equal(values, ref_values)) << where;
+            }
 }
 
-void expect_top1_streams_twice_only_where_a_list_overflowed(bool tall) {
+void expect_one_pass_streams_twice_only_where_a_top1_list_overflowed(bool tall) {
   const int64_t n = 200, m = 1000, d = 24;
   const at::Tensor x = at::randn({n, d}), bias = at::zeros({m});
-  auto copies = [&](const at::Tensor& y, int64_t list_per_chunk) {
+  auto copies = [&](const at::Tensor& y, int64_t list_per_chunk, int64_t k = 1) {
     emulation::counters() = emulation::Counters{};
-    mips_top1_tensor_cores(x, y, bias, DotMode::kTF32, list_per_chunk);
+    mips_tensor_cores(x, y, bias, k, DotMode::kTF32, list_per_chunk);
     return emulation::counters().async_copies;
   };
-  const int64_t one_pass = copies(at::randn({m, d}), kMipsTop1ListPerChunk);
+  const int64_t one_pass = copies(at::randn({m, d}), kMipsListPerChunk);
   EXPECT_GT(one_pass, 0);
   const emulation::Counters& c = emulation::counters();
   if (tall) {
@@ -643,13 +644,18 @@ void expect_top1_streams_twice_only_where_a_list_overflowed(bool tall) {
     EXPECT_LT(c.threads, 256 * c.blocks);
   }
   EXPECT_EQ(copies(at::randn({1, d}).expand({m, d}).contiguous(), 1), 2 * one_pass);
+  // Top-2 streams once, overflowing or not (its rescoring kernel scans an overflowed row); k = 3
+  // streams twice in 64-row blocks (the three passes), whatever the switch.
+  EXPECT_EQ(copies(at::randn({m, d}), kMipsListPerChunk, 2), one_pass);
+  EXPECT_EQ(copies(at::randn({1, d}).expand({m, d}).contiguous(), 1, 2), one_pass);
+  if (!tall) EXPECT_EQ(copies(at::randn({m, d}), kMipsListPerChunk, 3), 2 * one_pass);
   // Rows of zeros score 0 against every column (zero bias): all tie, and each lists every column.
   // Rows 70 to 127 are in one row block, the second of four or the first of two (its second
   // half), and only it streams again.
   x.narrow(0, 70, 58).zero_();
   const at::Tensor y = at::randn({m, d});
-  const int64_t mixed = copies(y, kMipsTop1ListPerChunk);
-  const auto [values, indices] = mips_top1_tensor_cores(x, y, bias, DotMode::kTF32);
+  const int64_t mixed = copies(y, kMipsListPerChunk);
+  const auto [values, indices] = mips_tensor_cores(x, y, bias, 1, DotMode::kTF32);
   const auto [ref_values, ref_indices] = mips_reference(x, y, bias, 1);
   EXPECT_TRUE(at::equal(indices, ref_indices));
   EXPECT_TRUE(at::equal(values, ref_values));
@@ -658,15 +664,16 @@ void expect_top1_streams_twice_only_where_a_list_overflowed(bool tall) {
   EXPECT_LT(mixed, 2 * one_pass);
 }
 
-// The second pass streams only in row blocks that hold a row whose list overflowed: none on
+// Top-1's second pass streams only in row blocks that hold a row whose list overflowed: none on
 // random data with the default lists (the copies of one pass), every one where all points are
 // identical and the lists hold one entry a chunk (the copies of two); in 64- and 128-row blocks
 // (every block of 256 threads with OT_FLOW_ENGINE_BLOCK_ROWS=128, the select kernel's too).
-TEST_F(EngineEmulated, MipsTop1StreamsTwiceOnlyWhereAListOverflowed) {
+// Top-2 streams once in every case, top-3 twice.
+TEST_F(EngineEmulated, MipsOnePassStreamsTwiceOnlyWhereATop1ListOverflowed) {
   const ScopedEnv block_rows("OT_FLOW_ENGINE_BLOCK_ROWS", nullptr);
   for (const char* rows : {"64", "128"}) {
     block_rows.set(rows);
-    expect_top1_streams_twice_only_where_a_list_overflowed(std::string(rows) == "128");
+    expect_one_pass_streams_twice_only_where_a_top1_list_overflowed(std::string(rows) == "128");
   }
 }
 

@@ -92,24 +92,24 @@ std::tuple<at::Tensor, at::Tensor> gumbel_argmax_tensor_cores_batched(const at::
                                                                       const std::vector<GumbelKey>& keys,
                                                                       DotMode mode);
 
-// Entries a row's candidate list holds per column chunk in mips with k = 1 (mips_engine.cu): on
-// random data a row is expected to list ln(tiles) + 1 columns a chunk, the tiles that raise its
-// best (a harmonic number, 9 at 4,000 tiles, 15 at a million; not measured); a row that lists
-// more takes a second streaming pass.
-constexpr int64_t kMipsTop1ListPerChunk = 32;
+// The largest k that mips searches in one streaming pass (mips_engine.cu): 1, and 2 for the
+// semidiscrete fit's Newton step; larger k take three passes.
+constexpr int64_t kMipsOnePassMaxK = 2;
 
-// mips with k = 1, exact in every mode: (values (n, 1) float32, indices (n, 1) int64) of
-// max_j <x_i, y_j> + bias_j, the float64 answer rounded to float32, ties to the lower column;
-// bias (m) float32 (-inf drops a column; a row with none left gets -inf and -1).
-// list_per_chunk: the lists' entries per chunk (tests make it small to take the second pass).
-std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, const at::Tensor& y,
-                                                          const at::Tensor& bias, DotMode mode,
-                                                          int64_t list_per_chunk = kMipsTop1ListPerChunk);
+// Entries a row's candidate list holds per column chunk and per unit of k in mips's one pass: on
+// random data a row is expected to list about k (ln(tiles) + 1) columns a chunk, those that raise
+// its running k-th score (a harmonic number, 9 at 4,000 tiles, 15 at a million; not measured); a
+// row that lists more takes a second streaming pass (k = 1) or has all its columns rescored.
+constexpr int64_t kMipsListPerChunk = 32;
 
-// mips with 1 < k <= kMipsCudaMaxK and m < 2^31, exact in every mode: (values (n, k) float32,
-// indices (n, k) int64), each row's k largest float64 scores rounded to float32, sorted, ties
-// to the lower column; dropped columns (bias -inf) never returned (top_k_list.h's empty slots).
-std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, const at::Tensor& y,
-                                                           const at::Tensor& bias, int64_t k, DotMode mode);
+// mips, exact in every mode, for 1 <= k <= min(m, kMipsCudaMaxK): (values (n, k) float32,
+// indices (n, k) int64), each row's k largest float64 scores <x_i, y_j> + bias_j rounded to
+// float32, sorted, ties to the lower column; bias (m) float32 (-inf drops a column; dropped
+// columns are never returned: a row short of them gets -inf and -1, top_k_list.h's empty slots).
+// list_per_chunk: the one pass's list entries per chunk and unit of k (tests make it small to
+// overflow the lists).
+std::tuple<at::Tensor, at::Tensor> mips_tensor_cores(const at::Tensor& x, const at::Tensor& y, const at::Tensor& bias,
+                                                     int64_t k, DotMode mode,
+                                                     int64_t list_per_chunk = kMipsListPerChunk);
 
 }  // namespace ot_flow::cuda::engine

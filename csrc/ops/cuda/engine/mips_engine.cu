@@ -1,11 +1,12 @@
 // ot_flow::mips on the tensor-core engine, exact (mips_epilogue.cuh has the bounds).
-// k = 1: one streaming pass lists, per row, the columns that could be the exact best against
-//   the row's running best computed score (and records each chunk's best); a warp per row
-//   rescores in float64 the listed columns within the bound of the row's final best. Rows whose
-//   list overflowed take a second streaming pass that rescores as it goes, launched over every
-//   row block but run only by those that hold such a row (no host synchronisation to learn
-//   which); its column chunks are merged by the same warp.
-// k > 1: pass 1 finds the maxima of each row's 64 column groups per chunk, whose k-th largest
+// k <= 2: one streaming pass lists, per row, the columns that could be in its exact top k
+//   against a running lower bound of the row's k-th largest computed score (and records each
+//   chunk's bound); a warp per row rescores in float64 the listed columns within the bound of the
+//   row's final one. k = 1: rows whose list overflowed take a second streaming pass that rescores
+//   as it goes, launched over every row block but run only by those that hold such a row (no
+//   host synchronisation to learn which); its column chunks are merged by the same warp. k = 2:
+//   such a row's rescoring warp scans all its columns, as for larger k.
+// k > 2: pass 1 finds the maxima of each row's 64 column groups per chunk, whose k-th largest
 //   (at::topk on the device) sets the row's threshold; pass 2 lists the columns that reach it;
 //   pass 3, one warp per row, rescores the list in float64 into the row's top-k (top_k_list.h).
 // The streaming passes are the engine's loop with their epilogue. Rows run in slices, which
@@ -49,22 +50,22 @@ constexpr int mips_blocks_per_multiprocessor() {
   return 8 / Traits::kWarps;
 }
 
-// Top-1's pass: each row's list of columns that could be its best (RunningBestEpilogue) and its
-// best computed score in this chunk, at part_max[chunk * n + row].
-template <class Traits, int Width>
+// The one pass of k <= 2 (K = k): each row's list of columns that could be in its top K
+// (RunningTopEpilogue), and its running bound in this chunk, at part_top[(chunk * n + row) * K + i].
+template <class Traits, int Width, int K>
 __global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocessor<Traits>())
-    mips_top1_list_kernel(const Streamed streamed, const RescoreInputs inputs, int64_t n, int64_t m,
-                          int64_t cols_per_chunk,
-                          int32_t* __restrict__ count, int64_t* __restrict__ candidates,
-                          float* __restrict__ candidate_scores, int64_t capacity, float* __restrict__ part_max) {
+    mips_running_list_kernel(const Streamed streamed, const RescoreInputs inputs, int64_t n, int64_t m,
+                             int64_t cols_per_chunk,
+                             int32_t* __restrict__ count, int64_t* __restrict__ candidates,
+                             float* __restrict__ candidate_scores, int64_t capacity, float* __restrict__ part_top) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  RunningBestEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane, count, candidates,
-                                  candidate_scores, capacity);
+  RunningTopEpilogue<Traits, K> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane, count, candidates,
+                                    candidate_scores, capacity);
   stream_column_tiles<Traits, Width, false>(streamed.x, streamed.y, n, streamed.d, row0, col_begin, col_end, smem,
                                             epi);
-  epi.finish(n, lane, part_max, blockIdx.y);
+  epi.finish(n, lane, part_top, blockIdx.y);
 }
 
 // Top-1's second pass, for the rows whose list overflowed (count > capacity): every column
@@ -108,11 +109,13 @@ template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocessor<Traits>())
     mips_candidates_kernel(const Streamed streamed, const RescoreInputs inputs, int64_t n, int64_t m,
                            int64_t cols_per_chunk,
-                           int32_t* __restrict__ count, int32_t* __restrict__ candidates, int64_t capacity) {
+                           int32_t* __restrict__ count, int64_t* __restrict__ candidates,
+                           float* __restrict__ candidate_scores, int64_t capacity) {
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  CandidateEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane, count, candidates, capacity);
+  CandidateEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane, count, candidates,
+                                candidate_scores, capacity);
   stream_column_tiles<Traits, Width, false>(streamed.x, streamed.y, n, streamed.d, row0, col_begin, col_end, smem,
                                             epi);
 }
@@ -155,14 +158,17 @@ __global__ void __launch_bounds__(32 * kSelectWarps)
   }
 }
 
-// Pass 3 of top-k, one warp per row: the lanes rescore 32 listed columns at a time in float64
-// (all m columns when the list overflowed), and lane 0 enters those that rank before the
-// row's k-th entry into the row's list in shared memory (any order: top_k_insert ranks ties by
-// column). Writes values (float32, the float64 score rounded) and indices at row * k.
+// The top-k answer (pass 3 of k > 2; k = 2's after its one pass), one warp per row: the lanes
+// rescore in float64, 32 at a time, the listed columns whose computed score reaches the row's
+// threshold (its reference score minus 2 delta; all m columns when the list overflowed), and
+// lane 0 enters those that rank before the row's k-th entry into the row's list in shared
+// memory (any order: top_k_insert ranks ties by column). Writes values (float32, the float64
+// score rounded) and indices at row * k.
 __global__ void __launch_bounds__(32 * kSelectWarps)
     mips_select_top_k_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t k,
-                             const int32_t* __restrict__ count, const int32_t* __restrict__ candidates,
-                             int64_t capacity, float* __restrict__ values, int64_t* __restrict__ indices) {
+                             const int32_t* __restrict__ count, const int64_t* __restrict__ candidates,
+                             const float* __restrict__ candidate_scores, int64_t capacity,
+                             float* __restrict__ values, int64_t* __restrict__ indices) {
   __shared__ double list_value[kSelectWarps][kMipsCudaMaxK];
   __shared__ int64_t list_index[kSelectWarps][kMipsCudaMaxK];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -175,15 +181,18 @@ __global__ void __launch_bounds__(32 * kSelectWarps)
     best_j[e] = -1;
   }
   __syncwarp();
-  const bool overflow = count[row] > capacity;
-  const int64_t listed = overflow ? m : count[row];
+  const int64_t counted = count[row];
+  const bool overflow = counted > capacity;
+  const int64_t listed = overflow ? m : counted;
+  const float threshold = candidate_threshold(inputs, row, n, score_error_bound(inputs, row, n));
   for (int64_t base = 0; base < listed; base += 32) {
     const int64_t i = base + lane;
     double score = -::cuda::std::numeric_limits<double>::infinity();
     int64_t col = -1;
     if (i < listed) {
       col = overflow ? i : candidates[row * capacity + i];
-      if (inputs.bias[col] != neg_inf_f()) score = exact_score(inputs, row, col);
+      const bool reaches = overflow || candidate_scores[row * capacity + i] >= threshold;
+      if (reaches && inputs.bias[col] != neg_inf_f()) score = exact_score(inputs, row, col);
     }
     unsigned pending = __ballot_sync(0xffffffffu, ranks_before(score, col, best[k - 1], best_j[k - 1]) &&
                                                       score != -::cuda::std::numeric_limits<double>::infinity());
@@ -240,26 +249,24 @@ struct SearchOperands {
 // (kernel_traits.cuh): "highest" searches in split TF32.
 DotMode searched_mode(DotMode mode) { return mode == DotMode::kSplitF16 ? DotMode::kSplitTF32 : mode; }
 
-}  // namespace
+// Each row's k-th largest of its chunks' parts (chunks, rows, g): (rows), on the device.
+at::Tensor row_kth_largest(const at::Tensor& parts, int64_t k) {
+  const at::Tensor per_row = parts.permute({1, 0, 2}).reshape({parts.size(1), -1});
+  return (k == 1 ? per_row.amax(1) : std::get<0>(per_row.topk(k, 1)).select(1, k - 1)).contiguous();
+}
 
-std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, const at::Tensor& y,
-                                                          const at::Tensor& bias, DotMode requested,
-                                                          int64_t list_per_chunk) {
-  const DotMode mode = searched_mode(requested);
-  TORCH_CHECK(engine_handles(x), "ot_flow.mips: the tensor-core engine takes float32 inputs, got ", x.scalar_type());
-  TORCH_CHECK(list_per_chunk >= 1, "ot_flow.mips: list_per_chunk = ", list_per_chunk, " must be positive");
-  const c10::cuda::CUDAGuard device_guard(x.device());
+// k <= kMipsOnePassMaxK: the one streaming pass, then top-1's overflow pass and select kernel, or
+// the top-k select kernel; into values and indices (n, k).
+void search_in_one_pass(const at::Tensor& x, const at::Tensor& y, const at::Tensor& bias, int64_t k, DotMode mode,
+                        int64_t list_per_chunk, at::Tensor& values, at::Tensor& indices) {
   const int64_t n = x.size(0), m = y.size(0);
-  at::Tensor values = at::empty({n, 1}, x.options());
-  at::Tensor indices = at::empty({n, 1}, x.options().dtype(at::kLong));
-  if (n == 0) return {values, indices};
   const SearchOperands search(x, y, bias, mode);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  // Slices of rows keep the lists within 2^22 entries (48 MiB): slices of 2^17 rows make
-  // 2,048 row blocks, one column chunk on any GPU of fewer than 1,024 block slots.
-  constexpr int64_t kSliceRows = int64_t{1} << 17;
-  for (int64_t first = 0; first < n; first += kSliceRows) {
-    const int64_t rows = std::min(kSliceRows, n - first);
+  // Slices of rows keep the lists within 2^22 entries (48 MiB): slices of 2^17 / k rows make
+  // 2,048 / k row blocks, one column chunk on any GPU of fewer than 1,024 / k block slots.
+  const int64_t slice_rows = (int64_t{1} << 17) / k;
+  for (int64_t first = 0; first < n; first += slice_rows) {
+    const int64_t rows = std::min(slice_rows, n - first);
     const Streamed streamed = search.streamed_from(first);
     auto search_rows = [&](auto traits, auto width) {
       using Traits = decltype(traits);
@@ -267,25 +274,37 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
       const ChunkPlan plan = plan_launch<Traits, mips_blocks_per_multiprocessor<Traits>()>(rows, m);
       TORCH_CHECK(plan.row_blocks <= std::numeric_limits<int32_t>::max(), "ot_flow.mips: too many rows");
       const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.chunks));
-      // A row lists about ln(tiles) + 1 columns a chunk on random data (engine.h).
-      const int64_t capacity = std::min(m, list_per_chunk * plan.chunks);
+      // A row lists about k (ln(tiles) + 1) columns a chunk on random data (engine.h).
+      const int64_t capacity = std::min(m, k * list_per_chunk * plan.chunks);
       at::Tensor count = at::zeros({rows}, x.options().dtype(at::kInt));
       at::Tensor candidates = at::empty({rows, capacity}, x.options().dtype(at::kLong));
       at::Tensor candidate_scores = at::empty({rows, capacity}, x.options());
-      at::Tensor part_max = at::empty({plan.chunks, rows}, x.options());
+      at::Tensor part_top = at::empty({plan.chunks, rows, k}, x.options());
       RescoreInputs inputs = search.rescore_inputs(x, y, bias, first, mode);
-      launch_kernel(mips_top1_list_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, streamed, inputs, rows, m,
-                    plan.cols_per_chunk, count.data_ptr<int32_t>(), candidates.data_ptr<int64_t>(),
-                    candidate_scores.data_ptr<float>(), capacity, part_max.data_ptr<float>());
-      const at::Tensor row_best = plan.chunks == 1 ? part_max[0] : part_max.amax(0);
+      auto stream_lists = [&](auto kernel) {
+        launch_kernel(kernel, grid, Traits::kThreads, 0, stream, streamed, inputs, rows, m, plan.cols_per_chunk,
+                      count.data_ptr<int32_t>(), candidates.data_ptr<int64_t>(), candidate_scores.data_ptr<float>(),
+                      capacity, part_top.data_ptr<float>());
+      };
+      const unsigned blocks = static_cast<unsigned>((rows + kSelectWarps - 1) / kSelectWarps);
+      if (k == 2) {
+        stream_lists(mips_running_list_kernel<Traits, kWidth, 2>);
+        const at::Tensor row_bound = row_kth_largest(part_top, 2);
+        inputs.row_best = row_bound.const_data_ptr<float>();
+        launch_kernel(mips_select_top_k_kernel, blocks, 32 * kSelectWarps, 0, stream, inputs, rows, m, k,
+                      count.const_data_ptr<int32_t>(), candidates.const_data_ptr<int64_t>(),
+                      candidate_scores.const_data_ptr<float>(), capacity, values.data_ptr<float>() + first * k,
+                      indices.data_ptr<int64_t>() + first * k);
+        return;
+      }
+      stream_lists(mips_running_list_kernel<Traits, kWidth, 1>);
+      const at::Tensor row_best = row_kth_largest(part_top, 1);
       inputs.row_best = row_best.const_data_ptr<float>();
       at::Tensor part_value = at::empty({plan.chunks, rows}, x.options().dtype(at::kDouble));
       at::Tensor part_index = at::empty({plan.chunks, rows}, x.options().dtype(at::kLong));
       launch_kernel(mips_top1_overflow_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, streamed, inputs,
-                    rows, m,
-                    plan.cols_per_chunk, count.const_data_ptr<int32_t>(), capacity, part_value.data_ptr<double>(),
-                    part_index.data_ptr<int64_t>());
-      const unsigned blocks = static_cast<unsigned>((rows + kSelectWarps - 1) / kSelectWarps);
+                    rows, m, plan.cols_per_chunk, count.const_data_ptr<int32_t>(), capacity,
+                    part_value.data_ptr<double>(), part_index.data_ptr<int64_t>());
       launch_kernel(mips_top1_select_kernel, blocks, 32 * kSelectWarps, 0, stream, inputs, rows, plan.chunks,
                     count.const_data_ptr<int32_t>(), candidates.const_data_ptr<int64_t>(),
                     candidate_scores.const_data_ptr<float>(), capacity, part_value.const_data_ptr<double>(),
@@ -301,36 +320,28 @@ std::tuple<at::Tensor, at::Tensor> mips_top1_tensor_cores(const at::Tensor& x, c
       with_traits<32, 4, false>(mode, streamed.d, search.rows_aligned16_from(first), search_rows);
     }
   }
-  return {values, indices};
 }
 
-std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, const at::Tensor& y,
-                                                           const at::Tensor& bias, int64_t k, DotMode requested) {
-  const DotMode mode = searched_mode(requested);
-  TORCH_CHECK(engine_handles(x), "ot_flow.mips: the tensor-core engine takes float32 inputs, got ", x.scalar_type());
+// k > kMipsOnePassMaxK: the three passes, into values and indices (n, k).
+void search_in_three_passes(const at::Tensor& x, const at::Tensor& y, const at::Tensor& bias, int64_t k,
+                            DotMode mode, at::Tensor& values, at::Tensor& indices) {
   const int64_t n = x.size(0), m = y.size(0);
-  TORCH_CHECK(k >= 1 && k <= kMipsCudaMaxK && k <= m, "ot_flow.mips: k = ", k, " outside [1, min(m, ",
-              kMipsCudaMaxK, ")]");
-  TORCH_CHECK(m <= std::numeric_limits<int32_t>::max(), "ot_flow.mips: the engine's top-k lists hold int32 columns, m = ",
-              m);
-  const c10::cuda::CUDAGuard device_guard(x.device());
-  at::Tensor values = at::empty({n, k}, x.options());
-  at::Tensor indices = at::empty({n, k}, x.options().dtype(at::kLong));
-  if (n == 0) return {values, indices};
   const SearchOperands search(x, y, bias, mode);
   // Columns that reach the threshold, random N(0, 1) scores (a simulation of the group maxima,
   // 64 rows, m = 4099 to 10^6): k = 5: 5.1-5.2 on average, 7 at most; k = 64: 280-310 on average,
   // 660 at most with one column chunk, 68 and 74 with eight. A list 16k + 256 long overflows only
-  // on near-ties, where pass 3 scans the row. Slices of rows keep the lists within 64 MiB.
+  // on near-ties, where pass 3 scans the row. Slices of rows keep the lists within 2^23 entries
+  // (96 MiB).
   const int64_t capacity = std::min<int64_t>(16 * k + 256, m);
-  const int64_t slice_rows = std::max<int64_t>(64, (int64_t{1} << 24) / capacity);
+  const int64_t slice_rows = std::max<int64_t>(64, (int64_t{1} << 23) / capacity);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   for (int64_t first = 0; first < n; first += slice_rows) {
     const int64_t rows = std::min(slice_rows, n - first);
     const Streamed streamed = search.streamed_from(first);
     at::Tensor count = at::zeros({rows}, x.options().dtype(at::kInt));
-    at::Tensor candidates = at::empty({rows, capacity}, x.options().dtype(at::kInt));
-    at::Tensor threshold_score;  // L_i, kept alive until pass 2 has run
+    at::Tensor candidates = at::empty({rows, capacity}, x.options().dtype(at::kLong));
+    at::Tensor candidate_scores = at::empty({rows, capacity}, x.options());
+    at::Tensor threshold_score;  // L_i, kept alive until pass 3 has run
     RescoreInputs inputs = search.rescore_inputs(x, y, bias, first, mode);
     with_traits<32, 4, false>(mode, streamed.d, search.rows_aligned16_from(first), [&](auto traits, auto width) {
       using Traits = decltype(traits);
@@ -342,18 +353,38 @@ std::tuple<at::Tensor, at::Tensor> mips_top_k_tensor_cores(const at::Tensor& x, 
       at::Tensor part_group_max = at::empty({plan.chunks, rows, kGroups}, x.options());
       launch_kernel(mips_group_maxima_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, streamed,
                     bias.const_data_ptr<float>(), rows, m, plan.cols_per_chunk, part_group_max.data_ptr<float>());
-      threshold_score = std::get<0>(part_group_max.permute({1, 0, 2}).reshape({rows, plan.chunks * kGroups}).topk(k, 1))
-                            .select(1, k - 1)
-                            .contiguous();
+      threshold_score = row_kth_largest(part_group_max, k);
       inputs.row_best = threshold_score.const_data_ptr<float>();
       launch_kernel(mips_candidates_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, streamed, inputs,
-                    rows, m,
-                    plan.cols_per_chunk, count.data_ptr<int32_t>(), candidates.data_ptr<int32_t>(), capacity);
+                    rows, m, plan.cols_per_chunk, count.data_ptr<int32_t>(), candidates.data_ptr<int64_t>(),
+                    candidate_scores.data_ptr<float>(), capacity);
     });
     const unsigned blocks = static_cast<unsigned>((rows + kSelectWarps - 1) / kSelectWarps);
     launch_kernel(mips_select_top_k_kernel, blocks, 32 * kSelectWarps, 0, stream, inputs, rows, m, k,
-                  count.const_data_ptr<int32_t>(), candidates.const_data_ptr<int32_t>(), capacity,
-                  values.data_ptr<float>() + first * k, indices.data_ptr<int64_t>() + first * k);
+                  count.const_data_ptr<int32_t>(), candidates.const_data_ptr<int64_t>(),
+                  candidate_scores.const_data_ptr<float>(), capacity, values.data_ptr<float>() + first * k,
+                  indices.data_ptr<int64_t>() + first * k);
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> mips_tensor_cores(const at::Tensor& x, const at::Tensor& y, const at::Tensor& bias,
+                                                     int64_t k, DotMode requested, int64_t list_per_chunk) {
+  const DotMode mode = searched_mode(requested);
+  TORCH_CHECK(engine_handles(x), "ot_flow.mips: the tensor-core engine takes float32 inputs, got ", x.scalar_type());
+  const int64_t n = x.size(0), m = y.size(0);
+  TORCH_CHECK(k >= 1 && k <= kMipsCudaMaxK && k <= m, "ot_flow.mips: k = ", k, " outside [1, min(m, ",
+              kMipsCudaMaxK, ")]");
+  TORCH_CHECK(list_per_chunk >= 1, "ot_flow.mips: list_per_chunk = ", list_per_chunk, " must be positive");
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  at::Tensor values = at::empty({n, k}, x.options());
+  at::Tensor indices = at::empty({n, k}, x.options().dtype(at::kLong));
+  if (n == 0) return {values, indices};
+  if (k <= kMipsOnePassMaxK) {
+    search_in_one_pass(x, y, bias, k, mode, list_per_chunk, values, indices);
+  } else {
+    search_in_three_passes(x, y, bias, k, mode, values, indices);
   }
   return {values, indices};
 }

@@ -1,23 +1,25 @@
 // The engine's epilogues of exact MIPS, each pass one streaming loop over the tiles.
-// Top-1 (mips with k = 1), one streaming pass (mips_engine.cu):
-//   RunningBestEpilogue per row, the best computed score s~_ij = <x_i, y_j>~ + bias_j so far
-//                      (b_i(t), over the row's 4 lanes, updated tile by tile), and a list of
-//                      every column whose computed score reaches b_i(t) - 2 delta_i when its
-//                      tile is seen (delta_i bounds the error of one computed score,
-//                      score_error_bound), with that score. Since b_i(t) never exceeds the
-//                      row's final best B_i, the list holds every column with s~_ij >= B_i -
-//                      2 delta_i; a warp per row then rescores in float64 the listed columns
-//                      that reach B_i - 2 delta_i and keeps the best exact score, ties to the
-//                      lower column. On random data a row lists about one column per tile that
-//                      sets a new best: ln(tiles) + 1 a chunk expected.
-//   RescoreEpilogue    the same answer for rows whose list overflowed (sorted or tied data):
+// k <= 2 (top-1, and the semidiscrete fit's top-2), one streaming pass (mips_engine.cu):
+//   RunningTopEpilogue per row, a running lower bound t_i(t) of its k-th largest computed score
+//                      s~_ij = <x_i, y_j>~ + bias_j (k = 1: the best so far; over the row's 4
+//                      lanes, updated tile by tile), and a list of every column whose computed
+//                      score reaches t_i(t) - 2 delta_i when its tile is seen (delta_i bounds the
+//                      error of one computed score, score_error_bound), with that score. Since
+//                      t_i(t) never exceeds the row's final k-th largest B_i, the list holds every
+//                      column with s~_ij >= B_i - 2 delta_i; a warp per row then rescores in
+//                      float64 the listed columns that reach t_i - 2 delta_i and keeps the best
+//                      k exact scores, ties to the lower column. On random data a row lists about
+//                      k columns per tile that raises t_i: k (ln(tiles) + 1) a chunk expected.
+//   RescoreEpilogue    top-1's answer for rows whose list overflowed (sorted or tied data):
 //                      a second streaming pass, over the row blocks holding such rows only,
-//                      rescores every column within 2 delta_i of B_i as it streams.
+//                      rescores every column within 2 delta_i of B_i as it streams (top-2 scans
+//                      such a row's columns in its rescoring kernel instead, as top-k does).
 // The exact best is always rescored: s~_j* >= s_j* - delta >= s_j - delta >= s~_j - 2 delta for
 // every j, so s~_j* >= B_i - 2 delta (and so is every column that ties it exactly); whatever the
 // precision of the tiles, the answer is the float64 one, and the tiles only decide how few
-// columns are rescored (about one per row for random data).
-// Top-k, three passes (mips_engine.cu):
+// columns are rescored (about k per row for random data). The same for the k-th: k columns score
+// exactly at least B_i - delta_i, so each column of the exact top k has s~ >= B_i - 2 delta_i.
+// Larger k, three passes (mips_engine.cu):
 //   GroupMaxEpilogue   pass 1: per row, the best computed score of each of 64 disjoint column
 //                      groups (a lane's fragment slot); the k-th largest of these maxima, L_i, is
 //                      at most the row's k-th largest computed score (k distinct columns reach it);
@@ -92,8 +94,9 @@ struct GroupMaxEpilogue {
 };
 
 // The inputs of the rescoring passes: the points themselves (row-major, d columns), the bias,
-// each row's reference score (top-1: its computed best; top-k: L_i), |x_i|, and max_j |y_j| and
-// max_j |bias_j| (finite ones) on the device, so that no bound is read back on the host.
+// each row's reference score (k <= 2: its running bound's final value, for top-1 its computed
+// best; k > 2: L_i), |x_i|, and max_j |y_j| and max_j |bias_j| (finite ones) on the device, so
+// that no bound is read back on the host.
 struct RescoreInputs {
   const float* x;
   const float* y;
@@ -130,69 +133,106 @@ __device__ __forceinline__ float candidate_threshold(const RescoreInputs& in, in
   return row < n ? in.row_best[row] - 2.0f * delta : ::cuda::std::numeric_limits<float>::infinity();
 }
 
-// Top-1's streaming pass: per row the running best computed score b (the same in the row's 4
-// lanes) and the list of columns that reach b - 2 delta when their tile is seen, at
-// candidates / candidate_scores[row * capacity + slot], slot from the row's counter (a row whose
-// count passes `capacity` has overflowed: the overflow pass answers it, mips_engine.cu).
-// A tile's scores first raise b (their max over the quad: two shuffles a row), then are tested
-// against it, so a column listed is one that could still be the best, and a column that sets a
-// new best is listed with it. Dropped columns (bias -inf) and the padding rows past n list nothing.
-template <class Traits>
-struct RunningBestEpilogue {
+// Appends (col, its computed score) to row's list at candidates / candidate_scores[row * capacity
+// + slot], slot from the row's counter; a row whose count passes `capacity` has overflowed. A row
+// past its capacity stops counting (give or take the lanes that raced it there), so the counter
+// stays far from int32's end whatever m, and tied data costs no more atomics.
+__device__ __forceinline__ void append_candidate(int32_t* __restrict__ count, int64_t* __restrict__ candidates,
+                                                 float* __restrict__ candidate_scores, int64_t capacity, int64_t row,
+                                                 int64_t col, float score) {
+  if (count[row] > capacity) return;
+  const int slot = atomicAdd(count + row, 1);
+  if (slot < capacity) {
+    candidates[row * capacity + slot] = col;
+    candidate_scores[row * capacity + slot] = score;
+  }
+}
+
+// The one streaming pass of top-k for k <= kMipsOnePassMaxK (K = k): per row a running lower
+// bound t_i of its K-th largest computed score, the same in the row's 4 lanes, and the list of
+// columns that reach t_i - 2 delta when their tile is seen (append_candidate). Each lane keeps the
+// running maxima of K disjoint column groups of its own (K = 2: its even and its odd columns,
+// fragment slot e), so the quad's 4K maxima come from 4K disjoint groups and their K-th largest
+// is reached by K distinct columns: t_i never exceeds the row's final K-th largest computed score
+// B_i, and the list holds every column with s~_ij >= B_i - 2 delta_i, which includes the exact
+// top K (mips_epilogue's bound: K columns score exactly at least B_i - delta_i). K = 1: t_i is the
+// running best. Each tile first raises the maxima and merges them over the quad (two shuffle
+// rounds a row), then tests its scores against t_i, so a column that raises t_i is listed with it.
+// Dropped columns (bias -inf) and the padding rows past n list nothing.
+template <class Traits, int K>
+struct RunningTopEpilogue {
+  static_assert(K == 1 || K == 2, "a lane's column groups are its fragment slots e = 0, 1");
   const float* __restrict__ bias;
   int32_t* __restrict__ count;
   int64_t* __restrict__ candidates;
   float* __restrict__ candidate_scores;
   int64_t capacity;
   int64_t rows[2];
-  float margin[2];  // 2 delta of row r; NaN for the padding rows past n: no score reaches a NaN threshold
-  float best[2];    // rows g and g + 8 of the warp's 16 (lane = 4 g + t)
+  float margin[2];       // 2 delta of row r; NaN for the padding rows past n: no score reaches a NaN threshold
+  float group_max[2][K];  // rows g and g + 8 of the warp's 16 (lane = 4 g + t), the lane's own groups
+  float quad_top[2][K];   // the K largest of the quad's group maxima, descending
 
-  __device__ __forceinline__ RunningBestEpilogue(const RescoreInputs& in, int64_t warp_row0, int64_t n, int lane,
-                                                 int32_t* row_count, int64_t* row_candidates, float* row_scores,
-                                                 int64_t cap)
+  __device__ __forceinline__ RunningTopEpilogue(const RescoreInputs& in, int64_t warp_row0, int64_t n, int lane,
+                                                int32_t* row_count, int64_t* row_candidates, float* row_scores,
+                                                int64_t cap)
       : bias(in.bias), count(row_count), candidates(row_candidates), candidate_scores(row_scores), capacity(cap) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       rows[r] = warp_row0 + (lane >> 2) + 8 * r;
       margin[r] = rows[r] < n ? 2.0f * score_error_bound(in, rows[r], n)
                               : ::cuda::std::numeric_limits<float>::quiet_NaN();
-      best[r] = neg_inf_f();
+#pragma unroll
+      for (int g = 0; g < K; ++g) group_max[r][g] = quad_top[r][g] = neg_inf_f();
     }
   }
 
   __device__ __forceinline__ void tile(const float (&acc)[Traits::kColFrags][4], int64_t col0, int64_t col_end,
                                        int lane) {
-    float tile_best[2] = {neg_inf_f(), neg_inf_f()};
-    for_each_score<Traits>(acc, bias, col0, col_end, lane, [&](int r, int, int, int64_t, float score, float) {
-      tile_best[r] = fmaxf(tile_best[r], score);
+    for_each_score<Traits>(acc, bias, col0, col_end, lane, [&](int r, int, int e, int64_t, float score, float) {
+      const int g = K == 1 ? 0 : e;
+      group_max[r][g] = fmaxf(group_max[r][g], score);
     });
     float threshold[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      tile_best[r] = fmaxf(tile_best[r], __shfl_xor_sync(0xffffffffu, tile_best[r], 1));
-      tile_best[r] = fmaxf(tile_best[r], __shfl_xor_sync(0xffffffffu, tile_best[r], 2));
-      best[r] = fmaxf(best[r], tile_best[r]);
-      threshold[r] = best[r] - margin[r];
+      merge_over_quad(r);
+      threshold[r] = quad_top[r][K - 1] - margin[r];
     }
     for_each_score<Traits>(acc, bias, col0, col_end, lane, [&](int r, int, int, int64_t c, float score, float b) {
       if (!(score >= threshold[r]) || b == neg_inf_f()) return;
-      // A row past its capacity stops counting (give or take the lanes that raced it there), so
-      // the counter stays far from int32's end whatever m, and tied data costs no more atomics.
-      if (count[rows[r]] > capacity) return;
-      const int slot = atomicAdd(count + rows[r], 1);
-      if (slot < capacity) {
-        candidates[rows[r] * capacity + slot] = c;
-        candidate_scores[rows[r] * capacity + slot] = score;
-      }
+      append_candidate(count, candidates, candidate_scores, capacity, rows[r], c, score);
     });
   }
 
-  // The row's best computed score in this chunk, at part_max[chunk * n + row].
-  __device__ __forceinline__ void finish(int64_t n, int lane, float* __restrict__ part_max, int64_t chunk) {
+  // quad_top[r]: the K largest of the quad's group maxima of row r, in every lane of the quad (a
+  // butterfly over lanes 1 and 2 apart; K = 2 merges two sorted pairs a round).
+  __device__ __forceinline__ void merge_over_quad(int r) {
+    if constexpr (K == 1) {
+      float top = group_max[r][0];
+      top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, 1));
+      top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, 2));
+      quad_top[r][0] = top;
+    } else {
+      float hi = fmaxf(group_max[r][0], group_max[r][1]), lo = fminf(group_max[r][0], group_max[r][1]);
+#pragma unroll
+      for (int mask = 1; mask <= 2; mask <<= 1) {
+        const float other_hi = __shfl_xor_sync(0xffffffffu, hi, mask);
+        const float other_lo = __shfl_xor_sync(0xffffffffu, lo, mask);
+        lo = fmaxf(fminf(hi, other_hi), fmaxf(lo, other_lo));
+        hi = fmaxf(hi, other_hi);
+      }
+      quad_top[r][0] = hi;
+      quad_top[r][1] = lo;
+    }
+  }
+
+  // The row's K largest group maxima in this chunk, at part_top[(chunk * n + row) * K + i].
+  __device__ __forceinline__ void finish(int64_t n, int lane, float* __restrict__ part_top, int64_t chunk) {
 #pragma unroll
     for (int r = 0; r < 2; ++r)
-      if ((lane & 3) == 0 && rows[r] < n) part_max[chunk * n + rows[r]] = best[r];
+      if ((lane & 3) == 0 && rows[r] < n)
+#pragma unroll
+        for (int g = 0; g < K; ++g) part_top[(chunk * n + rows[r]) * K + g] = quad_top[r][g];
   }
 };
 
@@ -239,22 +279,24 @@ struct RescoreEpilogue {
   }
 };
 
-// Pass 2 of top-k: appends each column whose computed score reaches the row's threshold
-// (L_i - 2 delta_i) to the row's list, candidates[row * capacity + slot], slot from the row's
-// counter; a row that finds more than `capacity` keeps counting, and the rescoring kernel then
-// scans all of its columns instead (mips_engine.cu). Dropped columns (bias -inf) never count.
+// Pass 2 of top-k: lists each column whose computed score reaches the row's threshold
+// (L_i - 2 delta_i), with that score (append_candidate); a row that finds more than `capacity`
+// has overflowed, and the rescoring kernel then scans all of its columns instead
+// (mips_engine.cu). Dropped columns (bias -inf) are never listed.
 template <class Traits>
 struct CandidateEpilogue {
   int32_t* __restrict__ count;
-  int32_t* __restrict__ candidates;
+  int64_t* __restrict__ candidates;
+  float* __restrict__ candidate_scores;
   int64_t capacity;
   const float* __restrict__ bias;
   int64_t rows[2];
   float threshold[2];
 
   __device__ __forceinline__ CandidateEpilogue(const RescoreInputs& in, int64_t warp_row0, int64_t n, int lane,
-                                               int32_t* row_count, int32_t* row_candidates, int64_t cap)
-      : count(row_count), candidates(row_candidates), capacity(cap), bias(in.bias) {
+                                               int32_t* row_count, int64_t* row_candidates, float* row_scores,
+                                               int64_t cap)
+      : count(row_count), candidates(row_candidates), candidate_scores(row_scores), capacity(cap), bias(in.bias) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       rows[r] = warp_row0 + (lane >> 2) + 8 * r;
@@ -266,8 +308,7 @@ struct CandidateEpilogue {
                                        int lane) {
     for_each_score<Traits>(acc, bias, col0, col_end, lane, [&](int r, int, int, int64_t c, float computed, float b) {
       if (!(computed >= threshold[r]) || b == neg_inf_f()) return;
-      const int slot = atomicAdd(count + rows[r], 1);
-      if (slot < capacity) candidates[rows[r] * capacity + slot] = static_cast<int32_t>(c);
+      append_candidate(count, candidates, candidate_scores, capacity, rows[r], c, computed);
     });
   }
 };
