@@ -591,9 +591,9 @@ TEST_F(EngineEmulated, MipsIsExactInEveryMode) {
 }
 
 // The one pass's lists (k = 1, 2) against the running bound (mips_engine.cu): exact where they
-// hold every candidate, and where rows overflow them (top-1: and take the second pass; top-2:
-// and have every column rescored), alone or beside rows that do not (lists of one entry a
-// chunk). Adversarial data: identical points (every column ties: columns 0 and 1 win), near-ties
+// hold every candidate, and where rows overflow them and take the second pass (top-1: the
+// rescoring one; top-2: the relisting one, whose lists overflow in turn on ties, and then every
+// column is rescored), alone or beside rows that do not (lists of one entry a chunk). Adversarial data: identical points (every column ties: columns 0 and 1 win), near-ties
 // below every mode's resolution, and scores rising along the columns (every tile raises the bound).
 TEST_F(EngineEmulated, MipsOnePassListsAndTheirOverflowAreExact) {
   const int64_t n = 70, m = 300, d = 17;
@@ -627,7 +627,7 @@ TEST_F(EngineEmulated, MipsOnePassListsAndTheirOverflowAreExact) {
             }
 }
 
-void expect_one_pass_streams_twice_only_where_a_top1_list_overflowed(bool tall) {
+void expect_one_pass_streams_twice_only_where_a_list_overflowed(bool tall) {
   const int64_t n = 200, m = 1000, d = 24;
   const at::Tensor x = at::randn({n, d}), bias = at::zeros({m});
   auto copies = [&](const at::Tensor& y, int64_t list_per_chunk, int64_t k = 1) {
@@ -644,36 +644,40 @@ void expect_one_pass_streams_twice_only_where_a_top1_list_overflowed(bool tall) 
     EXPECT_LT(c.threads, 256 * c.blocks);
   }
   EXPECT_EQ(copies(at::randn({1, d}).expand({m, d}).contiguous(), 1), 2 * one_pass);
-  // Top-2 streams once, overflowing or not (its rescoring kernel scans an overflowed row); k = 3
-  // streams twice in 64-row blocks (the three passes), whatever the switch.
+  // Top-2 likewise (its relisting pass); k = 3 streams twice in 64-row blocks (the three passes),
+  // whatever the switch.
   EXPECT_EQ(copies(at::randn({m, d}), kMipsListPerChunk, 2), one_pass);
-  EXPECT_EQ(copies(at::randn({1, d}).expand({m, d}).contiguous(), 1, 2), one_pass);
+  EXPECT_EQ(copies(at::randn({1, d}).expand({m, d}).contiguous(), 1, 2), 2 * one_pass);
   if (!tall) EXPECT_EQ(copies(at::randn({m, d}), kMipsListPerChunk, 3), 2 * one_pass);
   // Rows of zeros score 0 against every column (zero bias): all tie, and each lists every column.
   // Rows 70 to 127 are in one row block, the second of four or the first of two (its second
   // half), and only it streams again.
   x.narrow(0, 70, 58).zero_();
   const at::Tensor y = at::randn({m, d});
-  const int64_t mixed = copies(y, kMipsListPerChunk);
-  const auto [values, indices] = mips_tensor_cores(x, y, bias, 1, DotMode::kTF32);
-  const auto [ref_values, ref_indices] = mips_reference(x, y, bias, 1);
-  EXPECT_TRUE(at::equal(indices, ref_indices));
-  EXPECT_TRUE(at::equal(values, ref_values));
-  EXPECT_EQ(indices[70].item<int64_t>(), 0);
-  EXPECT_GT(mixed, one_pass);
-  EXPECT_LT(mixed, 2 * one_pass);
+  for (int64_t k = 1; k <= kMipsOnePassMaxK; ++k) {
+    // Lists of top-1's length for both k: 2 x 32 a chunk would hold all m = 1000 columns here.
+    const int64_t list_per_chunk = kMipsListPerChunk / k;
+    const int64_t mixed = copies(y, list_per_chunk, k);
+    const auto [values, indices] = mips_tensor_cores(x, y, bias, k, DotMode::kTF32, list_per_chunk);
+    const auto [ref_values, ref_indices] = mips_reference(x, y, bias, k);
+    EXPECT_TRUE(at::equal(indices, ref_indices)) << "k=" << k;
+    EXPECT_TRUE(at::equal(values, ref_values)) << "k=" << k;
+    EXPECT_EQ(indices[70][k - 1].item<int64_t>(), k - 1) << "k=" << k;
+    EXPECT_GT(mixed, one_pass) << "k=" << k;
+    EXPECT_LT(mixed, 2 * one_pass) << "k=" << k;
+  }
 }
 
 // Top-1's second pass streams only in row blocks that hold a row whose list overflowed: none on
 // random data with the default lists (the copies of one pass), every one where all points are
 // identical and the lists hold one entry a chunk (the copies of two); in 64- and 128-row blocks
 // (every block of 256 threads with OT_FLOW_ENGINE_BLOCK_ROWS=128, the select kernel's too).
-// Top-2 streams once in every case, top-3 twice.
-TEST_F(EngineEmulated, MipsOnePassStreamsTwiceOnlyWhereATop1ListOverflowed) {
+// Top-2 the same (its relisting pass), top-3 twice in every case.
+TEST_F(EngineEmulated, MipsOnePassStreamsTwiceOnlyWhereAListOverflowed) {
   const ScopedEnv block_rows("OT_FLOW_ENGINE_BLOCK_ROWS", nullptr);
   for (const char* rows : {"64", "128"}) {
     block_rows.set(rows);
-    expect_one_pass_streams_twice_only_where_a_top1_list_overflowed(std::string(rows) == "128");
+    expect_one_pass_streams_twice_only_where_a_list_overflowed(std::string(rows) == "128");
   }
 }
 

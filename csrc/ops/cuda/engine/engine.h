@@ -99,7 +99,7 @@ constexpr int64_t kMipsOnePassMaxK = 2;
 // Entries a row's candidate list holds per column chunk and per unit of k in mips's one pass: on
 // random data a row is expected to list about k (ln(tiles) + 1) columns a chunk, those that raise
 // its running k-th score (a harmonic number, 9 at 4,000 tiles, 15 at a million; not measured); a
-// row that lists more takes a second streaming pass (k = 1) or has all its columns rescored.
+// row that lists more takes a second streaming pass, in its row block only.
 constexpr int64_t kMipsListPerChunk = 32;
 
 // mips, exact in every mode, for 1 <= k <= min(m, kMipsCudaMaxK): (values (n, k) float32,

@@ -5,7 +5,9 @@
 //   row's final one. k = 1: rows whose list overflowed take a second streaming pass that rescores
 //   as it goes, launched over every row block but run only by those that hold such a row (no
 //   host synchronisation to learn which); its column chunks are merged by the same warp. k = 2:
-//   such a row's rescoring warp scans all its columns, as for larger k.
+//   such rows are listed again in a second pass, in their row blocks only, against the row's
+//   final bound, which overflows only on near-ties (then the row's rescoring warp scans all its
+//   columns, as for larger k).
 // k > 2: pass 1 finds the maxima of each row's 64 column groups per chunk, whose k-th largest
 //   (at::topk on the device) sets the row's threshold; pass 2 lists the columns that reach it;
 //   pass 3, one warp per row, rescores the list in float64 into the row's top-k (top_k_list.h).
@@ -68,10 +70,18 @@ __global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocess
   epi.finish(n, lane, part_top, blockIdx.y);
 }
 
-// Top-1's second pass, for the rows whose list overflowed (count > capacity): every column
-// within the bound of the row's best rescored as the tiles stream (RescoreEpilogue), each
-// chunk's (value, index) at part_*[chunk * n + row]. A block none of whose rows overflowed
-// returns at once, all its threads together (no barrier left behind).
+// Whether this block holds a row whose one-pass list overflowed (count > capacity), the same
+// answer in all its threads (a barrier that every thread reaches: the block may then return).
+template <class Traits>
+__device__ __forceinline__ bool block_holds_overflow(int64_t row0, int64_t n, const int32_t* __restrict__ count,
+                                                     int64_t capacity) {
+  const int64_t own_row = row0 + threadIdx.x;  // kThreads >= kBlockRows: a thread per row
+  return __syncthreads_or(threadIdx.x < Traits::kBlockRows && own_row < n && count[own_row] > capacity);
+}
+
+// Top-1's second pass, for the rows whose list overflowed: every column within the bound of the
+// row's best rescored as the tiles stream (RescoreEpilogue), each chunk's (value, index) at
+// part_*[chunk * n + row]. A block none of whose rows overflowed returns at once.
 template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocessor<Traits>())
     mips_top1_overflow_kernel(const Streamed streamed, const RescoreInputs inputs, int64_t n, int64_t m,
@@ -79,15 +89,33 @@ __global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocess
                               const int32_t* __restrict__ count, int64_t capacity, double* __restrict__ part_value,
                               int64_t* __restrict__ part_index) {
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
-  const int64_t own_row = row0 + threadIdx.x;  // kThreads >= kBlockRows: a thread per row
-  const bool overflowed = threadIdx.x < Traits::kBlockRows && own_row < n && count[own_row] > capacity;
-  if (!__syncthreads_or(overflowed)) return;
+  if (!block_holds_overflow<Traits>(row0, n, count, capacity)) return;
   __shared__ __align__(16) StagingBuffers<Traits> smem;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   RescoreEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane);
   stream_column_tiles<Traits, Width, false>(streamed.x, streamed.y, n, streamed.d, row0, col_begin, col_end, smem,
                                             epi);
   epi.finish(n, lane, part_value, part_index, blockIdx.y);
+}
+
+// Top-2's second pass, for the rows whose list overflowed: lists again, into the same rows of the
+// lists (whose entries are of no use) and counting in `recount`, the columns within twice the
+// bound of the row's final bound (CandidateEpilogue). A block none of whose rows overflowed
+// returns at once.
+template <class Traits, int Width>
+__global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocessor<Traits>())
+    mips_top2_relist_kernel(const Streamed streamed, const RescoreInputs inputs, int64_t n, int64_t m,
+                            int64_t cols_per_chunk, const int32_t* __restrict__ count,
+                            int32_t* __restrict__ recount, int64_t* __restrict__ candidates,
+                            float* __restrict__ candidate_scores, int64_t capacity) {
+  const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
+  if (!block_holds_overflow<Traits>(row0, n, count, capacity)) return;
+  __shared__ __align__(16) StagingBuffers<Traits> smem;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  CandidateEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane, recount, candidates,
+                                candidate_scores, capacity, count);
+  stream_column_tiles<Traits, Width, false>(streamed.x, streamed.y, n, streamed.d, row0, col_begin, col_end, smem,
+                                            epi);
 }
 
 // Pass 1 of top-k: the group maxima of each row in this chunk, at
@@ -160,15 +188,16 @@ __global__ void __launch_bounds__(32 * kSelectWarps)
 
 // The top-k answer (pass 3 of k > 2; k = 2's after its one pass), one warp per row: the lanes
 // rescore in float64, 32 at a time, the listed columns whose computed score reaches the row's
-// threshold (its reference score minus 2 delta; all m columns when the list overflowed), and
+// threshold (its reference score minus 2 delta; top-2: the relisted ones, counted in `recount`,
+// where the one pass's list overflowed; all m columns when the list overflowed), and
 // lane 0 enters those that rank before the row's k-th entry into the row's list in shared
 // memory (any order: top_k_insert ranks ties by column). Writes values (float32, the float64
 // score rounded) and indices at row * k.
 __global__ void __launch_bounds__(32 * kSelectWarps)
     mips_select_top_k_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t k,
-                             const int32_t* __restrict__ count, const int64_t* __restrict__ candidates,
-                             const float* __restrict__ candidate_scores, int64_t capacity,
-                             float* __restrict__ values, int64_t* __restrict__ indices) {
+                             const int32_t* __restrict__ count, const int32_t* __restrict__ recount,
+                             const int64_t* __restrict__ candidates, const float* __restrict__ candidate_scores,
+                             int64_t capacity, float* __restrict__ values, int64_t* __restrict__ indices) {
   __shared__ double list_value[kSelectWarps][kMipsCudaMaxK];
   __shared__ int64_t list_index[kSelectWarps][kMipsCudaMaxK];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -181,7 +210,8 @@ __global__ void __launch_bounds__(32 * kSelectWarps)
     best_j[e] = -1;
   }
   __syncwarp();
-  const int64_t counted = count[row];
+  int64_t counted = count[row];
+  if (recount != nullptr && counted > capacity) counted = recount[row];
   const bool overflow = counted > capacity;
   const int64_t listed = overflow ? m : counted;
   const float threshold = candidate_threshold(inputs, row, n, score_error_bound(inputs, row, n));
@@ -291,8 +321,13 @@ void search_in_one_pass(const at::Tensor& x, const at::Tensor& y, const at::Tens
         stream_lists(mips_running_list_kernel<Traits, kWidth, 2>);
         const at::Tensor row_bound = row_kth_largest(part_top, 2);
         inputs.row_best = row_bound.const_data_ptr<float>();
+        at::Tensor recount = at::zeros({rows}, x.options().dtype(at::kInt));
+        launch_kernel(mips_top2_relist_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, streamed, inputs,
+                      rows, m, plan.cols_per_chunk, count.const_data_ptr<int32_t>(), recount.data_ptr<int32_t>(),
+                      candidates.data_ptr<int64_t>(), candidate_scores.data_ptr<float>(), capacity);
         launch_kernel(mips_select_top_k_kernel, blocks, 32 * kSelectWarps, 0, stream, inputs, rows, m, k,
-                      count.const_data_ptr<int32_t>(), candidates.const_data_ptr<int64_t>(),
+                      count.const_data_ptr<int32_t>(), recount.const_data_ptr<int32_t>(),
+                      candidates.const_data_ptr<int64_t>(),
                       candidate_scores.const_data_ptr<float>(), capacity, values.data_ptr<float>() + first * k,
                       indices.data_ptr<int64_t>() + first * k);
         return;
@@ -361,7 +396,8 @@ void search_in_three_passes(const at::Tensor& x, const at::Tensor& y, const at::
     });
     const unsigned blocks = static_cast<unsigned>((rows + kSelectWarps - 1) / kSelectWarps);
     launch_kernel(mips_select_top_k_kernel, blocks, 32 * kSelectWarps, 0, stream, inputs, rows, m, k,
-                  count.const_data_ptr<int32_t>(), candidates.const_data_ptr<int64_t>(),
+                  count.const_data_ptr<int32_t>(), static_cast<const int32_t*>(nullptr),
+                  candidates.const_data_ptr<int64_t>(),
                   candidate_scores.const_data_ptr<float>(), capacity, values.data_ptr<float>() + first * k,
                   indices.data_ptr<int64_t>() + first * k);
   }

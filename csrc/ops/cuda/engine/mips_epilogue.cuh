@@ -12,8 +12,10 @@
 //                      k columns per tile that raises t_i: k (ln(tiles) + 1) a chunk expected.
 //   RescoreEpilogue    top-1's answer for rows whose list overflowed (sorted or tied data):
 //                      a second streaming pass, over the row blocks holding such rows only,
-//                      rescores every column within 2 delta_i of B_i as it streams (top-2 scans
-//                      such a row's columns in its rescoring kernel instead, as top-k does).
+//                      rescores every column within 2 delta_i of B_i as it streams. Top-2
+//                      relists such rows instead, in the same blocks, against the final bound
+//                      (CandidateEpilogue), which overflows only on near-ties (then the
+//                      rescoring kernel scans the row's columns, as for larger k).
 // The exact best is always rescored: s~_j* >= s_j* - delta >= s_j - delta >= s~_j - 2 delta for
 // every j, so s~_j* >= B_i - 2 delta (and so is every column that ties it exactly); whatever the
 // precision of the tiles, the answer is the float64 one, and the tiles only decide how few
@@ -282,7 +284,9 @@ struct RescoreEpilogue {
 // Pass 2 of top-k: lists each column whose computed score reaches the row's threshold
 // (L_i - 2 delta_i), with that score (append_candidate); a row that finds more than `capacity`
 // has overflowed, and the rescoring kernel then scans all of its columns instead
-// (mips_engine.cu). Dropped columns (bias -inf) are never listed.
+// (mips_engine.cu). Dropped columns (bias -inf) are never listed. Top-2's relisting pass lists
+// the same way, against its final bound, the rows whose one-pass list overflowed (`only_over`:
+// the one pass's counts; other rows list nothing).
 template <class Traits>
 struct CandidateEpilogue {
   int32_t* __restrict__ count;
@@ -295,12 +299,14 @@ struct CandidateEpilogue {
 
   __device__ __forceinline__ CandidateEpilogue(const RescoreInputs& in, int64_t warp_row0, int64_t n, int lane,
                                                int32_t* row_count, int64_t* row_candidates, float* row_scores,
-                                               int64_t cap)
+                                               int64_t cap, const int32_t* only_over = nullptr)
       : count(row_count), candidates(row_candidates), candidate_scores(row_scores), capacity(cap), bias(in.bias) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       rows[r] = warp_row0 + (lane >> 2) + 8 * r;
-      threshold[r] = candidate_threshold(in, rows[r], n, score_error_bound(in, rows[r], n));
+      const bool lists = only_over == nullptr || (rows[r] < n && only_over[rows[r]] > capacity);
+      threshold[r] = lists ? candidate_threshold(in, rows[r], n, score_error_bound(in, rows[r], n))
+                           : ::cuda::std::numeric_limits<float>::infinity();
     }
   }
 
