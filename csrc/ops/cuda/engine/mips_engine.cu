@@ -286,7 +286,7 @@ at::Tensor row_kth_largest(const at::Tensor& parts, int64_t k) {
 }
 
 // k <= kMipsOnePassMaxK: the one streaming pass, then top-1's overflow pass and select kernel, or
-// the top-k select kernel; into values and indices (n, k).
+// top-2's relisting pass and the top-k select kernel; into values and indices (n, k).
 void search_in_one_pass(const at::Tensor& x, const at::Tensor& y, const at::Tensor& bias, int64_t k, DotMode mode,
                         int64_t list_per_chunk, at::Tensor& values, at::Tensor& indices) {
   const int64_t n = x.size(0), m = y.size(0);
@@ -327,9 +327,8 @@ void search_in_one_pass(const at::Tensor& x, const at::Tensor& y, const at::Tens
                       candidates.data_ptr<int64_t>(), candidate_scores.data_ptr<float>(), capacity);
         launch_kernel(mips_select_top_k_kernel, blocks, 32 * kSelectWarps, 0, stream, inputs, rows, m, k,
                       count.const_data_ptr<int32_t>(), recount.const_data_ptr<int32_t>(),
-                      candidates.const_data_ptr<int64_t>(),
-                      candidate_scores.const_data_ptr<float>(), capacity, values.data_ptr<float>() + first * k,
-                      indices.data_ptr<int64_t>() + first * k);
+                      candidates.const_data_ptr<int64_t>(), candidate_scores.const_data_ptr<float>(), capacity,
+                      values.data_ptr<float>() + first * k, indices.data_ptr<int64_t>() + first * k);
         return;
       }
       stream_lists(mips_running_list_kernel<Traits, kWidth, 1>);
