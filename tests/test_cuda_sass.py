@@ -83,16 +83,17 @@ def test_engine_kernels_use_tensor_cores():
 
 def test_lse_and_mips_one_pass_have_kernels_in_128_row_blocks():
     """The opt-in 128-row blocks (OT_FLOW_ENGINE_BLOCK_ROWS=128, kernel_traits.cuh) of lse and of mips's
-    one-pass search (its lists for k = 1 and 2, and the second passes of overflowed lists, top-1's
-    rescoring and top-2's relisting): 8-warp kernels of 16-wide slices in split TF32 and TF32, both
-    copy widths, and in bfloat16 (16-byte copies only: packed operands), and for lse in split
-    float16 too (mips searches it in split TF32); no other kernel and no other traits take 8 warps."""
+    one-pass search (its lists for k = 1 and 2, and the second passes of overflowed lists: top-1's
+    rescoring, and top-2's relisting in the candidate-list kernel): 8-warp kernels of 16-wide slices
+    in split TF32 and TF32, both copy widths, and in bfloat16 (16-byte copies only: packed
+    operands), and for lse in split float16 too (mips searches it in split TF32); no other kernel
+    and no other traits take 8 warps."""
     tall = {}
     for name in kernels_sass():
         traits = TRAITS.search(name) if ENGINE_KERNEL.search(name) else None
         if traits and traits.group(3) == "8":
             kernel = next((k for k in ("lse_engine_kernel", "mips_running_list_kernel", "mips_top1_overflow_kernel",
-                                       "mips_top2_relist_kernel") if k in name), None)
+                                       "mips_candidates_kernel") if k in name), None)
             assert kernel and traits.group(2) == "16", f"{name}: 8 warps outside lse's and mips's one-pass 16-wide slices"
             if kernel == "mips_running_list_kernel":  # the template's last argument: k
                 kernel += "<" + re.match(r"Li(\d)E", name[traits.end():]).group(1) + ">"
@@ -100,7 +101,7 @@ def test_lse_and_mips_one_pass_have_kernels_in_128_row_blocks():
     searched = {(mode, width) for mode in "01" for width in "14"} | {("2", "4")}
     assert tall == {"lse_engine_kernel": searched | {("3", "4")}, "mips_running_list_kernel<1>": searched,
                     "mips_running_list_kernel<2>": searched, "mips_top1_overflow_kernel": searched,
-                    "mips_top2_relist_kernel": searched}, tall
+                    "mips_candidates_kernel": searched}, tall
 
 
 def test_batched_engine_ops_take_the_batch_in_one_kernel():

@@ -98,26 +98,6 @@ __global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocess
   epi.finish(n, lane, part_value, part_index, blockIdx.y);
 }
 
-// Top-2's second pass, for the rows whose list overflowed: lists again, into the same rows of the
-// lists (whose entries are of no use) and counting in `recount`, the columns within twice the
-// bound of the row's final bound (CandidateEpilogue). A block none of whose rows overflowed
-// returns at once.
-template <class Traits, int Width>
-__global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocessor<Traits>())
-    mips_top2_relist_kernel(const Streamed streamed, const RescoreInputs inputs, int64_t n, int64_t m,
-                            int64_t cols_per_chunk, const int32_t* __restrict__ count,
-                            int32_t* __restrict__ recount, int64_t* __restrict__ candidates,
-                            float* __restrict__ candidate_scores, int64_t capacity) {
-  const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
-  if (!block_holds_overflow<Traits>(row0, n, count, capacity)) return;
-  __shared__ __align__(16) StagingBuffers<Traits> smem;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  CandidateEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane, recount, candidates,
-                                candidate_scores, capacity, count);
-  stream_column_tiles<Traits, Width, false>(streamed.x, streamed.y, n, streamed.d, row0, col_begin, col_end, smem,
-                                            epi);
-}
-
 // Pass 1 of top-k: the group maxima of each row in this chunk, at
 // part_group_max[(chunk * n + row) * 64 + group] (GroupMaxEpilogue).
 template <class Traits, int Width>
@@ -133,17 +113,23 @@ __global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocess
   epi.finish(row0 + warp * Traits::kWarpRows, n, lane, part_group_max, blockIdx.y);
 }
 
+// Pass 2 of top-k, and top-2's second pass: each row's list of the columns within twice the
+// bound of its reference score (CandidateEpilogue). Top-2's (`only_over`: the one pass's counts)
+// lists only the rows whose one-pass list overflowed, into the same rows of the lists (whose
+// entries are of no use) and counting in a second counter; a block none of whose rows
+// overflowed returns at once.
 template <class Traits, int Width>
 __global__ void __launch_bounds__(Traits::kThreads, mips_blocks_per_multiprocessor<Traits>())
     mips_candidates_kernel(const Streamed streamed, const RescoreInputs inputs, int64_t n, int64_t m,
-                           int64_t cols_per_chunk,
+                           int64_t cols_per_chunk, const int32_t* __restrict__ only_over,
                            int32_t* __restrict__ count, int64_t* __restrict__ candidates,
                            float* __restrict__ candidate_scores, int64_t capacity) {
-  __shared__ __align__(16) StagingBuffers<Traits> smem;
   const auto [row0, col_begin, col_end] = block_tiles<Traits>(m, cols_per_chunk);
+  if (only_over != nullptr && !block_holds_overflow<Traits>(row0, n, only_over, capacity)) return;  // uniform
+  __shared__ __align__(16) StagingBuffers<Traits> smem;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   CandidateEpilogue<Traits> epi(inputs, row0 + warp * Traits::kWarpRows, n, lane, count, candidates,
-                                candidate_scores, capacity);
+                                candidate_scores, capacity, only_over);
   stream_column_tiles<Traits, Width, false>(streamed.x, streamed.y, n, streamed.d, row0, col_begin, col_end, smem,
                                             epi);
 }
@@ -186,13 +172,13 @@ __global__ void __launch_bounds__(32 * kSelectWarps)
   }
 }
 
-// The top-k answer (pass 3 of k > 2; k = 2's after its one pass), one warp per row: the lanes
-// rescore in float64, 32 at a time, the listed columns whose computed score reaches the row's
-// threshold (its reference score minus 2 delta; top-2: the relisted ones, counted in `recount`,
-// where the one pass's list overflowed; all m columns when the list overflowed), and
-// lane 0 enters those that rank before the row's k-th entry into the row's list in shared
-// memory (any order: top_k_insert ranks ties by column). Writes values (float32, the float64
-// score rounded) and indices at row * k.
+// The top-k answer (pass 3 of k > 2; top-2's after its one or two passes), one warp per row:
+// the lanes rescore in float64, 32 at a time, the listed columns whose computed score reaches the
+// row's threshold (its reference score minus 2 delta). The list is the row's second one (counted
+// in `recount`) where top-2's first overflowed; where the list in use overflowed, all m columns.
+// Lane 0 enters those that rank before the row's k-th entry into the row's list in shared memory
+// (any order: top_k_insert ranks ties by column). Writes values (float32, the float64 score
+// rounded) and indices at row * k.
 __global__ void __launch_bounds__(32 * kSelectWarps)
     mips_select_top_k_kernel(const RescoreInputs inputs, int64_t n, int64_t m, int64_t k,
                              const int32_t* __restrict__ count, const int32_t* __restrict__ recount,
@@ -322,7 +308,7 @@ void search_in_one_pass(const at::Tensor& x, const at::Tensor& y, const at::Tens
         const at::Tensor row_bound = row_kth_largest(part_top, 2);
         inputs.row_best = row_bound.const_data_ptr<float>();
         at::Tensor recount = at::zeros({rows}, x.options().dtype(at::kInt));
-        launch_kernel(mips_top2_relist_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, streamed, inputs,
+        launch_kernel(mips_candidates_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, streamed, inputs,
                       rows, m, plan.cols_per_chunk, count.const_data_ptr<int32_t>(), recount.data_ptr<int32_t>(),
                       candidates.data_ptr<int64_t>(), candidate_scores.data_ptr<float>(), capacity);
         launch_kernel(mips_select_top_k_kernel, blocks, 32 * kSelectWarps, 0, stream, inputs, rows, m, k,
@@ -390,15 +376,14 @@ void search_in_three_passes(const at::Tensor& x, const at::Tensor& y, const at::
       threshold_score = row_kth_largest(part_group_max, k);
       inputs.row_best = threshold_score.const_data_ptr<float>();
       launch_kernel(mips_candidates_kernel<Traits, kWidth>, grid, Traits::kThreads, 0, stream, streamed, inputs,
-                    rows, m, plan.cols_per_chunk, count.data_ptr<int32_t>(), candidates.data_ptr<int64_t>(),
-                    candidate_scores.data_ptr<float>(), capacity);
+                    rows, m, plan.cols_per_chunk, static_cast<const int32_t*>(nullptr), count.data_ptr<int32_t>(),
+                    candidates.data_ptr<int64_t>(), candidate_scores.data_ptr<float>(), capacity);
     });
     const unsigned blocks = static_cast<unsigned>((rows + kSelectWarps - 1) / kSelectWarps);
     launch_kernel(mips_select_top_k_kernel, blocks, 32 * kSelectWarps, 0, stream, inputs, rows, m, k,
                   count.const_data_ptr<int32_t>(), static_cast<const int32_t*>(nullptr),
-                  candidates.const_data_ptr<int64_t>(),
-                  candidate_scores.const_data_ptr<float>(), capacity, values.data_ptr<float>() + first * k,
-                  indices.data_ptr<int64_t>() + first * k);
+                  candidates.const_data_ptr<int64_t>(), candidate_scores.const_data_ptr<float>(), capacity,
+                  values.data_ptr<float>() + first * k, indices.data_ptr<int64_t>() + first * k);
   }
 }
 

@@ -7,9 +7,10 @@
 //                      error of one computed score, score_error_bound), with that score. Since
 //                      t_i(t) never exceeds the row's final k-th largest B_i, the list holds every
 //                      column with s~_ij >= B_i - 2 delta_i; a warp per row then rescores in
-//                      float64 the listed columns that reach t_i - 2 delta_i and keeps the best
-//                      k exact scores, ties to the lower column. On random data a row lists about
-//                      k columns per tile that raises t_i: k (ln(tiles) + 1) a chunk expected.
+//                      float64 the listed columns that reach the final t_i - 2 delta_i, keeps
+//                      the best k exact scores, ties to the lower column. On random data a row
+//                      lists about k columns per tile that raises t_i: k (ln(tiles) + 1) a chunk
+//                      expected.
 //   RescoreEpilogue    top-1's answer for rows whose list overflowed (sorted or tied data):
 //                      a second streaming pass, over the row blocks holding such rows only,
 //                      rescores every column within 2 delta_i of B_i as it streams. Top-2
@@ -157,7 +158,7 @@ __device__ __forceinline__ void append_candidate(int32_t* __restrict__ count, in
 // fragment slot e), so the quad's 4K maxima come from 4K disjoint groups and their K-th largest
 // is reached by K distinct columns: t_i never exceeds the row's final K-th largest computed score
 // B_i, and the list holds every column with s~_ij >= B_i - 2 delta_i, which includes the exact
-// top K (mips_epilogue's bound: K columns score exactly at least B_i - delta_i). K = 1: t_i is the
+// top K (the bound at the top of this file: K columns score exactly at least B_i - delta_i). K = 1: t_i is the
 // running best. Each tile first raises the maxima and merges them over the quad (two shuffle
 // rounds a row), then tests its scores against t_i, so a column that raises t_i is listed with it.
 // Dropped columns (bias -inf) and the padding rows past n list nothing.
@@ -170,9 +171,8 @@ struct RunningTopEpilogue {
   float* __restrict__ candidate_scores;
   int64_t capacity;
   int64_t rows[2];
-  float margin[2];       // 2 delta of row r; NaN for the padding rows past n: no score reaches a NaN threshold
+  float margin[2];        // 2 delta of row r; NaN for the padding rows past n: no score reaches a NaN threshold
   float group_max[2][K];  // rows g and g + 8 of the warp's 16 (lane = 4 g + t), the lane's own groups
-  float quad_top[2][K];   // the K largest of the quad's group maxima, descending
 
   __device__ __forceinline__ RunningTopEpilogue(const RescoreInputs& in, int64_t warp_row0, int64_t n, int lane,
                                                 int32_t* row_count, int64_t* row_candidates, float* row_scores,
@@ -184,7 +184,7 @@ struct RunningTopEpilogue {
       margin[r] = rows[r] < n ? 2.0f * score_error_bound(in, rows[r], n)
                               : ::cuda::std::numeric_limits<float>::quiet_NaN();
 #pragma unroll
-      for (int g = 0; g < K; ++g) group_max[r][g] = quad_top[r][g] = neg_inf_f();
+      for (int g = 0; g < K; ++g) group_max[r][g] = neg_inf_f();
     }
   }
 
@@ -197,8 +197,9 @@ struct RunningTopEpilogue {
     float threshold[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      merge_over_quad(r);
-      threshold[r] = quad_top[r][K - 1] - margin[r];
+      float top[K];
+      quad_top(r, top);
+      threshold[r] = top[K - 1] - margin[r];
     }
     for_each_score<Traits>(acc, bias, col0, col_end, lane, [&](int r, int, int, int64_t c, float score, float b) {
       if (!(score >= threshold[r]) || b == neg_inf_f()) return;
@@ -206,14 +207,13 @@ struct RunningTopEpilogue {
     });
   }
 
-  // quad_top[r]: the K largest of the quad's group maxima of row r, in every lane of the quad (a
-  // butterfly over lanes 1 and 2 apart; K = 2 merges two sorted pairs a round).
-  __device__ __forceinline__ void merge_over_quad(int r) {
+  // top: the K largest of the quad's group maxima of row r, descending, in every lane of the quad
+  // (a butterfly over lanes 1 and 2 apart; K = 2 merges two sorted pairs a round).
+  __device__ __forceinline__ void quad_top(int r, float (&top)[K]) const {
     if constexpr (K == 1) {
-      float top = group_max[r][0];
-      top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, 1));
-      top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, 2));
-      quad_top[r][0] = top;
+      top[0] = group_max[r][0];
+      top[0] = fmaxf(top[0], __shfl_xor_sync(0xffffffffu, top[0], 1));
+      top[0] = fmaxf(top[0], __shfl_xor_sync(0xffffffffu, top[0], 2));
     } else {
       float hi = fmaxf(group_max[r][0], group_max[r][1]), lo = fminf(group_max[r][0], group_max[r][1]);
 #pragma unroll
@@ -223,18 +223,22 @@ struct RunningTopEpilogue {
         lo = fmaxf(fminf(hi, other_hi), fmaxf(lo, other_lo));
         hi = fmaxf(hi, other_hi);
       }
-      quad_top[r][0] = hi;
-      quad_top[r][1] = lo;
+      top[0] = hi;
+      top[1] = lo;
     }
   }
 
-  // The row's K largest group maxima in this chunk, at part_top[(chunk * n + row) * K + i].
+  // The row's K largest group maxima in this chunk, at part_top[(chunk * n + row) * K + i] (all
+  // lanes merge; lane t = 0 of the quad writes).
   __device__ __forceinline__ void finish(int64_t n, int lane, float* __restrict__ part_top, int64_t chunk) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r)
+    for (int r = 0; r < 2; ++r) {
+      float top[K];
+      quad_top(r, top);
       if ((lane & 3) == 0 && rows[r] < n)
 #pragma unroll
-        for (int g = 0; g < K; ++g) part_top[(chunk * n + rows[r]) * K + g] = quad_top[r][g];
+        for (int g = 0; g < K; ++g) part_top[(chunk * n + rows[r]) * K + g] = top[g];
+    }
   }
 };
 
